@@ -1,0 +1,46 @@
+/**
+ * `npm run bench [-- --only routing] [--stores 1000] [--duration 10] [--connections 50]`
+ * Benchmarks are not tests: they print figures and ratios against baselines measured in the same run.
+ */
+import { parseArgs } from 'node:util';
+import { creditsBenchmark } from './credits';
+import { provisioningBenchmark } from './provisioning';
+import { routingBenchmark } from './routing';
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      only: { type: 'string' },
+      stores: { type: 'string', default: '1000' },
+      duration: { type: 'string', default: '10' },
+      connections: { type: 'string', default: '50' },
+      rounds: { type: 'string', default: '2' },
+      'provision-stores': { type: 'string', default: '50' },
+      /** stores the credits benchmark spreads its spends over */
+      'credit-stores': { type: 'string', default: '100' },
+      /** e.g. 3,4: run only these routing scenarios (1 raw, 2 untenanted, 3 routed, 4 Zipf, 5 round-robin) */
+      scenarios: { type: 'string' },
+    },
+  });
+  const want = (name: string) => !values.only || values.only.split(',').includes(name);
+  if (want('routing')) {
+    console.log('\n## Routing\n');
+    await routingBenchmark({ stores: Number(values.stores), duration: Number(values.duration), connections: Number(values.connections), rounds: Number(values.rounds), scenarios: values.scenarios?.split(',').map(Number) });
+  }
+  if (want('provisioning')) {
+    console.log('\n## Provisioning\n');
+    await provisioningBenchmark({ stores: Number(values['provision-stores']) });
+  }
+  if (want('credits')) {
+    console.log('\n## Credits\n');
+    await creditsBenchmark({ stores: Number(values['credit-stores']), duration: Number(values.duration), connections: Number(values.connections), rounds: Number(values.rounds) });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

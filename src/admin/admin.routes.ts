@@ -1,0 +1,56 @@
+import { createBullBoard } from '@bull-board/api';
+import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
+import { ExpressAdapter } from '@bull-board/express';
+import type { RequestHandler, Router } from 'express';
+import { z } from 'zod';
+import type { AppContext } from '../context';
+import { actorOf, adjustRouteSpec } from '../credits/credits.routes';
+import { adjustCredits } from '../credits/credits.service';
+import { ApiRouter } from '../http/api-router';
+import { platformClaims, requireAuth } from '../http/authenticate';
+import { ListQuery } from '../http/pagination';
+import { forbidden } from '../lib/errors';
+import { getQueue, QueueName } from '../queue/queues';
+import { StoreIdParams } from '../stores/stores.schemas';
+import * as admin from './admin.service';
+
+export function requirePlatformAdmin(ctx: AppContext): RequestHandler[] {
+  return [
+    requireAuth(ctx, 'platform'),
+    (req, _res, next) => {
+      if (platformClaims(req.auth).role !== 'platform_admin') throw forbidden('Platform administrators only');
+      next();
+    },
+  ];
+}
+
+export function adminRoutes(ctx: AppContext): ApiRouter {
+  const api = new ApiRouter('/api/admin');
+  const common = { tags: ['platform admin'], secured: true, middleware: requirePlatformAdmin(ctx), errors: { 403: 'FORBIDDEN (not a platform admin)' } };
+  api.get('/tenants', { ...common, summary: 'Every store with its database and pool state', query: ListQuery }, ({ query }) => admin.listTenants(ctx, query));
+  api.get('/pools', { ...common, summary: "The connection manager's state" }, () => ctx.tenants.stats());
+  api.post('/tenants/migrate', { ...common, summary: 'Migrate every active tenant database to the newest schema', status: 202, response: z.object({ runId: z.string() }) }, ({ req }) =>
+    admin.startTenantMigrations(ctx, platformClaims(req.auth).sub),
+  );
+  api.get('/tenants/migrate/:runId', { ...common, summary: 'Progress of a migration run', params: z.object({ runId: z.string().max(100) }) }, ({ params }) =>
+    admin.tenantMigrationRun(ctx, params.runId),
+  );
+  api.post('/stores/:id/suspend', { ...common, summary: 'Suspend a store (its routes answer 423)', params: StoreIdParams }, ({ params, req }) =>
+    admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, true),
+  );
+  api.post('/stores/:id/credits/adjust', { ...common, ...adjustRouteSpec, errors: { ...common.errors, ...adjustRouteSpec.errors } }, ({ params, body, req }) =>
+    adjustCredits(ctx, actorOf(req), params.id, body),
+  );
+  api.post('/stores/:id/resume', { ...common, summary: 'Resume a suspended store', params: StoreIdParams }, ({ params, req }) =>
+    admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, false),
+  );
+  return api;
+}
+
+/** Bull Board, behind the platform-admin check. */
+export function queueBoard(ctx: AppContext): { path: string; guard: RequestHandler[]; router: Router } {
+  const adapter = new ExpressAdapter();
+  adapter.setBasePath('/admin/queues');
+  createBullBoard({ queues: Object.values(QueueName).map((name) => new BullMQAdapter(getQueue(ctx, name))), serverAdapter: adapter });
+  return { path: '/admin/queues', guard: requirePlatformAdmin(ctx), router: adapter.getRouter() as Router };
+}

@@ -1,0 +1,112 @@
+import type { Job } from 'bullmq';
+import { QueryTypes } from 'sequelize';
+import type { AppContext } from '../context';
+import { decodeCursor, toPage } from '../http/pagination';
+import { conflict, ErrorCode, notFound } from '../lib/errors';
+import { logger } from '../lib/logger';
+import type { TenantConnection } from '../db/tenant-handle';
+import { getQueue, QueueName } from '../queue/queues';
+import { resumeBackgroundWork, statusOfItsDatabase } from '../stores/stores.service';
+import { migrateTenant } from '../provisioning/tenant-db';
+
+interface TenantRow {
+  id: string;
+  name: string;
+  slug: string;
+  status: string;
+  createdAt: Date;
+  cursorTs: string;
+  mode: string | null;
+  server: string | null;
+  dbStatus: string | null;
+  schemaVersion: number | null;
+  lastError: string | null;
+}
+
+/** Every store with its database's state and, where this instance holds one, its pool. */
+export async function listTenants(ctx: AppContext, opts: { limit: number; cursor?: string }) {
+  const after = decodeCursor(opts.cursor);
+  const rows = await ctx.master.sequelize.query<TenantRow>(
+    `SELECT s.id, s.name, s.slug, s.status, s.created_at AS "createdAt", s.created_at::text AS "cursorTs",
+            d.mode, d.server, d.status AS "dbStatus", d.schema_version AS "schemaVersion", d.last_error AS "lastError"
+       FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
+      ${after ? 'WHERE (s.created_at, s.id) < (:ts::timestamptz, :id::uuid)' : ''}
+      ORDER BY s.created_at DESC, s.id DESC LIMIT :limit`,
+    { replacements: { limit: opts.limit + 1, ts: after?.ts ?? null, id: after?.id ?? null }, type: QueryTypes.SELECT },
+  );
+  return toPage(rows, opts.limit, (r) => ({
+    id: r.id,
+    name: r.name,
+    slug: r.slug,
+    status: r.status,
+    createdAt: new Date(r.createdAt).toISOString(),
+    database: r.mode ? { mode: r.mode, server: r.server, status: r.dbStatus, schemaVersion: r.schemaVersion, lastError: r.lastError } : null,
+    pool: ctx.tenants.peek(r.id),
+  }));
+}
+
+export async function setSuspended(ctx: AppContext, adminId: string, storeId: string, suspend: boolean) {
+  const { Store, AuditLog } = ctx.master.models;
+  const store = await Store.findByPk(storeId);
+  if (!store || store.status === 'deleted') throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+  if (suspend) {
+    if (store.status !== 'suspended') await store.update({ status: 'suspended', suspendedAt: new Date() });
+  } else {
+    if (store.status !== 'suspended') throw conflict(ErrorCode.CONFLICT, 'This store is not suspended');
+    const status = await statusOfItsDatabase(ctx, storeId);
+    await store.update({ status, suspendedAt: null });
+    await resumeBackgroundWork(ctx, storeId, status);
+  }
+  await AuditLog.create({ actorUserId: adminId, storeId, action: suspend ? 'store.suspended' : 'store.resumed', targetType: 'store', targetId: storeId });
+  // Every instance drops its handle: store routes answer 423 at once.
+  await ctx.tenants.invalidate(storeId);
+  return { id: store.id, status: store.status };
+}
+
+export async function startTenantMigrations(ctx: AppContext, adminId: string) {
+  const job = await getQueue(ctx, QueueName.tenantMigrations).add('migrate-all', { requestedBy: adminId }, { attempts: 1 });
+  return { runId: job.id! };
+}
+
+interface MigrationProgress {
+  total: number;
+  done: number;
+  migrated: number;
+  failures: { storeId: string; error: string }[];
+}
+
+/** Bring every active tenant database to the newest schema, a few at a time; one failure stops no other. */
+export async function processTenantMigrations(ctx: AppContext, job: Job, parallel = 4) {
+  const rows = await ctx.master.sequelize.query<{ storeId: string; credentials: string }>(
+    `SELECT d.store_id AS "storeId", d.credentials FROM store_databases d JOIN stores s ON s.id = d.store_id
+      WHERE s.status = 'active' AND d.status = 'ready' ORDER BY s.created_at`,
+    { type: QueryTypes.SELECT },
+  );
+  const progress: MigrationProgress = { total: rows.length, done: 0, migrated: 0, failures: [] };
+  let next = 0;
+  const worker = async () => {
+    while (next < rows.length) {
+      const { storeId, credentials } = rows[next++];
+      try {
+        const { applied, schemaVersion } = await migrateTenant(ctx.encryptor.decryptJson<TenantConnection>(credentials));
+        await ctx.master.models.StoreDatabase.update({ schemaVersion }, { where: { storeId } });
+        if (applied.length) progress.migrated++;
+      } catch (err) {
+        logger.warn({ storeId, err: (err as Error).message }, 'tenant migration failed');
+        progress.failures.push({ storeId, error: (err as Error).message.slice(0, 300) });
+      }
+      progress.done++;
+      await job.updateProgress({ ...progress });
+    }
+  };
+  await Promise.all(Array.from({ length: parallel }, worker));
+  return progress;
+}
+
+export async function tenantMigrationRun(ctx: AppContext, runId: string) {
+  const job = await getQueue(ctx, QueueName.tenantMigrations).getJob(runId);
+  if (!job) throw notFound('No such migration run');
+  const state = await job.getState();
+  const p = (job.returnvalue ?? job.progress ?? {}) as Partial<MigrationProgress>;
+  return { runId, state, total: p.total ?? 0, done: p.done ?? 0, migrated: p.migrated ?? 0, failures: p.failures ?? [] };
+}

@@ -1,0 +1,68 @@
+import cors from 'cors';
+import express, { type Express } from 'express';
+import helmet from 'helmet';
+import swaggerUi from 'swagger-ui-express';
+import { authRoutes } from './auth/auth.routes';
+import type { AppContext } from './context';
+import { ApiRouter } from './http/api-router';
+import { openApiDocument } from './http/openapi';
+import { notFoundHandler, problemHandler } from './http/problem';
+import { requestLog, type ResponseCounts } from './http/request-log';
+import { healthRoutes } from './health/health.routes';
+import { creditsRoutes } from './credits/credits.routes';
+import { STRIPE_WEBHOOK_PATH, stripeWebhookBody } from './credits/stripe-webhook';
+import { createMetrics } from './http/metrics';
+import { storeApiRoutes } from './store-api/store-api.routes';
+import { storesRoutes } from './stores/stores.routes';
+import { onboardingRoutes } from './onboarding/onboarding.routes';
+import { adminRoutes, queueBoard, requirePlatformAdmin } from './admin/admin.routes';
+
+/** Builds the Express app (no listen): server.ts serves it, tests drive it with supertest. */
+export function createApp(ctx: AppContext, options: { extraRouters?: ApiRouter[] } = {}): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', ctx.config.trustProxy);
+  const responseCounts: ResponseCounts = new Map();
+  app.use(requestLog(responseCounts));
+  const metrics = createMetrics(ctx, responseCounts);
+  app.use(helmet());
+  app.use(
+    cors({
+      origin: (origin, cb) => cb(null, !!origin && ctx.config.corsOrigins.includes(origin)),
+      exposedHeaders: ['X-Request-Id', 'Retry-After'],
+      maxAge: 600,
+    }),
+  );
+  // Stripe signs the exact bytes it sends: its webhook reads the body raw (express.json then leaves it be).
+  app.use(STRIPE_WEBHOOK_PATH, stripeWebhookBody);
+  app.use(express.json({ limit: '100kb', strict: true }));
+
+  const routers: ApiRouter[] = [
+    healthRoutes(ctx),
+    authRoutes(ctx),
+    storesRoutes(ctx),
+    onboardingRoutes(ctx),
+    adminRoutes(ctx),
+    storeApiRoutes(ctx),
+    ...creditsRoutes(ctx),
+    ...(options.extraRouters ?? []),
+  ];
+  for (const r of routers) app.use(r.basePath, r.router);
+
+  // Prometheus scrapes with a platform admin's bearer token.
+  app.get('/metrics', ...requirePlatformAdmin(ctx), async (_req, res) => {
+    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+
+  const board = queueBoard(ctx);
+  app.use(board.path, ...board.guard, board.router);
+
+  app.get('/openapi.json', (_req, res) => {
+    res.json(openApiDocument());
+  });
+  app.use('/docs', swaggerUi.serve, swaggerUi.setup(undefined, { swaggerOptions: { url: '/openapi.json' } }));
+
+  app.use(notFoundHandler);
+  app.use(problemHandler);
+  return app;
+}

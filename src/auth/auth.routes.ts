@@ -1,0 +1,72 @@
+import { rateLimit, ipKeyGenerator, type Options } from 'express-rate-limit';
+import { RedisStore } from 'rate-limit-redis';
+import type { AppContext } from '../context';
+import { ApiRouter } from '../http/api-router';
+import { platformClaims, requireAuth } from '../http/authenticate';
+import { AppError, ErrorCode } from '../lib/errors';
+import { AuthResult, LoginBody, LoginResult, MeResult, ProfileBody, RegisterBody, SwitchStoreBody, UserDto } from './auth.schemas';
+import * as auth from './auth.service';
+import { z } from 'zod';
+
+/** A limiter whose counters live in Redis, so every API instance counts together. */
+export function redisLimiter(ctx: AppContext, name: string, opts: Partial<Options>) {
+  return rateLimit({
+    windowMs: ctx.config.rateLimit.windowMs,
+    standardHeaders: 'draft-7',
+    legacyHeaders: false,
+    store: new RedisStore({
+      prefix: `${ctx.redisPrefix}:rl:${name}:`,
+      sendCommand: (command: string, ...args: string[]) => ctx.redis.call(command, ...args) as never,
+    }),
+    handler: (req, _res, next, options) => {
+      const resetAt = (req as { rateLimit?: { resetTime?: Date } }).rateLimit?.resetTime?.getTime() ?? Date.now() + options.windowMs;
+      const retryAfter = Math.max(1, Math.ceil((resetAt - Date.now()) / 1000));
+      next(new AppError(429, ErrorCode.RATE_LIMITED, 'Too many attempts; try again later', { headers: { 'Retry-After': String(retryAfter) } }));
+    },
+    ...opts,
+  });
+}
+
+export function authRoutes(ctx: AppContext): ApiRouter {
+  const api = new ApiRouter('/api/auth');
+  const tags = ['auth'];
+  const platform = requireAuth(ctx, 'platform');
+  const loginLimiter = redisLimiter(ctx, 'login', {
+    limit: ctx.config.rateLimit.loginMax,
+    skipSuccessfulRequests: true,
+    // Normalised as the Email schema does, so " a@b.test" is not a fresh count for a@b.test.
+    keyGenerator: (req) => `${ipKeyGenerator(req.ip ?? '')}:${String(req.body?.email ?? '').trim().toLowerCase().slice(0, 254)}`,
+  });
+  const registerLimiter = redisLimiter(ctx, 'register', {
+    limit: ctx.config.rateLimit.registerMax,
+    keyGenerator: (req) => ipKeyGenerator(req.ip ?? ''),
+  });
+
+  api.post(
+    '/register',
+    { summary: 'Create a platform account', tags, body: RegisterBody, status: 201, response: AuthResult, middleware: [registerLimiter], errors: { 409: 'EMAIL_TAKEN', 429: 'RATE_LIMITED' } },
+    ({ body, req }) => auth.register(ctx, body, req.id),
+  );
+  api.post(
+    '/login',
+    { summary: 'Sign in', tags, body: LoginBody, response: LoginResult, middleware: [loginLimiter], errors: { 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED' } },
+    ({ body }) => auth.login(ctx, body),
+  );
+  api.get('/me', { summary: 'The signed-in account and its stores', tags, secured: true, middleware: [platform], response: MeResult, errors: { 403: 'WRONG_TOKEN_TYPE' } }, ({ req }) =>
+    auth.me(ctx, platformClaims(req.auth)),
+  );
+  api.post('/logout', { summary: 'Revoke this token everywhere', tags, secured: true, middleware: [platform], status: 204 }, async ({ req }) => {
+    await auth.logout(ctx, platformClaims(req.auth));
+  });
+  api.patch(
+    '/profile',
+    { summary: 'Update the profile', tags, secured: true, middleware: [platform], body: ProfileBody, response: z.object({ user: UserDto }) },
+    ({ body, req }) => auth.updateProfile(ctx, platformClaims(req.auth).sub, body),
+  );
+  api.post(
+    '/switch-store',
+    { summary: 'A token acting on another of your stores', tags, secured: true, middleware: [platform], body: SwitchStoreBody, response: z.object({ token: z.string() }), errors: { 403: 'FORBIDDEN' } },
+    ({ body, req }) => auth.switchStore(ctx, platformClaims(req.auth).sub, body.storeId),
+  );
+  return api;
+}

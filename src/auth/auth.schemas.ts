@@ -1,0 +1,69 @@
+import { z } from 'zod';
+import { registry } from '../http/openapi';
+
+export const Email = z
+  .string()
+  .trim()
+  .max(254)
+  .pipe(z.email({ message: 'must be a valid e-mail address' }))
+  .transform((e) => e.toLowerCase());
+export const Password = z.string().min(8, 'must be at least 8 characters').max(128, 'must be at most 128 characters');
+export const PersonName = z.string().trim().min(1).max(200);
+export const Uuid = z.uuid({ message: 'must be a UUID' });
+
+export const RegisterBody = z.strictObject({ email: Email, password: Password, name: PersonName });
+export const LoginBody = z.strictObject({ email: Email, password: z.string().min(1).max(128) });
+export const SwitchStoreBody = z.strictObject({ storeId: Uuid });
+export const ProfileBody = z.strictObject({
+  name: PersonName.optional(),
+  phone: z
+    .string()
+    .trim()
+    .regex(/^\+?[0-9 ()./-]{5,40}$/, 'must be a phone number')
+    .nullable()
+    .optional(),
+  avatarUrl: z
+    .url({ protocol: /^https?$/, message: 'must be an http(s) URL' })
+    .max(2048)
+    .nullable()
+    .optional(),
+  company: z
+    .strictObject({
+      name: z.string().trim().min(1).max(200).nullable().optional(),
+      vatId: z.string().trim().min(2).max(40).nullable().optional(),
+      address: z.string().trim().min(1).max(500).nullable().optional(),
+    })
+    .optional(),
+});
+
+export const UserDto = registry.register(
+  'User',
+  z.object({
+    id: z.uuid(),
+    email: z.string(),
+    name: z.string(),
+    role: z.enum(['user', 'platform_admin']),
+    phone: z.string().nullable(),
+    avatarUrl: z.string().nullable(),
+    company: z.object({ name: z.string().optional(), vatId: z.string().optional(), address: z.string().optional() }),
+    createdAt: z.string(),
+  }),
+);
+export const StoreSummaryDto = registry.register(
+  'StoreSummary',
+  z.object({
+    id: z.uuid(),
+    name: z.string(),
+    slug: z.string(),
+    status: z.enum(['pending_database', 'provisioning', 'active', 'provisioning_failed', 'suspended', 'deleted']),
+    role: z.enum(['owner', 'admin', 'staff']),
+  }),
+);
+
+export const AuthResult = z.object({ user: UserDto, token: z.string() });
+export const LoginResult = AuthResult.extend({ stores: z.array(StoreSummaryDto) });
+export const MeResult = z.object({ user: UserDto, stores: z.array(StoreSummaryDto), activeStoreId: z.uuid().nullable() });
+
+export type RegisterInput = z.infer<typeof RegisterBody>;
+export type LoginInput = z.infer<typeof LoginBody>;
+export type ProfileInput = z.infer<typeof ProfileBody>;

@@ -1,0 +1,102 @@
+import type { AppContext } from '../context';
+import { AppError, ErrorCode, conflict, forbidden, notFound } from '../lib/errors';
+import type { PlatformClaims } from '../lib/jwt';
+import { burnPasswordCheck, hashPassword, verifyPassword } from '../lib/passwords';
+import type { UserRow } from '../models/master';
+import { activeStoreId, listUserStores, memberRole } from '../stores/membership';
+import { pgCode, PgCode } from '../db/errors';
+import type { LoginInput, ProfileInput, RegisterInput } from './auth.schemas';
+
+export function toUserDto(u: UserRow) {
+  return {
+    id: u.id,
+    email: u.email,
+    name: u.name,
+    role: u.role,
+    phone: u.phone ?? null,
+    avatarUrl: u.avatarUrl ?? null,
+    company: u.company ?? {},
+    createdAt: u.createdAt.toISOString(),
+  };
+}
+
+const roleFor = (ctx: AppContext, email: string) => (ctx.config.platformAdminEmails.includes(email) ? 'platform_admin' : 'user');
+
+function platformToken(ctx: AppContext, user: UserRow, storeId: string | null): string {
+  const claims: PlatformClaims = { sub: user.id, typ: 'platform', role: user.role, storeId };
+  return ctx.tokens.sign(claims).token;
+}
+
+async function audit(ctx: AppContext, actorUserId: string, action: string, requestId?: string) {
+  await ctx.master.models.AuditLog.create({ actorUserId, action, targetType: 'user', targetId: actorUserId, requestId });
+}
+
+export async function register(ctx: AppContext, input: RegisterInput, requestId?: string) {
+  const passwordHash = await hashPassword(input.password);
+  let user: UserRow;
+  try {
+    user = await ctx.master.models.User.create({ email: input.email, passwordHash, name: input.name, role: roleFor(ctx, input.email) });
+  } catch (err) {
+    if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw conflict(ErrorCode.EMAIL_TAKEN, 'An account with this e-mail already exists');
+    throw err;
+  }
+  await audit(ctx, user.id, 'user.registered', requestId);
+  return { user: toUserDto(user), token: platformToken(ctx, user, null) };
+}
+
+export async function login(ctx: AppContext, input: LoginInput) {
+  const user = await ctx.master.models.User.findOne({ where: { email: input.email } });
+  // Same answer and a similar cost whether the e-mail or the password is wrong.
+  if (!user) {
+    await burnPasswordCheck(input.password);
+    throw new AppError(401, ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
+  }
+  if (!(await verifyPassword(input.password, user.passwordHash))) {
+    throw new AppError(401, ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
+  }
+  const role = roleFor(ctx, user.email);
+  if (user.role !== role) await user.update({ role });
+  const stores = await listUserStores(ctx.master, user.id);
+  return { user: toUserDto(user), token: platformToken(ctx, user, activeStoreId(stores, null)), stores };
+}
+
+async function findUser(ctx: AppContext, userId: string): Promise<UserRow> {
+  const user = await ctx.master.models.User.findByPk(userId);
+  // A valid token of a user that no longer exists.
+  if (!user) throw notFound('The account no longer exists');
+  return user;
+}
+
+export async function me(ctx: AppContext, auth: PlatformClaims) {
+  const user = await findUser(ctx, auth.sub);
+  const stores = await listUserStores(ctx.master, user.id);
+  return { user: toUserDto(user), stores, activeStoreId: activeStoreId(stores, auth.storeId) };
+}
+
+export async function logout(ctx: AppContext, auth: { sub: string; jti: string; exp: number }) {
+  await ctx.revocations.revoke(auth.jti, auth.sub, auth.exp);
+}
+
+export async function updateProfile(ctx: AppContext, userId: string, input: ProfileInput) {
+  const user = await findUser(ctx, userId);
+  const changes: Partial<Pick<UserRow, 'name' | 'phone' | 'avatarUrl' | 'company'>> = {};
+  if (input.name !== undefined) changes.name = input.name;
+  if (input.phone !== undefined) changes.phone = input.phone;
+  if (input.avatarUrl !== undefined) changes.avatarUrl = input.avatarUrl;
+  if (input.company !== undefined) {
+    const company: Record<string, string> = { ...user.company };
+    for (const [key, value] of Object.entries(input.company)) {
+      if (value === null) delete company[key];
+      else if (value !== undefined) company[key] = value;
+    }
+    changes.company = company;
+  }
+  await user.update(changes);
+  return { user: toUserDto(user) };
+}
+
+export async function switchStore(ctx: AppContext, userId: string, storeId: string) {
+  const user = await findUser(ctx, userId);
+  if (!(await memberRole(ctx.master, userId, storeId))) throw forbidden('You are not a member of this store');
+  return { token: platformToken(ctx, user, storeId) };
+}

@@ -1,0 +1,209 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+
+/**
+ * The only reader of the environment. Every key is described here and in `.env.example`; the whole
+ * environment is validated once and every problem is reported together at start-up.
+ */
+
+const bool = z.enum(['on', 'off', 'true', 'false', '1', '0']).transform((v) => ['on', 'true', '1'].includes(v));
+const int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max).default(def);
+const list = z
+  .string()
+  .default('')
+  .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean));
+
+const EnvSchema = z.object({
+  /** HTTP port of the API. */
+  PORT: int(3000, 0, 65535),
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  /** Master database. Unset → an embedded Postgres under DATA_DIR. */
+  DATABASE_URL: z.string().url().optional(),
+  /** Port of the embedded Postgres (used only when DATABASE_URL is unset). */
+  EMBEDDED_PG_PORT: int(54329, 1, 65535),
+  /** Where development secrets and the embedded Postgres live. */
+  DATA_DIR: z.string().default('.data'),
+  REDIS_URL: z.string().default('redis://127.0.0.1:6379'),
+  /** Prefix of every Redis key (queues, rate limits), so that several deployments can share one Redis. */
+  REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:_-]{1,64}$/).default('tenantry'),
+  /** Admin URLs of the Postgres servers that hold managed tenant databases; default: the master's server. */
+  TENANT_SERVERS: list,
+  /** Run the queue worker inside the API process. */
+  WORKER: bool.default(true),
+  /** Prefix of the names of managed tenant databases and their roles (the store id follows). */
+  TENANT_DB_PREFIX: z.string().regex(/^[a-z][a-z0-9_]{0,30}$/).default('tenant_'),
+  /** Create managed databases from a template holding the current tenant schema (off: create empty and migrate). */
+  TENANT_TEMPLATES: bool.default(true),
+  /** Ready-made empty store databases kept on each tenant server (0: none); a new store claims one at once. */
+  TENANT_WARM_POOL: int(2, 0, 500),
+  /** Provisioning jobs one worker process runs at once. */
+  PROVISIONING_CONCURRENCY: int(8, 1, 64),
+  /** Attempts of a provisioning job before the store is marked provisioning_failed. */
+  PROVISIONING_ATTEMPTS: int(3, 1, 20),
+  /** A job whose worker stopped renewing its lock this long ago is handed to another worker. */
+  WORKER_LOCK_MS: int(30000, 1000),
+  JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  JWT_EXPIRES_IN: z.string().regex(/^\d+[smhd]?$/, 'a number of seconds or e.g. 15m, 12h, 7d').default('7d'),
+  JWT_ISSUER: z.string().default('tenantry'),
+  JWT_AUDIENCE: z.string().default('tenantry-api'),
+  /** Comma-separated `keyId:base64key` (32-byte keys), newest first; older keys still decrypt. */
+  ENCRYPTION_KEYS: z
+    .string()
+    .optional()
+    .superRefine((value, issue) => {
+      // Checked here so a bad key is reported together with every other problem.
+      if (!value) return;
+      try {
+        if (parseEncryptionKeys(value).length === 0) issue.addIssue({ code: 'custom', message: 'needs at least one keyId:base64key' });
+      } catch (err) {
+        issue.addIssue({ code: 'custom', message: (err as Error).message.replace(/^ENCRYPTION_KEYS: /, '') });
+      }
+    }),
+  PLATFORM_ADMIN_EMAILS: list.transform((l) => l.map((e) => e.toLowerCase())),
+  PAYMENTS_PROVIDER: z.enum(['manual', 'stripe']).default('manual'),
+  STRIPE_WEBHOOK_SECRET: z.string().optional(),
+  /** A credit change waits this long (ms) before its store's tenant cache is synced; changes meanwhile share that sync. */
+  CREDIT_SYNC_DELAY_MS: int(2000, 0, 60_000),
+  /** Express `trust proxy` value: off, on, a hop count, or a list of addresses. */
+  TRUST_PROXY: z.string().default('off'),
+  /** Most tenant handles kept (an LRU). */
+  TENANT_CACHE_MAX: int(5000, 1),
+  /** Most connections one tenant's pool opens. */
+  TENANT_POOL_MAX: int(5, 1, 100),
+  /** An idle tenant connection is closed after this many ms. */
+  TENANT_IDLE_MS: int(10000, 100),
+  /** Most tenant connections open at once over all stores, per API instance. */
+  TENANT_CONNECTIONS_MAX: int(60, 1),
+  /** How long a request waits for a tenant connection before failing with 503. */
+  TENANT_ACQUIRE_TIMEOUT_MS: int(1500, 10),
+  /** How long a failing tenant database is fenced off (fast 503s) before it is tried again. */
+  TENANT_FENCE_MS: int(5000, 100),
+  MASTER_POOL_MAX: int(10, 1, 100),
+  CORS_ORIGINS: list,
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  BCRYPT_ROUNDS: int(12, 4, 15),
+  /** Failed logins allowed per address and e-mail in RATE_LIMIT_WINDOW_MS. */
+  RATE_LIMIT_LOGIN_MAX: int(10, 1),
+  /** Registrations allowed per address in RATE_LIMIT_WINDOW_MS. */
+  RATE_LIMIT_REGISTER_MAX: int(20, 1),
+  RATE_LIMIT_WINDOW_MS: int(15 * 60 * 1000, 1000),
+});
+
+export type Config = ReturnType<typeof loadConfig>;
+
+interface Secrets {
+  JWT_SECRET: string;
+  ENCRYPTION_KEYS: string;
+}
+
+function devSecrets(dataDir: string): { secrets: Secrets; created: boolean; file: string } {
+  const file = path.resolve(dataDir, 'dev-secrets.json');
+  if (existsSync(file)) return { secrets: JSON.parse(readFileSync(file, 'utf8')) as Secrets, created: false, file };
+  const secrets: Secrets = {
+    JWT_SECRET: randomBytes(48).toString('base64url'),
+    ENCRYPTION_KEYS: `dev1:${randomBytes(32).toString('base64')}`,
+  };
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, JSON.stringify(secrets, null, 2), { mode: 0o600 });
+  return { secrets, created: true, file };
+}
+
+export function parseEncryptionKeys(value: string): { id: string; key: Buffer }[] {
+  return value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((entry) => {
+      const at = entry.indexOf(':');
+      if (at < 1) throw new Error('ENCRYPTION_KEYS: each entry is keyId:base64key');
+      const id = entry.slice(0, at);
+      const key = Buffer.from(entry.slice(at + 1), 'base64');
+      if (!/^[A-Za-z0-9_-]{1,32}$/.test(id)) throw new Error(`ENCRYPTION_KEYS: bad key id "${id}"`);
+      if (key.length !== 32) throw new Error(`ENCRYPTION_KEYS: key "${id}" must be 32 bytes (base64)`);
+      return { id, key };
+    });
+}
+
+function trustProxy(value: string): boolean | number | string {
+  if (value === 'off' || value === 'false') return false;
+  if (value === 'on' || value === 'true') return true;
+  if (/^\d+$/.test(value)) return Number(value);
+  return value;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
+  const parsed = EnvSchema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new Error(`Invalid configuration:\n${lines.join('\n')}`);
+  }
+  const e = parsed.data;
+  const notes: string[] = [];
+  let jwtSecret = e.JWT_SECRET;
+  let encryptionKeys = e.ENCRYPTION_KEYS;
+  if (!jwtSecret || !encryptionKeys) {
+    const missing = [!jwtSecret && 'JWT_SECRET', !encryptionKeys && 'ENCRYPTION_KEYS'].filter(Boolean).join(', ');
+    if (e.NODE_ENV === 'production') {
+      throw new Error(`Missing secrets in production: ${missing}. Set them in the environment (see .env.example).`);
+    }
+    const dev = devSecrets(e.DATA_DIR);
+    jwtSecret ??= dev.secrets.JWT_SECRET;
+    encryptionKeys ??= dev.secrets.ENCRYPTION_KEYS;
+    notes.push(`${dev.created ? 'Generated' : 'Using'} development secrets for ${missing} in ${dev.file}`);
+  }
+  if (e.NODE_ENV === 'production' && e.PAYMENTS_PROVIDER === 'manual') {
+    throw new Error('PAYMENTS_PROVIDER=manual completes purchases without payment and is refused in production.');
+  }
+  if (e.PAYMENTS_PROVIDER === 'stripe' && !e.STRIPE_WEBHOOK_SECRET) {
+    throw new Error('PAYMENTS_PROVIDER=stripe needs STRIPE_WEBHOOK_SECRET.');
+  }
+  return Object.freeze({
+    port: e.PORT,
+    env: e.NODE_ENV,
+    isProduction: e.NODE_ENV === 'production',
+    databaseUrl: e.DATABASE_URL,
+    embeddedPgPort: e.EMBEDDED_PG_PORT,
+    dataDir: path.resolve(e.DATA_DIR),
+    redisUrl: e.REDIS_URL,
+    redisPrefix: e.REDIS_PREFIX,
+    tenantServers: e.TENANT_SERVERS,
+    worker: e.WORKER,
+    provisioning: Object.freeze({ concurrency: e.PROVISIONING_CONCURRENCY, attempts: e.PROVISIONING_ATTEMPTS, databasePrefix: e.TENANT_DB_PREFIX, templates: e.TENANT_TEMPLATES, warmPool: e.TENANT_WARM_POOL }),
+    workerLockMs: e.WORKER_LOCK_MS,
+    jwt: Object.freeze({ secret: jwtSecret, expiresIn: e.JWT_EXPIRES_IN, issuer: e.JWT_ISSUER, audience: e.JWT_AUDIENCE }),
+    encryptionKeys: parseEncryptionKeys(encryptionKeys),
+    platformAdminEmails: e.PLATFORM_ADMIN_EMAILS,
+    paymentsProvider: e.PAYMENTS_PROVIDER,
+    stripeWebhookSecret: e.STRIPE_WEBHOOK_SECRET,
+    creditSyncDelayMs: e.CREDIT_SYNC_DELAY_MS,
+    trustProxy: trustProxy(e.TRUST_PROXY),
+    tenant: Object.freeze({
+      cacheMax: e.TENANT_CACHE_MAX,
+      poolMax: e.TENANT_POOL_MAX,
+      idleMs: e.TENANT_IDLE_MS,
+      connectionsMax: e.TENANT_CONNECTIONS_MAX,
+      acquireTimeoutMs: e.TENANT_ACQUIRE_TIMEOUT_MS,
+      fenceMs: e.TENANT_FENCE_MS,
+    }),
+    masterPoolMax: e.MASTER_POOL_MAX,
+    corsOrigins: e.CORS_ORIGINS,
+    logLevel: e.LOG_LEVEL,
+    bcryptRounds: e.BCRYPT_ROUNDS,
+    rateLimit: Object.freeze({
+      loginMax: e.RATE_LIMIT_LOGIN_MAX,
+      registerMax: e.RATE_LIMIT_REGISTER_MAX,
+      windowMs: e.RATE_LIMIT_WINDOW_MS,
+    }),
+    startupNotes: notes,
+  });
+}
+
+function loadDotEnv(): void {
+  const file = path.resolve('.env');
+  if (process.env.NODE_ENV !== 'test' && existsSync(file)) process.loadEnvFile(file);
+}
+
+loadDotEnv();
+export const config: Config = loadConfig();

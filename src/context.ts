@@ -1,0 +1,93 @@
+import type { Redis } from 'ioredis';
+import { config as defaultConfig, type Config } from './config';
+import { startEmbeddedPostgres, type EmbeddedServer } from './db/embedded';
+import { ConnectionManager } from './db/connection-manager';
+import { openMasterDb, type MasterDb } from './db/master';
+import { runMigrations } from './db/migrate';
+import { RevocationList } from './auth/revocations';
+import { EventBus } from './lib/bus';
+import { Encryptor } from './lib/crypto';
+import { TokenSigner } from './lib/jwt';
+import { logger, safeUrl } from './lib/logger';
+import { connectRedis, createRedis } from './lib/redis';
+import { closeQueues } from './queue/queues';
+
+/** Everything a request handler or a job needs, built once per process and passed down explicitly. */
+export interface AppContext {
+  config: Config;
+  masterUrl: string;
+  master: MasterDb;
+  redis: Redis;
+  bus: EventBus;
+  tokens: TokenSigner;
+  encryptor: Encryptor;
+  revocations: RevocationList;
+  /** The only owner of tenant database handles. */
+  tenants: ConnectionManager;
+  /** Prefix of every Redis key this process writes (rate limits, queues), so test runs cannot collide. */
+  redisPrefix: string;
+  close(): Promise<void>;
+}
+
+export interface ContextOptions {
+  config?: Config;
+  /** Master DB URL; defaults to DATABASE_URL, else the embedded Postgres. */
+  masterUrl?: string;
+  redisPrefix?: string;
+}
+
+/** Resolve the master database (starting the embedded one if none is configured) and migrate it. */
+async function prepareMaster(config: Config, masterUrl?: string): Promise<{ url: string; embedded?: EmbeddedServer }> {
+  let embedded: EmbeddedServer | undefined;
+  let url = masterUrl ?? config.databaseUrl;
+  if (!url) {
+    logger.info({ port: config.embeddedPgPort }, 'DATABASE_URL is not set: starting the embedded Postgres under %s', config.dataDir);
+    embedded = await startEmbeddedPostgres(config.dataDir, config.embeddedPgPort, config.jwt.secret.slice(0, 24));
+    url = embedded.url;
+  }
+  const { applied, schemaVersion } = await runMigrations('master', { connectionString: url });
+  logger.info({ applied, schemaVersion, master: safeUrl(url) }, 'master schema is up to date');
+  return { url, embedded };
+}
+
+export async function createContext(options: ContextOptions = {}): Promise<AppContext> {
+  const config = options.config ?? defaultConfig;
+  const redis = createRedis(config.redisUrl, 'commands');
+  const subscriber = createRedis(config.redisUrl, 'subscriber');
+  await connectRedis(redis, config.redisUrl);
+  await connectRedis(subscriber, config.redisUrl);
+
+  const { url, embedded } = await prepareMaster(config, options.masterUrl);
+  const master = openMasterDb(url, config.masterPoolMax);
+  const redisPrefix = options.redisPrefix ?? config.redisPrefix;
+  const bus = new EventBus(redis, subscriber, `${redisPrefix}:events`);
+  await bus.start();
+  const revocations = new RevocationList(master.models, bus);
+  await revocations.load();
+
+  const encryptor = new Encryptor(config.encryptionKeys);
+  const tenants = new ConnectionManager(master, encryptor, bus, config.tenant);
+
+  const ctx: AppContext = {
+    config,
+    masterUrl: url,
+    master,
+    redis,
+    bus,
+    tokens: new TokenSigner(config.jwt),
+    encryptor,
+    revocations,
+    tenants,
+    redisPrefix,
+    async close() {
+      revocations.stop();
+      await closeQueues(ctx);
+      await tenants.close();
+      await master.sequelize.close();
+      subscriber.disconnect();
+      await redis.quit().catch(() => redis.disconnect());
+      if (embedded) await embedded.stop();
+    },
+  };
+  return ctx;
+}

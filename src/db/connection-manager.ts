@@ -1,0 +1,262 @@
+import { LRUCache } from 'lru-cache';
+import { ConnectionAcquireTimeoutError, QueryTypes } from 'sequelize';
+import type { EventBus } from '../lib/bus';
+import type { Encryptor } from '../lib/crypto';
+import { AppError, ErrorCode, notFound, unavailable } from '../lib/errors';
+import { logger } from '../lib/logger';
+import type { StoreStatus } from '../models/master';
+import { BudgetTimeoutError, ConnectionBudget } from './connection-budget';
+import { isConnectionFailure } from './errors';
+import type { MasterDb } from './master';
+import { TenantHandle, type HandleSettings, type TenantConnection } from './tenant-handle';
+
+export interface ConnectionManagerOptions {
+  cacheMax: number;
+  poolMax: number;
+  idleMs: number;
+  connectionsMax: number;
+  acquireTimeoutMs: number;
+  fenceMs: number;
+  /** How long an unknown hostname is remembered as unknown. */
+  negativeHostTtlMs?: number;
+  /** How long a store that cannot be served (not ready, suspended) is remembered as such. */
+  statusTtlMs?: number;
+}
+
+interface StoreRecord {
+  status: StoreStatus;
+  dbStatus: string | null;
+  credentials: string | null;
+}
+
+const NO_STORE = '';
+
+/**
+ * The only owner of tenant database handles. Two budgets: many cheap cached handles (an LRU of
+ * TENANT_CACHE_MAX) and few connections (pools of min 0 and TENANT_POOL_MAX, all under one
+ * TENANT_CONNECTIONS_MAX cap). Failing tenants are fenced for a while so they cost the others nothing.
+ */
+export class ConnectionManager {
+  readonly budget: ConnectionBudget;
+  private readonly handles: LRUCache<string, TenantHandle>;
+  private readonly building = new Map<string, Promise<TenantHandle>>();
+  /** Stores that cannot be served right now (not ready, suspended, missing), remembered briefly. */
+  private readonly refusals: LRUCache<string, AppError>;
+  private readonly hosts: LRUCache<string, string>;
+  private readonly fences = new Map<string, { until: number; reason: string }>();
+  private readonly settings: HandleSettings;
+  private readonly counters = { hits: 0, misses: 0, evictions: 0, builds: 0, buildMsTotal: 0, fenced: 0, hostHits: 0, hostMisses: 0 };
+
+  constructor(
+    private readonly master: MasterDb,
+    private readonly encryptor: Encryptor,
+    private readonly bus: EventBus,
+    readonly options: ConnectionManagerOptions,
+  ) {
+    this.budget = new ConnectionBudget(options.connectionsMax, options.acquireTimeoutMs);
+    this.settings = {
+      poolMax: options.poolMax,
+      idleMs: options.idleMs,
+      acquireTimeoutMs: options.acquireTimeoutMs,
+      connectTimeoutMs: Math.min(1000, options.acquireTimeoutMs),
+    };
+    this.handles = new LRUCache<string, TenantHandle>({
+      max: options.cacheMax,
+      dispose: (handle, _key, reason) => {
+        if (reason === 'evict') this.counters.evictions++;
+        void handle.close().catch((err: Error) => logger.warn({ storeId: handle.storeId, err: err.message }, 'closing a tenant handle failed'));
+      },
+    });
+    this.refusals = new LRUCache({ max: 10_000, ttl: options.statusTtlMs ?? 2000 });
+    this.hosts = new LRUCache({ max: 100_000, ttl: 5 * 60_000 });
+    bus.on('tenant.invalidate', (e) => this.dropLocal(e.storeId));
+    bus.on('hostnames.changed', (e) => e.hostnames.forEach((h) => this.hosts.delete(h)));
+    bus.onReconnect(() => {
+      // Messages may have been missed while disconnected: forget everything that could be stale.
+      this.hosts.clear();
+      this.refusals.clear();
+      this.handles.clear();
+    });
+  }
+
+  /** A ready handle for an active store. Concurrent first requests share one build. */
+  forStore(storeId: string): Promise<TenantHandle> {
+    const cached = this.cachedHandle(storeId);
+    return cached ? Promise.resolve(cached) : this.buildOnce(storeId);
+  }
+
+  /**
+   * The cached handle, without a promise: the hot path asks this first (every awaited promise costs, more
+   * so with AsyncLocalStorage on). Throws while the store is fenced; undefined means: ask forStore.
+   */
+  cachedHandle(storeId: string): TenantHandle | undefined {
+    this.checkFence(storeId);
+    const cached = this.handles.get(storeId);
+    if (cached) this.counters.hits++;
+    return cached;
+  }
+
+  private async buildOnce(storeId: string): Promise<TenantHandle> {
+    const refused = this.refusals.get(storeId);
+    if (refused) throw refused;
+    let pending = this.building.get(storeId);
+    if (!pending) {
+      this.counters.misses++;
+      pending = this.build(storeId).finally(() => this.building.delete(storeId));
+      this.building.set(storeId, pending);
+    }
+    return pending;
+  }
+
+  /** The store a hostname belongs to, or null. Unknown hosts are remembered briefly (no query each time). */
+  async storeIdForHost(hostname: string): Promise<string | null> {
+    const cached = this.cachedStoreIdForHost(hostname);
+    return cached !== undefined ? cached : this.lookUpHost(hostname);
+  }
+
+  /** What the host cache knows: a store id, null (known unknown), or undefined (ask storeIdForHost). */
+  cachedStoreIdForHost(hostname: string): string | null | undefined {
+    const cached = this.hosts.get(hostname);
+    if (cached === undefined) return undefined;
+    this.counters.hostHits++;
+    return cached === NO_STORE ? null : cached;
+  }
+
+  private async lookUpHost(hostname: string): Promise<string | null> {
+    this.counters.hostMisses++;
+    const rows = await this.master.sequelize.query<{ store_id: string }>('SELECT store_id FROM store_hostnames WHERE hostname = :hostname', {
+      replacements: { hostname },
+      type: QueryTypes.SELECT,
+    });
+    const storeId = rows[0]?.store_id ?? null;
+    this.hosts.set(hostname, storeId ?? NO_STORE, storeId ? {} : { ttl: this.options.negativeHostTtlMs ?? 5000 });
+    return storeId;
+  }
+
+  /** Run tenant work, turning a failing database into a fast 503 for this store only. */
+  async guard<T>(handle: TenantHandle, work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (err) {
+      throw this.classify(handle.storeId, err);
+    }
+  }
+
+  /** Drop a store's handle and cached state on every API instance (credentials rotated, suspended, deleted…). */
+  async invalidate(storeId: string): Promise<void> {
+    await this.bus.publish({ type: 'tenant.invalidate', storeId });
+  }
+
+  /** Tell every instance that these hostnames changed owner. */
+  async hostnamesChanged(hostnames: string[]): Promise<void> {
+    if (hostnames.length) await this.bus.publish({ type: 'hostnames.changed', hostnames });
+  }
+
+  stats() {
+    const perStore = [...this.handles.entries()]
+      .filter(([, h]) => h.open > 0 || h.leases > 0)
+      .map(([storeId, h]) => ({ storeId, ...h.stats() }));
+    const now = Date.now();
+    return {
+      handles: this.handles.size,
+      handlesMax: this.options.cacheMax,
+      connections: {
+        open: this.budget.open,
+        max: this.budget.max,
+        peak: this.budget.peak,
+        waiting: this.budget.waiting,
+        waits: this.budget.waits,
+        avgWaitMs: this.budget.waits ? +(this.budget.waitedMs / this.budget.waits).toFixed(1) : 0,
+        waitTimeouts: this.budget.timeouts,
+        reclaimed: this.budget.reclaimed,
+      },
+      hits: this.counters.hits,
+      misses: this.counters.misses,
+      evictions: this.counters.evictions,
+      builds: this.counters.builds,
+      avgBuildMs: this.counters.builds ? +(this.counters.buildMsTotal / this.counters.builds).toFixed(2) : 0,
+      hostCache: { size: this.hosts.size, hits: this.counters.hostHits, misses: this.counters.hostMisses },
+      fenced: [...this.fences.entries()].filter(([, f]) => f.until > now).map(([storeId, f]) => ({ storeId, until: new Date(f.until).toISOString(), reason: f.reason })),
+      fencesTotal: this.counters.fenced,
+      perStore,
+    };
+  }
+
+  /** The handle's state, if one is cached (admin views). */
+  peek(storeId: string) {
+    return this.handles.peek(storeId)?.stats() ?? null;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.handles.values()];
+    this.handles.clear();
+    await Promise.all(all.map((h) => h.close()));
+    this.budget.close();
+  }
+
+  private dropLocal(storeId: string): void {
+    this.handles.delete(storeId);
+    this.refusals.delete(storeId);
+    this.fences.delete(storeId);
+  }
+
+  private async build(storeId: string): Promise<TenantHandle> {
+    const started = performance.now();
+    const rows = await this.master.sequelize.query<StoreRecord>(
+      `SELECT s.status, d.status AS "dbStatus", d.credentials
+         FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
+        WHERE s.id = :storeId`,
+      { replacements: { storeId }, type: QueryTypes.SELECT },
+    );
+    const refusal = this.refusalFor(rows[0]);
+    if (refusal) {
+      this.refusals.set(storeId, refusal);
+      throw refusal;
+    }
+    // Credentials are decrypted here only, and live on inside the handle's Sequelize config.
+    const connection = this.encryptor.decryptJson<TenantConnection>(rows[0].credentials as string);
+    const handle = new TenantHandle(storeId, connection, this.budget, this.settings);
+    this.handles.set(storeId, handle);
+    this.counters.builds++;
+    this.counters.buildMsTotal += performance.now() - started;
+    return handle;
+  }
+
+  private refusalFor(row: StoreRecord | undefined): AppError | undefined {
+    if (!row || row.status === 'deleted') return notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+    if (row.status === 'suspended') return new AppError(423, ErrorCode.STORE_SUSPENDED, 'This store is suspended');
+    if (row.status !== 'active' || row.dbStatus !== 'ready' || !row.credentials) {
+      return new AppError(409, ErrorCode.STORE_NOT_READY, 'This store has no ready database yet');
+    }
+    return undefined;
+  }
+
+  private checkFence(storeId: string): void {
+    const fence = this.fences.get(storeId);
+    if (!fence) return;
+    const left = fence.until - Date.now();
+    if (left <= 0) {
+      // Half-open: the next request tries the database again.
+      this.fences.delete(storeId);
+      return;
+    }
+    throw unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", Math.ceil(left / 1000));
+  }
+
+  private classify(storeId: string, err: unknown): unknown {
+    if (err instanceof AppError) return err;
+    const budgetFull = err instanceof ConnectionAcquireTimeoutError || err instanceof BudgetTimeoutError || (err as { parent?: unknown }).parent instanceof BudgetTimeoutError;
+    if (budgetFull) {
+      // Every slot is busy: the instance is overloaded, the store is not at fault — no fence.
+      return unavailable(ErrorCode.TENANT_UNAVAILABLE, 'The server is busy; try again shortly', 1);
+    }
+    if (!isConnectionFailure(err)) return err;
+    const reason = (err as Error).message;
+    this.fences.set(storeId, { until: Date.now() + this.options.fenceMs, reason });
+    this.counters.fenced++;
+    // Connections to a failed database are useless; drop the pool, keep nothing half-broken.
+    this.handles.delete(storeId);
+    logger.warn({ storeId, reason }, 'tenant database failed; fenced');
+    return unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", Math.ceil(this.options.fenceMs / 1000));
+  }
+}

@@ -1,0 +1,64 @@
+import { BaseError, ConnectionError, ForeignKeyConstraintError, TimeoutError, UniqueConstraintError, ValidationError } from 'sequelize';
+import { AppError, ErrorCode } from '../lib/errors';
+
+/** Postgres SQLSTATE codes we answer for. */
+export const PgCode = {
+  UNIQUE_VIOLATION: '23505',
+  FOREIGN_KEY_VIOLATION: '23503',
+  CHECK_VIOLATION: '23514',
+  NOT_NULL_VIOLATION: '23502',
+  INVALID_TEXT_REPRESENTATION: '22P02',
+  SERIALIZATION_FAILURE: '40001',
+  DEADLOCK_DETECTED: '40P01',
+  INVALID_PASSWORD: '28P01',
+  INVALID_AUTHORIZATION: '28000',
+  INVALID_CATALOG_NAME: '3D000',
+  TOO_MANY_CONNECTIONS: '53300',
+  CANNOT_CONNECT_NOW: '57P03',
+  ADMIN_SHUTDOWN: '57P01',
+} as const;
+
+const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH', 'EPIPE']);
+
+/** The SQLSTATE (or socket errno) of a pg or Sequelize error, wherever it is nested. */
+export function pgCode(err: unknown): string | undefined {
+  let e = err as { code?: unknown; parent?: unknown; original?: unknown; cause?: unknown } | undefined;
+  for (let depth = 0; e && depth < 4; depth++) {
+    if (typeof e.code === 'string') return e.code;
+    e = (e.parent ?? e.original ?? e.cause) as typeof e;
+  }
+  return undefined;
+}
+
+/** Whether an error means the database could not be reached or refused the session (not a bad query). */
+export function isConnectionFailure(err: unknown): boolean {
+  if (err instanceof ConnectionError || err instanceof TimeoutError) return true;
+  const code = pgCode(err);
+  if (code && (CONNECTION_ERRNOS.has(code) || code.startsWith('08') || code.startsWith('28') || code.startsWith('57P') || code === PgCode.INVALID_CATALOG_NAME || code === PgCode.TOO_MANY_CONNECTIONS)) return true;
+  const message = (err as Error)?.message ?? '';
+  return /Connection terminated|timeout expired|connect ETIMEDOUT/i.test(message);
+}
+
+/**
+ * The one place where database errors become API errors. Constraint names and SQL never reach the client.
+ * Returns undefined for errors that are the server's own fault (they become 500).
+ */
+export function mapDatabaseError(err: unknown): AppError | undefined {
+  if (!(err instanceof BaseError) && !pgCode(err)) return undefined;
+  if (err instanceof UniqueConstraintError || pgCode(err) === PgCode.UNIQUE_VIOLATION) {
+    return new AppError(409, ErrorCode.CONFLICT, 'A resource with these values already exists');
+  }
+  if (err instanceof ForeignKeyConstraintError || pgCode(err) === PgCode.FOREIGN_KEY_VIOLATION) {
+    return new AppError(409, ErrorCode.CONFLICT, 'The request refers to something that does not exist or is still in use');
+  }
+  if (err instanceof ValidationError || pgCode(err) === PgCode.CHECK_VIOLATION || pgCode(err) === PgCode.NOT_NULL_VIOLATION) {
+    return new AppError(400, ErrorCode.VALIDATION_FAILED, 'The request breaks a rule of the data');
+  }
+  if (pgCode(err) === PgCode.INVALID_TEXT_REPRESENTATION) {
+    return new AppError(400, ErrorCode.VALIDATION_FAILED, 'A value has the wrong format');
+  }
+  if (isConnectionFailure(err)) {
+    return new AppError(503, ErrorCode.SERVICE_UNAVAILABLE, 'A database is not reachable right now', { headers: { 'Retry-After': '5' } });
+  }
+  return undefined;
+}

@@ -1,0 +1,57 @@
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import { migrate } from 'postgres-migrations';
+
+/**
+ * The one migration runner for the master and every tenant database: `postgres-migrations` applies the
+ * numbered files of sql/<kind> in order, each in its own transaction, under an advisory lock, and records
+ * each with a checksum in the database's `migrations` table; an applied file that changed stops the run.
+ */
+export type SchemaKind = 'master' | 'tenant';
+
+export const migrationsDir = (kind: SchemaKind) => path.resolve(__dirname, '../../sql', kind);
+
+export class MigrationError extends Error {}
+
+/** A digest of a schema's files: templates are rebuilt when it changes. */
+export function schemaDigest(kind: SchemaKind): string {
+  const dir = migrationsDir(kind);
+  const hash = createHash('sha1');
+  for (const f of readdirSync(dir).filter((f) => f.endsWith('.sql')).sort()) hash.update(f).update(readFileSync(path.join(dir, f)));
+  return hash.digest('hex').slice(0, 12);
+}
+
+/** The schema version the files on disk describe: the highest file number. */
+export function latestSchemaVersion(kind: SchemaKind): number {
+  return Math.max(0, ...readdirSync(migrationsDir(kind)).filter((f) => f.endsWith('.sql')).map((f) => parseInt(f, 10)));
+}
+
+export async function runMigrations(
+  kind: SchemaKind,
+  connection: pg.ClientConfig,
+  dir: string = migrationsDir(kind),
+  options: { role?: string } = {},
+): Promise<{ applied: string[]; schemaVersion: number }> {
+  const client = new pg.Client({ connectionTimeoutMillis: 5000, ...connection });
+  // A lost connection also fails the pending query; unheard, the 'error' event would crash the process.
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    // Objects are owned by the role the statements run as (a template owner, say), not the login role.
+    if (options.role) await client.query(`SET ROLE "${options.role.replace(/"/g, '""')}"`);
+    return await migrateWith(kind, client, dir);
+  } finally {
+    await client.end();
+  }
+}
+
+/** The same, on a connection the caller holds (and keeps). */
+export async function migrateWith(kind: SchemaKind, client: pg.Client, dir: string = migrationsDir(kind)): Promise<{ applied: string[]; schemaVersion: number }> {
+  const done = await migrate({ client }, dir).catch((err: Error) => {
+    throw new MigrationError(`${kind} migrations in ${dir}: ${err.message}`);
+  });
+  const { rows } = await client.query<{ v: number }>('SELECT coalesce(max(id), 0)::int AS v FROM migrations');
+  return { applied: done.map((m) => m.fileName), schemaVersion: rows[0].v };
+}

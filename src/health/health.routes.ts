@@ -1,0 +1,31 @@
+import { z } from 'zod';
+import type { AppContext } from '../context';
+import { ApiRouter } from '../http/api-router';
+
+const withTimeout = <T>(p: Promise<T>, ms: number) =>
+  Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error('timed out')), ms).unref())]);
+
+async function check(probe: () => Promise<unknown>): Promise<'ok' | 'failed'> {
+  try {
+    await withTimeout(probe(), 1500);
+    return 'ok';
+  } catch {
+    return 'failed';
+  }
+}
+
+export function healthRoutes(ctx: AppContext): ApiRouter {
+  const api = new ApiRouter('');
+  const tags = ['health'];
+  api.get('/health', { summary: 'The process is up', tags, response: z.object({ status: z.literal('ok') }) }, () => ({ status: 'ok' }));
+  api.get(
+    '/ready',
+    { summary: 'The master DB and Redis answer', tags, response: z.object({ status: z.string(), checks: z.record(z.string(), z.string()) }), errors: { 503: 'not ready' } },
+    async ({ res }) => {
+      const [master, redis] = await Promise.all([check(() => ctx.master.sequelize.query('SELECT 1')), check(() => ctx.redis.ping())]);
+      const ready = master === 'ok' && redis === 'ok';
+      res.status(ready ? 200 : 503).json({ status: ready ? 'ok' : 'unavailable', checks: { master, redis } });
+    },
+  );
+  return api;
+}

@@ -1,0 +1,44 @@
+import { z } from 'zod';
+import { AppError, ErrorCode } from '../lib/errors';
+
+/** `?limit=` (1–100, default 20) and `?cursor=` of every list. */
+export const ListQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  cursor: z.string().min(1).max(300).optional(),
+});
+
+export interface Page<T> {
+  items: T[];
+  nextCursor: string | null;
+}
+
+export const pageOf = <T extends z.ZodType>(item: T) => z.object({ items: z.array(item), nextCursor: z.string().nullable() });
+
+/** Keyset position: the sort timestamp (as Postgres printed it, full precision) and the row id. */
+export interface Position {
+  ts: string;
+  id: string;
+}
+
+export function encodeCursor(p: Position): string {
+  return Buffer.from(JSON.stringify([p.ts, p.id])).toString('base64url');
+}
+
+export function decodeCursor(cursor: string | undefined): Position | null {
+  if (!cursor) return null;
+  try {
+    const [ts, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown[];
+    if (typeof ts === 'string' && typeof id === 'string' && !Number.isNaN(Date.parse(ts)) && /^[0-9a-f-]{36}$/.test(id)) return { ts, id };
+  } catch {
+    // fall through
+  }
+  throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The cursor is not one this API gave out');
+}
+
+/** Given limit+1 rows fetched in order, the page and the cursor of the next one. */
+export function toPage<R extends { cursorTs: string; id: string }, T>(rows: R[], limit: number, map: (r: R) => T): Page<T> {
+  const more = rows.length > limit;
+  const slice = more ? rows.slice(0, limit) : rows;
+  const last = slice[slice.length - 1];
+  return { items: slice.map(map), nextCursor: more && last ? encodeCursor({ ts: last.cursorTs, id: last.id }) : null };
+}

@@ -1,0 +1,23 @@
+import { z } from 'zod';
+import type { AppContext } from '../context';
+import { ApiRouter } from '../http/api-router';
+import { platformClaims, requireAuth } from '../http/authenticate';
+import * as service from './onboarding.service';
+
+const OnboardingDto = z.object({
+  complete: z.boolean(),
+  storeId: z.uuid().nullable(),
+  steps: z.array(z.object({ id: z.enum(['store', 'database', 'payments', 'credits', 'profile']), required: z.boolean(), done: z.boolean(), skipped: z.boolean() })),
+});
+
+export function onboardingRoutes(ctx: AppContext): ApiRouter {
+  const api = new ApiRouter('/api/onboarding');
+  const common = { tags: ['onboarding'], secured: true, middleware: [requireAuth(ctx, 'platform')] };
+  api.get('', { ...common, summary: "The onboarding wizard's steps for the active store", response: OnboardingDto }, ({ req }) => service.onboarding(ctx, platformClaims(req.auth)));
+  api.post(
+    '/steps/:id/skip',
+    { ...common, summary: 'Skip a skippable step', params: z.object({ id: z.string().max(40) }), response: OnboardingDto, errors: { 400: 'STEP_NOT_SKIPPABLE', 404: 'NOT_FOUND', 409: 'CONFLICT (no store yet)' } },
+    ({ params, req }) => service.skipStep(ctx, platformClaims(req.auth), params.id),
+  );
+  return api;
+}

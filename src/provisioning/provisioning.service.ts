@@ -1,0 +1,269 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { parse as parseConnectionString } from 'pg-connection-string';
+import type { Job } from 'bullmq';
+import type { AppContext } from '../context';
+import { migrationsDir } from '../db/migrate';
+import { pgCode, PgCode } from '../db/errors';
+import type { TenantConnection } from '../db/tenant-handle';
+import { AppError, ErrorCode, conflict, notFound } from '../lib/errors';
+import { logger } from '../lib/logger';
+import { getQueue, provisioningJobId, QueueName } from '../queue/queues';
+import { requireStoreAccess } from '../stores/membership';
+import type { ConnectDatabaseInput, ProvisioningStatus } from './provisioning.schemas';
+import { claimWarmDatabase, ensureTemplate, TEMPLATE_OWNER } from './templates';
+import { ensureTenantDatabase, prepareTenant, tenantPgConfig, type StoreSeed } from './tenant-db';
+import { leastLoadedServer, serverByKey, tenantServers } from './tenant-servers';
+
+/** The tables our tenant schema creates; anything else in an external database is someone else's. */
+function tenantTables(): Set<string> {
+  const dir = migrationsDir('tenant');
+  const names = new Set(['migrations']);
+  for (const f of readdirSync(dir).filter((f) => f.endsWith('.sql'))) {
+    for (const m of readFileSync(path.join(dir, f), 'utf8').matchAll(/CREATE TABLE (?:IF NOT EXISTS )?(\w+)/gi)) names.add(m[1]);
+  }
+  return names;
+}
+
+function externalConnection(input: Extract<ConnectDatabaseInput, { mode: 'external' }>): TenantConnection {
+  if ('connectionString' in input) {
+    const c = parseConnectionString(input.connectionString);
+    if (!c.host || !c.database || !c.user) throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The connection string needs a host, a database and a user');
+    return { host: c.host, port: Number(c.port ?? 5432), database: c.database, user: c.user, password: c.password ?? '', ssl: c.ssl ? true : undefined };
+  }
+  return { host: input.host, port: input.port, database: input.database, user: input.user, password: input.password, ssl: input.ssl };
+}
+
+/** Check an owner's own database before anything is stored or queued: reachable, accepted, empty of others' tables. */
+async function checkExternalDatabase(connection: TenantConnection): Promise<void> {
+  const client = new pg.Client({ ...tenantPgConfig(connection), connectionTimeoutMillis: 3000, query_timeout: 3000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+  } catch (err) {
+    const code = pgCode(err);
+    if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION) {
+      throw new AppError(422, ErrorCode.DATABASE_AUTH_FAILED, 'The database rejected these credentials');
+    }
+    throw new AppError(422, ErrorCode.DATABASE_UNREACHABLE, 'The database could not be reached with these settings');
+  }
+  try {
+    // From the catalog, not information_schema: that shows only tables this role has privileges on, and a
+    // table of another role is someone else's data all the same.
+    const { rows } = await client.query<{ schema: string; name: string }>(
+      `SELECT n.nspname AS schema, c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'`,
+    );
+    const ours = tenantTables();
+    const foreign = rows.filter((r) => r.schema !== 'public' || !ours.has(r.name));
+    if (foreign.length) {
+      throw new AppError(422, ErrorCode.DATABASE_NOT_EMPTY, `The database already holds ${foreign.length} table(s) that are not Tenantry's; give it an empty database`);
+    }
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+
+async function enqueue(ctx: AppContext, storeId: string): Promise<string> {
+  const queue = getQueue(ctx, QueueName.provisioning);
+  const jobId = provisioningJobId(storeId);
+  const existing = await queue.getJob(jobId);
+  if (existing) {
+    const state = await existing.getState();
+    if (state !== 'completed' && state !== 'failed' && state !== 'unknown') return jobId;
+    await existing.remove();
+  }
+  await queue.add('provision', { storeId }, { jobId, attempts: ctx.config.provisioning.attempts });
+  return jobId;
+}
+
+/**
+ * Queue the store's provisioning job again unless it is waiting or running (a store restored while its
+ * job was skipped, say): the job finishes whatever is left, every step being idempotent.
+ */
+export const queueProvisioning = (ctx: AppContext, storeId: string): Promise<string> => enqueue(ctx, storeId);
+
+/**
+ * Connect a store to its database: check and store the credentials (encrypted), then queue the one
+ * provisioning job of the store. A second call while it is queued or running answers with the same job.
+ */
+export async function connectDatabase(ctx: AppContext, userId: string, storeId: string, input: ConnectDatabaseInput) {
+  const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  if (store.status === 'active') throw conflict(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
+  if (store.status === 'suspended') throw new AppError(423, ErrorCode.STORE_SUSPENDED, 'This store is suspended');
+  if (store.status === 'provisioning') return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
+
+  const { StoreDatabase, Store, AuditLog } = ctx.master.models;
+  const previous = await StoreDatabase.findByPk(storeId);
+  let connection: TenantConnection;
+  let server: string | null = null;
+  if (input.mode === 'managed') {
+    if (previous?.mode === 'managed' && previous.server && tenantServers(ctx).some((s) => s.key === previous.server)) {
+      // A failed earlier attempt: finish that database rather than leave it orphaned. (Unless its server
+      // was taken out of TENANT_SERVERS: the job could never reach it again, so pick a configured one.)
+      connection = ctx.encryptor.decryptJson<TenantConnection>(previous.credentials);
+      server = previous.server;
+    } else {
+      const target = await leastLoadedServer(ctx);
+      const name = `${ctx.config.provisioning.databasePrefix}${storeId.replace(/-/g, '')}`;
+      connection = { host: target.host, port: target.port, database: name, user: name, password: randomBytes(24).toString('base64url') };
+      server = target.key;
+    }
+  } else {
+    connection = externalConnection(input);
+    await checkExternalDatabase(connection);
+  }
+
+  await ctx.master.sequelize.transaction(async (t) => {
+    const locked = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
+    if (!locked || locked.status === 'deleted') throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+    if (locked.status === 'active') throw conflict(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
+    if (locked.status === 'provisioning') return;
+    await StoreDatabase.upsert(
+      {
+        storeId,
+        mode: input.mode,
+        server,
+        databaseName: connection.database,
+        credentials: ctx.encryptor.encryptJson(connection),
+        status: 'provisioning',
+        lastError: null,
+        jobId: provisioningJobId(storeId),
+      },
+      { transaction: t },
+    );
+    await locked.update({ status: 'provisioning' }, { transaction: t });
+    await AuditLog.create({ actorUserId: userId, storeId, action: 'store.database.connected', targetType: 'store', targetId: storeId, data: { mode: input.mode } }, { transaction: t });
+  });
+  return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
+}
+
+export async function retryProvisioning(ctx: AppContext, userId: string, storeId: string) {
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  const { Store, StoreDatabase } = ctx.master.models;
+  await ctx.master.sequelize.transaction(async (t) => {
+    const store = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
+    if (store?.status !== 'provisioning_failed') throw conflict(ErrorCode.CONFLICT, 'Only a store whose provisioning failed can be retried');
+    await StoreDatabase.update({ status: 'provisioning', lastError: null }, { where: { storeId }, transaction: t });
+    await store.update({ status: 'provisioning' }, { transaction: t });
+  });
+  return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
+}
+
+const JOB_STATES: Record<string, ProvisioningStatus['state']> = {
+  active: 'running',
+  completed: 'completed',
+  failed: 'failed',
+};
+
+export async function provisioningStatus(ctx: AppContext, userId: string, storeId: string): Promise<ProvisioningStatus> {
+  const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin', 'staff']);
+  // The job's state first, then the job and the row: a job ends only once its outcome (error, schema
+  // version) is written to the row, so a finished state is never shown beside older attempts or row.
+  const queue = getQueue(ctx, QueueName.provisioning);
+  const jobState = await queue.getJobState(provisioningJobId(storeId));
+  const job = await queue.getJob(provisioningJobId(storeId));
+  const db = await ctx.master.models.StoreDatabase.findByPk(storeId);
+  if (!db) throw notFound('No database has been connected to this store yet');
+  if (!job && store.status === 'provisioning') await enqueue(ctx, storeId); // the queueing was lost: queue again
+  const progress = (job?.progress ?? {}) as { progress?: number; step?: string };
+  const state: ProvisioningStatus['state'] = job
+    ? (JOB_STATES[jobState] ?? 'queued')
+    : store.status === 'provisioning_failed'
+      ? 'failed'
+      : db.status === 'ready'
+        ? 'completed'
+        : 'queued';
+  return {
+    jobId: db.jobId ?? null,
+    state,
+    progress: state === 'completed' ? 100 : (progress.progress ?? 0),
+    step: state === 'completed' ? 'done' : (progress.step ?? null),
+    attempts: job?.attemptsMade ?? 0,
+    error: db.lastError ?? null,
+    schemaVersion: db.schemaVersion,
+  };
+}
+
+/** What a client may see of a failure: its kind, never hosts, SQL or credentials. */
+function describeFailure(err: unknown, step: string): string {
+  const code = pgCode(err);
+  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH') return `${step}: the database server could not be reached`;
+  if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION) return `${step}: the database server rejected the credentials`;
+  if (/timeout/i.test((err as Error)?.message ?? '')) return `${step}: the database server did not answer in time`;
+  return `${step}: failed${code ? ` (SQLSTATE ${code})` : ''}`;
+}
+
+/**
+ * The provisioning job. Every step is idempotent, so a retried job — or one taken over from a worker that
+ * died — finishes the work: create role and database (managed), migrate under the runner's advisory lock,
+ * write the store row and its first admin, mark the store active.
+ */
+export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: string }>) {
+  const { storeId } = job.data;
+  const started = Date.now();
+  const { Store, StoreDatabase, User } = ctx.master.models;
+  const store = await Store.findByPk(storeId);
+  const db = await StoreDatabase.findByPk(storeId);
+  if (!store || !db || store.status !== 'provisioning') return { skipped: store?.status ?? 'missing' };
+  const owner = await User.findByPk(store.ownerId);
+  const connection = ctx.encryptor.decryptJson<TenantConnection>(db.credentials);
+  let step = 'create_database';
+  const report = (name: string, progress: number) => {
+    step = name;
+    return job.updateProgress({ step: name, progress });
+  };
+  try {
+    const seed: StoreSeed = {
+      store: { id: store.id, name: store.name, slug: store.slug },
+      owner: owner ? { platformUserId: owner.id, email: owner.email, name: owner.name, passwordHash: owner.passwordHash } : undefined,
+    };
+    let schemaVersion: number;
+    if (db.mode === 'managed') {
+      await report('create_database', 10);
+      const server = serverByKey(ctx, db.server!);
+      const template = ctx.config.provisioning.templates
+        ? await ensureTemplate(server).catch((err: Error) => {
+            logger.warn({ server: server.key, err: err.message }, 'no tenant template; creating the database empty and migrating it');
+            return null;
+          })
+        : null;
+      const warm = template !== null && ctx.config.provisioning.warmPool > 0;
+      await ensureTenantDatabase(server.adminUrl, {
+        database: connection.database,
+        role: connection.user,
+        password: connection.password,
+        template: template ? { name: template, owner: TEMPLATE_OWNER } : undefined,
+        claimWarm: warm ? (admin) => claimWarmDatabase(admin, connection.database, ctx.config.provisioning.databasePrefix) : undefined,
+      });
+      if (warm) await getQueue(ctx, QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' }, { jobId: 'refill-warm-pool', removeOnComplete: true, removeOnFail: true });
+      await report('migrate', 50);
+      const u = new URL(server.adminUrl);
+      u.pathname = `/${connection.database}`;
+      ({ schemaVersion } = await prepareTenant(u.toString(), seed, { asRole: connection.user, handOverFrom: template ? TEMPLATE_OWNER : undefined }));
+    } else {
+      await report('migrate', 50);
+      ({ schemaVersion } = await prepareTenant(tenantPgConfig(connection), seed));
+    }
+    await report('activate', 90);
+    await ctx.master.sequelize.transaction(async (t) => {
+      await StoreDatabase.update({ status: 'ready', schemaVersion, lastError: null }, { where: { storeId }, transaction: t });
+      await Store.update({ status: 'active' }, { where: { id: storeId, status: 'provisioning' }, transaction: t });
+    });
+    await ctx.tenants.invalidate(storeId);
+    await report('done', 100);
+    return { schemaVersion, durationMs: Date.now() - started };
+  } catch (err) {
+    const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+    const message = describeFailure(err, step);
+    logger.warn({ storeId, step, attempt: job.attemptsMade + 1, err: (err as Error).message }, 'provisioning step failed');
+    await ctx.master.sequelize.transaction(async (t) => {
+      await StoreDatabase.update({ lastError: message, ...(lastAttempt ? { status: 'failed' as const } : {}) }, { where: { storeId }, transaction: t });
+      if (lastAttempt) await Store.update({ status: 'provisioning_failed' }, { where: { id: storeId, status: 'provisioning' }, transaction: t });
+    });
+    throw err;
+  }
+}

@@ -1,0 +1,41 @@
+import { QueryTypes } from 'sequelize';
+import type { AppContext } from '../context';
+
+/** A Postgres server where managed tenant databases are created, known by `host:port`. */
+export interface TenantServer {
+  key: string;
+  adminUrl: string;
+  host: string;
+  port: number;
+}
+
+function toServer(adminUrl: string): TenantServer {
+  const u = new URL(adminUrl);
+  const port = Number(u.port || 5432);
+  return { key: `${u.hostname}:${port}`, adminUrl, host: u.hostname, port };
+}
+
+/** TENANT_SERVERS, or the master's own server (its `postgres` database as the admin entry). */
+export function tenantServers(ctx: AppContext): TenantServer[] {
+  if (ctx.config.tenantServers.length) return ctx.config.tenantServers.map(toServer);
+  const u = new URL(ctx.masterUrl);
+  u.pathname = '/postgres';
+  return [toServer(u.toString())];
+}
+
+export function serverByKey(ctx: AppContext, key: string): TenantServer {
+  const server = tenantServers(ctx).find((s) => s.key === key);
+  if (!server) throw new Error(`tenant server ${key} is not in TENANT_SERVERS any more`);
+  return server;
+}
+
+/** The server holding the fewest managed store databases. */
+export async function leastLoadedServer(ctx: AppContext): Promise<TenantServer> {
+  const servers = tenantServers(ctx);
+  const rows = await ctx.master.sequelize.query<{ server: string; n: number }>(
+    `SELECT server, count(*)::int AS n FROM store_databases WHERE mode = 'managed' AND server IN (:keys) GROUP BY server`,
+    { replacements: { keys: servers.map((s) => s.key) }, type: QueryTypes.SELECT },
+  );
+  const load = new Map(rows.map((r) => [r.server, r.n]));
+  return servers.reduce((best, s) => ((load.get(s.key) ?? 0) < (load.get(best.key) ?? 0) ? s : best));
+}

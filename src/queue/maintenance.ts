@@ -1,0 +1,23 @@
+import { Op } from 'sequelize';
+import type { AppContext } from '../context';
+import type { JobPayloads } from './queues';
+import { refillWarmPool } from '../provisioning/templates';
+import { tenantServers } from '../provisioning/tenant-servers';
+import { purgeDeletedStores } from '../stores/purge';
+
+/** Housekeeping that any one worker may do. */
+export async function processMaintenance(ctx: AppContext, data: JobPayloads['maintenance']): Promise<Record<string, number>> {
+  switch (data.task) {
+    case 'purge-deleted-stores':
+      return purgeDeletedStores(ctx);
+    case 'refill-warm-pool': {
+      let created = 0;
+      for (const server of tenantServers(ctx)) created += (await refillWarmPool(server, ctx.config.provisioning.warmPool, ctx.config.provisioning.databasePrefix)).created;
+      return { created };
+    }
+    case 'prune-revoked-tokens': {
+      const removed = await ctx.master.models.RevokedToken.destroy({ where: { expiresAt: { [Op.lt]: new Date() } } });
+      return { removed };
+    }
+  }
+}

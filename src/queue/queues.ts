@@ -1,0 +1,83 @@
+import { Queue, type BackoffStrategy, type DefaultJobOptions, type JobsOptions, type QueueOptions } from 'bullmq';
+import type { AppContext } from '../context';
+
+/** Every queue of Tenantry and the payload of its jobs. */
+export const QueueName = {
+  maintenance: 'maintenance',
+  provisioning: 'provisioning',
+  tenantMigrations: 'tenant-migrations',
+  creditSync: 'credit-sync',
+} as const;
+export type QueueName = (typeof QueueName)[keyof typeof QueueName];
+
+export interface JobPayloads {
+  maintenance: { task: 'prune-revoked-tokens' | 'refill-warm-pool' | 'purge-deleted-stores' };
+  provisioning: { storeId: string };
+  'tenant-migrations': { requestedBy: string };
+  'credit-sync': { storeId: string };
+}
+
+/** One provisioning job per store: a second request finds the same job. */
+export const provisioningJobId = (storeId: string) => `provision-${storeId}`;
+
+/** Back-off types beyond BullMQ's own: `capped-exponential` doubles `delay` per attempt up to one minute. */
+export const BackoffType = { cappedExponential: 'capped-exponential' } as const;
+const BACKOFF_CAP_MS = 60_000;
+
+/** Every worker's `settings.backoffStrategy` (BullMQ asks it only for types it does not know itself). */
+export const backoffStrategy: BackoffStrategy = (attemptsMade, type, _err, job) => {
+  if (type !== BackoffType.cappedExponential) throw new Error(`unknown back-off type "${type}"`);
+  const backoff = job?.opts.backoff;
+  const base = typeof backoff === 'object' && backoff.delay ? backoff.delay : 1000;
+  return Math.min(base * 2 ** Math.max(0, attemptsMade - 1), BACKOFF_CAP_MS);
+};
+
+/**
+ * One credit-cache sync per store at a time (BullMQ deduplication, not a fixed job id, which a finished job
+ * would keep blocking). The job waits `delayMs` first: adds while it waits are dropped (it will copy their
+ * changes), an add while it runs queues exactly one more; so a busy store is synced about once per delay.
+ * Retried for about 25 minutes (1 s doubling to 1 min) while the store's database is unreachable.
+ */
+export const creditSyncJobOptions = (storeId: string, delayMs: number): JobsOptions => ({
+  deduplication: { id: `credit-sync-${storeId}`, keepLastIfActive: true },
+  delay: delayMs,
+  attempts: 30,
+  backoff: { type: BackoffType.cappedExponential, delay: 1000 },
+  removeOnComplete: { age: 3600, count: 1000 },
+  removeOnFail: { age: 7 * 24 * 3600, count: 1000 },
+});
+
+/** Default job options, in one place: retried with exponential back-off, finished jobs kept a while. */
+export const defaultJobOptions: DefaultJobOptions = {
+  attempts: 5,
+  backoff: { type: 'exponential', delay: 1000 },
+  removeOnComplete: { age: 24 * 3600, count: 1000 },
+  removeOnFail: { age: 7 * 24 * 3600 },
+};
+
+/** BullMQ owns (and closes) connections made from these options. */
+export function bullConnection(ctx: AppContext) {
+  return { url: ctx.config.redisUrl, maxRetriesPerRequest: null };
+}
+
+export function queueOptions(ctx: AppContext): QueueOptions {
+  return { connection: bullConnection(ctx), prefix: `${ctx.redisPrefix}:bull`, defaultJobOptions };
+}
+
+const queues = new WeakMap<AppContext, Map<QueueName, Queue>>();
+
+/** The process's producer handle of a queue (one per context and name). */
+export function getQueue<N extends QueueName>(ctx: AppContext, name: N): Queue<JobPayloads[N]> {
+  let byName = queues.get(ctx);
+  if (!byName) queues.set(ctx, (byName = new Map()));
+  let q = byName.get(name);
+  if (!q) byName.set(name, (q = new Queue(name, queueOptions(ctx))));
+  return q as Queue<JobPayloads[N]>;
+}
+
+export async function closeQueues(ctx: AppContext): Promise<void> {
+  const byName = queues.get(ctx);
+  if (!byName) return;
+  queues.delete(ctx);
+  await Promise.all([...byName.values()].map((q) => q.close()));
+}

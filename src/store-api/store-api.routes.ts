@@ -1,0 +1,106 @@
+import { ipKeyGenerator } from 'express-rate-limit';
+import { z } from 'zod';
+import { redisLimiter } from '../auth/auth.routes';
+import type { AppContext } from '../context';
+import { currentStoreId } from '../db/tenant-context';
+import { ApiRouter } from '../http/api-router';
+import { requireAuth } from '../http/authenticate';
+import { ListQuery, pageOf } from '../http/pagination';
+import { ErrorCode, unauthenticated } from '../lib/errors';
+import { CreateOrderBody, OrderDto, OrderIdParams } from './orders.schemas';
+import * as orders from './orders.service';
+import { CreateProductBody, ProductDto, ProductIdParams, ProductListQuery, UpdateProductBody } from './products.schemas';
+import * as products from './products.service';
+import { resolveTenant } from './resolve-tenant';
+import { actorOf, identifyActor, requireStoreRole, type StoreActor } from './store-access';
+import { CreateStaffBody, CustomerDto, StoreAuthResult, StoreInfoDto, StoreLoginBody, StoreRegisterBody, StoreUserDto } from './store-users.schemas';
+import * as users from './store-users.service';
+
+const TENANT_ERRORS = {
+  403: `${ErrorCode.TENANT_MISMATCH} | ${ErrorCode.FORBIDDEN}`,
+  404: ErrorCode.STORE_NOT_FOUND,
+  409: ErrorCode.STORE_NOT_READY,
+  423: ErrorCode.STORE_SUSPENDED,
+  503: `${ErrorCode.TENANT_UNAVAILABLE} (with Retry-After)`,
+};
+
+/** The storefront and store-admin API: every route runs inside the store resolved from host, header or token. */
+export function storeApiRoutes(ctx: AppContext): ApiRouter {
+  const api = new ApiRouter('/api/store');
+  api.router.use(resolveTenant(ctx));
+  const staff = requireStoreRole(ctx, ['admin', 'staff']);
+  const admin = requireStoreRole(ctx, ['admin']);
+  const anyone = requireStoreRole(ctx, ['admin', 'staff', 'customer']);
+  const storeToken = requireAuth(ctx, 'store');
+  const perStore = (name: string, limit: number) =>
+    redisLimiter(ctx, name, {
+      limit,
+      skipSuccessfulRequests: name === 'store-login',
+      keyGenerator: (req) => `${currentStoreId()}:${ipKeyGenerator(req.ip ?? '')}${name === 'store-login' ? `:${String(req.body?.email ?? '').toLowerCase()}` : ''}`,
+    });
+
+  api.post(
+    '/auth/register',
+    { summary: 'A shopper signs up to this store', tags: ['store auth'], body: StoreRegisterBody, status: 201, response: StoreAuthResult, middleware: [perStore('store-register', ctx.config.rateLimit.registerMax)], errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN | STORE_NOT_READY', 429: 'RATE_LIMITED' } },
+    ({ body }) => users.registerCustomer(ctx, body),
+  );
+  api.post(
+    '/auth/login',
+    { summary: 'A store user signs in (store token)', tags: ['store auth'], body: StoreLoginBody, response: StoreAuthResult, middleware: [perStore('store-login', ctx.config.rateLimit.loginMax)], errors: { ...TENANT_ERRORS, 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED' } },
+    ({ body }) => users.loginStoreUser(ctx, body),
+  );
+  api.get('/auth/me', { summary: 'The signed-in store user', tags: ['store auth'], secured: true, middleware: [storeToken], response: z.object({ user: StoreUserDto }), errors: TENANT_ERRORS }, ({ req }) => {
+    if (!req.auth) throw unauthenticated();
+    return users.storeMe(req.auth.sub);
+  });
+  api.get('/info', { summary: "The store's public profile", tags: ['storefront'], response: StoreInfoDto, errors: TENANT_ERRORS }, () => users.storeInfo());
+
+  const optionalActor = (res: Parameters<typeof actorOf>[0]): StoreActor | undefined => res.locals.actor as StoreActor | undefined;
+  const maybeStaff = identifyActor(ctx);
+  api.get(
+    '/products',
+    { summary: 'The catalogue (public; staff may include inactive products)', tags: ['products'], query: ProductListQuery, response: pageOf(ProductDto), errors: TENANT_ERRORS, middleware: [maybeStaff] },
+    ({ query, res }) => products.listProducts({ limit: query.limit, cursor: query.cursor, includeInactive: query.includeInactive === 'true' && products.canSeeInactive(optionalActor(res)) }),
+  );
+  api.get('/products/:id', { summary: 'One product', tags: ['products'], params: ProductIdParams, response: ProductDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND | STORE_NOT_FOUND' }, middleware: [maybeStaff] }, ({ params, res }) =>
+    products.getProduct(params.id, optionalActor(res)),
+  );
+  api.post(
+    '/products',
+    { summary: 'Add a product', tags: ['products'], secured: true, middleware: [staff], body: CreateProductBody, status: 201, response: ProductDto, errors: { ...TENANT_ERRORS, 409: 'SKU_TAKEN | STORE_NOT_READY' } },
+    ({ body, res }) => products.createProduct(body, actorOf(res)),
+  );
+  api.patch(
+    '/products/:id',
+    { summary: 'Change a product', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, body: UpdateProductBody, response: ProductDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND', 409: 'SKU_TAKEN' } },
+    ({ params, body, res }) => products.updateProduct(params.id, body, actorOf(res)),
+  );
+  api.delete(
+    '/products/:id',
+    { summary: 'Remove a product (soft)', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, status: 204, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } },
+    ({ params, res }) => products.deleteProduct(params.id, actorOf(res)),
+  );
+
+  api.get('/customers', { summary: "The store's customers", tags: ['people'], secured: true, middleware: [staff], query: ListQuery, response: pageOf(CustomerDto), errors: TENANT_ERRORS }, ({ query }) =>
+    users.listCustomers(query),
+  );
+  api.post(
+    '/staff',
+    { summary: 'Add an admin or staff member', tags: ['people'], secured: true, middleware: [admin], body: CreateStaffBody, status: 201, response: z.object({ user: StoreUserDto }), errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN' } },
+    ({ body, res }) => users.createStaff(body, actorOf(res)),
+  );
+
+  api.post(
+    '/orders',
+    { summary: 'Place an order (customer)', tags: ['orders'], secured: true, middleware: [anyone], body: CreateOrderBody, status: 201, response: OrderDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND (product)', 409: 'OUT_OF_STOCK' } },
+    ({ body, res }) => orders.placeOrder(body, actorOf(res)),
+  );
+  api.get('/orders', { summary: 'Orders: a customer sees their own, staff see all', tags: ['orders'], secured: true, middleware: [anyone], query: ListQuery, response: pageOf(OrderDto), errors: TENANT_ERRORS }, ({ query, res }) =>
+    orders.listOrders(actorOf(res), query),
+  );
+  api.get('/orders/:id', { summary: 'One order', tags: ['orders'], secured: true, middleware: [anyone], params: OrderIdParams, response: OrderDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } }, ({ params, res }) =>
+    orders.getOrder(params.id, actorOf(res)),
+  );
+  return api;
+}
+

@@ -1,0 +1,101 @@
+import type { AppContext } from '../context';
+import { pgCode, PgCode } from '../db/errors';
+import { currentStoreId, tenantDb } from '../db/tenant-context';
+import { decodeCursor, toPage, type Page } from '../http/pagination';
+import { AppError, conflict, ErrorCode, notFound } from '../lib/errors';
+import type { StoreClaims } from '../lib/jwt';
+import { burnPasswordCheck, hashPassword, verifyPassword } from '../lib/passwords';
+import type { StoreActor } from './store-access';
+import type { CreateStaffInput, StoreLoginInput, StoreRegisterInput, StoreUser } from './store-users.schemas';
+
+interface UserRow {
+  id: string;
+  email: string;
+  name: string;
+  role: StoreUser['role'];
+  passwordHash?: string;
+  createdAt: Date | string;
+}
+
+const toStoreUser = (u: UserRow): StoreUser => ({ id: u.id, email: u.email, name: u.name, role: u.role, createdAt: new Date(u.createdAt).toISOString() });
+
+function storeToken(ctx: AppContext, user: StoreUser): string {
+  const claims: StoreClaims = { sub: user.id, typ: 'store', role: user.role, storeId: currentStoreId() };
+  return ctx.tokens.sign(claims).token;
+}
+
+function emailTaken(err: unknown): never {
+  if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw conflict(ErrorCode.EMAIL_TAKEN, 'This store already has a user with this e-mail');
+  throw err;
+}
+
+async function createUser(input: { email: string; password: string; name: string; role: StoreUser['role'] }, actor: StoreActor | null): Promise<StoreUser> {
+  const passwordHash = await hashPassword(input.password);
+  return tenantDb
+    .transaction(async (t, m) => {
+      const user = await m.User.create({ email: input.email, passwordHash, name: input.name, role: input.role }, { transaction: t });
+      if (input.role === 'customer') await m.Customer.create({ userId: user.id }, { transaction: t });
+      await m.AuditLog.create(
+        { actorId: actor?.id ?? user.id, actorType: actor?.kind ?? 'store_user', action: `user.created`, targetType: 'user', targetId: user.id, data: { role: input.role } },
+        { transaction: t },
+      );
+      return toStoreUser(user);
+    })
+    .catch(emailTaken);
+}
+
+/** A shopper signs up: a `customer` of this store only. */
+export async function registerCustomer(ctx: AppContext, input: StoreRegisterInput) {
+  const user = await createUser({ ...input, role: 'customer' }, null);
+  return { user, token: storeToken(ctx, user) };
+}
+
+export async function loginStoreUser(ctx: AppContext, input: StoreLoginInput) {
+  const rows = await tenantDb.query<UserRow>(
+    'SELECT id, email, name, role, password_hash AS "passwordHash", created_at AS "createdAt" FROM users WHERE email = $1',
+    [input.email],
+  );
+  const row = rows[0];
+  if (!row) await burnPasswordCheck(input.password);
+  if (!row || !(await verifyPassword(input.password, row.passwordHash!))) {
+    throw new AppError(401, ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
+  }
+  const user = toStoreUser(row);
+  return { user, token: storeToken(ctx, user) };
+}
+
+export async function storeMe(userId: string) {
+  const rows = await tenantDb.query<UserRow>('SELECT id, email, name, role, created_at AS "createdAt" FROM users WHERE id = $1', [userId]);
+  if (!rows[0]) throw notFound('The account no longer exists');
+  return { user: toStoreUser(rows[0]) };
+}
+
+export async function createStaff(input: CreateStaffInput, actor: StoreActor) {
+  return { user: await createUser(input, actor) };
+}
+
+export async function listCustomers(opts: { limit: number; cursor?: string }): Promise<Page<StoreUser & { phone: string | null; marketingOptIn: boolean }>> {
+  const after = decodeCursor(opts.cursor);
+  const values: unknown[] = [opts.limit + 1];
+  let where = `u.role = 'customer'`;
+  if (after) {
+    values.push(after.ts, after.id);
+    where += ' AND (u.created_at, u.id) < ($2::timestamptz, $3::uuid)';
+  }
+  const rows = await tenantDb.query<UserRow & { cursorTs: string; phone: string | null; marketingOptIn: boolean | null }>(
+    `SELECT u.id, u.email, u.name, u.role, u.created_at AS "createdAt", u.created_at::text AS "cursorTs",
+            c.phone, c.marketing_opt_in AS "marketingOptIn"
+       FROM users u LEFT JOIN customers c ON c.user_id = u.id
+      WHERE ${where} ORDER BY u.created_at DESC, u.id DESC LIMIT $1`,
+    values,
+  );
+  return toPage(rows, opts.limit, (r) => ({ ...toStoreUser(r), phone: r.phone ?? null, marketingOptIn: r.marketingOptIn ?? false }));
+}
+
+export async function storeInfo() {
+  const rows = await tenantDb.query<{ id: string; name: string; slug: string; currency: string; timezone: string }>(
+    'SELECT id, name, slug, currency, timezone FROM stores LIMIT 1',
+  );
+  if (!rows[0]) throw new AppError(409, ErrorCode.STORE_NOT_READY, "This store's database has no store profile yet");
+  return rows[0];
+}

@@ -1,0 +1,61 @@
+import { QueryTypes } from 'sequelize';
+import type { MasterDb } from '../db/master';
+import type { MemberRole, StoreStatus } from '../models/master';
+import { ErrorCode, forbidden, notFound } from '../lib/errors';
+
+export interface StoreSummary {
+  id: string;
+  name: string;
+  slug: string;
+  status: StoreStatus;
+  role: MemberRole;
+}
+
+/** The stores a platform user belongs to (not deleted ones), oldest first — the admin's store dropdown. */
+export async function listUserStores(master: MasterDb, userId: string): Promise<StoreSummary[]> {
+  return master.sequelize.query<StoreSummary>(
+    `SELECT s.id, s.name, s.slug, s.status, m.role
+       FROM store_members m JOIN stores s ON s.id = m.store_id
+      WHERE m.user_id = :userId AND s.status <> 'deleted'
+      ORDER BY s.created_at, s.id`,
+    { replacements: { userId }, type: QueryTypes.SELECT },
+  );
+}
+
+/** The caller's role in a store, or null when not a member (or the store is deleted). */
+export async function memberRole(master: MasterDb, userId: string, storeId: string): Promise<MemberRole | null> {
+  const rows = await master.sequelize.query<{ role: MemberRole }>(
+    `SELECT m.role FROM store_members m JOIN stores s ON s.id = m.store_id
+      WHERE m.user_id = :userId AND m.store_id = :storeId AND s.status <> 'deleted'`,
+    { replacements: { userId, storeId }, type: QueryTypes.SELECT },
+  );
+  return rows[0]?.role ?? null;
+}
+
+/**
+ * The store the onboarding wizard and `me` work on: the token's store while the user is still a member,
+ * else the user's most recently created store.
+ */
+export function activeStoreId(stores: StoreSummary[], tokenStoreId: string | null): string | null {
+  if (tokenStoreId && stores.some((s) => s.id === tokenStoreId)) return tokenStoreId;
+  return stores.length ? stores[stores.length - 1].id : null;
+}
+
+/**
+ * The store a platform route acts on, after checking the caller may: missing (or deleted, unless
+ * `allowDeleted`) → 404 STORE_NOT_FOUND; not a member, or a role not in `roles` → 403.
+ */
+export async function requireStoreAccess(
+  master: MasterDb,
+  storeId: string,
+  userId: string,
+  roles: MemberRole[],
+  opts: { allowDeleted?: boolean } = {},
+) {
+  const store = await master.models.Store.findByPk(storeId);
+  if (!store || (store.status === 'deleted' && !opts.allowDeleted)) throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+  const member = await master.models.StoreMember.findOne({ where: { storeId, userId } });
+  if (!member) throw forbidden('You are not a member of this store');
+  if (!roles.includes(member.role)) throw forbidden(`This needs one of these store roles: ${roles.join(', ')}`);
+  return { store, role: member.role };
+}

@@ -1,0 +1,78 @@
+import type { Request } from 'express';
+import { z } from 'zod';
+import { StoreSummaryDto } from '../auth/auth.schemas';
+import type { AppContext } from '../context';
+import { ApiRouter } from '../http/api-router';
+import { platformClaims, requireAuth } from '../http/authenticate';
+import { ConnectDatabaseBody, ProvisioningJobDto, ProvisioningStatusDto } from '../provisioning/provisioning.schemas';
+import * as provisioning from '../provisioning/provisioning.service';
+import { CreateStoreBody, HostnameBody, HostnameParams, StoreDto, StoreIdParams, StripeIntegrationDto, StripeKeysBody, UpdateStoreBody } from './stores.schemas';
+import * as stores from './stores.service';
+
+const ACCESS = { 403: 'FORBIDDEN (not a member, or the role may not)', 404: 'STORE_NOT_FOUND' };
+
+/** The store registry of platform accounts (master DB), and the connection of each store's database. */
+export function storesRoutes(ctx: AppContext): ApiRouter {
+  const api = new ApiRouter('/api/stores');
+  const tags = ['stores'];
+  const common = { tags, secured: true, middleware: [requireAuth(ctx, 'platform')] };
+  const me = (req: Request) => platformClaims(req.auth).sub;
+
+  api.post('', { ...common, summary: 'Create a store (the caller becomes its owner)', body: CreateStoreBody, status: 201, response: StoreDto, errors: { 409: 'SLUG_TAKEN', 403: 'PLAN_LIMIT_REACHED' } }, ({ body, req }) =>
+    stores.createStore(ctx, me(req), body),
+  );
+  api.get('', { ...common, summary: "The caller's stores (the store dropdown)", response: z.object({ items: z.array(StoreSummaryDto) }) }, ({ req }) => stores.listStores(ctx, me(req)));
+  api.get('/:id', { ...common, summary: 'One store', params: StoreIdParams, response: StoreDto, errors: ACCESS }, ({ params, req }) => stores.getStore(ctx, me(req), params.id));
+  api.patch('/:id', { ...common, summary: 'Rename a store', params: StoreIdParams, body: UpdateStoreBody, response: StoreDto, errors: ACCESS }, ({ params, body, req }) =>
+    stores.renameStore(ctx, me(req), params.id, body.name),
+  );
+  api.delete(
+    '/:id',
+    { ...common, summary: 'Delete a store (restorable for 30 days)', params: StoreIdParams, status: 202, response: z.object({ id: z.uuid(), status: z.literal('deleted'), restorableUntil: z.string() }), errors: ACCESS },
+    ({ params, req }) => stores.deleteStore(ctx, me(req), params.id),
+  );
+  api.post('/:id/restore', { ...common, summary: 'Restore a deleted store', params: StoreIdParams, response: StoreDto, errors: { ...ACCESS, 409: 'CONFLICT (not deleted, or deleted too long ago)' } }, ({ params, req }) =>
+    stores.restoreStore(ctx, me(req), params.id),
+  );
+
+  api.post(
+    '/:id/database',
+    {
+      ...common,
+      summary: "Connect and provision the store's database (managed or external)",
+      params: StoreIdParams,
+      body: ConnectDatabaseBody,
+      status: 202,
+      response: ProvisioningJobDto,
+      errors: { ...ACCESS, 409: 'ALREADY_PROVISIONED', 422: 'DATABASE_UNREACHABLE | DATABASE_AUTH_FAILED | DATABASE_NOT_EMPTY', 423: 'STORE_SUSPENDED' },
+    },
+    ({ params, body, req }) => provisioning.connectDatabase(ctx, me(req), params.id, body),
+  );
+  api.get('/:id/provisioning', { ...common, summary: 'Progress of the provisioning job', params: StoreIdParams, response: ProvisioningStatusDto, errors: ACCESS }, ({ params, req }) =>
+    provisioning.provisioningStatus(ctx, me(req), params.id),
+  );
+  api.post(
+    '/:id/provisioning/retry',
+    { ...common, summary: 'Provision again after a failure', params: StoreIdParams, status: 202, response: ProvisioningJobDto, errors: { ...ACCESS, 409: 'CONFLICT (not failed)' } },
+    ({ params, req }) => provisioning.retryProvisioning(ctx, me(req), params.id),
+  );
+
+  const HostnameDto = z.object({ hostname: z.string(), createdAt: z.string() });
+  api.get('/:id/hostnames', { ...common, summary: "The store's hostnames", params: StoreIdParams, response: z.object({ items: z.array(HostnameDto) }), errors: ACCESS }, ({ params, req }) =>
+    stores.listHostnames(ctx, me(req), params.id),
+  );
+  api.post(
+    '/:id/hostnames',
+    { ...common, summary: 'Add a hostname', params: StoreIdParams, body: HostnameBody, status: 201, response: HostnameDto, errors: { ...ACCESS, 409: 'HOSTNAME_TAKEN' } },
+    ({ params, body, req }) => stores.addHostname(ctx, me(req), params.id, body.hostname),
+  );
+  api.delete('/:id/hostnames/:hostname', { ...common, summary: 'Remove a hostname', params: HostnameParams, status: 204, errors: ACCESS }, ({ params, req }) =>
+    stores.removeHostname(ctx, me(req), params.id, params.hostname),
+  );
+  api.put(
+    '/:id/integrations/stripe',
+    { ...common, summary: "Set the store's Stripe keys (stored encrypted, never returned)", params: StoreIdParams, body: StripeKeysBody, response: StripeIntegrationDto, errors: ACCESS },
+    ({ params, body, req }) => stores.putStripeKeys(ctx, me(req), params.id, body),
+  );
+  return api;
+}

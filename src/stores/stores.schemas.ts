@@ -1,0 +1,37 @@
+import { z } from 'zod';
+import { StoreSummaryDto } from '../auth/auth.schemas';
+import { registry } from '../http/openapi';
+
+export const StoreIdParams = z.object({ id: z.uuid({ message: 'must be a UUID' }) });
+export const Slug = z.string().regex(/^[a-z0-9-]{3,63}$/, 'must be 3–63 characters of a-z, 0-9 and -');
+export const CreateStoreBody = z.strictObject({ name: z.string().trim().min(1).max(200), slug: Slug });
+export const UpdateStoreBody = z.strictObject({ name: z.string().trim().min(1).max(200).optional() });
+
+/** A DNS name: lower-cased, no port, no trailing dot, labels of 1–63 letters, digits and inner hyphens. */
+export const Hostname = z
+  .string()
+  .trim()
+  .max(253)
+  .transform((h) => h.toLowerCase().replace(/\.$/, ''))
+  .refine((h) => /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$/.test(h), 'must be a DNS name such as shop.example.com (no scheme, port or path)');
+export const HostnameBody = z.strictObject({ hostname: Hostname });
+export const HostnameParams = StoreIdParams.extend({ hostname: Hostname });
+
+export const StripeKeysBody = z.strictObject({
+  publishableKey: z.string().regex(/^pk_(test|live)_[A-Za-z0-9]{8,250}$/, 'must be a Stripe publishable key (pk_test_… or pk_live_…)'),
+  secretKey: z.string().regex(/^(sk|rk)_(test|live)_[A-Za-z0-9]{8,250}$/, 'must be a Stripe secret key (sk_test_… or sk_live_…)'),
+  webhookSecret: z.string().regex(/^whsec_[A-Za-z0-9]{8,250}$/, 'must be a Stripe webhook secret (whsec_…)').optional(),
+});
+export const StripeIntegrationDto = z.object({ publishableKey: z.string(), secretKeyLast4: z.string(), configuredAt: z.string() });
+
+export const StoreDto = registry.register(
+  'Store',
+  StoreSummaryDto.extend({
+    hostnames: z.array(z.string()),
+    database: z.object({ mode: z.enum(['managed', 'external']), status: z.string(), schemaVersion: z.number().int() }).nullable(),
+    createdAt: z.string(),
+  }),
+);
+
+export type CreateStoreInput = z.infer<typeof CreateStoreBody>;
+export type StripeKeysInput = z.infer<typeof StripeKeysBody>;

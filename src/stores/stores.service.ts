@@ -1,0 +1,185 @@
+import { QueryTypes, type Transaction } from 'sequelize';
+import type { AppContext } from '../context';
+import { pgCode, PgCode } from '../db/errors';
+import { conflict, ErrorCode, forbidden, notFound } from '../lib/errors';
+import { logger } from '../lib/logger';
+import type { MemberRole, StoreRow, StoreStatus } from '../models/master';
+import { requestCreditSync } from '../credits/credit-sync';
+import { queueProvisioning } from '../provisioning/provisioning.service';
+import { listUserStores, requireStoreAccess } from './membership';
+import type { CreateStoreInput, StripeKeysInput } from './stores.schemas';
+
+export const RESTORE_WINDOW_DAYS = 30;
+
+async function toStoreDto(ctx: AppContext, store: StoreRow, role: MemberRole) {
+  const [hostnames, db] = await Promise.all([
+    ctx.master.models.StoreHostname.findAll({ where: { storeId: store.id }, order: [['hostname', 'ASC']] }),
+    ctx.master.models.StoreDatabase.findByPk(store.id),
+  ]);
+  return {
+    id: store.id,
+    name: store.name,
+    slug: store.slug,
+    status: store.status,
+    role,
+    hostnames: hostnames.map((h) => h.hostname),
+    database: db ? { mode: db.mode, status: db.status, schemaVersion: db.schemaVersion } : null,
+    createdAt: store.createdAt.toISOString(),
+  };
+}
+
+/** The plan a user's stores count against: a live subscription's, else `free`. */
+async function planOf(ctx: AppContext, userId: string, transaction?: Transaction) {
+  const sub = await ctx.master.models.Subscription.findOne({ where: { userId, status: ['active', 'past_due'] }, transaction });
+  return ctx.master.models.Plan.findByPk(sub?.planId ?? 'free', { rejectOnEmpty: true, transaction });
+}
+
+/**
+ * Refuse one more live store for this owner beyond the plan's limit (PLAN_LIMIT_REACHED). Locks the user's
+ * row for the transaction, so that two creations (or restores) at once cannot both slip under the limit.
+ */
+async function requireRoomForStore(ctx: AppContext, userId: string, t: Transaction) {
+  const { User, Store } = ctx.master.models;
+  await User.findByPk(userId, { transaction: t, lock: t.LOCK.UPDATE, rejectOnEmpty: true });
+  const plan = await planOf(ctx, userId, t);
+  const owned = await Store.count({ where: { ownerId: userId, status: ['pending_database', 'provisioning', 'active', 'provisioning_failed', 'suspended'] }, transaction: t });
+  if (owned >= plan.maxStores) {
+    throw forbidden(`The ${plan.name} plan allows ${plan.maxStores} store(s); upgrade to add more`, ErrorCode.PLAN_LIMIT_REACHED);
+  }
+}
+
+export async function createStore(ctx: AppContext, userId: string, input: CreateStoreInput) {
+  const { Store, StoreMember, CreditBalance, AuditLog } = ctx.master.models;
+  const store = await ctx.master.sequelize
+    .transaction(async (t) => {
+      await requireRoomForStore(ctx, userId, t);
+      const s = await Store.create({ name: input.name, slug: input.slug, ownerId: userId }, { transaction: t });
+      await StoreMember.create({ storeId: s.id, userId, role: 'owner' }, { transaction: t });
+      await CreditBalance.create({ storeId: s.id }, { transaction: t });
+      await AuditLog.create({ actorUserId: userId, storeId: s.id, action: 'store.created', targetType: 'store', targetId: s.id }, { transaction: t });
+      return s;
+    })
+    .catch((err) => {
+      if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw conflict(ErrorCode.SLUG_TAKEN, 'Another store already uses this slug');
+      throw err;
+    });
+  return toStoreDto(ctx, store, 'owner');
+}
+
+export async function listStores(ctx: AppContext, userId: string) {
+  return { items: await listUserStores(ctx.master, userId) };
+}
+
+export async function getStore(ctx: AppContext, userId: string, storeId: string) {
+  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin', 'staff']);
+  return toStoreDto(ctx, store, role);
+}
+
+export async function renameStore(ctx: AppContext, userId: string, storeId: string, name: string | undefined) {
+  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  if (name !== undefined && name !== store.name) {
+    await store.update({ name });
+    await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.renamed', targetType: 'store', targetId: storeId, data: { name } });
+    if (store.status === 'active') await renameInTenant(ctx, storeId, name);
+  }
+  return toStoreDto(ctx, store, role);
+}
+
+/**
+ * The tenant DB keeps its own copy of the name for /api/store/info. The master is the record: if the
+ * tenant DB is down the rename still stands, and the copy is written on the next rename.
+ */
+async function renameInTenant(ctx: AppContext, storeId: string, name: string) {
+  try {
+    const handle = await ctx.tenants.forStore(storeId);
+    await ctx.tenants.guard(handle, () => handle.query('UPDATE stores SET name = $1, updated_at = now() WHERE id = $2', [name, storeId]));
+  } catch (err) {
+    logger.warn({ storeId, err: (err as Error).message }, "store renamed in the master; its database's copy of the name is stale");
+  }
+}
+
+/** Soft delete: the store stops answering at once; it can be restored for 30 days, its database kept until then. */
+export async function deleteStore(ctx: AppContext, userId: string, storeId: string) {
+  const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner']);
+  await ctx.master.sequelize.transaction(async (t) => {
+    await store.update({ status: 'deleted', deletedAt: new Date() }, { transaction: t });
+    await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.deleted', targetType: 'store', targetId: storeId }, { transaction: t });
+  });
+  await ctx.tenants.invalidate(storeId);
+  return { id: storeId, status: 'deleted' as const, restorableUntil: new Date(store.deletedAt!.getTime() + RESTORE_WINDOW_DAYS * 86400_000).toISOString() };
+}
+
+export async function restoreStore(ctx: AppContext, userId: string, storeId: string) {
+  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner'], { allowDeleted: true });
+  if (store.status !== 'deleted') throw conflict(ErrorCode.CONFLICT, 'This store is not deleted');
+  if (Date.now() - store.deletedAt!.getTime() > RESTORE_WINDOW_DAYS * 86400_000) {
+    throw conflict(ErrorCode.CONFLICT, `Stores can be restored for ${RESTORE_WINDOW_DAYS} days after deletion`);
+  }
+  const status = await statusOfItsDatabase(ctx, storeId);
+  // A deleted store does not count against the plan: bringing it back must fit under the limit again.
+  await ctx.master.sequelize.transaction(async (t) => {
+    await requireRoomForStore(ctx, store.ownerId, t);
+    await store.update({ status, deletedAt: null }, { transaction: t });
+  });
+  await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.restored', targetType: 'store', targetId: storeId });
+  await resumeBackgroundWork(ctx, storeId, status);
+  await ctx.tenants.invalidate(storeId);
+  return toStoreDto(ctx, store, role);
+}
+
+/** The status a store returns to when a deletion or suspension is lifted: wherever its database stands. */
+export async function statusOfItsDatabase(ctx: AppContext, storeId: string): Promise<StoreStatus> {
+  const db = await ctx.master.models.StoreDatabase.findByPk(storeId);
+  if (!db) return 'pending_database';
+  return db.status === 'ready' ? 'active' : db.status === 'failed' ? 'provisioning_failed' : 'provisioning';
+}
+
+/**
+ * After a deletion or suspension is lifted: a provisioning job may have run (and done nothing) meanwhile, so
+ * queue it again; credit changes made meanwhile (admin adjustments) reach the store's own copy.
+ */
+export async function resumeBackgroundWork(ctx: AppContext, storeId: string, status: StoreStatus): Promise<void> {
+  if (status === 'provisioning') await queueProvisioning(ctx, storeId);
+  if (status === 'active') await requestCreditSync(ctx, storeId);
+}
+
+export async function listHostnames(ctx: AppContext, userId: string, storeId: string) {
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin', 'staff']);
+  const rows = await ctx.master.models.StoreHostname.findAll({ where: { storeId }, order: [['hostname', 'ASC']] });
+  return { items: rows.map((h) => ({ hostname: h.hostname, createdAt: h.createdAt.toISOString() })) };
+}
+
+export async function addHostname(ctx: AppContext, userId: string, storeId: string, hostname: string) {
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  const rows = await ctx.master.sequelize.query<{ store_id: string; created_at: Date; inserted: boolean }>(
+    `INSERT INTO store_hostnames (hostname, store_id) VALUES (:hostname, :storeId)
+     ON CONFLICT (hostname) DO UPDATE SET hostname = EXCLUDED.hostname
+     RETURNING store_id, created_at, (xmax = 0) AS inserted`,
+    { replacements: { hostname, storeId }, type: QueryTypes.SELECT },
+  );
+  if (rows[0].store_id !== storeId) throw conflict(ErrorCode.HOSTNAME_TAKEN, 'Another store already uses this hostname');
+  if (rows[0].inserted) {
+    await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.hostname.added', targetType: 'hostname', targetId: hostname });
+    // Another instance may remember this host as unknown.
+    await ctx.tenants.hostnamesChanged([hostname]);
+  }
+  return { hostname, createdAt: new Date(rows[0].created_at).toISOString() };
+}
+
+export async function removeHostname(ctx: AppContext, userId: string, storeId: string, hostname: string) {
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  const removed = await ctx.master.models.StoreHostname.destroy({ where: { storeId, hostname } });
+  if (!removed) throw notFound('This store has no such hostname');
+  await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.hostname.removed', targetType: 'hostname', targetId: hostname });
+  await ctx.tenants.hostnamesChanged([hostname]);
+}
+
+export async function putStripeKeys(ctx: AppContext, userId: string, storeId: string, input: StripeKeysInput) {
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  const publicConfig = { publishableKey: input.publishableKey, secretKeyLast4: input.secretKey.slice(-4), hasWebhookSecret: !!input.webhookSecret };
+  const secrets = ctx.encryptor.encryptJson({ secretKey: input.secretKey, webhookSecret: input.webhookSecret ?? null });
+  const configuredAt = new Date();
+  await ctx.master.models.StoreIntegration.upsert({ storeId, provider: 'stripe', publicConfig, secrets, configuredAt });
+  await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.integration.stripe.configured', targetType: 'integration', targetId: 'stripe' });
+  return { publishableKey: input.publishableKey, secretKeyLast4: publicConfig.secretKeyLast4, configuredAt: configuredAt.toISOString() };
+}

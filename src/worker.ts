@@ -1,0 +1,78 @@
+import { Worker, type Processor } from 'bullmq';
+import { config } from './config';
+import { createContext, type AppContext } from './context';
+import { logger } from './lib/logger';
+import { processMaintenance } from './queue/maintenance';
+import { processProvisioning } from './provisioning/provisioning.service';
+import { processTenantMigrations } from './admin/admin.service';
+import { processCreditSync, requestCreditSync } from './credits/credit-sync';
+import { backoffStrategy, bullConnection, getQueue, QueueName, type JobPayloads } from './queue/queues';
+
+export interface Workers {
+  close(): Promise<void>;
+}
+
+/** Each queue's processor: a plain async function calling services. */
+function processors(ctx: AppContext): { [N in QueueName]: { processor: Processor<JobPayloads[N]>; concurrency: number } } {
+  return {
+    maintenance: { processor: (job) => processMaintenance(ctx, job.data), concurrency: 1 },
+    provisioning: { processor: (job) => processProvisioning(ctx, job), concurrency: ctx.config.provisioning.concurrency },
+    'tenant-migrations': { processor: (job) => processTenantMigrations(ctx, job), concurrency: 1 },
+    'credit-sync': { processor: (job) => processCreditSync(ctx, job.data), concurrency: 4 },
+  };
+}
+
+/** Start a BullMQ worker on every queue. Several processes may run these at once. */
+export async function startWorkers(ctx: AppContext): Promise<Workers> {
+  const workers = Object.entries(processors(ctx)).map(([name, { processor, concurrency }]) => {
+    const w = new Worker(name, processor as Processor, {
+      connection: bullConnection(ctx),
+      prefix: `${ctx.redisPrefix}:bull`,
+      concurrency,
+      // A job whose worker died is handed to another after this long without a lock renewal.
+      lockDuration: ctx.config.workerLockMs,
+      stalledInterval: Math.max(500, Math.floor(ctx.config.workerLockMs / 2)),
+      settings: { backoffStrategy },
+    });
+    w.on('failed', (job, err) => logger.warn({ queue: name, jobId: job?.id, attempt: job?.attemptsMade, err: err.message }, 'job failed'));
+    w.on('error', (err) => logger.error({ queue: name, err: err.message }, 'worker error'));
+    return w;
+  });
+  // A store that has just got its database gets its credit cache built (its credits may predate it).
+  workers.find((w) => w.name === QueueName.provisioning)?.on('completed', (job) => void requestCreditSync(ctx, (job.data as JobPayloads['provisioning']).storeId));
+  await Promise.all(workers.map((w) => w.waitUntilReady()));
+  const maintenance = getQueue(ctx, QueueName.maintenance);
+  await maintenance.upsertJobScheduler('prune-revoked-tokens', { every: 6 * 3600 * 1000 }, { name: 'prune-revoked-tokens', data: { task: 'prune-revoked-tokens' } });
+  await maintenance.upsertJobScheduler('purge-deleted-stores', { every: 6 * 3600 * 1000 }, { name: 'purge-deleted-stores', data: { task: 'purge-deleted-stores' } });
+  if (ctx.config.provisioning.warmPool > 0 && ctx.config.provisioning.templates) {
+    // Claims trigger a refill at once; this also tops the pool up after a restart or a lost job.
+    await maintenance.upsertJobScheduler('refill-warm-pool', { every: 60_000 }, { name: 'refill-warm-pool', data: { task: 'refill-warm-pool' } });
+  }
+  return {
+    async close() {
+      await Promise.all(workers.map((w) => w.close()));
+    },
+  };
+}
+
+/** `npm run worker`: a worker process without the API. */
+async function main(): Promise<void> {
+  for (const note of config.startupNotes) logger.warn(note);
+  const ctx = await createContext();
+  const workers = await startWorkers(ctx);
+  logger.info('Tenantry worker running');
+  const stop = async () => {
+    await workers.close();
+    await ctx.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop());
+  process.on('SIGINT', () => void stop());
+}
+
+if (require.main === module) {
+  main().catch((err: Error) => {
+    logger.fatal(err.message);
+    process.exit(1);
+  });
+}

@@ -52,10 +52,13 @@ test('a worker killed mid-job: a second worker process picks the job up and fini
       const p = await provisioningOf(owner.token, store.id);
       if (p.state !== 'running' || p.step !== 'activate') throw new Error(`job is ${p.state} at ${p.step}`);
     }, 25000);
+    // Asked on a connection of its own: inside the lock's transaction, pg_stat_activity would be the
+    // snapshot taken at its first read and never show the wait that began after it.
+    const { rows: [{ pid: lockPid }] } = await lock.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
     await eventually(async () => {
-      const { rows } = await lock!.query<{ n: number }>(
+      const { rows } = await adminQuery(
         `SELECT count(*)::int AS n FROM pg_stat_activity
-          WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE%stores%'`,
+          WHERE datname = '${t.db.name}' AND ${lockPid} = ANY (pg_blocking_pids(pid)) AND query ILIKE 'UPDATE%stores%'`,
       );
       if (rows[0].n < 1) throw new Error('the job does not wait on the store row yet');
     }, 10000);

@@ -16,6 +16,8 @@ async function main() {
       connections: { type: 'string', default: '50' },
       rounds: { type: 'string', default: '2' },
       'provision-stores': { type: 'string', default: '50' },
+      /** e.g. warm: run only these provisioning batches (baseline, template, warm) */
+      'provision-batches': { type: 'string' },
       /** stores the credits benchmark spreads its spends over */
       'credit-stores': { type: 'string', default: '100' },
       /** e.g. 3,4: run only these routing scenarios (1 raw, 2 untenanted, 3 routed, 4 Zipf, 5 round-robin) */
@@ -29,7 +31,7 @@ async function main() {
   }
   if (want('provisioning')) {
     console.log('\n## Provisioning\n');
-    await provisioningBenchmark({ stores: Number(values['provision-stores']) });
+    await provisioningBenchmark({ stores: Number(values['provision-stores']), batches: values['provision-batches']?.split(',') });
   }
   if (want('credits')) {
     console.log('\n## Credits\n');

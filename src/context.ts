@@ -11,6 +11,7 @@ import { TokenSigner } from './lib/jwt';
 import { logger, safeUrl } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
 import { closeQueues } from './queue/queues';
+import { closeAdminPools } from './provisioning/tenant-db';
 
 /** Everything a request handler or a job needs, built once per process and passed down explicitly. */
 export interface AppContext {
@@ -83,6 +84,7 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
       revocations.stop();
       await closeQueues(ctx);
       await tenants.close();
+      await closeAdminPools();
       await master.sequelize.close();
       subscriber.disconnect();
       await redis.quit().catch(() => redis.disconnect());

@@ -13,7 +13,7 @@ import { logger } from '../lib/logger';
 import { getQueue, provisioningJobId, QueueName } from '../queue/queues';
 import { requireStoreAccess } from '../stores/membership';
 import type { ConnectDatabaseInput, ProvisioningStatus } from './provisioning.schemas';
-import { claimWarmDatabase, ensureTemplate, TEMPLATE_OWNER } from './templates';
+import { claimWarmDatabase, ensureTemplate } from './templates';
 import { ensureTenantDatabase, prepareTenant, tenantPgConfig, type StoreSeed } from './tenant-db';
 import { leastLoadedServer, serverByKey, tenantServers } from './tenant-servers';
 
@@ -197,6 +197,22 @@ function describeFailure(err: unknown, step: string): string {
   return `${step}: failed${code ? ` (SQLSTATE ${code})` : ''}`;
 }
 
+/** How long the warm pool's refill waits after the last claim. */
+const WARM_REFILL_DELAY_MS = 2000;
+
+/**
+ * Top the warm pool up once a burst of new stores is over: every claim pushes the one pending refill
+ * further (BullMQ deduplication with reschedule), so copying databases does not compete with the stores
+ * being provisioned. The worker's minutely scheduler tops it up too.
+ */
+async function requestWarmPoolRefill(ctx: AppContext): Promise<void> {
+  await getQueue(ctx, QueueName.maintenance).add(
+    'refill-warm-pool',
+    { task: 'refill-warm-pool' },
+    { deduplication: { id: 'refill-warm-pool', reschedule: true, keepLastIfActive: true }, delay: WARM_REFILL_DELAY_MS, removeOnComplete: true, removeOnFail: true },
+  );
+}
+
 /**
  * The provisioning job. Every step is idempotent, so a retried job — or one taken over from a worker that
  * died — finishes the work: create role and database (managed), migrate under the runner's advisory lock,
@@ -204,7 +220,7 @@ function describeFailure(err: unknown, step: string): string {
  */
 export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: string }>) {
   const { storeId } = job.data;
-  const started = Date.now();
+  const started = performance.now();
   const { Store, StoreDatabase, User } = ctx.master.models;
   const store = await Store.findByPk(storeId);
   const db = await StoreDatabase.findByPk(storeId);
@@ -212,7 +228,12 @@ export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: s
   const owner = await User.findByPk(store.ownerId);
   const connection = ctx.encryptor.decryptJson<TenantConnection>(db.credentials);
   let step = 'create_database';
+  // How long each step took (ms), in the job's result: where provisioning time goes, per store.
+  const steps: Record<string, number> = {};
+  let timing = { name: 'load', since: started };
   const report = (name: string, progress: number) => {
+    steps[timing.name] = Math.round(performance.now() - timing.since);
+    timing = { name, since: performance.now() };
     step = name;
     return job.updateProgress({ step: name, progress });
   };
@@ -232,18 +253,17 @@ export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: s
           })
         : null;
       const warm = template !== null && ctx.config.provisioning.warmPool > 0;
-      await ensureTenantDatabase(server.adminUrl, {
-        database: connection.database,
-        role: connection.user,
-        password: connection.password,
-        template: template ? { name: template, owner: TEMPLATE_OWNER } : undefined,
-        claimWarm: warm ? (admin) => claimWarmDatabase(admin, connection.database, ctx.config.provisioning.databasePrefix) : undefined,
+      const target = { database: connection.database, role: connection.user, password: connection.password };
+      const { claimed } = await ensureTenantDatabase(server.adminUrl, {
+        ...target,
+        template: template ?? undefined,
+        claimWarm: warm ? (admin) => claimWarmDatabase(admin, target, ctx.config.provisioning.databasePrefix) : undefined,
       });
-      if (warm) await getQueue(ctx, QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' }, { jobId: 'refill-warm-pool', removeOnComplete: true, removeOnFail: true });
+      if (warm) await requestWarmPoolRefill(ctx);
       await report('migrate', 50);
       const u = new URL(server.adminUrl);
       u.pathname = `/${connection.database}`;
-      ({ schemaVersion } = await prepareTenant(u.toString(), seed, { asRole: connection.user, handOverFrom: template ? TEMPLATE_OWNER : undefined }));
+      ({ schemaVersion } = await prepareTenant(u.toString(), seed, { asRole: connection.user, prepared: claimed }));
     } else {
       await report('migrate', 50);
       ({ schemaVersion } = await prepareTenant(tenantPgConfig(connection), seed));
@@ -255,7 +275,7 @@ export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: s
     });
     await ctx.tenants.invalidate(storeId);
     await report('done', 100);
-    return { schemaVersion, durationMs: Date.now() - started };
+    return { schemaVersion, durationMs: Math.round(performance.now() - started), steps };
   } catch (err) {
     const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
     const message = describeFailure(err, step);

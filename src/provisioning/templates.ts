@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { logger } from '../lib/logger';
 import { runMigrations, schemaDigest } from '../db/migrate';
-import { ident, withClient } from './tenant-db';
+import { handOverSql, ident, loginRoleSql, withClient } from './tenant-db';
 import type { TenantServer } from './tenant-servers';
 
 /** Owns every object in a template; a new store database reassigns them to the store's own role. */
@@ -59,46 +59,89 @@ async function buildTemplate(server: TenantServer, name: string): Promise<string
   return name;
 }
 
-/** Warm databases are named `<TENANT_DB_PREFIX>pool_<schema digest>_<random>`. */
+/**
+ * A warm database is `<TENANT_DB_PREFIX>pool_<schema digest>_<random>`, owned with everything in it by a
+ * NOLOGIN role of the same name; it is prepared under a `…prep_…` name and renamed when complete, so a
+ * half-prepared one is never claimed.
+ */
 const poolPrefix = (dbPrefix: string) => `${dbPrefix}pool_${schemaDigest('tenant')}_`;
+const REFILL_LOCK_KEY = 748_213_902;
 
 /**
- * Top up the warm pool of `server`: empty store databases already copied from the current template, so
- * that a new store takes one by renaming it (milliseconds) instead of copying (a CREATE DATABASE).
- * Databases of an older schema are dropped.
+ * Top up the warm pool of `server` to `target` databases, each a copy of the current template already
+ * handed to its own role, with CONNECT granted to that role only: claiming one is two renames and a
+ * password. Leftovers are dropped first: databases of an older schema, unfinished preparations, and roles
+ * whose database is gone. One refill per server at a time (another worker's is simply left to finish).
  */
 export async function refillWarmPool(server: TenantServer, target: number, dbPrefix: string): Promise<{ created: number; dropped: number }> {
   const template = await ensureTemplate(server);
   const prefix = poolPrefix(dbPrefix);
   return withClient(server.adminUrl, async (client) => {
-    const { rows } = await client.query<{ datname: string }>(`SELECT datname FROM pg_database WHERE starts_with(datname, $1)`, [`${dbPrefix}pool_`]);
-    let dropped = 0;
-    for (const { datname } of rows.filter((r) => !r.datname.startsWith(prefix))) {
-      await client.query(`DROP DATABASE IF EXISTS ${ident(datname)}`).then(() => dropped++, () => {});
+    const { rows: [lock] } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [REFILL_LOCK_KEY]);
+    if (!lock.ok) return { created: 0, dropped: 0 };
+    try {
+      const { rows } = await client.query<{ datname: string; ready: boolean }>(
+        `SELECT datname, starts_with(datname, $2) AND pg_get_userbyid(datdba) = datname AS ready
+           FROM pg_database WHERE starts_with(datname, $1 || 'pool_') OR starts_with(datname, $1 || 'prep_')`,
+        [dbPrefix, prefix],
+      );
+      let dropped = 0;
+      for (const { datname } of rows.filter((r) => !r.ready)) {
+        await client.query(`DROP DATABASE IF EXISTS ${ident(datname)} WITH (FORCE)`).then(() => dropped++, () => {});
+      }
+      const orphans = await client.query<{ rolname: string }>(
+        `SELECT rolname FROM pg_roles r WHERE starts_with(rolname, $1 || 'pool_') AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = r.rolname)`,
+        [dbPrefix],
+      );
+      for (const { rolname } of orphans.rows) await client.query(`DROP ROLE IF EXISTS ${ident(rolname)}`).catch(() => {});
+      let have = rows.filter((r) => r.ready).length;
+      let created = 0;
+      while (have < target) {
+        await prepareWarmDatabase(server, client, template, dbPrefix, prefix);
+        have++;
+        created++;
+      }
+      return { created, dropped };
+    } finally {
+      await client.query('SELECT pg_advisory_unlock($1)', [REFILL_LOCK_KEY]);
     }
-    let have = rows.filter((r) => r.datname.startsWith(prefix)).length;
-    let created = 0;
-    while (have < target) {
-      const name = `${prefix}${randomBytes(6).toString('hex')}`;
-      await client.query(`CREATE DATABASE ${ident(name)} TEMPLATE ${ident(template)} OWNER ${ident(TEMPLATE_OWNER)}`);
-      await client.query(`REVOKE ALL ON DATABASE ${ident(name)} FROM PUBLIC`);
-      have++;
-      created++;
-    }
-    return { created, dropped };
   });
 }
 
+async function prepareWarmDatabase(server: TenantServer, client: pg.Client, template: string, dbPrefix: string, prefix: string): Promise<void> {
+  const id = randomBytes(6).toString('hex');
+  const name = `${prefix}${id}`;
+  const preparing = `${dbPrefix}prep_${schemaDigest('tenant')}_${id}`;
+  await client.query(`CREATE ROLE ${ident(name)} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE`);
+  await client.query(`CREATE DATABASE ${ident(preparing)} TEMPLATE ${ident(template)} OWNER ${ident(name)}`);
+  await client.query(`REVOKE ALL ON DATABASE ${ident(preparing)} FROM PUBLIC`);
+  await client.query(`GRANT CONNECT, TEMPORARY ON DATABASE ${ident(preparing)} TO ${ident(name)}`);
+  const u = new URL(server.adminUrl);
+  u.pathname = `/${preparing}`;
+  // Also the database's first connection, which builds its relation cache file ahead of the store's.
+  await withClient(u.toString(), (c) => c.query(handOverSql(name)));
+  await client.query(`ALTER DATABASE ${ident(preparing)} RENAME TO ${ident(name)}`);
+}
+
 /**
- * Take a warm database for a new store: renaming is atomic, so of two jobs racing for one database only
- * one gets it (the other tries the next). Returns false when the pool is empty.
+ * Take a warm database for a new store: in one transaction it and its role are renamed to the store's
+ * names and the role gets its login and password, so of two jobs racing for one only one gets it (the
+ * other tries the next), and a crash leaves either a warm database or a finished one. Returns false when
+ * the pool is empty.
  */
-export async function claimWarmDatabase(admin: pg.Client, database: string, dbPrefix: string): Promise<boolean> {
-  const prefix = poolPrefix(dbPrefix);
-  const { rows } = await admin.query<{ datname: string }>(`SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY random()`, [prefix]);
+export async function claimWarmDatabase(admin: pg.ClientBase, target: { database: string; role: string; password: string }, dbPrefix: string): Promise<boolean> {
+  const { rows } = await admin.query<{ datname: string }>(
+    `SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND pg_get_userbyid(datdba) = datname ORDER BY random()`,
+    [poolPrefix(dbPrefix)],
+  );
   for (const { datname } of rows) {
     try {
-      await admin.query(`ALTER DATABASE ${ident(datname)} RENAME TO ${ident(database)}`);
+      // One query string of several statements runs as one implicit transaction (and one round trip).
+      await admin.query(
+        `ALTER DATABASE ${ident(datname)} RENAME TO ${ident(target.database)};
+         ALTER ROLE ${ident(datname)} RENAME TO ${ident(target.role)};
+         ${loginRoleSql('ALTER', target.role, target.password)}`,
+      );
       return true;
     } catch {
       // taken by another job a moment ago

@@ -33,6 +33,7 @@ export function spawnWorker(t: TestApp, env: Record<string, string> = {}): Worke
       REDIS_PREFIX: t.ctx.redisPrefix,
       WORKER_LOCK_MS: '2000',
       TENANT_DB_PREFIX: process.env.TENANT_DB_PREFIX ?? '',
+      TENANT_WARM_POOL: process.env.TENANT_WARM_POOL ?? '0',
       JWT_SECRET: process.env.JWT_SECRET ?? '',
       ENCRYPTION_KEYS: process.env.ENCRYPTION_KEYS ?? '',
       ...env,

@@ -1,6 +1,7 @@
 /** What every benchmark section shares: the Postgres it works on, the bench server, ids, and the report. */
 import { fork, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { TenantConnection } from '../src/db/tenant-handle';
 import { withClient } from '../src/provisioning/tenant-db';
@@ -65,4 +66,38 @@ export interface Summary {
 
 export function summarize(name: string, r: { requests: { average: number }; latency: { p50: number; p99: number }; errors: number; timeouts: number; non2xx: number }): Summary {
   return { name, rps: Math.round(r.requests.average), p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx };
+}
+
+/**
+ * CPU seconds used so far by the processes named `postgres` (the live ones, plus the backends that have
+ * ended, which the postmaster has reaped), `redis-server`, and the given Node processes: read from
+ * /proc (Linux), to show where a run's CPU went. Undefined figures where /proc is not there.
+ */
+export function cpuSeconds(nodePids: number[]): { postgres: number; redis: number; node: number } | undefined {
+  if (!existsSync('/proc/self/stat')) return undefined;
+  const tick = 100; // USER_HZ on Linux
+  const stat = (pid: string) => {
+    try {
+      const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const comm = text.slice(text.indexOf('(') + 1, text.lastIndexOf(')'));
+      const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+      // fields after comm: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
+      return { comm, ppid: Number(f[1]), own: (Number(f[11]) + Number(f[12])) / tick, children: (Number(f[13]) + Number(f[14])) / tick };
+    } catch {
+      return undefined;
+    }
+  };
+  const all = new Map<number, NonNullable<ReturnType<typeof stat>>>();
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    const s = stat(pid);
+    if (s) all.set(Number(pid), s);
+  }
+  let postgres = 0;
+  let redis = 0;
+  for (const s of all.values()) {
+    if (s.comm === 'postgres') postgres += s.own + (all.get(s.ppid)?.comm === 'postgres' ? 0 : s.children);
+    if (s.comm === 'redis-server') redis += s.own;
+  }
+  const node = nodePids.reduce((sum, pid) => sum + (all.get(pid)?.own ?? 0), 0);
+  return { postgres, redis, node };
 }

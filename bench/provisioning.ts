@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Queue } from 'bullmq';
 import { runMigrations } from '../src/db/migrate';
 import { ident, withClient } from '../src/provisioning/tenant-db';
-import { admin, databaseUrl, startServer, stopProcess } from './common';
+import { admin, cpuSeconds, databaseUrl, startServer, stopProcess } from './common';
 import { PORT } from './routing';
 
 const PREFIX = 'tenantry_bench_p';
@@ -114,6 +114,8 @@ async function batch(label: string, stores: number, templates: boolean, warmPool
     const measured = ids.slice(1);
     const startedAt = new Map<string, number>();
     const answered: number[] = [];
+    const nodePids = [server, ...workers].map((p) => p.pid!);
+    const cpuBefore = cpuSeconds(nodePids);
     const t0 = performance.now();
     const finished = active(measured);
     await Promise.all(
@@ -127,6 +129,8 @@ async function batch(label: string, stores: number, templates: boolean, warmPool
     answered.sort((a, b) => a - b);
     const done = await finished;
     const total = performance.now() - t0;
+    const cpuAfter = cpuSeconds(nodePids);
+    const cpu = cpuBefore && cpuAfter ? (['postgres', 'node', 'redis'] as const).map((k) => `${k} ${(cpuAfter[k] - cpuBefore[k]).toFixed(2)} s`).join(', ') : 'not measured';
     const times = measured.map((id) => done.get(id)! - startedAt.get(id)!).sort((a, b) => a - b);
     return {
       label,
@@ -137,6 +141,7 @@ async function batch(label: string, stores: number, templates: boolean, warmPool
       max: Math.round(times[times.length - 1]),
       totalMs: Math.round(total),
       jobs: await jobTimings(redisPrefix, measured),
+      cpu,
     };
   } finally {
     await Promise.all([server, ...workers].map(stopProcess));
@@ -169,4 +174,6 @@ export async function provisioningBenchmark(opts: { stores: number; batches?: st
   console.log(`\np50 ${ratios.join(', ')} (target p50 < 300 ms: ${p50s.join(', ')})`);
   console.log('\nwhere a job\'s time goes (medians, ms):');
   for (const r of results.values()) console.log(`  ${r.label}: ${Object.entries(r.jobs).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  console.log(`\nCPU used from the first connect request until all were active (two cores: at most ${'2 × wall time'}):`);
+  for (const r of results.values()) console.log(`  ${r.label}: ${r.cpu}, wall ${(r.totalMs / 1000).toFixed(2)} s`);
 }

@@ -80,6 +80,11 @@ const EnvSchema = z.object({
   TENANT_ACQUIRE_TIMEOUT_MS: int(1500, 10),
   /** How long a failing tenant database is fenced off (fast 503s) before it is tried again. */
   TENANT_FENCE_MS: int(5000, 100),
+  /**
+   * Whether an external store database may be on a private, loopback or link-local address (the platform's
+   * own network). Default: deny in production, allow otherwise.
+   */
+  EXTERNAL_DB_PRIVATE_NETWORKS: z.enum(['allow', 'deny']).optional(),
   MASTER_POOL_MAX: int(10, 1, 100),
   CORS_ORIGINS: list,
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -186,6 +191,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       connectionsMax: e.TENANT_CONNECTIONS_MAX,
       acquireTimeoutMs: e.TENANT_ACQUIRE_TIMEOUT_MS,
       fenceMs: e.TENANT_FENCE_MS,
+      externalPublicOnly: (e.EXTERNAL_DB_PRIVATE_NETWORKS ?? (e.NODE_ENV === 'production' ? 'deny' : 'allow')) === 'deny',
     }),
     masterPoolMax: e.MASTER_POOL_MAX,
     corsOrigins: e.CORS_ORIGINS,

@@ -7,7 +7,7 @@ import { logger } from '../lib/logger';
 import type { TenantConnection } from '../db/tenant-handle';
 import { getQueue, QueueName } from '../queue/queues';
 import { resumeBackgroundWork, statusOfItsDatabase } from '../stores/stores.service';
-import { migrateTenant } from '../provisioning/tenant-db';
+import { externalAccess, migrateTenant } from '../provisioning/tenant-db';
 
 interface TenantRow {
   id: string;
@@ -77,8 +77,8 @@ interface MigrationProgress {
 
 /** Bring every active tenant database to the newest schema, a few at a time; one failure stops no other. */
 export async function processTenantMigrations(ctx: AppContext, job: Job, parallel = 4) {
-  const rows = await ctx.master.sequelize.query<{ storeId: string; credentials: string }>(
-    `SELECT d.store_id AS "storeId", d.credentials FROM store_databases d JOIN stores s ON s.id = d.store_id
+  const rows = await ctx.master.sequelize.query<{ storeId: string; credentials: string; mode: string }>(
+    `SELECT d.store_id AS "storeId", d.credentials, d.mode FROM store_databases d JOIN stores s ON s.id = d.store_id
       WHERE s.status = 'active' AND d.status = 'ready' ORDER BY s.created_at`,
     { type: QueryTypes.SELECT },
   );
@@ -86,9 +86,10 @@ export async function processTenantMigrations(ctx: AppContext, job: Job, paralle
   let next = 0;
   const worker = async () => {
     while (next < rows.length) {
-      const { storeId, credentials } = rows[next++];
+      const { storeId, credentials, mode } = rows[next++];
       try {
-        const { applied, schemaVersion } = await migrateTenant(ctx.encryptor.decryptJson<TenantConnection>(credentials));
+        const connection = ctx.encryptor.decryptJson<TenantConnection>(credentials);
+        const { applied, schemaVersion } = await migrateTenant(connection, { publicOnly: mode === 'external' && externalAccess(ctx).publicOnly });
         await ctx.master.models.StoreDatabase.update({ schemaVersion }, { where: { storeId } });
         if (applied.length) progress.migrated++;
       } catch (err) {

@@ -21,11 +21,14 @@ export interface ConnectionManagerOptions {
   negativeHostTtlMs?: number;
   /** How long a store that cannot be served (not ready, suspended) is remembered as such. */
   statusTtlMs?: number;
+  /** External store databases may be reached on public addresses only (EXTERNAL_DB_PRIVATE_NETWORKS=deny). */
+  externalPublicOnly?: boolean;
 }
 
 interface StoreRecord {
   status: StoreStatus;
   dbStatus: string | null;
+  mode: 'managed' | 'external' | null;
   credentials: string | null;
 }
 
@@ -203,7 +206,7 @@ export class ConnectionManager {
   private async build(storeId: string): Promise<TenantHandle> {
     const started = performance.now();
     const rows = await this.master.sequelize.query<StoreRecord>(
-      `SELECT s.status, d.status AS "dbStatus", d.credentials
+      `SELECT s.status, d.status AS "dbStatus", d.mode, d.credentials
          FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
         WHERE s.id = :storeId`,
       { replacements: { storeId }, type: QueryTypes.SELECT },
@@ -215,7 +218,8 @@ export class ConnectionManager {
     }
     // Credentials are decrypted here only, and live on inside the handle's Sequelize config.
     const connection = this.encryptor.decryptJson<TenantConnection>(rows[0].credentials as string);
-    const handle = new TenantHandle(storeId, connection, this.budget, this.settings);
+    const publicOnly = rows[0].mode === 'external' && this.options.externalPublicOnly === true;
+    const handle = new TenantHandle(storeId, connection, this.budget, { ...this.settings, publicOnly });
     this.handles.set(storeId, handle);
     this.counters.builds++;
     this.counters.buildMsTotal += performance.now() - started;

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { DataTypes, Sequelize, type Options, type Transaction } from 'sequelize';
 import { initTenantModels, type TenantModels } from '../models/tenant';
 import type { BudgetHolder, ConnectionBudget } from './connection-budget';
+import { publicOnlySocket } from '../lib/network-guard';
 
 /** How to reach one tenant database (decrypted from store_databases.credentials). */
 export interface TenantConnection {
@@ -18,6 +19,8 @@ export interface HandleSettings {
   idleMs: number;
   acquireTimeoutMs: number;
   connectTimeoutMs: number;
+  /** An owner's external database, reachable on public addresses only (see src/lib/network-guard.ts). */
+  publicOnly?: boolean;
 }
 
 /**
@@ -87,6 +90,7 @@ export class TenantHandle implements BudgetHolder {
         connectionTimeoutMillis: settings.connectTimeoutMs,
         application_name: 'tenantry-tenant',
         clientMinMessages: 'ignore',
+        ...(settings.publicOnly ? { stream: publicOnlySocket } : {}),
       },
     } as Options);
     const cm = this.connectionManager;

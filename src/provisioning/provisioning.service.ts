@@ -10,11 +10,12 @@ import { pgCode, PgCode } from '../db/errors';
 import type { TenantConnection } from '../db/tenant-handle';
 import { AppError, ErrorCode, conflict, notFound } from '../lib/errors';
 import { logger } from '../lib/logger';
+import { PRIVATE_ADDRESS } from '../lib/network-guard';
 import { getQueue, provisioningJobId, QueueName } from '../queue/queues';
 import { requireStoreAccess } from '../stores/membership';
 import type { ConnectDatabaseInput, ProvisioningStatus } from './provisioning.schemas';
 import { claimWarmDatabase, ensureTemplate } from './templates';
-import { ensureTenantDatabase, prepareTenant, tenantPgConfig, type StoreSeed } from './tenant-db';
+import { ensureTenantDatabase, externalAccess, prepareTenant, tenantPgConfig, type StoreSeed } from './tenant-db';
 import { leastLoadedServer, serverByKey, tenantServers } from './tenant-servers';
 
 /** The tables our tenant schema creates; anything else in an external database is someone else's. */
@@ -36,14 +37,20 @@ function externalConnection(input: Extract<ConnectDatabaseInput, { mode: 'extern
   return { host: input.host, port: input.port, database: input.database, user: input.user, password: input.password, ssl: input.ssl };
 }
 
-/** Check an owner's own database before anything is stored or queued: reachable, accepted, empty of others' tables. */
-async function checkExternalDatabase(connection: TenantConnection): Promise<void> {
-  const client = new pg.Client({ ...tenantPgConfig(connection), connectionTimeoutMillis: 3000, query_timeout: 3000 });
+/**
+ * Check an owner's own database before anything is stored or queued: reachable (on a public address,
+ * unless EXTERNAL_DB_PRIVATE_NETWORKS allows private ones), accepted, empty of others' tables.
+ */
+async function checkExternalDatabase(ctx: AppContext, connection: TenantConnection): Promise<void> {
+  const client = new pg.Client({ ...tenantPgConfig(connection, externalAccess(ctx)), connectionTimeoutMillis: 3000, query_timeout: 3000 });
   client.on('error', () => {});
   try {
     await client.connect();
   } catch (err) {
     const code = pgCode(err);
+    if (code === PRIVATE_ADDRESS) {
+      throw new AppError(422, ErrorCode.DATABASE_UNREACHABLE, 'The database is on a private network address, which this platform does not connect to; give an address reachable on the internet');
+    }
     if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION) {
       throw new AppError(422, ErrorCode.DATABASE_AUTH_FAILED, 'The database rejected these credentials');
     }
@@ -114,7 +121,7 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
     }
   } else {
     connection = externalConnection(input);
-    await checkExternalDatabase(connection);
+    await checkExternalDatabase(ctx, connection);
   }
 
   await ctx.master.sequelize.transaction(async (t) => {
@@ -192,6 +199,7 @@ export async function provisioningStatus(ctx: AppContext, userId: string, storeI
 function describeFailure(err: unknown, step: string): string {
   const code = pgCode(err);
   if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH') return `${step}: the database server could not be reached`;
+  if (code === PRIVATE_ADDRESS) return `${step}: the database is on a private network address, which this platform does not connect to`;
   if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION) return `${step}: the database server rejected the credentials`;
   if (/timeout/i.test((err as Error)?.message ?? '')) return `${step}: the database server did not answer in time`;
   return `${step}: failed${code ? ` (SQLSTATE ${code})` : ''}`;
@@ -266,7 +274,7 @@ export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: s
       ({ schemaVersion } = await prepareTenant(u.toString(), seed, { asRole: connection.user, prepared: claimed }));
     } else {
       await report('migrate', 50);
-      ({ schemaVersion } = await prepareTenant(tenantPgConfig(connection), seed));
+      ({ schemaVersion } = await prepareTenant(tenantPgConfig(connection, externalAccess(ctx)), seed));
     }
     await report('activate', 90);
     await ctx.master.sequelize.transaction(async (t) => {

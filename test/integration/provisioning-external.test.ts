@@ -6,7 +6,7 @@ import { migrationsDir } from '../../src/db/migrate';
 import { getQueue, QueueName } from '../../src/queue/queues';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
 import { adminQuery, assertTestDatabase, urlFor } from '../helpers/db';
-import { countRows } from '../helpers/fixtures';
+import { countRows, startInstance } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
 import { startPasswordServer, type PasswordServer } from '../helpers/password-server';
 import { auth, createStoreViaApi, queryWith, waitForProvisioning } from '../helpers/stores';
@@ -147,4 +147,41 @@ test('a reachable, empty external database is provisioned: the store becomes act
   await api.post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname: 'own-db.external.test' }).expect(201);
   await request(t.app).post('/api/store/products').set('Host', 'own-db.external.test').set(auth(owner.token)).send({ sku: 'OWN-1', name: 'Own', priceCents: 100, stock: 1 }).expect(201);
   expect(await queryWith(conn, 'SELECT sku FROM products')).toEqual([{ sku: 'OWN-1' }]);
+});
+
+describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the platform never connects into its own network for an owner', () => {
+  let guarded: Awaited<ReturnType<typeof startInstance>>;
+  beforeAll(async () => {
+    guarded = await startInstance(t, { EXTERNAL_DB_PRIVATE_NETWORKS: 'deny' });
+  });
+  afterAll(async () => {
+    await guarded.ctx.close();
+  });
+
+  test('a private, loopback or link-local address, literal or by name → 422 DATABASE_UNREACHABLE, and nothing is stored or queued', async () => {
+    const nosy = await registerUser(t.app);
+    const other = (await createStoreViaApi(t.app, nosy.token, { name: 'Nosy' })).id;
+    for (const body of [
+      external({}), // 127.0.0.1, where this very database does exist and would accept the login
+      external({ host: 'localhost' }),
+      external({ host: '169.254.169.254' }),
+      { mode: 'external', connectionString: `postgres://${names.role}:${PASSWORD}@[::1]:5432/${names.empty}` },
+      { mode: 'external', connectionString: `postgres://${names.role}:${PASSWORD}@10.0.0.7:5432/${names.empty}` },
+    ]) {
+      const res = await request(guarded.app).post(`/api/stores/${other}/database`).set(auth(nosy.token)).send(body);
+      expectProblem(res, 422, 'DATABASE_UNREACHABLE');
+      expect(res.body.detail).toMatch(/private network/);
+      expect(res.text).not.toContain(PASSWORD);
+    }
+    expect(await t.ctx.master.models.StoreDatabase.findByPk(other)).toBeNull();
+    expect(await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${other}`)).toBeUndefined();
+    // The same request is accepted where private networks are allowed (development, these tests).
+    await request(t.app).post(`/api/stores/${other}/database`).set(auth(nosy.token)).send(external({})).expect(202);
+  });
+
+  test('a store whose external database is on a private address is not served by a guarded instance (503), and still is by the others', async () => {
+    await request(t.app).get('/api/store/info').set('Host', 'own-db.external.test').expect(200);
+    const res = await request(guarded.app).get('/api/store/info').set('Host', 'own-db.external.test');
+    expectProblem(res, 503, 'TENANT_UNAVAILABLE');
+  });
 });

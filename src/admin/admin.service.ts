@@ -89,7 +89,7 @@ export async function processTenantMigrations(ctx: AppContext, job: Job, paralle
       const { storeId, credentials, mode } = rows[next++];
       try {
         const connection = ctx.encryptor.decryptJson<TenantConnection>(credentials);
-        const { applied, schemaVersion } = await migrateTenant(connection, { publicOnly: mode === 'external' && externalAccess(ctx).publicOnly });
+        const { applied, schemaVersion } = await migrateTenant(connection, externalAccess(ctx, mode));
         await ctx.master.models.StoreDatabase.update({ schemaVersion }, { where: { storeId } });
         if (applied.length) progress.migrated++;
       } catch (err) {

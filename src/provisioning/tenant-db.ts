@@ -8,8 +8,8 @@ import { publicOnlySocket } from '../lib/network-guard';
 export const ident = (name: string) => `"${name.replace(/"/g, '""')}"`;
 const literal = (value: string) => `'${value.replace(/'/g, "''")}'`;
 
-/** How an owner's external database may be reached: see EXTERNAL_DB_PRIVATE_NETWORKS. */
-export const externalAccess = (ctx: AppContext) => ({ publicOnly: ctx.config.tenant.externalPublicOnly });
+/** How a store database in this mode may be reached: an owner's external one, see EXTERNAL_DB_PRIVATE_NETWORKS. */
+export const externalAccess = (ctx: AppContext, mode: string = 'external') => ({ publicOnly: mode === 'external' && ctx.config.tenant.externalPublicOnly });
 
 /** `publicOnly`: an owner's external database, which may then be reached on public addresses only. */
 export function tenantPgConfig(c: TenantConnection, { publicOnly }: { publicOnly: boolean }): pg.ClientConfig {
@@ -119,7 +119,7 @@ export function loginRoleSql(verb: 'CREATE' | 'ALTER', role: string, password: s
 
 /**
  * Hand every table, view, sequence and routine of the database that another ordinary role owns (the
- * template's owner, or the warm-pool role of an interrupted claim) to `to`. Nothing to do is one catalog scan.
+ * template's owner, in a copy of the template) to `to`. Nothing to do is one catalog scan.
  */
 export function handOverSql(to: string): string {
   const others = `SELECT oid FROM pg_roles WHERE NOT rolsuper AND rolname <> ${literal(to)} AND rolname NOT LIKE 'pg\\_%'`;

@@ -32,6 +32,7 @@ export function serverByKey(ctx: AppContext, key: string): TenantServer {
 /** The server holding the fewest managed store databases. */
 export async function leastLoadedServer(ctx: AppContext): Promise<TenantServer> {
   const servers = tenantServers(ctx);
+  if (servers.length === 1) return servers[0];
   const rows = await ctx.master.sequelize.query<{ server: string; n: number }>(
     `SELECT server, count(*)::int AS n FROM store_databases WHERE mode = 'managed' AND server IN (:keys) GROUP BY server`,
     { replacements: { keys: servers.map((s) => s.key) }, type: QueryTypes.SELECT },

@@ -9,6 +9,7 @@ import { BudgetTimeoutError, ConnectionBudget } from './connection-budget';
 import { isConnectionFailure } from './errors';
 import type { MasterDb } from './master';
 import { TenantHandle, type HandleSettings, type TenantConnection } from './tenant-handle';
+import { mustBePublic } from '../lib/network-guard';
 
 export interface ConnectionManagerOptions {
   cacheMax: number;
@@ -218,8 +219,7 @@ export class ConnectionManager {
     }
     // Credentials are decrypted here only, and live on inside the handle's Sequelize config.
     const connection = this.encryptor.decryptJson<TenantConnection>(rows[0].credentials as string);
-    const publicOnly = rows[0].mode === 'external' && this.options.externalPublicOnly === true;
-    const handle = new TenantHandle(storeId, connection, this.budget, { ...this.settings, publicOnly });
+    const handle = new TenantHandle(storeId, connection, this.budget, { ...this.settings, publicOnly: mustBePublic(rows[0].mode, this.options) });
     this.handles.set(storeId, handle);
     this.counters.builds++;
     this.counters.buildMsTotal += performance.now() - started;

@@ -15,18 +15,30 @@ export const migrationsDir = (kind: SchemaKind) => path.resolve(__dirname, '../.
 
 export class MigrationError extends Error {}
 
-/** A digest of a schema's files: templates are rebuilt when it changes. */
-export function schemaDigest(kind: SchemaKind): string {
-  const dir = migrationsDir(kind);
-  const hash = createHash('sha1');
-  for (const f of readdirSync(dir).filter((f) => f.endsWith('.sql')).sort()) hash.update(f).update(readFileSync(path.join(dir, f)));
-  return hash.digest('hex').slice(0, 12);
+/**
+ * Read once per process: the schema files ship with the code, so they change only with a new deployment
+ * (and provisioning asks for these on every job).
+ */
+const described = new Map<SchemaKind, { digest: string; version: number }>();
+
+function describe(kind: SchemaKind): { digest: string; version: number } {
+  let d = described.get(kind);
+  if (!d) {
+    const dir = migrationsDir(kind);
+    const files = readdirSync(dir).filter((f) => f.endsWith('.sql')).sort();
+    const hash = createHash('sha1');
+    for (const f of files) hash.update(f).update(readFileSync(path.join(dir, f)));
+    d = { digest: hash.digest('hex').slice(0, 12), version: Math.max(0, ...files.map((f) => parseInt(f, 10))) };
+    described.set(kind, d);
+  }
+  return d;
 }
 
+/** A digest of a schema's files: templates are rebuilt when it changes. */
+export const schemaDigest = (kind: SchemaKind): string => describe(kind).digest;
+
 /** The schema version the files on disk describe: the highest file number. */
-export function latestSchemaVersion(kind: SchemaKind): number {
-  return Math.max(0, ...readdirSync(migrationsDir(kind)).filter((f) => f.endsWith('.sql')).map((f) => parseInt(f, 10)));
-}
+export const latestSchemaVersion = (kind: SchemaKind): number => describe(kind).version;
 
 export async function runMigrations(
   kind: SchemaKind,

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { DataTypes, Sequelize, type Options, type Transaction } from 'sequelize';
 import { initTenantModels, type TenantModels } from '../models/tenant';
 import type { BudgetHolder, ConnectionBudget } from './connection-budget';
-import { publicOnlySocket } from '../lib/network-guard';
+import { guardedStream } from '../lib/network-guard';
 
 /** How to reach one tenant database (decrypted from store_databases.credentials). */
 export interface TenantConnection {
@@ -90,7 +90,7 @@ export class TenantHandle implements BudgetHolder {
         connectionTimeoutMillis: settings.connectTimeoutMs,
         application_name: 'tenantry-tenant',
         clientMinMessages: 'ignore',
-        ...(settings.publicOnly ? { stream: publicOnlySocket } : {}),
+        ...guardedStream(settings.publicOnly === true),
       },
     } as Options);
     const cm = this.connectionManager;

@@ -99,3 +99,13 @@ export function publicOnlySocket(): net.Socket {
   }) as typeof socket.connect;
   return socket;
 }
+
+/**
+ * Whether connections to a store database must stay on public addresses: an owner's external database
+ * when EXTERNAL_DB_PRIVATE_NETWORKS=deny (`config.tenant.externalPublicOnly`); never a managed one.
+ */
+export const mustBePublic = (mode: string | null | undefined, policy: { externalPublicOnly?: boolean }): boolean =>
+  mode === 'external' && policy.externalPublicOnly === true;
+
+/** The pg client options that apply `mustBePublic`: its socket, or nothing. */
+export const guardedStream = (publicOnly: boolean): { stream?: typeof publicOnlySocket } => (publicOnly ? { stream: publicOnlySocket } : {});

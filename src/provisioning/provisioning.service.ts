@@ -11,7 +11,7 @@ import type { TenantConnection } from '../db/tenant-handle';
 import { AppError, ErrorCode, conflict, notFound } from '../lib/errors';
 import { logger } from '../lib/logger';
 import { PRIVATE_ADDRESS } from '../lib/network-guard';
-import { getQueue, provisioningJobId, QueueName } from '../queue/queues';
+import { getQueue, provisioningJobId, QueueName, warmPoolRefillJobOptions } from '../queue/queues';
 import { requireStoreAccess } from '../stores/membership';
 import type { ConnectDatabaseInput, ProvisioningStatus } from './provisioning.schemas';
 import { claimWarmDatabase, ensureTemplate } from './templates';
@@ -209,19 +209,6 @@ function describeFailure(err: unknown, step: string): string {
 const WARM_REFILL_DELAY_MS = 2000;
 
 /**
- * Top the warm pool up once a burst of new stores is over: every claim pushes the one pending refill
- * further (BullMQ deduplication with reschedule), so copying databases does not compete with the stores
- * being provisioned. The worker's minutely scheduler tops it up too.
- */
-async function requestWarmPoolRefill(ctx: AppContext): Promise<void> {
-  await getQueue(ctx, QueueName.maintenance).add(
-    'refill-warm-pool',
-    { task: 'refill-warm-pool' },
-    { deduplication: { id: 'refill-warm-pool', reschedule: true, keepLastIfActive: true }, delay: WARM_REFILL_DELAY_MS, removeOnComplete: true, removeOnFail: true },
-  );
-}
-
-/**
  * The provisioning job. Every step is idempotent, so a retried job — or one taken over from a worker that
  * died — finishes the work: create role and database (managed), migrate under the runner's advisory lock,
  * write the store row and its first admin, mark the store active.
@@ -267,7 +254,7 @@ export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: s
         template: template ?? undefined,
         claimWarm: warm ? (admin) => claimWarmDatabase(admin, target, ctx.config.provisioning.databasePrefix) : undefined,
       });
-      if (warm) await requestWarmPoolRefill(ctx);
+      if (warm) await getQueue(ctx, QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' }, warmPoolRefillJobOptions(WARM_REFILL_DELAY_MS));
       await report('migrate', 50);
       const u = new URL(server.adminUrl);
       u.pathname = `/${connection.database}`;

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { logger } from '../lib/logger';
 import { runMigrations, schemaDigest } from '../db/migrate';
-import { handOverSql, ident, loginRoleSql, withClient } from './tenant-db';
+import { databaseOfRoleSql, handOverSql, ident, loginRoleSql, withClient } from './tenant-db';
 import type { TenantServer } from './tenant-servers';
 
 /** Owns every object in a template; a new store database reassigns them to the store's own role. */
@@ -64,7 +64,7 @@ async function buildTemplate(server: TenantServer, name: string): Promise<string
  * NOLOGIN role of the same name; it is prepared under a `…prep_…` name and renamed when complete, so a
  * half-prepared one is never claimed.
  */
-const poolPrefix = (dbPrefix: string) => `${dbPrefix}pool_${schemaDigest('tenant')}_`;
+const warmName = (dbPrefix: string, stage: 'pool' | 'prep', id = '') => `${dbPrefix}${stage}_${schemaDigest('tenant')}_${id}`;
 const REFILL_LOCK_KEY = 748_213_902;
 
 /**
@@ -75,7 +75,6 @@ const REFILL_LOCK_KEY = 748_213_902;
  */
 export async function refillWarmPool(server: TenantServer, target: number, dbPrefix: string): Promise<{ created: number; dropped: number }> {
   const template = await ensureTemplate(server);
-  const prefix = poolPrefix(dbPrefix);
   return withClient(server.adminUrl, async (client) => {
     const { rows: [lock] } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [REFILL_LOCK_KEY]);
     if (!lock.ok) return { created: 0, dropped: 0 };
@@ -83,7 +82,7 @@ export async function refillWarmPool(server: TenantServer, target: number, dbPre
       const { rows } = await client.query<{ datname: string; ready: boolean }>(
         `SELECT datname, starts_with(datname, $2) AND pg_get_userbyid(datdba) = datname AS ready
            FROM pg_database WHERE starts_with(datname, $1 || 'pool_') OR starts_with(datname, $1 || 'prep_')`,
-        [dbPrefix, prefix],
+        [dbPrefix, warmName(dbPrefix, 'pool')],
       );
       let dropped = 0;
       for (const { datname } of rows.filter((r) => !r.ready)) {
@@ -96,11 +95,7 @@ export async function refillWarmPool(server: TenantServer, target: number, dbPre
       for (const { rolname } of orphans.rows) await client.query(`DROP ROLE IF EXISTS ${ident(rolname)}`).catch(() => {});
       let have = rows.filter((r) => r.ready).length;
       let created = 0;
-      while (have < target) {
-        await prepareWarmDatabase(server, client, template, dbPrefix, prefix);
-        have++;
-        created++;
-      }
+      for (; have < target; have++, created++) await prepareWarmDatabase(server, client, template, dbPrefix);
       return { created, dropped };
     } finally {
       await client.query('SELECT pg_advisory_unlock($1)', [REFILL_LOCK_KEY]);
@@ -108,14 +103,12 @@ export async function refillWarmPool(server: TenantServer, target: number, dbPre
   });
 }
 
-async function prepareWarmDatabase(server: TenantServer, client: pg.Client, template: string, dbPrefix: string, prefix: string): Promise<void> {
+async function prepareWarmDatabase(server: TenantServer, client: pg.Client, template: string, dbPrefix: string): Promise<void> {
   const id = randomBytes(6).toString('hex');
-  const name = `${prefix}${id}`;
-  const preparing = `${dbPrefix}prep_${schemaDigest('tenant')}_${id}`;
+  const [name, preparing] = [warmName(dbPrefix, 'pool', id), warmName(dbPrefix, 'prep', id)];
   await client.query(`CREATE ROLE ${ident(name)} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE`);
   await client.query(`CREATE DATABASE ${ident(preparing)} TEMPLATE ${ident(template)} OWNER ${ident(name)}`);
-  await client.query(`REVOKE ALL ON DATABASE ${ident(preparing)} FROM PUBLIC`);
-  await client.query(`GRANT CONNECT, TEMPORARY ON DATABASE ${ident(preparing)} TO ${ident(name)}`);
+  await client.query(databaseOfRoleSql(preparing, name));
   const u = new URL(server.adminUrl);
   u.pathname = `/${preparing}`;
   // Also the database's first connection, which builds its relation cache file ahead of the store's.
@@ -132,7 +125,7 @@ async function prepareWarmDatabase(server: TenantServer, client: pg.Client, temp
 export async function claimWarmDatabase(admin: pg.ClientBase, target: { database: string; role: string; password: string }, dbPrefix: string): Promise<boolean> {
   const { rows } = await admin.query<{ datname: string }>(
     `SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND pg_get_userbyid(datdba) = datname ORDER BY random()`,
-    [poolPrefix(dbPrefix)],
+    [warmName(dbPrefix, 'pool')],
   );
   for (const { datname } of rows) {
     try {

@@ -47,6 +47,18 @@ export const creditSyncJobOptions = (storeId: string, delayMs: number): JobsOpti
   removeOnFail: { age: 7 * 24 * 3600, count: 1000 },
 });
 
+/**
+ * The warm pool's refill, once a burst of new stores is over: every claim pushes the one pending refill
+ * `delayMs` further (deduplication with reschedule), so copying databases does not compete with the stores
+ * being provisioned. The worker's minutely scheduler tops the pool up as well.
+ */
+export const warmPoolRefillJobOptions = (delayMs: number): JobsOptions => ({
+  deduplication: { id: 'refill-warm-pool', reschedule: true, keepLastIfActive: true },
+  delay: delayMs,
+  removeOnComplete: true,
+  removeOnFail: true,
+});
+
 /** Default job options, in one place: retried with exponential back-off, finished jobs kept a while. */
 export const defaultJobOptions: DefaultJobOptions = {
   attempts: 5,

@@ -34,9 +34,10 @@ beforeAll(async () => {
   pending = { id: (await createStoreViaApi(t.app, owner.token, { name: 'Admin pending' })).id };
 });
 afterAll(async () => {
-  expectNoLeaks(api.responses);
   await other.ctx.close();
   await t.close();
+  // Last: a failed check must not leave the app and its connections open.
+  expectNoLeaks(api.responses);
 });
 
 describe('platform admins', () => {

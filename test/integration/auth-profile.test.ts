@@ -10,8 +10,9 @@ beforeAll(async () => {
   api = recordingClient(t.app);
 });
 afterAll(async () => {
-  expectNoLeaks(api.responses);
   await t.close();
+  // Last: a failed check must not leave the app and its connections open.
+  expectNoLeaks(api.responses);
 });
 
 const bearer = (token: string) => ({ Authorization: `Bearer ${token}` });

@@ -11,8 +11,9 @@ beforeAll(async () => {
   api = recordingClient(t.app);
 });
 afterAll(async () => {
-  expectNoLeaks(api.responses);
   await t.close();
+  // Last: a failed check must not leave the app and its connections open.
+  expectNoLeaks(api.responses);
 });
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

@@ -10,6 +10,7 @@ import { countRows, startInstance } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
 import { startPasswordServer, type PasswordServer } from '../helpers/password-server';
 import { auth, createStoreViaApi, queryWith, waitForProvisioning } from '../helpers/stores';
+import { startWorkers } from '../../src/worker';
 
 /**
  * A store owner brings their own database. Its credentials are checked before anything is stored or
@@ -23,6 +24,7 @@ const names = {
   nologin: `tenantry_test_ext_nologin_${hex}`,
   empty: `tenantry_test_ext_empty_${hex}`,
   used: `tenantry_test_ext_used_${hex}`,
+  spare: `tenantry_test_ext_spare_${hex}`,
 };
 const PASSWORD = `pw-${randomBytes(9).toString('base64url')}`;
 /** A server that checks passwords (the test servers trust every local connection). */
@@ -36,15 +38,17 @@ beforeAll(async () => {
   await adminQuery(`CREATE ROLE ${names.nologin} NOLOGIN PASSWORD '${PASSWORD}'`);
   await adminQuery(`CREATE DATABASE ${names.empty} OWNER ${names.role}`);
   await adminQuery(`CREATE DATABASE ${names.used} OWNER ${names.role}`);
+  await adminQuery(`CREATE DATABASE ${names.spare} OWNER ${names.role}`);
   // Someone else's data: a table that is not Tenantry's.
   await queryWith({ connectionString: urlFor(names.used) }, 'CREATE TABLE legacy_orders (id integer PRIMARY KEY, total numeric)');
 });
 afterAll(async () => {
-  expectNoLeaks(api.responses);
   await checking?.stop();
   await t.close();
-  for (const db of [names.empty, names.used]) await adminQuery(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+  for (const db of [names.empty, names.used, names.spare]) await adminQuery(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
   for (const role of [names.role, names.nologin]) await adminQuery(`DROP ROLE IF EXISTS ${role}`);
+  // Last: a failed check must not leave the app and its connections open.
+  expectNoLeaks(api.responses);
 });
 
 const external = (fields: Partial<TenantConnection>) => ({ mode: 'external', host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD, ...fields });
@@ -177,6 +181,28 @@ describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the p
     expect(await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${other}`)).toBeUndefined();
     // The same request is accepted where private networks are allowed (development, these tests).
     await request(t.app).post(`/api/stores/${other}/database`).set(auth(nosy.token)).send(external({})).expect(202);
+  });
+
+  test('a provisioning job run by a guarded worker does not connect either: the store ends provisioning_failed, saying why', async () => {
+    // Connected where private networks are allowed, provisioned by a worker where they are not.
+    const redisPrefix = `test:${randomBytes(4).toString('hex')}`;
+    const open = await startInstance(t, { PROVISIONING_ATTEMPTS: '1' }, { redisPrefix });
+    const worker = await startInstance(t, { EXTERNAL_DB_PRIVATE_NETWORKS: 'deny' }, { redisPrefix });
+    const workers = await startWorkers(worker.ctx);
+    try {
+      const user = await registerUser(open.app);
+      const id = (await createStoreViaApi(open.app, user.token, { name: 'Queued before the policy' })).id;
+      await request(open.app).post(`/api/stores/${id}/database`).set(auth(user.token)).send(external({ database: names.spare })).expect(202);
+      const failed = await waitForProvisioning(open.app, user.token, id, 'failed');
+      expect(failed.error).toBe('migrate: the database is on a private network address, which this platform does not connect to');
+      expect((await t.ctx.master.models.Store.findByPk(id, { rejectOnEmpty: true })).status).toBe('provisioning_failed');
+      // Nothing reached the database.
+      expect(await queryWith({ connectionString: urlFor(names.spare) }, "SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'public'")).toEqual([{ n: 0 }]);
+    } finally {
+      await workers.close();
+      await worker.ctx.close();
+      await open.ctx.close();
+    }
   });
 
   test('a store whose external database is on a private address is not served by a guarded instance (503), and still is by the others', async () => {

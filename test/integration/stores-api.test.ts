@@ -21,9 +21,10 @@ beforeAll(async () => {
   other = await startInstance(t);
 });
 afterAll(async () => {
-  expectNoLeaks(api.responses);
   await other.ctx.close();
   await t.close();
+  // Last: a failed check must not leave the app and its connections open.
+  expectNoLeaks(api.responses);
 });
 
 /** A user on the pro plan (5 stores). */

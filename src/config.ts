@@ -61,7 +61,6 @@ const EnvSchema = z.object({
         issue.addIssue({ code: 'custom', message: (err as Error).message.replace(/^ENCRYPTION_KEYS: /, '') });
       }
     }),
-  PLATFORM_ADMIN_EMAILS: list.transform((l) => l.map((e) => e.toLowerCase())),
   PAYMENTS_PROVIDER: z.enum(['manual', 'stripe']).default('manual'),
   STRIPE_WEBHOOK_SECRET: z.string().optional(),
   /** A credit change waits this long (ms) before its store's tenant cache is synced; changes meanwhile share that sync. */
@@ -82,9 +81,29 @@ const EnvSchema = z.object({
   TENANT_FENCE_MS: int(5000, 100),
   /**
    * Whether an external store database may be on a private, loopback or link-local address (the platform's
-   * own network). Default: deny in production, allow otherwise.
+   * own network). Deny unless set: tests and local development set allow explicitly.
    */
-  EXTERNAL_DB_PRIVATE_NETWORKS: z.enum(['allow', 'deny']).optional(),
+  EXTERNAL_DB_PRIVATE_NETWORKS: z.enum(['allow', 'deny']).default('deny'),
+  /** Server-side limits on every tenant connection (ms): one statement, one lock wait, an idle open transaction. */
+  TENANT_STATEMENT_TIMEOUT_MS: int(5000, 100),
+  TENANT_LOCK_TIMEOUT_MS: int(2000, 10),
+  TENANT_IDLE_TX_TIMEOUT_MS: int(10000, 100),
+  /** Most of TENANT_CONNECTIONS_MAX (percent) that the stores of one owner may hold together. */
+  TENANT_OWNER_SHARE: int(25, 1, 100),
+  /** Most bytes one request may read from its store's database (an owner's database cannot make the process hold more). */
+  TENANT_MAX_READ_BYTES: int(16 * 1024 * 1024, 64 * 1024),
+  /** Look-ups of unknown hostnames in the master DB, per second and instance; beyond, unknown hosts get 404 unasked. */
+  HOST_LOOKUPS_PER_SECOND: int(50, 1),
+  /** Domain under which every store gets `<slug>.<STORE_DOMAIN>`. */
+  STORE_DOMAIN: z
+    .string()
+    .default('localhost')
+    .transform((d) => d.trim().toLowerCase().replace(/\.$/, ''))
+    .refine((d) => /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(d), 'must be a DNS name such as shops.example.com'),
+  /** The API's own public hostnames: never resolved to a store, never claimable (nor their subdomains). */
+  PLATFORM_HOSTNAMES: list.transform((l) => l.map((h) => h.toLowerCase().replace(/\.$/, ''))),
+  /** DNS servers (`ip` or `ip:port`) that hostname verification asks; default: the system's. */
+  DNS_SERVERS: list,
   MASTER_POOL_MAX: int(10, 1, 100),
   CORS_ORIGINS: list,
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -94,6 +113,12 @@ const EnvSchema = z.object({
   /** Registrations allowed per address in RATE_LIMIT_WINDOW_MS. */
   RATE_LIMIT_REGISTER_MAX: int(20, 1),
   RATE_LIMIT_WINDOW_MS: int(15 * 60 * 1000, 1000),
+  /** Failed logins allowed per account (whatever the address) in RATE_LIMIT_WINDOW_MS. */
+  RATE_LIMIT_ACCOUNT_MAX: int(50, 1),
+  /** Password hashes (bcrypt) computed at once per instance; more wait in a bounded queue. */
+  PASSWORD_HASH_CONCURRENCY: int(1, 1, 64),
+  /** Password checks that may wait for a hashing slot; beyond, 503 with Retry-After. */
+  PASSWORD_HASH_QUEUE_MAX: int(32, 0, 10000),
 });
 
 export type Config = ReturnType<typeof loadConfig>;
@@ -179,7 +204,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     workerLockMs: e.WORKER_LOCK_MS,
     jwt: Object.freeze({ secret: jwtSecret, expiresIn: e.JWT_EXPIRES_IN, issuer: e.JWT_ISSUER, audience: e.JWT_AUDIENCE }),
     encryptionKeys: parseEncryptionKeys(encryptionKeys),
-    platformAdminEmails: e.PLATFORM_ADMIN_EMAILS,
     paymentsProvider: e.PAYMENTS_PROVIDER,
     stripeWebhookSecret: e.STRIPE_WEBHOOK_SECRET,
     creditSyncDelayMs: e.CREDIT_SYNC_DELAY_MS,
@@ -191,8 +215,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       connectionsMax: e.TENANT_CONNECTIONS_MAX,
       acquireTimeoutMs: e.TENANT_ACQUIRE_TIMEOUT_MS,
       fenceMs: e.TENANT_FENCE_MS,
-      externalPublicOnly: (e.EXTERNAL_DB_PRIVATE_NETWORKS ?? (e.NODE_ENV === 'production' ? 'deny' : 'allow')) === 'deny',
+      externalPublicOnly: e.EXTERNAL_DB_PRIVATE_NETWORKS === 'deny',
+      statementTimeoutMs: e.TENANT_STATEMENT_TIMEOUT_MS,
+      lockTimeoutMs: e.TENANT_LOCK_TIMEOUT_MS,
+      idleInTransactionTimeoutMs: e.TENANT_IDLE_TX_TIMEOUT_MS,
+      ownerShare: e.TENANT_OWNER_SHARE / 100,
+      maxReadBytes: e.TENANT_MAX_READ_BYTES,
+      hostLookupsPerSecond: e.HOST_LOOKUPS_PER_SECOND,
     }),
+    hostnames: Object.freeze({ storeDomain: e.STORE_DOMAIN, platform: e.PLATFORM_HOSTNAMES, dnsServers: e.DNS_SERVERS }),
     masterPoolMax: e.MASTER_POOL_MAX,
     corsOrigins: e.CORS_ORIGINS,
     logLevel: e.LOG_LEVEL,
@@ -201,7 +232,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       loginMax: e.RATE_LIMIT_LOGIN_MAX,
       registerMax: e.RATE_LIMIT_REGISTER_MAX,
       windowMs: e.RATE_LIMIT_WINDOW_MS,
+      accountMax: e.RATE_LIMIT_ACCOUNT_MAX,
     }),
+    passwordHashing: Object.freeze({ concurrency: e.PASSWORD_HASH_CONCURRENCY, queueMax: e.PASSWORD_HASH_QUEUE_MAX }),
     startupNotes: notes,
   });
 }

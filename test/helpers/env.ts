@@ -6,7 +6,9 @@ process.env.ENCRYPTION_KEYS ??= 'k2:' + Buffer.alloc(32, 2).toString('base64') +
 process.env.BCRYPT_ROUNDS ??= '4';
 process.env.RATE_LIMIT_REGISTER_MAX ??= '100000';
 process.env.RATE_LIMIT_LOGIN_MAX ??= '100000';
-process.env.PLATFORM_ADMIN_EMAILS ??= 'admin@tenantry.test';
+// The tests' "external" databases live on 127.0.0.1.
+process.env.EXTERNAL_DB_PRIVATE_NETWORKS ??= 'allow';
+process.env.PASSWORD_HASH_QUEUE_MAX ??= '10000';
 process.env.WORKER = 'off';
 process.env.TENANT_DB_PREFIX ??= 'tenantry_test_db_';
 process.env.TENANT_WARM_POOL ??= '0';

@@ -32,12 +32,18 @@ for (const [address, prefix] of [
 // A separate list: a BlockList also matches IPv4 addresses against its IPv6 rules.
 const notPublicV6 = new net.BlockList();
 for (const [address, prefix] of [
-  ['::', 127], // unspecified and loopback
+  // Unspecified, loopback and IPv4-compatible (::a.b.c.d, deprecated): an IPv4 address in disguise either way.
+  ['::', 96],
+  ['::ffff:0:0:0', 96], // IPv4-translated (::ffff:0:a.b.c.d)
+  // NAT64 prefixes, well-known and local-use: the gateway reaches whatever IPv4 address is embedded.
   ['64:ff9b::', 96],
+  ['64:ff9b:1::', 48],
   ['100::', 64],
   ['2001:db8::', 32],
+  ['2002::', 16], // 6to4, another IPv4 address embedded
   ['fc00::', 7],
   ['fe80::', 10],
+  ['fec0::', 10], // site-local (deprecated, still routed inside some networks)
   ['ff00::', 8],
 ] as const) {
   notPublicV6.addSubnet(address, prefix, 'ipv6');

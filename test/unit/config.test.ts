@@ -44,7 +44,7 @@ describe('loadConfig', () => {
       logLevel: 'info',
       bcryptRounds: 12,
       jwt: { secret: secrets.JWT_SECRET, expiresIn: '7d', issuer: 'tenantry', audience: 'tenantry-api' },
-      tenant: { cacheMax: 5000, poolMax: 5, idleMs: 10000, connectionsMax: 60, acquireTimeoutMs: 1500, fenceMs: 5000 },
+      tenant: { cacheMax: 5000, poolMax: 5, idleMs: 10000, connectionsMax: 60, acquireTimeoutMs: 1500, fenceMs: 5000, externalPublicOnly: true },
       rateLimit: { loginMax: 10, registerMax: 20, windowMs: 900000 },
     });
     expect(c.encryptionKeys.map((k) => k.id)).toEqual(['k2', 'k1']);
@@ -71,6 +71,14 @@ describe('loadConfig', () => {
     expect(c.port).toBe(8080);
     expect(loadConfig({ ...secrets, TRUST_PROXY: 'on' }).trustProxy).toBe(true);
     expect(loadConfig({ ...secrets, TRUST_PROXY: 'loopback' }).trustProxy).toBe('loopback');
+  });
+
+  test('external databases on private networks are refused in every environment unless EXTERNAL_DB_PRIVATE_NETWORKS=allow', () => {
+    for (const NODE_ENV of ['development', 'test', 'production']) {
+      const env = { ...(NODE_ENV === 'production' ? production : secrets), NODE_ENV, DATA_DIR: dataDir };
+      expect(loadConfig(env).tenant.externalPublicOnly).toBe(true);
+      expect(loadConfig({ ...env, EXTERNAL_DB_PRIVATE_NETWORKS: 'allow' }).tenant.externalPublicOnly).toBe(false);
+    }
   });
 
   test('a complete production configuration loads', () => {

@@ -10,7 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import autocannon from 'autocannon';
 import pg from 'pg';
-import { Encryptor } from '../src/lib/crypto';
+import { Encryptor, secretContext } from '../src/lib/crypto';
 import { admin, ADMIN_URL, benchConnection, databaseUrl, printTable, stableUuid, startServer, stopProcess, summarize, type Summary } from './common';
 import { runMigrations } from '../src/db/migrate';
 import { ensureTenantDatabase, ident, migrateTenant, withClient } from '../src/provisioning/tenant-db';
@@ -71,7 +71,7 @@ async function prepareMaster(stores: number, encryptor: Encryptor): Promise<stri
     const { rows } = await c.query(`INSERT INTO users (email, password_hash, name) VALUES ('bench@example.test', 'x', 'Bench') RETURNING id`);
     const owner = rows[0].id as string;
     const ids = Array.from({ length: stores }, (_, i) => storeUuid(i));
-    const creds = ids.map((_, i) => encryptor.encryptJson(tenantConnection(`${PREFIX}_t_${String(i).padStart(4, '0')}`)));
+    const creds = ids.map((id, i) => encryptor.encryptJson(tenantConnection(`${PREFIX}_t_${String(i).padStart(4, '0')}`), secretContext.storeCredentials(id)));
     await c.query(
       `INSERT INTO stores (id, name, slug, status, owner_id)
          SELECT id, 'Bench ' || n, 'bench-' || n, 'active', $2 FROM unnest($1::uuid[]) WITH ORDINALITY AS s(id, n)`,
@@ -83,8 +83,8 @@ async function prepareMaster(stores: number, encryptor: Encryptor): Promise<stri
       [ids, creds],
     );
     await c.query(
-      `INSERT INTO store_hostnames (hostname, store_id)
-         SELECT 's' || (n - 1) || '.bench.test', id FROM unnest($1::uuid[]) WITH ORDINALITY AS s(id, n)`,
+      `INSERT INTO store_hostnames (hostname, store_id, status, verified_at)
+         SELECT 's' || (n - 1) || '.bench.test', id, 'verified', now() FROM unnest($1::uuid[]) WITH ORDINALITY AS s(id, n)`,
       [ids],
     );
   });

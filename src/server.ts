@@ -3,12 +3,15 @@ import { createApp } from './app';
 import { config } from './config';
 import { createContext, type AppContext } from './context';
 import { logger } from './lib/logger';
+import { issueMissingPlatformHostnames } from './stores/hostnames.service';
 import { startWorkers, type Workers } from './worker';
 
 /** The HTTP process: the API, and the queue worker too unless WORKER=off. */
 async function main(): Promise<void> {
   for (const note of config.startupNotes) logger.warn(note);
   const ctx = await createContext();
+  const issued = await issueMissingPlatformHostnames(ctx);
+  if (issued.length) logger.info({ count: issued.length }, 'issued <slug>.%s hostnames to active stores that had none', config.hostnames.storeDomain);
   const workers: Workers | undefined = config.worker ? await startWorkers(ctx) : undefined;
   const app = createApp(ctx);
   const server: Server = await new Promise((resolve) => {

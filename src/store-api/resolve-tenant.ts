@@ -4,24 +4,32 @@ import type { AppContext } from '../context';
 import { readToken } from '../http/authenticate';
 import { runInTenant } from '../db/tenant-context';
 import { AppError, ErrorCode, forbidden, notFound } from '../lib/errors';
+import { routableHost } from '../stores/hostname-policy';
 
 const StoreIdHeader = z.uuid();
 
-/** Lower-case, without port or trailing dot; Express gives the proxy's host only when trust proxy is on. */
-function requestHost(hostname: string | undefined): string | undefined {
-  if (!hostname) return undefined;
-  return hostname.toLowerCase().replace(/\.$/, '') || undefined;
+/** The store named by X-Store-Id, if the header is sent. */
+function headerStoreId(header: string | string[] | undefined): string | null {
+  if (typeof header !== 'string' || header === '') return null;
+  const parsed = StoreIdHeader.safeParse(header);
+  if (!parsed.success) throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'X-Store-Id must be a store id (UUID)');
+  // Postgres matches UUIDs in any case; our caches and tokens must see one spelling.
+  return parsed.data.toLowerCase();
 }
 
 /**
- * Finds the store of a /api/store request — by host, else X-Store-Id, else the token's store — checks
- * they agree, and runs the rest of the request in that store's scope with its database handle.
+ * Finds the store of a /api/store request — by verified host, else X-Store-Id, else the token's store —
+ * checks that whichever of them are given agree, and runs the rest of the request in that store's scope
+ * with its database handle. Express gives the proxy's host only when trust proxy is on; an IP address or
+ * one of the platform's own names never picks a store.
  */
 export function resolveTenant(ctx: AppContext): RequestHandler {
   const tenants = ctx.tenants;
+  const policy = ctx.config.hostnames;
   return async (req, res, next) => {
     const auth = readToken(ctx, req.headers.authorization);
-    const host = requestHost(req.hostname);
+    const host = routableHost(req.hostname, policy);
+    const headerStore = headerStoreId(req.headers['x-store-id']);
     const tokenStore = auth?.storeId ?? null;
 
     let storeId: string | null = null;
@@ -29,15 +37,10 @@ export function resolveTenant(ctx: AppContext): RequestHandler {
       const known = tenants.cachedStoreIdForHost(host);
       storeId = known !== undefined ? known : await tenants.storeIdForHost(host);
     }
-    if (!storeId) {
-      const header = req.headers['x-store-id'];
-      if (typeof header === 'string' && header !== '') {
-        const parsed = StoreIdHeader.safeParse(header);
-        if (!parsed.success) throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'X-Store-Id must be a store id (UUID)');
-        // Postgres matches UUIDs in any case; our caches and tokens must see one spelling.
-        storeId = parsed.data.toLowerCase();
-      }
+    if (storeId && headerStore && storeId !== headerStore) {
+      throw forbidden('The host and X-Store-Id name different stores', ErrorCode.TENANT_MISMATCH);
     }
+    storeId ??= headerStore;
     if (storeId && tokenStore && storeId !== tokenStore) {
       throw forbidden('The token belongs to another store than the one addressed', ErrorCode.TENANT_MISMATCH);
     }

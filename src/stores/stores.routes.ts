@@ -6,8 +6,10 @@ import { ApiRouter } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import { ConnectDatabaseBody, ProvisioningJobDto, ProvisioningStatusDto } from '../provisioning/provisioning.schemas';
 import * as provisioning from '../provisioning/provisioning.service';
-import { CreateStoreBody, HostnameBody, HostnameParams, StoreDto, StoreIdParams, StripeIntegrationDto, StripeKeysBody, UpdateStoreBody } from './stores.schemas';
+import { CreateStoreBody, HostnameBody, HostnameDto, HostnameParams, StoreDto, StoreIdParams, StripeIntegrationDto, StripeKeysBody, UpdateStoreBody } from './stores.schemas';
 import * as stores from './stores.service';
+import * as hostnames from './hostnames.service';
+import { TxtResolver } from './hostname-verification';
 
 const ACCESS = { 403: 'FORBIDDEN (not a member, or the role may not)', 404: 'STORE_NOT_FOUND' };
 
@@ -57,17 +59,38 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
     ({ params, req }) => provisioning.retryProvisioning(ctx, me(req), params.id),
   );
 
-  const HostnameDto = z.object({ hostname: z.string(), createdAt: z.string() });
+  const resolver = new TxtResolver(ctx.config.hostnames.dnsServers);
   api.get('/:id/hostnames', { ...common, summary: "The store's hostnames", params: StoreIdParams, response: z.object({ items: z.array(HostnameDto) }), errors: ACCESS }, ({ params, req }) =>
-    stores.listHostnames(ctx, me(req), params.id),
+    hostnames.listHostnames(ctx, me(req), params.id),
   );
   api.post(
     '/:id/hostnames',
-    { ...common, summary: 'Add a hostname', params: StoreIdParams, body: HostnameBody, status: 201, response: HostnameDto, errors: { ...ACCESS, 409: 'HOSTNAME_TAKEN' } },
-    ({ params, body, req }) => stores.addHostname(ctx, me(req), params.id, body.hostname),
+    {
+      ...common,
+      summary: 'Claim a custom hostname (pending until its DNS TXT record is verified)',
+      params: StoreIdParams,
+      body: HostnameBody,
+      status: 201,
+      response: HostnameDto,
+      errors: { ...ACCESS, 400: 'VALIDATION_FAILED | HOSTNAME_NOT_ALLOWED', 403: 'FORBIDDEN | PLAN_LIMIT_REACHED', 409: 'HOSTNAME_TAKEN', 423: 'STORE_SUSPENDED' },
+    },
+    ({ params, body, req }) => hostnames.addHostname(ctx, me(req), params.id, body.hostname),
   );
-  api.delete('/:id/hostnames/:hostname', { ...common, summary: 'Remove a hostname', params: HostnameParams, status: 204, errors: ACCESS }, ({ params, req }) =>
-    stores.removeHostname(ctx, me(req), params.id, params.hostname),
+  api.post(
+    '/:id/hostnames/:hostname/verify',
+    {
+      ...common,
+      summary: "Verify a claimed hostname: its TXT record _tenantry-challenge.<hostname> must hold the claim's value",
+      params: HostnameParams,
+      response: HostnameDto,
+      errors: { ...ACCESS, 404: 'STORE_NOT_FOUND | NOT_FOUND', 409: 'HOSTNAME_NOT_VERIFIED | HOSTNAME_TAKEN', 423: 'STORE_SUSPENDED' },
+    },
+    ({ params, req }) => hostnames.verifyHostname(ctx, resolver, me(req), params.id, params.hostname),
+  );
+  api.delete(
+    '/:id/hostnames/:hostname',
+    { ...common, summary: 'Remove a custom hostname', params: HostnameParams, status: 204, errors: { ...ACCESS, 400: 'HOSTNAME_NOT_ALLOWED (the platform-issued one)', 404: 'STORE_NOT_FOUND | NOT_FOUND', 423: 'STORE_SUSPENDED' } },
+    ({ params, req }) => hostnames.removeHostname(ctx, me(req), params.id, params.hostname),
   );
   api.put(
     '/:id/integrations/stripe',

@@ -7,15 +7,21 @@ export const Slug = z.string().regex(/^[a-z0-9-]{3,63}$/, 'must be 3–63 charac
 export const CreateStoreBody = z.strictObject({ name: z.string().trim().min(1).max(200), slug: Slug });
 export const UpdateStoreBody = z.strictObject({ name: z.string().trim().min(1).max(200).optional() });
 
-/** A DNS name: lower-cased, no port, no trailing dot, labels of 1–63 letters, digits and inner hyphens. */
-export const Hostname = z
-  .string()
-  .trim()
-  .max(253)
-  .transform((h) => h.toLowerCase().replace(/\.$/, ''))
-  .refine((h) => /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$/.test(h), 'must be a DNS name such as shop.example.com (no scheme, port or path)');
+/** A hostname as sent; what may be claimed is decided by the hostname policy (src/stores/hostname-policy.ts). */
+const Hostname = z.string().min(1).max(300);
 export const HostnameBody = z.strictObject({ hostname: Hostname });
 export const HostnameParams = StoreIdParams.extend({ hostname: Hostname });
+export const HostnameDto = registry.register(
+  'Hostname',
+  z.object({
+    hostname: z.string(),
+    kind: z.enum(['platform', 'custom']),
+    status: z.enum(['pending', 'verified']),
+    verification: z.object({ type: z.literal('dns-txt'), name: z.string(), value: z.string() }).nullable(),
+    verifiedAt: z.string().nullable(),
+    createdAt: z.string(),
+  }),
+);
 
 export const StripeKeysBody = z.strictObject({
   publishableKey: z.string().regex(/^pk_(test|live)_[A-Za-z0-9]{8,250}$/, 'must be a Stripe publishable key (pk_test_… or pk_live_…)'),

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { TenantConnection } from '../../src/db/tenant-handle';
+import { secretContext } from '../../src/lib/crypto';
 import type { StoreStatus } from '../../src/models/master';
 import { ensureTenantDatabase, ident, migrateTenant, seedTenant } from '../../src/provisioning/tenant-db';
 import type { TestApp } from './app';
@@ -45,11 +46,12 @@ export async function createActiveStore(
     mode: 'managed',
     server: u.host,
     databaseName: database,
-    credentials: t.ctx.encryptor.encryptJson(connection),
+    credentials: t.ctx.encryptor.encryptJson(connection, secretContext.storeCredentials(store.id)),
     status: 'ready',
     schemaVersion,
   });
-  for (const hostname of opts.hostnames ?? []) await m.StoreHostname.create({ hostname, storeId: store.id });
+  // As verification leaves them: these route.
+  for (const hostname of opts.hostnames ?? []) await m.StoreHostname.create({ hostname, storeId: store.id, status: 'verified', verifiedAt: new Date() });
   await seedTenant(connection, { id: store.id, name: store.name, slug });
   return { id: store.id, slug, database, role, connection };
 }

@@ -2,11 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type { Express } from 'express';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../../src/context';
+import { secretContext } from '../../src/lib/crypto';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
 import { countRows, eventually, startInstance } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth, createStoreViaApi, provisionManagedStore, storeConnection, uniqueSlug, waitForProvisioning } from '../helpers/stores';
 import request from 'supertest';
+import { claimHostname, startDnsServer, type TestDnsServer } from '../helpers/dns-server';
 
 let t: TestApp;
 let api: RecordingClient;
@@ -15,14 +17,18 @@ let other: { ctx: AppContext; app: Express };
 
 type User = Awaited<ReturnType<typeof registerUser>>;
 
+let dns: TestDnsServer;
+
 beforeAll(async () => {
-  t = await startTestApp('stores', { WORKER: 'on' });
+  dns = await startDnsServer();
+  t = await startTestApp('stores', { WORKER: 'on', DNS_SERVERS: dns.address });
   api = recordingClient(t.app);
   other = await startInstance(t);
 });
 afterAll(async () => {
   await other.ctx.close();
   await t.close();
+  await dns.close();
   // Last: a failed check must not leave the app and its connections open.
   expectNoLeaks(api.responses);
 });
@@ -163,14 +169,15 @@ describe('listing and reading stores', () => {
 
     await api.post(`/api/stores/${store.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }).expect(202);
     await waitForProvisioning(t.app, owner.token, store.id);
-    await api.post(`/api/stores/${store.id}/hostnames`).set(auth(owner.token)).send({ hostname: 'www.readable.test' }).expect(201);
+    await claimHostname(t.app, owner.token, store.id, 'www.readable.test', dns);
     await api.post(`/api/stores/${store.id}/hostnames`).set(auth(owner.token)).send({ hostname: 'readable.test' }).expect(201);
 
     const after = await api.get(`/api/stores/${store.id}`).set(auth(owner.token)).expect(200);
     expect(after.body).toEqual({
       ...store,
       status: 'active',
-      hostnames: ['readable.test', 'www.readable.test'],
+      // Pending claims are listed too; the platform issued <slug>.<STORE_DOMAIN> when the database became active.
+      hostnames: ['readable.test', `${store.slug}.localhost`, 'www.readable.test'].sort(),
       database: { mode: 'managed', status: 'ready', schemaVersion: 1 },
     });
     const connection = await storeConnection(t, store.id);
@@ -197,7 +204,7 @@ describe('renaming a store', () => {
   test("the owner renames a store: the registry and the store's own database carry the new name", async () => {
     const owner = await registerUser(t.app);
     const store = await provisionManagedStore(t.app, owner.token, { name: 'Old Name' });
-    await api.post(`/api/stores/${store.id}/hostnames`).set(auth(owner.token)).send({ hostname: 'rename.stores.test' }).expect(201);
+    await claimHostname(t.app, owner.token, store.id, 'rename.stores.test', dns);
     const res = await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: 'New Name' }).expect(200);
     expect(res.body).toMatchObject({ id: store.id, name: 'New Name', status: 'active', role: 'owner' });
     expect((await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true })).name).toBe('New Name');
@@ -228,7 +235,7 @@ describe('deleting and restoring a store', () => {
     const owner = await registerUser(t.app);
     const store = await provisionManagedStore(t.app, owner.token);
     const host = 'gone.stores.test';
-    await api.post(`/api/stores/${store.id}/hostnames`).set(auth(owner.token)).send({ hostname: host }).expect(201);
+    await claimHostname(t.app, owner.token, store.id, host, dns);
     // Both instances serve it (and cache its handle and host).
     await storeInfo(t.app, host).expect(200);
     await eventually(() => storeInfo(other.app, host).expect(200));
@@ -255,13 +262,13 @@ describe('deleting and restoring a store', () => {
     const owner = await proUser();
     const active = await provisionManagedStore(t.app, owner.token);
     const host = 'back.stores.test';
-    await api.post(`/api/stores/${active.id}/hostnames`).set(auth(owner.token)).send({ hostname: host }).expect(201);
+    await claimHostname(t.app, owner.token, active.id, host, dns);
     const pending = await createStoreViaApi(t.app, owner.token);
     for (const s of [active, pending]) await api.delete(`/api/stores/${s.id}`).set(auth(owner.token)).expect(202);
     expectProblem(await storeInfo(t.app, host), 404, 'STORE_NOT_FOUND');
 
     const restored = await api.post(`/api/stores/${active.id}/restore`).set(auth(owner.token)).expect(200);
-    expect(restored.body).toMatchObject({ id: active.id, status: 'active', hostnames: [host], database: { mode: 'managed', status: 'ready', schemaVersion: 1 } });
+    expect(restored.body).toMatchObject({ id: active.id, status: 'active', hostnames: [`${active.slug}.localhost`, host].sort(), database: { mode: 'managed', status: 'ready', schemaVersion: 1 } });
     const row = await t.ctx.master.models.Store.findByPk(active.id, { rejectOnEmpty: true });
     expect(row).toMatchObject({ status: 'active', deletedAt: null });
     await storeInfo(t.app, host).expect(200);
@@ -286,90 +293,6 @@ describe('deleting and restoring a store', () => {
   });
 });
 
-describe('hostnames', () => {
-  let owner: User;
-  let storeId: string;
-  beforeAll(async () => {
-    owner = await registerUser(t.app);
-    storeId = (await provisionManagedStore(t.app, owner.token, { name: 'Hosted' })).id;
-  });
-
-  test('a hostname is stored in lower case without its trailing dot, and listed', async () => {
-    const res = await api.post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname: ' Shop.Hosted.TEST. ' }).expect(201);
-    expect(res.body).toEqual({ hostname: 'shop.hosted.test', createdAt: expect.any(String) });
-    const rows = await t.ctx.master.models.StoreHostname.findAll({ where: { storeId }, raw: true });
-    expect(rows.map((r) => r.hostname)).toEqual(['shop.hosted.test']);
-    const list = await api.get(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).expect(200);
-    expect(list.body).toEqual({ items: [{ hostname: 'shop.hosted.test', createdAt: res.body.createdAt }] });
-    // The store answers on it, whatever the case of the Host header.
-    const info = await storeInfo(t.app, 'SHOP.hosted.test').expect(200);
-    expect(info.body.id).toBe(storeId);
-  });
-
-  test('names with a port, a scheme, a path, an underscore or an empty label answer 400 and store nothing', async () => {
-    const before = await countRows(t, 'store_hostnames');
-    for (const hostname of ['shop.hosted.test:8080', 'https://shop.hosted.test', 'shop.hosted.test/path', 'my_shop.hosted.test', 'shop..hosted.test', '.hosted.test', '-shop.hosted.test', '', 'localhost', `${'a'.repeat(64)}.test`]) {
-      const res = await api.post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname });
-      expectValidationErrors(res, ['hostname']);
-    }
-    expect(await countRows(t, 'store_hostnames')).toBe(before);
-  });
-
-  test('a hostname another store uses answers 409 HOSTNAME_TAKEN and stays with that store', async () => {
-    const rival = await registerUser(t.app);
-    const rivalStore = await createStoreViaApi(t.app, rival.token);
-    await api.post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname: 'mine.hosted.test' }).expect(201);
-    expectProblem(await api.post(`/api/stores/${rivalStore.id}/hostnames`).set(auth(rival.token)).send({ hostname: 'MINE.hosted.test' }), 409, 'HOSTNAME_TAKEN');
-    const row = await t.ctx.master.models.StoreHostname.findByPk('mine.hosted.test', { rejectOnEmpty: true });
-    expect(row.storeId).toBe(storeId);
-    expect(await countRows(t, 'store_hostnames', 'store_id = :id', { id: rivalStore.id })).toBe(0);
-    // Nor can the rival remove it through its own store, or reach it through this one.
-    expectProblem(await api.delete(`/api/stores/${rivalStore.id}/hostnames/mine.hosted.test`).set(auth(rival.token)), 404, 'NOT_FOUND');
-    expectProblem(await api.delete(`/api/stores/${storeId}/hostnames/mine.hosted.test`).set(auth(rival.token)), 403, 'FORBIDDEN');
-    expectProblem(await api.post(`/api/stores/${storeId}/hostnames`).set(auth(rival.token)).send({ hostname: 'rival.hosted.test' }), 403, 'FORBIDDEN');
-    expect(await t.ctx.master.models.StoreHostname.findByPk('mine.hosted.test')).not.toBeNull();
-    expect(await t.ctx.master.models.StoreHostname.findByPk('rival.hosted.test')).toBeNull();
-  });
-
-  test('adding a hostname the store already has is fine and changes nothing', async () => {
-    const first = await api.post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname: 'again.hosted.test' }).expect(201);
-    const second = await api.post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname: 'Again.Hosted.Test' }).expect(201);
-    expect(second.body).toEqual(first.body);
-    expect(await countRows(t, 'store_hostnames', "hostname = 'again.hosted.test'")).toBe(1);
-  });
-
-  test('a staff member may list hostnames but not add or remove them', async () => {
-    const staff = await addMember(storeId, 'staff');
-    await api.get(`/api/stores/${storeId}/hostnames`).set(auth(staff.token)).expect(200);
-    expectProblem(await api.post(`/api/stores/${storeId}/hostnames`).set(auth(staff.token)).send({ hostname: 'staff.hosted.test' }), 403, 'FORBIDDEN');
-    expectProblem(await api.delete(`/api/stores/${storeId}/hostnames/shop.hosted.test`).set(auth(staff.token)), 403, 'FORBIDDEN');
-    expect(await countRows(t, 'store_hostnames', "hostname IN ('staff.hosted.test', 'shop.hosted.test')")).toBe(1);
-  });
-
-  test('a host one instance remembered as unknown is served there once another instance adds it', async () => {
-    const host = 'late.hosted.test';
-    expectProblem(await storeInfo(other.app, host), 404, 'STORE_NOT_FOUND');
-    await api.post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname: host }).expect(201);
-    const info = await eventually(() => storeInfo(other.app, host).expect(200));
-    expect(info.body.id).toBe(storeId);
-  });
-
-  test('DELETE of a hostname answers 204 and the host stops resolving, also on the other instance', async () => {
-    const host = 'bye.hosted.test';
-    await api.post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname: host }).expect(201);
-    await storeInfo(t.app, host).expect(200);
-    await eventually(() => storeInfo(other.app, host).expect(200));
-
-    const res = await api.delete(`/api/stores/${storeId}/hostnames/BYE.hosted.test`).set(auth(owner.token)).expect(204);
-    expect(res.text).toBe('');
-    expect(await t.ctx.master.models.StoreHostname.findByPk(host)).toBeNull();
-    expectProblem(await storeInfo(t.app, host), 404, 'STORE_NOT_FOUND');
-    await eventually(async () => expectProblem(await storeInfo(other.app, host), 404, 'STORE_NOT_FOUND'));
-    // Removing it again: the store has no such hostname.
-    expectProblem(await api.delete(`/api/stores/${storeId}/hostnames/${host}`).set(auth(owner.token)), 404, 'NOT_FOUND');
-  });
-});
-
 describe('Stripe keys', () => {
   const keys = { publishableKey: 'pk_test_51PublishableKey0123', secretKey: 'sk_test_51SuperSecretKeyAbCd9876', webhookSecret: 'whsec_WebhookSecret0123456' };
 
@@ -391,14 +314,14 @@ describe('Stripe keys', () => {
     expect(row.secrets).not.toContain(keys.webhookSecret);
     expect(row.secrets).not.toContain('SuperSecret');
     expect(JSON.stringify(row.public_config)).not.toContain(keys.secretKey);
-    expect(t.ctx.encryptor.decryptJson(row.secrets)).toEqual({ secretKey: keys.secretKey, webhookSecret: keys.webhookSecret });
+    expect(t.ctx.encryptor.decryptJson(row.secrets, secretContext.storeIntegration(store.id, 'stripe'))).toEqual({ secretKey: keys.secretKey, webhookSecret: keys.webhookSecret });
     expect(new Date(row.configured_at).toISOString()).toBe(res.body.configuredAt);
 
     // New keys replace the old ones.
     const next = { publishableKey: 'pk_live_51OtherPublishable', secretKey: 'rk_live_51RestrictedKeyWxYz1111' };
     await api.put(`/api/stores/${store.id}/integrations/stripe`).set(auth(owner.token)).send(next).expect(200);
     const [replaced] = await t.ctx.master.sequelize.query<{ secrets: string }>(`SELECT secrets FROM store_integrations WHERE store_id = :id`, { replacements: { id: store.id }, type: QueryTypes.SELECT });
-    expect(t.ctx.encryptor.decryptJson(replaced.secrets)).toEqual({ secretKey: next.secretKey, webhookSecret: null });
+    expect(t.ctx.encryptor.decryptJson(replaced.secrets, secretContext.storeIntegration(store.id, 'stripe'))).toEqual({ secretKey: next.secretKey, webhookSecret: null });
     expect(await countRows(t, 'store_integrations', 'store_id = :id', { id: store.id })).toBe(1);
   });
 

@@ -181,9 +181,10 @@ describe('which store a request goes to', () => {
     expect(orders.body.items.map((o: { id: string }) => o.id)).toEqual([C.orderId]);
   });
 
-  test('the Host wins over X-Store-Id; a matching token and header agree', async () => {
+  test('a Host and an X-Store-Id naming different stores answer 403 TENANT_MISMATCH; matching ones, and a matching token and header, agree', async () => {
     const { A, B } = shops;
-    expect((await call('get', '/api/store/info', { host: A.host, storeId: B.store.id }).expect(200)).body.id).toBe(A.store.id);
+    expectProblem(await call('get', '/api/store/info', { host: A.host, storeId: B.store.id }), 403, 'TENANT_MISMATCH');
+    expect((await call('get', '/api/store/info', { host: A.host, storeId: A.store.id }).expect(200)).body.id).toBe(A.store.id);
     expect((await call('get', '/api/store/auth/me', { storeId: B.store.id, token: B.customer.token }).expect(200)).body.user.id).toBe(B.customer.id);
   });
 

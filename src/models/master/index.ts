@@ -49,6 +49,7 @@ export function initMasterModels(sequelize: Sequelize) {
     declare maxStores: number;
     declare maxProducts: number | null;
     declare maxStaff: number | null;
+    declare maxHostnames: number | null;
     declare monthlyPriceCents: number;
     declare includedCredits: number;
     declare createdAt: CreationOptional<Date>;
@@ -60,6 +61,7 @@ export function initMasterModels(sequelize: Sequelize) {
       maxStores: { type: DataTypes.INTEGER, allowNull: false },
       maxProducts: DataTypes.INTEGER,
       maxStaff: DataTypes.INTEGER,
+      maxHostnames: DataTypes.INTEGER,
       monthlyPriceCents: { type: DataTypes.INTEGER, allowNull: false },
       includedCredits: { type: DataTypes.INTEGER, allowNull: false },
       createdAt: DataTypes.DATE,
@@ -167,12 +169,20 @@ export function initMasterModels(sequelize: Sequelize) {
   class StoreHostname extends Model<InferAttributes<StoreHostname>, InferCreationAttributes<StoreHostname>> {
     declare hostname: string;
     declare storeId: string;
+    declare kind: CreationOptional<'platform' | 'custom'>;
+    declare status: CreationOptional<'pending' | 'verified'>;
+    declare verificationToken: CreationOptional<string | null>;
+    declare verifiedAt: CreationOptional<Date | null>;
     declare createdAt: CreationOptional<Date>;
   }
   StoreHostname.init(
     {
       hostname: { type: DataTypes.TEXT, primaryKey: true },
-      storeId: { type: DataTypes.UUID, allowNull: false },
+      storeId: { type: DataTypes.UUID, primaryKey: true },
+      kind: { type: DataTypes.TEXT, allowNull: false, defaultValue: 'custom' },
+      status: { type: DataTypes.TEXT, allowNull: false, defaultValue: 'pending' },
+      verificationToken: DataTypes.TEXT,
+      verifiedAt: DataTypes.DATE,
       createdAt: DataTypes.DATE,
     },
     { ...common, tableName: 'store_hostnames', updatedAt: false },

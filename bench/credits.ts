@@ -17,7 +17,7 @@ import autocannon from 'autocannon';
 import { Redis } from 'ioredis';
 import { runMigrations } from '../src/db/migrate';
 import { admin, ADMIN_URL, benchConnection, databaseUrl, printTable, stableUuid, startServer, stopProcess, summarize, type Summary } from './common';
-import { Encryptor } from '../src/lib/crypto';
+import { Encryptor, secretContext } from '../src/lib/crypto';
 import { TokenSigner } from '../src/lib/jwt';
 import { ensureTenantDatabase, ident, migrateTenant, withClient } from '../src/provisioning/tenant-db';
 
@@ -69,7 +69,7 @@ async function prepareMaster(stores: number, encryptor: Encryptor): Promise<{ ur
   const ownerId = await withClient(url, async (c) => {
     const { rows } = await c.query(`INSERT INTO users (email, password_hash, name) VALUES ('bench-credits@example.test', 'x', 'Bench') RETURNING id`);
     const owner = rows[0].id as string;
-    const creds = storeIds.map((_, i) => encryptor.encryptJson(tenantConnection(tenantDb(i))));
+    const creds = storeIds.map((id, i) => encryptor.encryptJson(tenantConnection(tenantDb(i)), secretContext.storeCredentials(id)));
     await c.query(`INSERT INTO stores (id, name, slug, status, owner_id) SELECT id, 'Bench ' || n, 'bench-' || n, 'active', $2 FROM unnest($1::uuid[]) WITH ORDINALITY AS s(id, n)`, [storeIds, owner]);
     await c.query(`INSERT INTO store_members (store_id, user_id, role) SELECT id, $2, 'owner' FROM unnest($1::uuid[]) AS s(id)`, [storeIds, owner]);
     await c.query(

@@ -3,6 +3,7 @@ import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../context';
 import { decodeCursor, toPage } from '../http/pagination';
 import { conflict, ErrorCode, notFound } from '../lib/errors';
+import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import type { TenantConnection } from '../db/tenant-handle';
 import { getQueue, QueueName } from '../queue/queues';
@@ -88,7 +89,7 @@ export async function processTenantMigrations(ctx: AppContext, job: Job, paralle
     while (next < rows.length) {
       const { storeId, credentials, mode } = rows[next++];
       try {
-        const connection = ctx.encryptor.decryptJson<TenantConnection>(credentials);
+        const connection = ctx.encryptor.decryptJson<TenantConnection>(credentials, secretContext.storeCredentials(storeId));
         const { applied, schemaVersion } = await migrateTenant(connection, externalAccess(ctx, mode));
         await ctx.master.models.StoreDatabase.update({ schemaVersion }, { where: { storeId } });
         if (applied.length) progress.migrated++;

@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import { ConnectionAcquireTimeoutError, QueryTypes } from 'sequelize';
 import type { EventBus } from '../lib/bus';
-import type { Encryptor } from '../lib/crypto';
+import { secretContext, type Encryptor } from '../lib/crypto';
 import { AppError, ErrorCode, notFound, unavailable } from '../lib/errors';
 import { logger } from '../lib/logger';
 import type { StoreStatus } from '../models/master';
@@ -218,12 +218,27 @@ export class ConnectionManager {
       throw refusal;
     }
     // Credentials are decrypted here only, and live on inside the handle's Sequelize config.
-    const connection = this.encryptor.decryptJson<TenantConnection>(rows[0].credentials as string);
+    const connection = this.credentialsOf(storeId, rows[0].credentials as string);
     const handle = new TenantHandle(storeId, connection, this.budget, { ...this.settings, publicOnly: mustBePublic(rows[0].mode, this.options) });
     this.handles.set(storeId, handle);
     this.counters.builds++;
     this.counters.buildMsTotal += performance.now() - started;
     return handle;
+  }
+
+  /**
+   * Credentials that do not decrypt (a key gone from ENCRYPTION_KEYS, a row tampered with or copied from
+   * another store) are the platform's fault, not the store's: logged, and this store alone answers 503.
+   */
+  private credentialsOf(storeId: string, ciphertext: string): TenantConnection {
+    try {
+      return this.encryptor.decryptJson<TenantConnection>(ciphertext, secretContext.storeCredentials(storeId));
+    } catch (err) {
+      logger.error({ storeId, err: (err as Error).message }, 'the credentials of this store do not decrypt');
+      const refusal = unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", Math.ceil(this.options.fenceMs / 1000));
+      this.refusals.set(storeId, refusal);
+      throw refusal;
+    }
   }
 
   private refusalFor(row: StoreRecord | undefined): AppError | undefined {

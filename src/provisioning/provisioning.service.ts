@@ -9,6 +9,7 @@ import { migrationsDir } from '../db/migrate';
 import { pgCode, PgCode } from '../db/errors';
 import type { TenantConnection } from '../db/tenant-handle';
 import { AppError, ErrorCode, conflict, notFound } from '../lib/errors';
+import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import { PRIVATE_ADDRESS } from '../lib/network-guard';
 import { getQueue, provisioningJobId, QueueName, warmPoolRefillJobOptions } from '../queue/queues';
@@ -111,7 +112,7 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
     if (previous?.mode === 'managed' && previous.server && tenantServers(ctx).some((s) => s.key === previous.server)) {
       // A failed earlier attempt: finish that database rather than leave it orphaned. (Unless its server
       // was taken out of TENANT_SERVERS: the job could never reach it again, so pick a configured one.)
-      connection = ctx.encryptor.decryptJson<TenantConnection>(previous.credentials);
+      connection = ctx.encryptor.decryptJson<TenantConnection>(previous.credentials, secretContext.storeCredentials(storeId));
       server = previous.server;
     } else {
       const target = await leastLoadedServer(ctx);
@@ -135,7 +136,7 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
         mode: input.mode,
         server,
         databaseName: connection.database,
-        credentials: ctx.encryptor.encryptJson(connection),
+        credentials: ctx.encryptor.encryptJson(connection, secretContext.storeCredentials(storeId)),
         status: 'provisioning',
         lastError: null,
         jobId: provisioningJobId(storeId),
@@ -221,7 +222,7 @@ export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: s
   const db = await StoreDatabase.findByPk(storeId);
   if (!store || !db || store.status !== 'provisioning') return { skipped: store?.status ?? 'missing' };
   const owner = await User.findByPk(store.ownerId);
-  const connection = ctx.encryptor.decryptJson<TenantConnection>(db.credentials);
+  const connection = ctx.encryptor.decryptJson<TenantConnection>(db.credentials, secretContext.storeCredentials(storeId));
   let step = 'create_database';
   // How long each step took (ms), in the job's result: where provisioning time goes, per store.
   const steps: Record<string, number> = {};

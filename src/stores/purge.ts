@@ -1,6 +1,7 @@
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../context';
 import type { TenantConnection } from '../db/tenant-handle';
+import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import { ident, withClient } from '../provisioning/tenant-db';
 import { serverByKey } from '../provisioning/tenant-servers';
@@ -23,7 +24,7 @@ export async function purgeDeletedStores(ctx: AppContext): Promise<{ purged: num
   for (const store of due) {
     try {
       if (store.mode === 'managed' && store.server && store.credentials) {
-        const { database, user } = ctx.encryptor.decryptJson<TenantConnection>(store.credentials);
+        const { database, user } = ctx.encryptor.decryptJson<TenantConnection>(store.credentials, secretContext.storeCredentials(store.storeId));
         await withClient(serverByKey(ctx, store.server).adminUrl, async (c) => {
           await c.query(`DROP DATABASE IF EXISTS ${ident(database)} WITH (FORCE)`);
           await c.query(`DROP ROLE IF EXISTS ${ident(user)}`);

@@ -2,6 +2,7 @@ import { QueryTypes, type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
 import { pgCode, PgCode } from '../db/errors';
 import { conflict, ErrorCode, forbidden, notFound } from '../lib/errors';
+import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import type { MemberRole, StoreRow, StoreStatus } from '../models/master';
 import { requestCreditSync } from '../credits/credit-sync';
@@ -177,7 +178,7 @@ export async function removeHostname(ctx: AppContext, userId: string, storeId: s
 export async function putStripeKeys(ctx: AppContext, userId: string, storeId: string, input: StripeKeysInput) {
   await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
   const publicConfig = { publishableKey: input.publishableKey, secretKeyLast4: input.secretKey.slice(-4), hasWebhookSecret: !!input.webhookSecret };
-  const secrets = ctx.encryptor.encryptJson({ secretKey: input.secretKey, webhookSecret: input.webhookSecret ?? null });
+  const secrets = ctx.encryptor.encryptJson({ secretKey: input.secretKey, webhookSecret: input.webhookSecret ?? null }, secretContext.storeIntegration(storeId, 'stripe'));
   const configuredAt = new Date();
   await ctx.master.models.StoreIntegration.upsert({ storeId, provider: 'stripe', publicConfig, secrets, configuredAt });
   await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.integration.stripe.configured', targetType: 'integration', targetId: 'stripe' });

@@ -3,6 +3,7 @@ import type { Express } from 'express';
 import pg from 'pg';
 import request from 'supertest';
 import type { TenantConnection } from '../../src/db/tenant-handle';
+import { secretContext } from '../../src/lib/crypto';
 import type { TestApp } from './app';
 import { eventually } from './fixtures';
 
@@ -41,7 +42,7 @@ export async function provisionManagedStore(app: Express, token: string, overrid
 /** The decrypted connection settings the master DB keeps for a store's database. */
 export async function storeConnection(t: TestApp, storeId: string): Promise<TenantConnection> {
   const row = await t.ctx.master.models.StoreDatabase.findByPk(storeId, { rejectOnEmpty: true });
-  return t.ctx.encryptor.decryptJson<TenantConnection>(row.credentials);
+  return t.ctx.encryptor.decryptJson<TenantConnection>(row.credentials, secretContext.storeCredentials(storeId));
 }
 
 /** Run one statement on a database with these settings (a fresh connection, closed afterwards). */

@@ -3,6 +3,7 @@ import type { Express } from 'express';
 import request from 'supertest';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../../src/context';
+import { secretContext } from '../../src/lib/crypto';
 import { ensureTenantDatabase } from '../../src/provisioning/tenant-db';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
 import { TEST_SERVER_URL } from '../helpers/db';
@@ -173,7 +174,7 @@ describe('tenant migrations', () => {
       mode: 'managed',
       server: `${connection.host}:${connection.port}`,
       databaseName: name,
-      credentials: t.ctx.encryptor.encryptJson(connection),
+      credentials: t.ctx.encryptor.encryptJson(connection, secretContext.storeCredentials(behind.id)),
       status: 'ready',
       schemaVersion: 0,
     });

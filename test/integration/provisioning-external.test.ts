@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import request from 'supertest';
 import type { TenantConnection } from '../../src/db/tenant-handle';
+import { secretContext } from '../../src/lib/crypto';
 import { migrationsDir } from '../../src/db/migrate';
 import { getQueue, QueueName } from '../../src/queue/queues';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
@@ -135,7 +136,7 @@ test('a reachable, empty external database is provisioned: the store becomes act
   const row = await t.ctx.master.models.StoreDatabase.findByPk(storeId, { rejectOnEmpty: true });
   expect(row).toMatchObject({ mode: 'external', server: null, databaseName: names.empty, status: 'ready', schemaVersion: 1 });
   expect(row.credentials).not.toContain(PASSWORD);
-  expect(t.ctx.encryptor.decryptJson<TenantConnection>(row.credentials)).toMatchObject({ host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD });
+  expect(t.ctx.encryptor.decryptJson<TenantConnection>(row.credentials, secretContext.storeCredentials(storeId))).toMatchObject({ host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD });
 
   // The tenant schema is in the owner's database: every migration, the store row and the owner as its admin.
   const conn = { host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD };

@@ -1,6 +1,7 @@
 import type { Server } from 'node:http';
 import net from 'node:net';
 import request from 'supertest';
+import { secretContext } from '../../src/lib/crypto';
 import { ident } from '../../src/provisioning/tenant-db';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
 import { adminQuery } from '../helpers/db';
@@ -138,7 +139,7 @@ test('a store whose database server does not answer at all (nothing listening) a
   const dead = await createActiveStore(t, { ownerId: owner.user.id, hostnames: ['dead.faults.test'] });
   const { StoreDatabase } = t.ctx.master.models;
   // Credentials now point at a port where nothing listens (as if the tenant server were down).
-  await StoreDatabase.update({ credentials: t.ctx.encryptor.encryptJson({ ...dead.connection, port: 1 }) }, { where: { storeId: dead.id } });
+  await StoreDatabase.update({ credentials: t.ctx.encryptor.encryptJson({ ...dead.connection, port: 1 }, secretContext.storeCredentials(dead.id)) }, { where: { storeId: dead.id } });
   await t.ctx.tenants.invalidate(dead.id);
   for (let i = 0; i < 2; i++) {
     const [r, other] = await Promise.all([timed('dead.faults.test'), timed(C)]);
@@ -158,7 +159,7 @@ test('a store whose database server accepts the connection but never answers get
   try {
     const port = (silent.address() as net.AddressInfo).port;
     const mute = await createActiveStore(t, { ownerId: owner.user.id, hostnames: ['mute.faults.test'] });
-    await t.ctx.master.models.StoreDatabase.update({ credentials: t.ctx.encryptor.encryptJson({ ...mute.connection, port }) }, { where: { storeId: mute.id } });
+    await t.ctx.master.models.StoreDatabase.update({ credentials: t.ctx.encryptor.encryptJson({ ...mute.connection, port }, secretContext.storeCredentials(mute.id)) }, { where: { storeId: mute.id } });
     await t.ctx.tenants.invalidate(mute.id);
 
     const [first, second, other] = await Promise.all([timed('mute.faults.test'), timed('mute.faults.test', '/api/store/info'), timed(B)]);

@@ -43,7 +43,10 @@ async function prepareMaster(config: Config, masterUrl?: string): Promise<{ url:
   let url = masterUrl ?? config.databaseUrl;
   if (!url) {
     logger.info({ port: config.embeddedPgPort }, 'DATABASE_URL is not set: starting the embedded Postgres under %s', config.dataDir);
-    embedded = await startEmbeddedPostgres(config.dataDir, config.embeddedPgPort, config.jwt.secret.slice(0, 24));
+    embedded = await startEmbeddedPostgres(config.dataDir, config.embeddedPgPort, {
+      // Only to move a cluster created by an older version (whose password this was) to its own secret.
+      legacyPassword: config.jwt.secret.slice(0, 24),
+    });
     url = embedded.url;
   }
   const { applied, schemaVersion } = await runMigrations('master', { connectionString: url });

@@ -1,4 +1,5 @@
 import request from 'supertest';
+import { claimHostname, startDnsServer, type TestDnsServer } from '../helpers/dns-server';
 import { getQueue, QueueName } from '../../src/queue/queues';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
 import { adminQuery, TEST_SERVER_URL, urlFor } from '../helpers/db';
@@ -7,10 +8,15 @@ import { expectProblem } from '../helpers/http';
 import { auth, createStoreViaApi, provisionManagedStore, queryWith, storeConnection, waitForProvisioning } from '../helpers/stores';
 
 let t: TestApp;
+let dns: TestDnsServer;
 beforeAll(async () => {
-  t = await startTestApp('prov', { WORKER: 'on' });
+  dns = await startDnsServer();
+  t = await startTestApp('prov', { WORKER: 'on', DNS_SERVERS: dns.address });
 });
-afterAll(() => t.close());
+afterAll(async () => {
+  await t?.close();
+  await dns?.close();
+});
 
 test('the onboarding path: register, create a store, connect managed, poll until active, add a hostname, sell on it', async () => {
   const owner = await registerUser(t.app);
@@ -35,8 +41,11 @@ test('the onboarding path: register, create a store, connect managed, poll until
   expect(row!.status).toBe('ready');
   expect(row!.credentials).not.toMatch(/password/i);
 
-  await request(t.app).post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname: 'Corner.Example.TEST' }).expect(201);
+  // The platform issued the store its <slug>.<STORE_DOMAIN> (localhost by default) as it became active.
+  await request(t.app).get('/api/store/info').set('Host', `${store.body.slug}.localhost`).expect(200);
+  // The owner's own domain routes once its TXT record proves it.
   const host = 'corner.example.test';
+  await claimHostname(t.app, owner.token, storeId, 'Corner.Example.TEST', dns);
   const product = await request(t.app)
     .post('/api/store/products')
     .set('Host', host)

@@ -5,7 +5,7 @@ import { ConnectionManager } from './db/connection-manager';
 import { openMasterDb, type MasterDb } from './db/master';
 import { runMigrations } from './db/migrate';
 import { RevocationList } from './auth/revocations';
-import { EventBus } from './lib/bus';
+import { busChannel, EventBus } from './lib/bus';
 import { Encryptor } from './lib/crypto';
 import { TokenSigner } from './lib/jwt';
 import { logger, safeUrl } from './lib/logger';
@@ -37,13 +37,17 @@ export interface ContextOptions {
   redisPrefix?: string;
 }
 
-/** Resolve the master database (starting the embedded one if none is configured) and migrate it. */
-async function prepareMaster(config: Config, masterUrl?: string): Promise<{ url: string; embedded?: EmbeddedServer }> {
+/**
+ * Resolve the master database (starting the embedded one if none is configured) and migrate it. The
+ * command line passes `reuseRunningEmbedded`: the embedded server the API already runs is used as it is.
+ */
+export async function prepareMaster(config: Config, masterUrl?: string, opts: { reuseRunningEmbedded?: boolean } = {}): Promise<{ url: string; embedded?: EmbeddedServer }> {
   let embedded: EmbeddedServer | undefined;
   let url = masterUrl ?? config.databaseUrl;
   if (!url) {
     logger.info({ port: config.embeddedPgPort }, 'DATABASE_URL is not set: starting the embedded Postgres under %s', config.dataDir);
     embedded = await startEmbeddedPostgres(config.dataDir, config.embeddedPgPort, {
+      reuseRunning: opts.reuseRunningEmbedded,
       // Only to move a cluster created by an older version (whose password this was) to its own secret.
       legacyPassword: config.jwt.secret.slice(0, 24),
     });
@@ -64,7 +68,7 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
   const { url, embedded } = await prepareMaster(config, options.masterUrl);
   const master = openMasterDb(url, config.masterPoolMax);
   const redisPrefix = options.redisPrefix ?? config.redisPrefix;
-  const bus = new EventBus(redis, subscriber, `${redisPrefix}:events`);
+  const bus = new EventBus(redis, subscriber, busChannel(redisPrefix));
   await bus.start();
   const revocations = new RevocationList(master.models, bus);
   await revocations.load();

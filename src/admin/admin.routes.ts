@@ -13,12 +13,19 @@ import { forbidden } from '../lib/errors';
 import { getQueue, QueueName } from '../queue/queues';
 import { StoreIdParams } from '../stores/stores.schemas';
 import * as admin from './admin.service';
+import { platformRoles } from './platform-admins';
 
+/**
+ * Platform admins only (the admin API, /metrics, the queue board). The role is the master DB's, read on every
+ * request (cached briefly, dropped over the bus), never the token's claim: a revocation takes effect at once on
+ * every instance, a grant works with a token issued before it.
+ */
 export function requirePlatformAdmin(ctx: AppContext): RequestHandler[] {
+  const roles = platformRoles(ctx);
   return [
     requireAuth(ctx, 'platform'),
-    (req, _res, next) => {
-      if (platformClaims(req.auth).role !== 'platform_admin') throw forbidden('Platform administrators only');
+    async (req, _res, next) => {
+      if (!(await roles.isPlatformAdmin(platformClaims(req.auth).sub))) throw forbidden('Platform administrators only');
       next();
     },
   ];

@@ -46,19 +46,32 @@ export async function listTenants(ctx: AppContext, opts: { limit: number; cursor
   }));
 }
 
+/**
+ * Suspend or resume a store. The suspension is recorded in suspended_at, which a deletion keeps: a deleted
+ * store can be suspended too, and one that was suspended comes back `suspended` when restored. Only this
+ * resume clears it.
+ */
 export async function setSuspended(ctx: AppContext, adminId: string, storeId: string, suspend: boolean) {
   const { Store, AuditLog } = ctx.master.models;
-  const store = await Store.findByPk(storeId);
-  if (!store || store.status === 'deleted') throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
-  if (suspend) {
-    if (store.status !== 'suspended') await store.update({ status: 'suspended', suspendedAt: new Date() });
-  } else {
-    if (store.status !== 'suspended') throw conflict(ErrorCode.CONFLICT, 'This store is not suspended');
-    const status = await statusOfItsDatabase(ctx, storeId);
-    await store.update({ status, suspendedAt: null });
-    await resumeBackgroundWork(ctx, storeId, status);
-  }
-  await AuditLog.create({ actorUserId: adminId, storeId, action: suspend ? 'store.suspended' : 'store.resumed', targetType: 'store', targetId: storeId });
+  // Before the lock: a second connection inside the transaction could wait on a full pool.
+  const dbStatus = suspend ? null : await statusOfItsDatabase(ctx, storeId);
+  const store = await ctx.master.sequelize.transaction(async (t) => {
+    // Locked: an owner's delete or restore at the same moment cannot drop the suspension.
+    const row = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
+    if (!row) throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+    const deleted = row.status === 'deleted';
+    if (suspend) {
+      if (!row.suspendedAt || row.status !== (deleted ? 'deleted' : 'suspended')) {
+        await row.update({ status: deleted ? 'deleted' : 'suspended', suspendedAt: row.suspendedAt ?? new Date() }, { transaction: t });
+      }
+    } else {
+      if (row.status !== 'suspended' && !(deleted && row.suspendedAt)) throw conflict(ErrorCode.CONFLICT, 'This store is not suspended');
+      await row.update({ status: deleted ? 'deleted' : dbStatus!, suspendedAt: null }, { transaction: t });
+    }
+    await AuditLog.create({ actorUserId: adminId, storeId, action: suspend ? 'store.suspended' : 'store.resumed', targetType: 'store', targetId: storeId }, { transaction: t });
+    return row;
+  });
+  if (!suspend) await resumeBackgroundWork(ctx, storeId, store.status);
   // Every instance drops its handle: store routes answer 423 at once.
   await ctx.tenants.invalidate(storeId);
   return { id: store.id, status: store.status };

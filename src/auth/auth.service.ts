@@ -20,8 +20,6 @@ export function toUserDto(u: UserRow) {
   };
 }
 
-const roleFor = (ctx: AppContext, email: string) => (ctx.config.platformAdminEmails.includes(email) ? 'platform_admin' : 'user');
-
 function platformToken(ctx: AppContext, user: UserRow, storeId: string | null): string {
   const claims: PlatformClaims = { sub: user.id, typ: 'platform', role: user.role, storeId };
   return ctx.tokens.sign(claims).token;
@@ -35,7 +33,8 @@ export async function register(ctx: AppContext, input: RegisterInput, requestId?
   const passwordHash = await hashPassword(input.password);
   let user: UserRow;
   try {
-    user = await ctx.master.models.User.create({ email: input.email, passwordHash, name: input.name, role: roleFor(ctx, input.email) });
+    // Never an admin by registering: only the operator's `tenantry admin:grant` makes one.
+    user = await ctx.master.models.User.create({ email: input.email, passwordHash, name: input.name, role: 'user' });
   } catch (err) {
     if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw conflict(ErrorCode.EMAIL_TAKEN, 'An account with this e-mail already exists');
     throw err;
@@ -54,8 +53,6 @@ export async function login(ctx: AppContext, input: LoginInput) {
   if (!(await verifyPassword(input.password, user.passwordHash))) {
     throw new AppError(401, ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
   }
-  const role = roleFor(ctx, user.email);
-  if (user.role !== role) await user.update({ role });
   const stores = await listUserStores(ctx.master, user.id);
   return { user: toUserDto(user), token: platformToken(ctx, user, activeStoreId(stores, null)), stores };
 }

@@ -5,7 +5,12 @@ import { logger } from './logger';
 export type BusEvent =
   | { type: 'token.revoked'; jti: string; exp: number }
   | { type: 'tenant.invalidate'; storeId: string }
-  | { type: 'hostnames.changed'; hostnames: string[] };
+  | { type: 'hostnames.changed'; hostnames: string[] }
+  /** A platform role was granted or revoked (by the operator's command line): cached roles are dropped. */
+  | { type: 'user.role.changed'; userId: string };
+
+/** The pub/sub channel of one deployment (every process sharing a Redis prefix hears the same messages). */
+export const busChannel = (redisPrefix: string): string => `${redisPrefix}:events`;
 
 type Handler<T extends BusEvent['type']> = (event: Extract<BusEvent, { type: T }>) => void;
 

@@ -13,7 +13,7 @@ import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import { PRIVATE_ADDRESS } from '../lib/network-guard';
 import { getQueue, provisioningJobId, QueueName, warmPoolRefillJobOptions } from '../queue/queues';
-import { requireStoreAccess } from '../stores/membership';
+import { refuseIfSuspended, requireStoreAccess } from '../stores/membership';
 import type { ConnectDatabaseInput, ProvisioningStatus } from './provisioning.schemas';
 import { claimWarmDatabase, ensureTemplate } from './templates';
 import { ensureTenantDatabase, externalAccess, prepareTenant, tenantPgConfig, type StoreSeed } from './tenant-db';
@@ -99,9 +99,8 @@ export const queueProvisioning = (ctx: AppContext, storeId: string): Promise<str
  * provisioning job of the store. A second call while it is queued or running answers with the same job.
  */
 export async function connectDatabase(ctx: AppContext, userId: string, storeId: string, input: ConnectDatabaseInput) {
-  const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   if (store.status === 'active') throw conflict(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
-  if (store.status === 'suspended') throw new AppError(423, ErrorCode.STORE_SUSPENDED, 'This store is suspended');
   if (store.status === 'provisioning') return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
 
   const { StoreDatabase, Store, AuditLog } = ctx.master.models;
@@ -128,6 +127,8 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
   await ctx.master.sequelize.transaction(async (t) => {
     const locked = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
     if (!locked || locked.status === 'deleted') throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+    // Suspended while the credentials were being checked: moving it to provisioning would lift the suspension.
+    refuseIfSuspended(locked);
     if (locked.status === 'active') throw conflict(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
     if (locked.status === 'provisioning') return;
     await StoreDatabase.upsert(
@@ -150,7 +151,7 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
 }
 
 export async function retryProvisioning(ctx: AppContext, userId: string, storeId: string) {
-  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   const { Store, StoreDatabase } = ctx.master.models;
   await ctx.master.sequelize.transaction(async (t) => {
     const store = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });

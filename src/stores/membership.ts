@@ -1,7 +1,7 @@
 import { QueryTypes } from 'sequelize';
 import type { MasterDb } from '../db/master';
 import type { MemberRole, StoreStatus } from '../models/master';
-import { ErrorCode, forbidden, notFound } from '../lib/errors';
+import { AppError, ErrorCode, forbidden, notFound } from '../lib/errors';
 
 export interface StoreSummary {
   id: string;
@@ -42,20 +42,31 @@ export function activeStoreId(stores: StoreSummary[], tokenStoreId: string | nul
 }
 
 /**
+ * Suspension is the platform's: while it lasts the owner may read the store but change nothing that
+ * could lift it or act around it (423 STORE_SUSPENDED). Only a platform admin's resume ends it.
+ */
+export function refuseIfSuspended(store: { status: StoreStatus }): void {
+  if (store.status === 'suspended') throw new AppError(423, ErrorCode.STORE_SUSPENDED, 'This store is suspended by the platform; only a platform administrator can resume it');
+}
+
+/**
  * The store a platform route acts on, after checking the caller may: missing (or deleted, unless
- * `allowDeleted`) → 404 STORE_NOT_FOUND; not a member, or a role not in `roles` → 403.
+ * `allowDeleted`) → 404 STORE_NOT_FOUND; not a member, or a role not in `roles` → 403; suspended while
+ * `notSuspended` (every route that changes the store) → 423 STORE_SUSPENDED.
  */
 export async function requireStoreAccess(
   master: MasterDb,
   storeId: string,
   userId: string,
   roles: MemberRole[],
-  opts: { allowDeleted?: boolean } = {},
+  opts: { allowDeleted?: boolean; notSuspended?: boolean } = {},
 ) {
   const store = await master.models.Store.findByPk(storeId);
   if (!store || (store.status === 'deleted' && !opts.allowDeleted)) throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
   const member = await master.models.StoreMember.findOne({ where: { storeId, userId } });
   if (!member) throw forbidden('You are not a member of this store');
   if (!roles.includes(member.role)) throw forbidden(`This needs one of these store roles: ${roles.join(', ')}`);
+  // After the membership checks: an outsider learns nothing about the store's state.
+  if (opts.notSuspended) refuseIfSuspended(store);
   return { store, role: member.role };
 }

@@ -77,7 +77,7 @@ export async function getStore(ctx: AppContext, userId: string, storeId: string)
 }
 
 export async function renameStore(ctx: AppContext, userId: string, storeId: string, name: string | undefined) {
-  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   if (name !== undefined && name !== store.name) {
     await store.update({ name });
     await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.renamed', targetType: 'store', targetId: storeId, data: { name } });
@@ -101,8 +101,9 @@ async function renameInTenant(ctx: AppContext, storeId: string, name: string) {
 
 /** Soft delete: the store stops answering at once; it can be restored for 30 days, its database kept until then. */
 export async function deleteStore(ctx: AppContext, userId: string, storeId: string) {
-  const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner']);
+  const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner'], { notSuspended: true });
   await ctx.master.sequelize.transaction(async (t) => {
+    // suspended_at is left as it is: a suspension made meanwhile outlives the deletion (see restoreStore).
     await store.update({ status: 'deleted', deletedAt: new Date() }, { transaction: t });
     await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.deleted', targetType: 'store', targetId: storeId }, { transaction: t });
   });
@@ -111,16 +112,21 @@ export async function deleteStore(ctx: AppContext, userId: string, storeId: stri
 }
 
 export async function restoreStore(ctx: AppContext, userId: string, storeId: string) {
-  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner'], { allowDeleted: true });
+  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner'], { allowDeleted: true, notSuspended: true });
   if (store.status !== 'deleted') throw conflict(ErrorCode.CONFLICT, 'This store is not deleted');
   if (Date.now() - store.deletedAt!.getTime() > RESTORE_WINDOW_DAYS * 86400_000) {
     throw conflict(ErrorCode.CONFLICT, `Stores can be restored for ${RESTORE_WINDOW_DAYS} days after deletion`);
   }
-  const status = await statusOfItsDatabase(ctx, storeId);
+  const dbStatus = await statusOfItsDatabase(ctx, storeId);
   // A deleted store does not count against the plan: bringing it back must fit under the limit again.
-  await ctx.master.sequelize.transaction(async (t) => {
+  const status = await ctx.master.sequelize.transaction(async (t) => {
     await requireRoomForStore(ctx, store.ownerId, t);
-    await store.update({ status, deletedAt: null }, { transaction: t });
+    // Read again under the lock: a platform suspension (suspended_at) made before or during the deletion stands.
+    await store.reload({ transaction: t, lock: t.LOCK.UPDATE });
+    if (store.status !== 'deleted') throw conflict(ErrorCode.CONFLICT, 'This store is not deleted');
+    const restored: StoreStatus = store.suspendedAt ? 'suspended' : dbStatus;
+    await store.update({ status: restored, deletedAt: null }, { transaction: t });
+    return restored;
   });
   await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.restored', targetType: 'store', targetId: storeId });
   await resumeBackgroundWork(ctx, storeId, status);
@@ -176,7 +182,7 @@ export async function removeHostname(ctx: AppContext, userId: string, storeId: s
 }
 
 export async function putStripeKeys(ctx: AppContext, userId: string, storeId: string, input: StripeKeysInput) {
-  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   const publicConfig = { publishableKey: input.publishableKey, secretKeyLast4: input.secretKey.slice(-4), hasWebhookSecret: !!input.webhookSecret };
   const secrets = ctx.encryptor.encryptJson({ secretKey: input.secretKey, webhookSecret: input.webhookSecret ?? null }, secretContext.storeIntegration(storeId, 'stripe'));
   const configuredAt = new Date();

@@ -5,6 +5,7 @@ import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../../src/context';
 import { secretContext } from '../../src/lib/crypto';
 import { ensureTenantDatabase } from '../../src/provisioning/tenant-db';
+import { registerAdmin } from '../helpers/admins';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
 import { TEST_SERVER_URL } from '../helpers/db';
 import { eventually, startInstance } from '../helpers/fixtures';
@@ -25,7 +26,7 @@ beforeAll(async () => {
   t = await startTestApp('admin', { WORKER: 'on' });
   api = recordingClient(t.app);
   other = await startInstance(t);
-  admin = await registerUser(t.app, { email: 'admin@tenantry.test', name: 'Platform Admin' });
+  admin = await registerAdmin(t);
   owner = await registerUser(t.app);
   await t.ctx.master.models.Subscription.create({ userId: owner.user.id, planId: 'pro' });
   const [a, b] = await Promise.all([provisionManagedStore(t.app, owner.token, { name: 'Admin A' }), provisionManagedStore(t.app, owner.token, { name: 'Admin B' })]);
@@ -42,15 +43,14 @@ afterAll(async () => {
 });
 
 describe('platform admins', () => {
-  test('an account registered with an e-mail of PLATFORM_ADMIN_EMAILS is a platform_admin (others are users), also after login', async () => {
-    expect(admin.user).toMatchObject({ email: 'admin@tenantry.test', role: 'platform_admin' });
+  test("an account is a platform_admin by the operator's grant (others are users), also after login", async () => {
+    // Registered as a user, granted afterwards: the token from before the grant is an admin's now.
+    expect(admin.user).toMatchObject({ role: 'user' });
     expect((await t.ctx.master.models.User.findByPk(admin.user.id, { rejectOnEmpty: true })).role).toBe('platform_admin');
     expect((await t.ctx.master.models.User.findByPk(owner.user.id, { rejectOnEmpty: true })).role).toBe('user');
-    // The role is granted again at login (e.g. to an account made before its e-mail was listed).
-    await t.ctx.master.models.User.update({ role: 'user' }, { where: { id: admin.user.id } });
-    const login = await api.post('/api/auth/login').send({ email: 'ADMIN@tenantry.test', password: admin.password }).expect(200);
+    await api.get('/api/admin/pools').set(auth(admin.token)).expect(200);
+    const login = await api.post('/api/auth/login').send({ email: admin.user.email.toUpperCase(), password: admin.password }).expect(200);
     expect(login.body.user.role).toBe('platform_admin');
-    expect((await t.ctx.master.models.User.findByPk(admin.user.id, { rejectOnEmpty: true })).role).toBe('platform_admin');
     admin.token = login.body.token;
   });
 

@@ -1,5 +1,6 @@
+import { grantPlatformAdmin, revokePlatformAdmin } from '../../src/admin/platform-admins';
 import { registerUser, startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
-import { insertStore, startInstance } from '../helpers/fixtures';
+import { insertStore } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
 
 let t: TestApp;
@@ -71,19 +72,16 @@ describe('POST /api/auth/login', () => {
     expectValidationErrors(await api.post('/api/auth/login').send({ email: ['x'], password: 1 }), ['email', 'password']);
   });
 
-  test('grants platform_admin at login to an account whose e-mail was added to PLATFORM_ADMIN_EMAILS later', async () => {
-    const { user, password } = await registerUser(t.app);
-    expect(user).toMatchObject({ role: 'user' });
-    // The operator adds the e-mail and restarts (another instance on the same master DB, with the new list).
-    const restarted = await startInstance(t, { PLATFORM_ADMIN_EMAILS: `admin@tenantry.test,${user.email.toUpperCase()}` });
-    try {
-      const res = await recordingClient(restarted.app).post('/api/auth/login').send({ email: user.email, password }).expect(200);
-      expect(res.body.user.role).toBe('platform_admin');
-      expect(restarted.ctx.tokens.verify(res.body.token)).toMatchObject({ role: 'platform_admin' });
-      const row = await t.ctx.master.models.User.findByPk(user.id);
-      expect(row?.role).toBe('platform_admin');
-    } finally {
-      await restarted.ctx.close();
-    }
+  test("shows the role the master DB holds (the operator's grant or revocation) and never changes it", async () => {
+    const { user, password } = await registerUser(t.app, { email: uniqueEmail('ops') });
+    await grantPlatformAdmin(t.ctx, user.email, 'test');
+    const granted = await api.post('/api/auth/login').send({ email: user.email, password }).expect(200);
+    expect(granted.body.user.role).toBe('platform_admin');
+    expect(t.ctx.tokens.verify(granted.body.token)).toMatchObject({ role: 'platform_admin' });
+
+    await revokePlatformAdmin(t.ctx, user.email, 'test');
+    const revoked = await api.post('/api/auth/login').send({ email: user.email, password }).expect(200);
+    expect(revoked.body.user.role).toBe('user');
+    expect((await t.ctx.master.models.User.findByPk(user.id, { rejectOnEmpty: true })).role).toBe('user');
   });
 });

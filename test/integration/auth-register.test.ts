@@ -94,12 +94,14 @@ describe('POST /api/auth/register', () => {
     expect(await userRow(email)).toHaveLength(1);
   });
 
-  test('grants platform_admin to an e-mail listed in PLATFORM_ADMIN_EMAILS, whatever its case', async () => {
-    expect(t.ctx.config.platformAdminEmails).toContain('admin@tenantry.test');
-    const res = await api.post('/api/auth/register').send(body({ email: 'Admin@Tenantry.Test' })).expect(201);
-    expect(res.body.user).toMatchObject({ email: 'admin@tenantry.test', role: 'platform_admin' });
-    expect(t.ctx.tokens.verify(res.body.token)).toMatchObject({ role: 'platform_admin' });
-    expect((await userRow('admin@tenantry.test'))[0].role).toBe('platform_admin');
+  test('never makes a platform admin, whatever the e-mail (also one the operator once listed as admin)', async () => {
+    for (const email of ['Admin@Tenantry.Test', 'root@example.test']) {
+      const res = await api.post('/api/auth/register').send(body({ email })).expect(201);
+      expect(res.body.user).toMatchObject({ email: email.toLowerCase(), role: 'user' });
+      expect(t.ctx.tokens.verify(res.body.token)).toMatchObject({ role: 'user' });
+      expect((await userRow(email))[0].role).toBe('user');
+      expectProblem(await api.get('/api/admin/tenants').set('Authorization', `Bearer ${res.body.token}`), 403, 'FORBIDDEN');
+    }
   });
 
   test('accepts passwords of exactly 8 and 128 characters', async () => {

@@ -5,6 +5,7 @@ import request from 'supertest';
 import { ident, withClient } from '../../src/provisioning/tenant-db';
 import { SYNC_BATCH } from '../../src/credits/credit-sync';
 import { getQueue, QueueName } from '../../src/queue/queues';
+import { registerAdmin } from '../helpers/admins';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
 import { adminQuery, urlFor } from '../helpers/db';
 import { eventually, insertStore } from '../helpers/fixtures';
@@ -23,7 +24,7 @@ let admin: Awaited<ReturnType<typeof registerUser>>;
 beforeAll(async () => {
   t = await startTestApp('credits_cache', { WORKER: 'on', TENANT_FENCE_MS: '300', CREDIT_SYNC_DELAY_MS: '200' });
   server = t.app.listen(0, '127.0.0.1');
-  [owner, admin] = await Promise.all([registerUser(t.app), registerUser(t.app, { email: 'admin@tenantry.test' })]);
+  [owner, admin] = await Promise.all([registerUser(t.app), registerAdmin(t)]);
 });
 afterAll(async () => {
   await new Promise((r) => server.close(r));

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
+import { registerAdmin } from '../helpers/admins';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
 import { countRows, insertStore } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
@@ -21,7 +22,7 @@ beforeAll(async () => {
   t = await startTestApp('credits');
   server = t.app.listen(0, '127.0.0.1');
   api = recordingClient(t.app);
-  [owner, staff, outsider, admin] = await Promise.all([registerUser(t.app), registerUser(t.app), registerUser(t.app), registerUser(t.app, { email: 'admin@tenantry.test' })]);
+  [owner, staff, outsider, admin] = await Promise.all([registerUser(t.app), registerUser(t.app), registerUser(t.app), registerAdmin(t)]);
   // A service that is no longer offered.
   await t.ctx.master.sequelize.query(`INSERT INTO service_credit_costs (service, cost_per_unit, description, active) VALUES ('fax', 3, 'One fax', false)`);
 });

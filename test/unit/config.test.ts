@@ -56,14 +56,12 @@ describe('loadConfig', () => {
     const c = loadConfig({
       ...secrets,
       DATA_DIR: dataDir,
-      PLATFORM_ADMIN_EMAILS: ' Boss@Example.com, ,ops@example.com ',
       CORS_ORIGINS: 'https://admin.example.com,https://wizard.example.com',
       TENANT_SERVERS: 'postgres://a@db1/postgres, postgres://b@db2/postgres',
       WORKER: 'off',
       TRUST_PROXY: '2',
       PORT: '8080',
     });
-    expect(c.platformAdminEmails).toEqual(['boss@example.com', 'ops@example.com']);
     expect(c.corsOrigins).toEqual(['https://admin.example.com', 'https://wizard.example.com']);
     expect(c.tenantServers).toEqual(['postgres://a@db1/postgres', 'postgres://b@db2/postgres']);
     expect(c.worker).toBe(false);
@@ -71,6 +69,12 @@ describe('loadConfig', () => {
     expect(c.port).toBe(8080);
     expect(loadConfig({ ...secrets, TRUST_PROXY: 'on' }).trustProxy).toBe(true);
     expect(loadConfig({ ...secrets, TRUST_PROXY: 'loopback' }).trustProxy).toBe('loopback');
+  });
+
+  test('PLATFORM_ADMIN_EMAILS is not read any more: platform admins are granted with the command line', () => {
+    const c = loadConfig({ ...secrets, DATA_DIR: dataDir, PLATFORM_ADMIN_EMAILS: 'boss@example.com' });
+    expect(c).not.toHaveProperty('platformAdminEmails');
+    expect(JSON.stringify(c)).not.toContain('boss@example.com');
   });
 
   test('external databases on private networks are refused in every environment unless EXTERNAL_DB_PRIVATE_NETWORKS=allow', () => {

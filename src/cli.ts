@@ -1,0 +1,88 @@
+import os from 'node:os';
+import { Command } from 'commander';
+import { grantPlatformAdmin, revokePlatformAdmin, type PlatformAdminDeps, type RoleChange } from './admin/platform-admins';
+import { config } from './config';
+import { prepareMaster } from './context';
+import { openMasterDb, type MasterDb } from './db/master';
+import type { EmbeddedServer } from './db/embedded';
+import { busChannel, EventBus } from './lib/bus';
+import { logger } from './lib/logger';
+import { connectRedis, createRedis } from './lib/redis';
+
+/**
+ * The operator's command line (`npx tenantry …`). It uses the server's configuration and service code, but
+ * opens only what a command needs: the master DB (DATABASE_URL, else the embedded Postgres — the one the API
+ * is running, or started for the command and stopped after) and a Redis connection to publish on the bus.
+ */
+
+async function withPlatform<T>(run: (deps: PlatformAdminDeps) => Promise<T>): Promise<T> {
+  const redis = createRedis(config.redisUrl, 'cli');
+  // Before anything changes: the other instances must hear of it.
+  await connectRedis(redis, config.redisUrl);
+  let embedded: EmbeddedServer | undefined;
+  let master: MasterDb | undefined;
+  try {
+    const prepared = await prepareMaster(config, undefined, { reuseRunningEmbedded: true });
+    embedded = prepared.embedded;
+    master = openMasterDb(prepared.url, 1);
+    // Publishes only: never started, so it needs no subscriber connection of its own.
+    const bus = new EventBus(redis, redis, busChannel(config.redisPrefix));
+    return await run({ master, bus });
+  } finally {
+    await master?.sequelize.close();
+    await embedded?.stop();
+    await redis.quit().catch(() => redis.disconnect());
+  }
+}
+
+/** Who ran the command, for the audit log. */
+function operator(): string {
+  let user = 'unknown';
+  try {
+    user = os.userInfo().username;
+  } catch {
+    // A container user without a passwd entry.
+  }
+  return `cli:${user}@${os.hostname()}`;
+}
+
+function report(change: RoleChange): void {
+  const admin = change.role === 'platform_admin';
+  if (change.changed) console.log(admin ? `${change.email} is now a platform admin.` : `${change.email} is no longer a platform admin.`);
+  else console.log(admin ? `${change.email} is already a platform admin.` : `${change.email} is not a platform admin; nothing to revoke.`);
+}
+
+function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('tenantry')
+    .description('Operator commands of a Tenantry deployment (same configuration as the server: .env, DATABASE_URL, REDIS_URL, REDIS_PREFIX).')
+    .option('--verbose', 'show the server log lines (master DB start-up, migrations)')
+    .hook('preAction', (cmd) => {
+      logger.level = cmd.opts<{ verbose?: boolean }>().verbose ? config.logLevel : 'warn';
+    });
+  program
+    .command('admin:grant')
+    .description('make an existing account a platform admin')
+    .argument('<email>', "the account's e-mail")
+    .action(async (email: string) => report(await withPlatform((deps) => grantPlatformAdmin(deps, email, operator()))));
+  program
+    .command('admin:revoke')
+    .description("take the platform admin role from an account (its tokens lose admin access at once)")
+    .argument('<email>', "the account's e-mail")
+    .action(async (email: string) => report(await withPlatform((deps) => revokePlatformAdmin(deps, email, operator()))));
+  return program;
+}
+
+buildProgram()
+  .parseAsync(process.argv)
+  .then(
+    () => 0,
+    (err: Error) => {
+      // A refusal (unknown e-mail) is told as it is; anything else too, without a stack trace.
+      console.error(`error: ${err.message}`);
+      return 1;
+    },
+  )
+  // Explicitly: the embedded Postgres package's exit hook would otherwise end the process with 0.
+  .then((code) => process.exit(code));

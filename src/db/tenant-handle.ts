@@ -3,6 +3,7 @@ import { DataTypes, Sequelize, type Options, type Transaction } from 'sequelize'
 import { initTenantModels, type TenantModels } from '../models/tenant';
 import type { BudgetHolder, ConnectionBudget } from './connection-budget';
 import { guardedStream } from '../lib/network-guard';
+import { pgPassword, pgSsl } from './tenant-pg-options';
 
 /** How to reach one tenant database (decrypted from store_databases.credentials). */
 export interface TenantConnection {
@@ -11,7 +12,8 @@ export interface TenantConnection {
   database: string;
   user: string;
   password: string;
-  ssl?: boolean;
+  /** TLS: true verifies the server's certificate and name (verify-full); `rejectUnauthorized: false` does not (require). */
+  ssl?: boolean | { rejectUnauthorized: false };
 }
 
 export interface HandleSettings {
@@ -77,7 +79,8 @@ export class TenantHandle implements BudgetHolder {
       port: connection.port,
       database: connection.database,
       username: connection.user,
-      password: connection.password,
+      // A function (see pgPassword), which Sequelize hands on to pg as it is.
+      password: pgPassword(connection.password) as unknown as string,
       logging: false,
       // Known up front: Sequelize would otherwise ask the server on the first connection.
       databaseVersion: '15.0.0',
@@ -86,7 +89,7 @@ export class TenantHandle implements BudgetHolder {
       keepDefaultTimezone: true,
       pool: { max: settings.poolMax, min: 0, idle: settings.idleMs, evict: Math.min(1000, settings.idleMs), acquire: settings.acquireTimeoutMs },
       dialectOptions: {
-        ssl: connection.ssl,
+        ssl: pgSsl(connection.ssl),
         connectionTimeoutMillis: settings.connectTimeoutMs,
         application_name: 'tenantry-tenant',
         clientMinMessages: 'ignore',

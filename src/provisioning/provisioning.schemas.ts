@@ -1,23 +1,37 @@
 import { z } from 'zod';
+import { hasControlCharacters, parseConnectionString, readHost } from './connection-string';
 
-const Host = z.string().trim().min(1).max(253).regex(/^[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:]+\]$/, 'must be a host name or IP address');
+const Host = z
+  .string()
+  .refine((h) => !hasControlCharacters(h), 'must not contain control characters')
+  .trim()
+  .min(1)
+  .max(253)
+  .refine((h) => readHost(h, { bareIpv6: true }) !== undefined, 'must be a DNS name, an IPv4 address (a.b.c.d) or an IPv6 address');
+const NoControl = z.string().refine((s) => !hasControlCharacters(s), 'must not contain control characters');
+
+/** Owner-supplied, so data only: see connection-string.ts for what is refused and why. */
+const ConnectionString = z
+  .string()
+  .max(2000)
+  .superRefine((text, ctx) => {
+    const parsed = parseConnectionString(text);
+    if (!parsed.ok) ctx.addIssue({ code: 'custom', message: parsed.reason });
+  });
 
 export const ConnectDatabaseBody = z.union([
   z.strictObject({ mode: z.literal('managed') }),
   z.strictObject({
     mode: z.literal('external'),
-    connectionString: z
-      .string()
-      .max(2000)
-      .refine((s) => /^postgres(ql)?:\/\//.test(s), 'must be a postgres:// connection string'),
+    connectionString: ConnectionString,
   }),
   z.strictObject({
     mode: z.literal('external'),
     host: Host,
     port: z.number().int().min(1).max(65535).default(5432),
-    database: z.string().min(1).max(63),
-    user: z.string().min(1).max(63),
-    password: z.string().max(1000),
+    database: NoControl.min(1).max(63),
+    user: NoControl.min(1).max(63),
+    password: NoControl.max(1000),
     ssl: z.boolean().optional(),
   }),
 ]);

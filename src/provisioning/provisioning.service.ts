@@ -2,7 +2,6 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { parse as parseConnectionString } from 'pg-connection-string';
 import type { Job } from 'bullmq';
 import type { AppContext } from '../context';
 import { migrationsDir } from '../db/migrate';
@@ -14,6 +13,7 @@ import { logger } from '../lib/logger';
 import { PRIVATE_ADDRESS } from '../lib/network-guard';
 import { getQueue, provisioningJobId, QueueName, warmPoolRefillJobOptions } from '../queue/queues';
 import { refuseIfSuspended, requireStoreAccess } from '../stores/membership';
+import { parseConnectionString, readHost } from './connection-string';
 import type { ConnectDatabaseInput, ProvisioningStatus } from './provisioning.schemas';
 import { claimWarmDatabase, ensureTemplate } from './templates';
 import { ensureTenantDatabase, externalAccess, prepareTenant, tenantPgConfig, type StoreSeed } from './tenant-db';
@@ -31,19 +31,44 @@ function tenantTables(): Set<string> {
 
 function externalConnection(input: Extract<ConnectDatabaseInput, { mode: 'external' }>): TenantConnection {
   if ('connectionString' in input) {
-    const c = parseConnectionString(input.connectionString);
-    if (!c.host || !c.database || !c.user) throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The connection string needs a host, a database and a user');
-    return { host: c.host, port: Number(c.port ?? 5432), database: c.database, user: c.user, password: c.password ?? '', ssl: c.ssl ? true : undefined };
+    const parsed = parseConnectionString(input.connectionString);
+    // The body's schema refuses these already; this keeps the service safe on its own.
+    if (!parsed.ok) {
+      throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The connection string is not valid', { errors: [{ path: 'connectionString', message: parsed.reason }] });
+    }
+    const { sslmode, ...c } = parsed.connection;
+    return { ...c, ssl: sslmode === 'require' ? { rejectUnauthorized: false } : sslmode === 'verify-full' };
   }
-  return { host: input.host, port: input.port, database: input.database, user: input.user, password: input.password, ssl: input.ssl };
+  // The form's `ssl: true` is verify-full.
+  const host = readHost(input.host, { bareIpv6: true }) ?? input.host;
+  return { host, port: input.port, database: input.database, user: input.user, password: input.password, ssl: input.ssl === true };
+}
+
+/**
+ * Whether `relations` (every table of the database) are the Tenantry schema provisioned earlier for this very
+ * store — an earlier attempt that failed, say: our tables only, all ordinary tables in public, and the store
+ * row written by seedWith naming this store and no other. Anything else may be another store's database.
+ * The marker is read defensively: its table may lack the column, hold any number of rows or be slow.
+ */
+async function isOwnTenantSchema(client: pg.Client, relations: { schema: string; name: string; kind: string }[], storeId: string): Promise<boolean> {
+  const ours = tenantTables();
+  if (!relations.some((r) => r.name === 'stores')) return false;
+  if (!relations.every((r) => r.schema === 'public' && r.kind === 'r' && ours.has(r.name))) return false;
+  try {
+    const { rows } = await client.query<{ id: string }>('SELECT left(id::text, 64) AS id FROM public.stores LIMIT 2');
+    return rows.length === 1 && rows[0].id === storeId;
+  } catch {
+    return false;
+  }
 }
 
 /**
  * Check an owner's own database before anything is stored or queued: reachable (on a public address,
- * unless EXTERNAL_DB_PRIVATE_NETWORKS allows private ones), accepted, empty of others' tables.
+ * unless EXTERNAL_DB_PRIVATE_NETWORKS allows private ones), accepted, and empty — or holding this store's
+ * own Tenantry schema.
  */
-async function checkExternalDatabase(ctx: AppContext, connection: TenantConnection): Promise<void> {
-  const client = new pg.Client({ ...tenantPgConfig(connection, externalAccess(ctx)), connectionTimeoutMillis: 3000, query_timeout: 3000 });
+async function checkExternalDatabase(ctx: AppContext, connection: TenantConnection, storeId: string): Promise<void> {
+  const client = new pg.Client({ ...tenantPgConfig(connection, externalAccess(ctx)), connectionTimeoutMillis: 3000, query_timeout: 3000, statement_timeout: 3000 });
   client.on('error', () => {});
   try {
     await client.connect();
@@ -59,15 +84,16 @@ async function checkExternalDatabase(ctx: AppContext, connection: TenantConnecti
   }
   try {
     // From the catalog, not information_schema: that shows only tables this role has privileges on, and a
-    // table of another role is someone else's data all the same.
-    const { rows } = await client.query<{ schema: string; name: string }>(
-      `SELECT n.nspname AS schema, c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'`,
+    // table of another role is someone else's data all the same. One more row than our schema has is enough
+    // to know it is not ours.
+    const { rows } = await client.query<{ schema: string; name: string; kind: string }>(
+      `SELECT n.nspname AS schema, c.relname AS name, c.relkind AS kind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+        LIMIT $1`,
+      [tenantTables().size + 1],
     );
-    const ours = tenantTables();
-    const foreign = rows.filter((r) => r.schema !== 'public' || !ours.has(r.name));
-    if (foreign.length) {
-      throw new AppError(422, ErrorCode.DATABASE_NOT_EMPTY, `The database already holds ${foreign.length} table(s) that are not Tenantry's; give it an empty database`);
+    if (rows.length && !(await isOwnTenantSchema(client, rows, storeId))) {
+      throw new AppError(422, ErrorCode.DATABASE_NOT_EMPTY, "The database already holds tables, and they are not this store's own Tenantry schema; give it an empty database");
     }
   } finally {
     await client.end().catch(() => {});
@@ -121,7 +147,7 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
     }
   } else {
     connection = externalConnection(input);
-    await checkExternalDatabase(ctx, connection);
+    await checkExternalDatabase(ctx, connection, storeId);
   }
 
   await ctx.master.sequelize.transaction(async (t) => {

@@ -4,6 +4,7 @@ import request from 'supertest';
 import type { TenantConnection } from '../../src/db/tenant-handle';
 import { secretContext } from '../../src/lib/crypto';
 import { migrationsDir } from '../../src/db/migrate';
+import { prepareTenant } from '../../src/provisioning/tenant-db';
 import { getQueue, QueueName } from '../../src/queue/queues';
 import { registerUser, startTestApp, type TestApp } from '../helpers/app';
 import { adminQuery, assertTestDatabase, urlFor } from '../helpers/db';
@@ -26,7 +27,13 @@ const names = {
   empty: `tenantry_test_ext_empty_${hex}`,
   used: `tenantry_test_ext_used_${hex}`,
   spare: `tenantry_test_ext_spare_${hex}`,
+  fresh: `tenantry_test_ext_fresh_${hex}`,
+  mine: `tenantry_test_ext_mine_${hex}`,
+  twice: `tenantry_test_ext_twice_${hex}`,
+  schemas: `tenantry_test_ext_schemas_${hex}`,
+  lookalike: `tenantry_test_ext_lookalike_${hex}`,
 };
+const databases = [names.empty, names.used, names.spare, names.fresh, names.mine, names.twice, names.schemas, names.lookalike];
 const PASSWORD = `pw-${randomBytes(9).toString('base64url')}`;
 /** A server that checks passwords (the test servers trust every local connection). */
 let checking: PasswordServer;
@@ -37,16 +44,14 @@ beforeAll(async () => {
   for (const n of Object.values(names)) assertTestDatabase(n);
   await adminQuery(`CREATE ROLE ${names.role} LOGIN PASSWORD '${PASSWORD}'`);
   await adminQuery(`CREATE ROLE ${names.nologin} NOLOGIN PASSWORD '${PASSWORD}'`);
-  await adminQuery(`CREATE DATABASE ${names.empty} OWNER ${names.role}`);
-  await adminQuery(`CREATE DATABASE ${names.used} OWNER ${names.role}`);
-  await adminQuery(`CREATE DATABASE ${names.spare} OWNER ${names.role}`);
+  for (const db of databases) await adminQuery(`CREATE DATABASE ${db} OWNER ${names.role}`);
   // Someone else's data: a table that is not Tenantry's.
   await queryWith({ connectionString: urlFor(names.used) }, 'CREATE TABLE legacy_orders (id integer PRIMARY KEY, total numeric)');
 });
 afterAll(async () => {
   await checking?.stop();
   await t.close();
-  for (const db of [names.empty, names.used, names.spare]) await adminQuery(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+  for (const db of databases) await adminQuery(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
   for (const role of [names.role, names.nologin]) await adminQuery(`DROP ROLE IF EXISTS ${role}`);
   // Last: a failed check must not leave the app and its connections open.
   expectNoLeaks(api.responses);
@@ -55,12 +60,12 @@ afterAll(async () => {
 const external = (fields: Partial<TenantConnection>) => ({ mode: 'external', host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD, ...fields });
 
 /** Nothing was stored or queued for the store, and it still waits for a database. */
-async function expectNothingStored(storeId: string) {
+async function expectNothingStored(storeId: string, token = owner.token) {
   expect(await t.ctx.master.models.StoreDatabase.findByPk(storeId)).toBeNull();
   expect((await t.ctx.master.models.Store.findByPk(storeId, { rejectOnEmpty: true })).status).toBe('pending_database');
   expect(await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${storeId}`)).toBeUndefined();
   expect(await countRows(t, 'audit_log', "store_id = :id AND action = 'store.database.connected'", { id: storeId })).toBe(0);
-  expectProblem(await api.get(`/api/stores/${storeId}/provisioning`).set(auth(owner.token)), 404, 'NOT_FOUND');
+  expectProblem(await api.get(`/api/stores/${storeId}/provisioning`).set(auth(token)), 404, 'NOT_FOUND');
 }
 
 let owner: Awaited<ReturnType<typeof registerUser>>;
@@ -149,9 +154,80 @@ test('a reachable, empty external database is provisioned: the store becomes act
   expect(owners).toEqual([{ tableowner: names.role }]);
 
   // And the store sells from it.
-  await api.post(`/api/stores/${storeId}/hostnames`).set(auth(owner.token)).send({ hostname: 'own-db.external.test' }).expect(201);
-  await request(t.app).post('/api/store/products').set('Host', 'own-db.external.test').set(auth(owner.token)).send({ sku: 'OWN-1', name: 'Own', priceCents: 100, stock: 1 }).expect(201);
+  await request(t.app).post('/api/store/products').set('X-Store-Id', storeId).set(auth(owner.token)).send({ sku: 'OWN-1', name: 'Own', priceCents: 100, stock: 1 }).expect(201);
   expect(await queryWith(conn, 'SELECT sku FROM products')).toEqual([{ sku: 'OWN-1' }]);
+});
+
+describe("a database is taken only empty or holding this very store's Tenantry schema; anything else → 422 DATABASE_NOT_EMPTY", () => {
+  /** Settings reaching one of this suite's databases as the role that owns it. */
+  const asRole = (database: string) => ({ host: '127.0.0.1', port: 5432, database, user: names.role, password: PASSWORD });
+  const tables = (database: string) => queryWith<{ name: string }>(asRole(database), "SELECT schemaname || '.' || tablename AS name FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1");
+  beforeAll(async () => {
+    // Room for the owner's further stores.
+    await t.ctx.master.models.Subscription.create({ userId: owner.user.id, planId: 'agency' });
+  });
+
+  test("another store's provisioned database → 422, nothing is stored or queued, and its data is untouched", async () => {
+    // names.empty now holds the first store's Tenantry schema (provisioned above).
+    const stranger = await registerUser(t.app);
+    const theirs = (await createStoreViaApi(t.app, stranger.token, { name: 'Wants your data' })).id;
+    const ownSecond = (await createStoreViaApi(t.app, owner.token, { name: 'Second shop of the same owner' })).id;
+    const before = await tables(names.empty);
+    for (const [id, token] of [
+      [theirs, stranger.token],
+      [ownSecond, owner.token],
+    ]) {
+      for (const body of [external({ database: names.empty }), { mode: 'external', connectionString: `postgres://${names.role}:${PASSWORD}@127.0.0.1:5432/${names.empty}` }]) {
+        expectProblem(await api.post(`/api/stores/${id}/database`).set(auth(token)).send(body), 422, 'DATABASE_NOT_EMPTY');
+      }
+      await expectNothingStored(id, token);
+    }
+    expect(await tables(names.empty)).toEqual(before);
+    expect(await queryWith(asRole(names.empty), 'SELECT id FROM stores')).toEqual([{ id: storeId }]);
+  });
+
+  test('a store connecting again the database an earlier attempt provisioned for it is accepted, and provisioning completes', async () => {
+    const mine = (await createStoreViaApi(t.app, owner.token, { name: 'Second try' })).id;
+    // An earlier attempt got as far as the schema and the store row, then the store ended provisioning_failed.
+    const store = await t.ctx.master.models.Store.findByPk(mine, { rejectOnEmpty: true });
+    await prepareTenant(asRole(names.mine), { store: { id: mine, name: store.name, slug: store.slug } });
+    await store.update({ status: 'provisioning_failed' });
+
+    await api.post(`/api/stores/${mine}/database`).set(auth(owner.token)).send(external({ database: names.mine })).expect(202);
+    expect(await waitForProvisioning(t.app, owner.token, mine)).toMatchObject({ state: 'completed', error: null });
+    expect((await t.ctx.master.models.Store.findByPk(mine, { rejectOnEmpty: true })).status).toBe('active');
+    expect(await queryWith(asRole(names.mine), 'SELECT id FROM stores')).toEqual([{ id: mine }]);
+  });
+
+  test("a Tenantry schema whose store row is not this store's alone → 422", async () => {
+    const id = (await createStoreViaApi(t.app, owner.token, { name: 'Shared marker' })).id;
+    const store = await t.ctx.master.models.Store.findByPk(id, { rejectOnEmpty: true });
+    await prepareTenant(asRole(names.twice), { store: { id, name: store.name, slug: store.slug } });
+    // The schema allows one row; the database's owner can change that.
+    await queryWith(asRole(names.twice), 'DROP INDEX stores_single_row');
+    await queryWith(asRole(names.twice), "INSERT INTO stores (id, name, slug) VALUES ($1, 'Other', 'other-shop')", [storeId]);
+    expectProblem(await api.post(`/api/stores/${id}/database`).set(auth(owner.token)).send(external({ database: names.twice })), 422, 'DATABASE_NOT_EMPTY');
+    await expectNothingStored(id);
+  });
+
+  test('tables in another schema, tables merely named like Tenantry\'s, a view, or a stores table of another shape → 422, untouched', async () => {
+    const id = (await createStoreViaApi(t.app, owner.token, { name: 'Lookalikes' })).id;
+    await queryWith(asRole(names.schemas), 'CREATE SCHEMA legacy; CREATE TABLE legacy.orders (id integer)');
+    for (const sql of [
+      'CREATE TABLE products (id integer)', // a name of ours, but no store row
+      'DROP TABLE products; CREATE VIEW products AS SELECT 1 AS id',
+      'DROP VIEW products; CREATE TABLE stores (name text)', // no id column: the marker cannot be read
+      `DROP TABLE stores; CREATE TABLE stores (id text); INSERT INTO stores VALUES ('${id}')`, // the marker, but an odd table beside it
+    ]) {
+      await queryWith(asRole(names.lookalike), sql);
+      if (sql.startsWith('DROP TABLE stores')) await queryWith(asRole(names.lookalike), 'CREATE TABLE legacy_orders (id integer)');
+      expectProblem(await api.post(`/api/stores/${id}/database`).set(auth(owner.token)).send(external({ database: names.lookalike })), 422, 'DATABASE_NOT_EMPTY');
+    }
+    expectProblem(await api.post(`/api/stores/${id}/database`).set(auth(owner.token)).send(external({ database: names.schemas })), 422, 'DATABASE_NOT_EMPTY');
+    expect(await tables(names.schemas)).toEqual([{ name: 'legacy.orders' }]);
+    expect(await tables(names.lookalike)).toEqual([{ name: 'public.legacy_orders' }, { name: 'public.stores' }]);
+    await expectNothingStored(id);
+  });
 });
 
 describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the platform never connects into its own network for an owner', () => {
@@ -181,7 +257,7 @@ describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the p
     expect(await t.ctx.master.models.StoreDatabase.findByPk(other)).toBeNull();
     expect(await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${other}`)).toBeUndefined();
     // The same request is accepted where private networks are allowed (development, these tests).
-    await request(t.app).post(`/api/stores/${other}/database`).set(auth(nosy.token)).send(external({})).expect(202);
+    await request(t.app).post(`/api/stores/${other}/database`).set(auth(nosy.token)).send(external({ database: names.fresh })).expect(202);
   });
 
   test('a provisioning job run by a guarded worker does not connect either: the store ends provisioning_failed, saying why', async () => {
@@ -207,8 +283,8 @@ describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the p
   });
 
   test('a store whose external database is on a private address is not served by a guarded instance (503), and still is by the others', async () => {
-    await request(t.app).get('/api/store/info').set('Host', 'own-db.external.test').expect(200);
-    const res = await request(guarded.app).get('/api/store/info').set('Host', 'own-db.external.test');
+    await request(t.app).get('/api/store/info').set('X-Store-Id', storeId).expect(200);
+    const res = await request(guarded.app).get('/api/store/info').set('X-Store-Id', storeId);
     expectProblem(res, 503, 'TENANT_UNAVAILABLE');
   });
 });

@@ -13,6 +13,7 @@ import { logger } from '../lib/logger';
 import { PRIVATE_ADDRESS } from '../lib/network-guard';
 import { getQueue, provisioningJobId, QueueName, warmPoolRefillJobOptions } from '../queue/queues';
 import { refuseIfSuspended, requireStoreAccess } from '../stores/membership';
+import { issuePlatformHostname } from '../stores/hostnames.service';
 import { parseConnectionString, readHost } from './connection-string';
 import type { ConnectDatabaseInput, ProvisioningStatus } from './provisioning.schemas';
 import { claimWarmDatabase, ensureTemplate } from './templates';
@@ -292,11 +293,13 @@ export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: s
       ({ schemaVersion } = await prepareTenant(tenantPgConfig(connection, externalAccess(ctx)), seed));
     }
     await report('activate', 90);
-    await ctx.master.sequelize.transaction(async (t) => {
+    const hostname = await ctx.master.sequelize.transaction(async (t) => {
       await StoreDatabase.update({ status: 'ready', schemaVersion, lastError: null }, { where: { storeId }, transaction: t });
       await Store.update({ status: 'active' }, { where: { id: storeId, status: 'provisioning' }, transaction: t });
+      return issuePlatformHostname(ctx, store, t);
     });
     await ctx.tenants.invalidate(storeId);
+    await ctx.tenants.hostnamesChanged([hostname]);
     await report('done', 100);
     return { schemaVersion, durationMs: Math.round(performance.now() - started), steps };
   } catch (err) {

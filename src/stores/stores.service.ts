@@ -1,7 +1,7 @@
-import { QueryTypes, type Transaction } from 'sequelize';
+import { type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
 import { pgCode, PgCode } from '../db/errors';
-import { conflict, ErrorCode, forbidden, notFound } from '../lib/errors';
+import { conflict, ErrorCode, forbidden } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import type { MemberRole, StoreRow, StoreStatus } from '../models/master';
@@ -30,7 +30,7 @@ async function toStoreDto(ctx: AppContext, store: StoreRow, role: MemberRole) {
 }
 
 /** The plan a user's stores count against: a live subscription's, else `free`. */
-async function planOf(ctx: AppContext, userId: string, transaction?: Transaction) {
+export async function planOf(ctx: AppContext, userId: string, transaction?: Transaction) {
   const sub = await ctx.master.models.Subscription.findOne({ where: { userId, status: ['active', 'past_due'] }, transaction });
   return ctx.master.models.Plan.findByPk(sub?.planId ?? 'free', { rejectOnEmpty: true, transaction });
 }
@@ -148,37 +148,6 @@ export async function statusOfItsDatabase(ctx: AppContext, storeId: string): Pro
 export async function resumeBackgroundWork(ctx: AppContext, storeId: string, status: StoreStatus): Promise<void> {
   if (status === 'provisioning') await queueProvisioning(ctx, storeId);
   if (status === 'active') await requestCreditSync(ctx, storeId);
-}
-
-export async function listHostnames(ctx: AppContext, userId: string, storeId: string) {
-  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin', 'staff']);
-  const rows = await ctx.master.models.StoreHostname.findAll({ where: { storeId }, order: [['hostname', 'ASC']] });
-  return { items: rows.map((h) => ({ hostname: h.hostname, createdAt: h.createdAt.toISOString() })) };
-}
-
-export async function addHostname(ctx: AppContext, userId: string, storeId: string, hostname: string) {
-  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
-  const rows = await ctx.master.sequelize.query<{ store_id: string; created_at: Date; inserted: boolean }>(
-    `INSERT INTO store_hostnames (hostname, store_id) VALUES (:hostname, :storeId)
-     ON CONFLICT (hostname) DO UPDATE SET hostname = EXCLUDED.hostname
-     RETURNING store_id, created_at, (xmax = 0) AS inserted`,
-    { replacements: { hostname, storeId }, type: QueryTypes.SELECT },
-  );
-  if (rows[0].store_id !== storeId) throw conflict(ErrorCode.HOSTNAME_TAKEN, 'Another store already uses this hostname');
-  if (rows[0].inserted) {
-    await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.hostname.added', targetType: 'hostname', targetId: hostname });
-    // Another instance may remember this host as unknown.
-    await ctx.tenants.hostnamesChanged([hostname]);
-  }
-  return { hostname, createdAt: new Date(rows[0].created_at).toISOString() };
-}
-
-export async function removeHostname(ctx: AppContext, userId: string, storeId: string, hostname: string) {
-  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
-  const removed = await ctx.master.models.StoreHostname.destroy({ where: { storeId, hostname } });
-  if (!removed) throw notFound('This store has no such hostname');
-  await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.hostname.removed', targetType: 'hostname', targetId: hostname });
-  await ctx.tenants.hostnamesChanged([hostname]);
 }
 
 export async function putStripeKeys(ctx: AppContext, userId: string, storeId: string, input: StripeKeysInput) {

@@ -12,6 +12,8 @@ import * as hostnames from './hostnames.service';
 import { TxtResolver } from './hostname-verification';
 
 const ACCESS = { 403: 'FORBIDDEN (not a member, or the role may not)', 404: 'STORE_NOT_FOUND' };
+/** Routes that change the store: refused while the platform has it suspended. */
+const CHANGE = { ...ACCESS, 423: 'STORE_SUSPENDED' };
 
 /** The store registry of platform accounts (master DB), and the connection of each store's database. */
 export function storesRoutes(ctx: AppContext): ApiRouter {
@@ -25,15 +27,15 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
   );
   api.get('', { ...common, summary: "The caller's stores (the store dropdown)", response: z.object({ items: z.array(StoreSummaryDto) }) }, ({ req }) => stores.listStores(ctx, me(req)));
   api.get('/:id', { ...common, summary: 'One store', params: StoreIdParams, response: StoreDto, errors: ACCESS }, ({ params, req }) => stores.getStore(ctx, me(req), params.id));
-  api.patch('/:id', { ...common, summary: 'Rename a store', params: StoreIdParams, body: UpdateStoreBody, response: StoreDto, errors: ACCESS }, ({ params, body, req }) =>
+  api.patch('/:id', { ...common, summary: 'Rename a store', params: StoreIdParams, body: UpdateStoreBody, response: StoreDto, errors: CHANGE }, ({ params, body, req }) =>
     stores.renameStore(ctx, me(req), params.id, body.name),
   );
   api.delete(
     '/:id',
-    { ...common, summary: 'Delete a store (restorable for 30 days)', params: StoreIdParams, status: 202, response: z.object({ id: z.uuid(), status: z.literal('deleted'), restorableUntil: z.string() }), errors: ACCESS },
+    { ...common, summary: 'Delete a store (restorable for 30 days)', params: StoreIdParams, status: 202, response: z.object({ id: z.uuid(), status: z.literal('deleted'), restorableUntil: z.string() }), errors: CHANGE },
     ({ params, req }) => stores.deleteStore(ctx, me(req), params.id),
   );
-  api.post('/:id/restore', { ...common, summary: 'Restore a deleted store', params: StoreIdParams, response: StoreDto, errors: { ...ACCESS, 409: 'CONFLICT (not deleted, or deleted too long ago)' } }, ({ params, req }) =>
+  api.post('/:id/restore', { ...common, summary: 'Restore a deleted store', params: StoreIdParams, response: StoreDto, errors: { ...CHANGE, 409: 'CONFLICT (not deleted, or deleted too long ago)' } }, ({ params, req }) =>
     stores.restoreStore(ctx, me(req), params.id),
   );
 
@@ -46,7 +48,7 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
       body: ConnectDatabaseBody,
       status: 202,
       response: ProvisioningJobDto,
-      errors: { ...ACCESS, 409: 'ALREADY_PROVISIONED', 422: 'DATABASE_UNREACHABLE | DATABASE_AUTH_FAILED | DATABASE_NOT_EMPTY', 423: 'STORE_SUSPENDED' },
+      errors: { ...CHANGE, 409: 'ALREADY_PROVISIONED', 422: 'DATABASE_UNREACHABLE | DATABASE_AUTH_FAILED | DATABASE_NOT_EMPTY' },
     },
     ({ params, body, req }) => provisioning.connectDatabase(ctx, me(req), params.id, body),
   );
@@ -55,7 +57,7 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
   );
   api.post(
     '/:id/provisioning/retry',
-    { ...common, summary: 'Provision again after a failure', params: StoreIdParams, status: 202, response: ProvisioningJobDto, errors: { ...ACCESS, 409: 'CONFLICT (not failed)' } },
+    { ...common, summary: 'Provision again after a failure', params: StoreIdParams, status: 202, response: ProvisioningJobDto, errors: { ...CHANGE, 409: 'CONFLICT (not failed)' } },
     ({ params, req }) => provisioning.retryProvisioning(ctx, me(req), params.id),
   );
 
@@ -72,7 +74,7 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
       body: HostnameBody,
       status: 201,
       response: HostnameDto,
-      errors: { ...ACCESS, 400: 'VALIDATION_FAILED | HOSTNAME_NOT_ALLOWED', 403: 'FORBIDDEN | PLAN_LIMIT_REACHED', 409: 'HOSTNAME_TAKEN', 423: 'STORE_SUSPENDED' },
+      errors: { ...CHANGE, 400: 'VALIDATION_FAILED | HOSTNAME_NOT_ALLOWED', 403: 'FORBIDDEN | PLAN_LIMIT_REACHED', 409: 'HOSTNAME_TAKEN' },
     },
     ({ params, body, req }) => hostnames.addHostname(ctx, me(req), params.id, body.hostname),
   );
@@ -83,18 +85,18 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
       summary: "Verify a claimed hostname: its TXT record _tenantry-challenge.<hostname> must hold the claim's value",
       params: HostnameParams,
       response: HostnameDto,
-      errors: { ...ACCESS, 404: 'STORE_NOT_FOUND | NOT_FOUND', 409: 'HOSTNAME_NOT_VERIFIED | HOSTNAME_TAKEN', 423: 'STORE_SUSPENDED' },
+      errors: { ...CHANGE, 404: 'STORE_NOT_FOUND | NOT_FOUND', 409: 'HOSTNAME_NOT_VERIFIED | HOSTNAME_TAKEN' },
     },
     ({ params, req }) => hostnames.verifyHostname(ctx, resolver, me(req), params.id, params.hostname),
   );
   api.delete(
     '/:id/hostnames/:hostname',
-    { ...common, summary: 'Remove a custom hostname', params: HostnameParams, status: 204, errors: { ...ACCESS, 400: 'HOSTNAME_NOT_ALLOWED (the platform-issued one)', 404: 'STORE_NOT_FOUND | NOT_FOUND', 423: 'STORE_SUSPENDED' } },
+    { ...common, summary: 'Remove a custom hostname', params: HostnameParams, status: 204, errors: { ...CHANGE, 400: 'HOSTNAME_NOT_ALLOWED (the platform-issued one)', 404: 'STORE_NOT_FOUND | NOT_FOUND' } },
     ({ params, req }) => hostnames.removeHostname(ctx, me(req), params.id, params.hostname),
   );
   api.put(
     '/:id/integrations/stripe',
-    { ...common, summary: "Set the store's Stripe keys (stored encrypted, never returned)", params: StoreIdParams, body: StripeKeysBody, response: StripeIntegrationDto, errors: ACCESS },
+    { ...common, summary: "Set the store's Stripe keys (stored encrypted, never returned)", params: StoreIdParams, body: StripeKeysBody, response: StripeIntegrationDto, errors: CHANGE },
     ({ params, body, req }) => stores.putStripeKeys(ctx, me(req), params.id, body),
   );
   return api;

@@ -229,6 +229,8 @@ export async function routingBenchmark(opts: { stores: number; duration: number;
     ENCRYPTION_KEYS: keys,
     MASTER_POOL_MAX: '6',
     TENANT_CONNECTIONS_MAX: String(CONNECTIONS_MAX),
+    // Every bench store has one owner: an owner's share would cap the many-store scenarios at a quarter.
+    TENANT_OWNER_SHARE: '100',
     TENANT_CACHE_MAX: '5000',
     BENCH_FIXED_STORE: storeUuid(0),
     BENCH_FIXED_CONNECTION: JSON.stringify(tenantConnection(firstDb)),

@@ -27,7 +27,7 @@ async function main() {
   const { poolMax, idleMs, acquireTimeoutMs } = config.tenant;
 
   const rawPool = new pg.Pool({ ...connection, max: poolMax, idleTimeoutMillis: idleMs });
-  const fixed = new TenantHandle(storeId, connection, new ConnectionBudget(poolMax, acquireTimeoutMs), { poolMax, idleMs, acquireTimeoutMs, connectTimeoutMs: 1000 });
+  const fixed = new TenantHandle(storeId, storeId, connection, new ConnectionBudget(poolMax, acquireTimeoutMs), { poolMax, idleMs, acquireTimeoutMs, connectTimeoutMs: 1000 });
 
   const untenanted = new ApiRouter('/bench');
   untenanted.get('/untenanted', { summary: 'benchmark baseline', query: ProductListQuery }, ({ query }) =>

@@ -1,10 +1,18 @@
 import pg from 'pg';
+import { currentReadMeter, type ReadMeter } from './tenant-context';
 
 /** Something that holds tenant connections and can give its idle ones back. */
 export interface BudgetHolder {
   readonly storeId: string;
+  /** The store's owner: the stores of one owner share one slice of the budget. */
+  readonly ownerId: string;
   /** Connections of this holder that are open now. */
   open: number;
+  /**
+   * Connections the budget wants back from this holder although they are busy: the next ones whose query
+   * ends are closed instead of going back to its pool (another store is waiting for its fair part).
+   */
+  giveBack: number;
   /** How much it is in demand now (higher = busier); the least in demand gives idle connections back first. */
   demand(now: number): number;
   /** How many of its open connections are idle (not lent out). */
@@ -13,7 +21,14 @@ export interface BudgetHolder {
   closeIdle(max: number): number;
 }
 
-/** Waiting for a connection slot took too long: the whole instance is busy, not any one tenant. */
+export interface BudgetOptions {
+  /** The part of `max` (0–1] the stores of one owner may hold together; default 1 (no limit of their own). */
+  ownerShare?: number;
+  /** Most bytes one request (outside a request: one query) may read from tenant databases; 0: no limit. */
+  maxReadBytes?: number;
+}
+
+/** Waiting for a connection slot took too long: the whole instance (or the store's owner) is busy. */
 export class BudgetTimeoutError extends Error {
   constructor(ms: number) {
     super(`no tenant connection slot became free within ${ms} ms`);
@@ -21,17 +36,61 @@ export class BudgetTimeoutError extends Error {
   }
 }
 
+/** Codes of the errors our own client raises (beside pg's SQLSTATEs), for classify(). */
+export const ClientErrorCode = { QUERY_TIMEOUT: 'TENANT_QUERY_TIMEOUT', READ_LIMIT: 'TENANT_READ_LIMIT' } as const;
+
+/** The server did not answer a query in time although it should have cancelled it itself (statement_timeout). */
+export class QueryTimeoutError extends Error {
+  readonly code = ClientErrorCode.QUERY_TIMEOUT;
+  constructor() {
+    super('the tenant database did not answer a query in time; the connection was closed');
+    this.name = 'QueryTimeoutError';
+  }
+}
+
+/** A request read more from its store's database than TENANT_MAX_READ_BYTES; the connection was cut. */
+export class ReadLimitError extends Error {
+  readonly code = ClientErrorCode.READ_LIMIT;
+  constructor(limit: number) {
+    super(`the tenant database returned more than ${limit} bytes for one request`);
+    this.name = 'ReadLimitError';
+  }
+}
+
+/** What the stores of one owner hold and wait for. */
+interface OwnerUsage {
+  readonly ownerId: string;
+  open: number;
+  peak: number;
+  waiting: number;
+  /** Connections asked to close (idle, or given back after their query) whose slot is not back yet. */
+  closing: number;
+}
+
 interface Waiter {
   holder: BudgetHolder;
+  owner: OwnerUsage;
   resolve(): void;
   reject(err: Error): void;
   timer: NodeJS.Timeout;
 }
 
 /**
- * One cap on the connections all tenant pools of this process hold together. A pool that wants a new
- * connection while the cap is reached waits (bounded) while idle connections of the least recently used
- * tenants are closed to make room.
+ * The connections one owner's stores may hold together: `share` of the cap, rounded down, at least 1 (an
+ * owner can always be served) and at most the cap. It is not raised to TENANT_POOL_MAX: with a small cap
+ * the share wins, and one store of an owner then gets fewer than its pool's max.
+ */
+export function ownerMaxFor(max: number, share: number): number {
+  return Math.min(max, Math.max(1, Math.floor(max * share + 1e-9)));
+}
+
+/**
+ * One cap on the connections all tenant pools of this process hold together, and a slice of it per owner.
+ * A pool that wants a new connection beyond either waits (bounded). Waiting stores are served in turn
+ * (round robin over stores, not first come first served), so a store with many waiting requests cannot
+ * push the others back. Meanwhile idle connections are closed to make room: for a store held back by its
+ * owner's slice, only connections of that owner's stores; otherwise those of the stores least in demand.
+ * A store holding more than a waiting one gives its busy connections back as their queries end.
  */
 export class ConnectionBudget {
   open = 0;
@@ -41,22 +100,36 @@ export class ConnectionBudget {
   reclaimed = 0;
   /** Total ms requests spent waiting for a slot (divide by `waits`). */
   waitedMs = 0;
-  private readonly waiters: Waiter[] = [];
+  /** Connections the stores of one owner may hold together. */
+  readonly ownerMax: number;
+  readonly maxReadBytes: number;
+  private waitingCount = 0;
+  /** Stores with waiters, in serving order: a served store moves to the back (a Map keeps insertion order). */
+  private readonly queues = new Map<BudgetHolder, Waiter[]>();
+  private readonly owners = new Map<string, OwnerUsage>();
   private readonly holders = new Set<BudgetHolder>();
+  /** Connections asked to close whose slot is not back yet (so one waiter does not close two). */
+  private closing = 0;
   private reclaimTimer?: NodeJS.Timeout;
 
   constructor(
     readonly max: number,
     private readonly waitMs: number,
-  ) {}
+    options: BudgetOptions = {},
+  ) {
+    this.ownerMax = ownerMaxFor(max, options.ownerShare ?? 1);
+    this.maxReadBytes = options.maxReadBytes ?? 0;
+  }
 
   get waiting(): number {
-    return this.waiters.length;
+    return this.waitingCount;
   }
 
   acquire(holder: BudgetHolder): Promise<void> {
-    if (this.open < this.max && this.waiters.length === 0) {
-      this.grant(holder);
+    const owner = this.usageOf(holder.ownerId);
+    // Below both caps nobody can be waiting for this slot: waiters that could take it were served already.
+    if (this.open < this.max && owner.open < this.ownerMax) {
+      this.grant(holder, owner);
       return Promise.resolve();
     }
     this.waits++;
@@ -64,43 +137,61 @@ export class ConnectionBudget {
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
         holder,
+        owner,
         resolve: () => {
           this.waitedMs += Date.now() - since;
           resolve();
         },
         reject,
         timer: setTimeout(() => {
-          const i = this.waiters.indexOf(waiter);
-          if (i >= 0) this.waiters.splice(i, 1);
+          this.unqueue(waiter);
           this.timeouts++;
           reject(new BudgetTimeoutError(this.waitMs));
         }, this.waitMs),
       };
-      this.waiters.push(waiter);
+      const queue = this.queues.get(holder);
+      if (queue) queue.push(waiter);
+      else this.queues.set(holder, [waiter]);
+      this.waitingCount++;
+      owner.waiting++;
       this.reclaim();
     });
   }
 
   release(holder: BudgetHolder): void {
+    const owner = this.usageOf(holder.ownerId);
     if (this.closing > 0) this.closing--;
+    if (owner.closing > 0) owner.closing--;
     this.open--;
+    owner.open--;
     holder.open--;
     if (holder.open === 0) this.holders.delete(holder);
-    const next = this.waiters.shift();
-    if (next) {
-      clearTimeout(next.timer);
-      this.grant(next.holder);
-      next.resolve();
-    }
+    this.dispatch();
+    this.forgetIfUnused(owner);
+  }
+
+  /** What each owner with open or wanted connections holds now (admin views). */
+  ownerUsage(): { ownerId: string; open: number; peak: number; waiting: number }[] {
+    return [...this.owners.values()].map(({ ownerId, open, peak, waiting }) => ({ ownerId, open, peak, waiting }));
   }
 
   /**
    * A pg module whose clients take a slot before connecting and give it back when they end; handed to
-   * Sequelize as its dialect module, so every connection of a tenant's pool is counted.
+   * Sequelize as its dialect module, so every connection of a tenant's pool is counted. Its clients also
+   * count the bytes they read and close a connection whose query outlived the client-side timeout.
    */
   pgModuleFor(holder: BudgetHolder): typeof pg {
     const budget = this;
+    const limit = this.maxReadBytes;
+    const send = pg.Client.prototype.query as (this: pg.Client, ...args: unknown[]) => unknown;
+    type Callback = (err: Error | null, result?: unknown) => void;
+
     class BudgetedClient extends pg.Client {
+      /** Sequelize's mark for a connection its pool must not lend again. */
+      _invalid = false;
+      /** The meter the query running now reads against: its request's, else its own. */
+      private meter?: ReadMeter;
+
       override connect(): Promise<pg.Client>;
       override connect(callback: (err: Error | null, client?: pg.Client) => void): void;
       override connect(callback?: (err: Error | null, client?: pg.Client) => void): Promise<pg.Client> | void {
@@ -112,61 +203,212 @@ export class ConnectionBudget {
             throw err;
           }
           this.once('end', () => budget.release(holder));
+          // Ahead of pg's own parser: a chunk is counted before the query it completes can report success.
+          if (limit > 0) this.connection.stream.prependListener('data', (chunk: Buffer) => this.count(chunk.length));
           return this as pg.Client;
         });
         if (!callback) return connected;
         connected.then((client) => callback(null, client), (err: Error) => callback(err));
       }
+
+      // pg's query() has a dozen overloads (hence `any`); the forms Sequelize and TenantHandle use come here.
+      override query(config: unknown, values?: unknown, callback?: unknown): any {
+        const meter = limit > 0 ? (currentReadMeter() ?? { bytes: 0 }) : undefined;
+        const cb = (typeof values === 'function' ? values : typeof callback === 'function' ? callback : undefined) as Callback | undefined;
+        if (meter && meter.bytes > limit) {
+          // An earlier query of this request went over the limit: nothing more is sent for it.
+          const err = new ReadLimitError(limit);
+          if (cb) return void process.nextTick(() => cb(err));
+          return Promise.reject(err);
+        }
+        this.meter = meter;
+        if (typeof (config as { submit?: unknown }).submit === 'function') return send.call(this, config, values, callback);
+        if (cb) {
+          const done: Callback = (err, result) => {
+            const failure = this.outcome(err, meter);
+            cb(failure, failure ? undefined : result);
+          };
+          return typeof values === 'function' ? send.call(this, config, done) : send.call(this, config, values, done);
+        }
+        // The promise form through pg's callback form: one promise per query, as pg's own would be.
+        return new Promise((resolve, reject) => {
+          send.call(this, config, values, (err: Error | null, result: unknown) => {
+            const failure = this.outcome(err, meter);
+            if (failure) reject(failure);
+            else resolve(result);
+          });
+        });
+      }
+
+      /** The error a finished query reports, if any; a timed-out connection is closed here. */
+      private outcome(err: Error | null, meter: ReadMeter | undefined): Error | null {
+        if (this.meter === meter) this.meter = undefined;
+        if (meter && meter.bytes > limit) return err instanceof ReadLimitError ? err : new ReadLimitError(limit);
+        if (err?.message === 'Query read timeout') {
+          // The query may still run and its answer may still come: nothing on this connection can be
+          // trusted any more, and keeping it would keep its slot for as long as the server likes.
+          const timeout = new QueryTimeoutError();
+          this.cut(timeout);
+          return timeout;
+        }
+        return err;
+      }
+
+      private count(bytes: number): void {
+        const meter = this.meter;
+        if (!meter) return;
+        meter.bytes += bytes;
+        if (meter.bytes > limit) this.cut(new ReadLimitError(limit));
+      }
+
+      /** Destroy the socket (pg fails the queries on it with `err`); the slot comes back with 'end'. */
+      private cut(err: Error): void {
+        if (this._invalid) return;
+        this._invalid = true;
+        this.connection.stream.destroy(err);
+      }
     }
     return Object.assign(Object.create(pg) as typeof pg, { Client: BudgetedClient });
   }
 
-  private grant(holder: BudgetHolder): void {
+  private usageOf(ownerId: string): OwnerUsage {
+    let owner = this.owners.get(ownerId);
+    if (!owner) {
+      owner = { ownerId, open: 0, peak: 0, waiting: 0, closing: 0 };
+      this.owners.set(ownerId, owner);
+    }
+    return owner;
+  }
+
+  private forgetIfUnused(owner: OwnerUsage): void {
+    if (owner.open === 0 && owner.waiting === 0) this.owners.delete(owner.ownerId);
+  }
+
+  private grant(holder: BudgetHolder, owner: OwnerUsage): void {
     this.open++;
+    owner.open++;
     holder.open++;
     this.holders.add(holder);
     if (this.open > this.peak) this.peak = this.open;
+    if (owner.open > owner.peak) owner.peak = owner.open;
+  }
+
+  /** Hand free slots to waiting stores in turn, skipping those whose owner is at its share. */
+  private dispatch(): void {
+    while (this.open < this.max && this.waitingCount > 0) {
+      const next = this.nextServable();
+      if (!next) return;
+      clearTimeout(next.timer);
+      this.grant(next.holder, next.owner);
+      next.resolve();
+    }
+  }
+
+  private nextServable(): Waiter | undefined {
+    for (const [holder, queue] of this.queues) {
+      if (queue[0].owner.open >= this.ownerMax) continue;
+      const waiter = queue.shift()!;
+      // To the back of the line: the other waiting stores come first next time.
+      this.queues.delete(holder);
+      if (queue.length > 0) this.queues.set(holder, queue);
+      this.waitingCount--;
+      waiter.owner.waiting--;
+      return waiter;
+    }
+    return undefined;
+  }
+
+  private unqueue(waiter: Waiter): void {
+    const queue = this.queues.get(waiter.holder);
+    const i = queue ? queue.indexOf(waiter) : -1;
+    if (!queue || i < 0) return;
+    queue.splice(i, 1);
+    if (queue.length === 0) this.queues.delete(waiter.holder);
+    this.waitingCount--;
+    waiter.owner.waiting--;
+    this.forgetIfUnused(waiter.owner);
   }
 
   /**
-   * Close idle connections of the tenants least in demand until the waiters can be served. Demand is a
-   * decaying request count, not recency: under a skewed load a store seen once a minute must not push
-   * out a store seen every second just because it came last (plain LRU loses ~10% more hits here).
+   * Make room for the waiters. Idle connections go first, those of the stores least in demand first:
+   * demand is a decaying request count, not recency, so under a skewed load a store seen once a minute
+   * does not push out a store seen every second just because it came last (plain LRU loses ~10% more hits
+   * here). A store held back by its owner's share is served only from that owner's own connections.
    */
   private reclaim(): void {
-    if (this.waiters.length === 0) {
+    if (this.waitingCount === 0) {
       clearInterval(this.reclaimTimer);
       this.reclaimTimer = undefined;
+      for (const h of this.holders) h.giveBack = 0;
       return;
     }
-    let needed = this.waiters.length - this.closing;
-    if (needed > 0) {
-      const now = Date.now();
-      const idle = [...this.holders].filter((h) => h.idleConnections() > 0).sort((a, b) => a.demand(now) - b.demand(now));
-      for (const h of idle) {
-        if (needed <= 0) break;
-        needed -= this.closeFrom(h, needed);
+    const atShare = new Map<OwnerUsage, BudgetHolder[]>();
+    const servable: BudgetHolder[] = [];
+    let servableWaiters = 0;
+    for (const [holder, queue] of this.queues) {
+      const owner = queue[0].owner;
+      if (owner.open >= this.ownerMax) {
+        const list = atShare.get(owner);
+        if (list) list.push(holder);
+        else atShare.set(owner, [holder]);
+      } else {
+        servable.push(holder);
+        servableWaiters += queue.length;
       }
     }
+    for (const [owner, waiting] of atShare) {
+      const own = [...this.holders].filter((h) => h.ownerId === owner.ownerId);
+      this.makeRoom(owner.waiting - owner.closing, own, waiting);
+    }
+    // Servable waiters exist only while every slot is taken (dispatch serves them otherwise).
+    if (servableWaiters > 0) this.makeRoom(servableWaiters - this.closing, [...this.holders], servable);
     // Connections in use now go back to their pools soon; look again shortly while anyone waits.
     this.reclaimTimer ??= setInterval(() => this.reclaim(), 5);
   }
 
-  /** Connections asked to close whose slot is not back yet (so one waiter does not close two). */
-  private closing = 0;
-
-  private closeFrom(holder: BudgetHolder, max: number): number {
-    const n = holder.closeIdle(max);
-    this.reclaimed += n;
-    this.closing += n;
-    return n;
+  private makeRoom(needed: number, candidates: BudgetHolder[], waiting: BudgetHolder[]): void {
+    if (needed <= 0) return;
+    const now = Date.now();
+    const idle = candidates.filter((h) => h.idleConnections() > 0).sort((a, b) => a.demand(now) - b.demand(now));
+    let closed = 0;
+    for (const h of idle) {
+      if (closed >= needed) break;
+      const n = h.closeIdle(needed - closed);
+      this.reclaimed += n;
+      this.closing += n;
+      this.usageOf(h.ownerId).closing += n;
+      closed += n;
+    }
+    // Busy connections asked back earlier are not needed for the room just made.
+    let cancel = closed;
+    for (const h of candidates) {
+      if (cancel <= 0) break;
+      const n = Math.min(h.giveBack, cancel);
+      h.giveBack -= n;
+      cancel -= n;
+    }
+    if (closed >= needed) return;
+    // Nothing (more) idle: the store holding the most gives one busy connection back when its query ends,
+    // if it holds at least two more than a waiting store (so that the two do not hand one connection to and
+    // fro). One at a time: the next look, 5 ms on, asks again once that one is back.
+    const fewest = Math.min(...waiting.map((h) => h.open));
+    let richest: BudgetHolder | undefined;
+    for (const h of candidates) {
+      if (h.giveBack > 0) return;
+      if (h.open > fewest + 1 && (!richest || h.open > richest.open)) richest = h;
+    }
+    if (richest) richest.giveBack++;
   }
 
   close(): void {
     clearInterval(this.reclaimTimer);
-    for (const w of this.waiters.splice(0)) {
-      clearTimeout(w.timer);
-      w.reject(new BudgetTimeoutError(0));
+    for (const queue of this.queues.values()) {
+      for (const w of queue) {
+        clearTimeout(w.timer);
+        w.reject(new BudgetTimeoutError(0));
+      }
     }
+    this.queues.clear();
+    this.waitingCount = 0;
   }
 }

@@ -5,8 +5,8 @@ import { secretContext, type Encryptor } from '../lib/crypto';
 import { AppError, ErrorCode, notFound, unavailable } from '../lib/errors';
 import { logger } from '../lib/logger';
 import type { StoreStatus } from '../models/master';
-import { BudgetTimeoutError, ConnectionBudget } from './connection-budget';
-import { isConnectionFailure } from './errors';
+import { BudgetTimeoutError, ClientErrorCode, ConnectionBudget } from './connection-budget';
+import { isConnectionFailure, PgCode, pgCode } from './errors';
 import type { MasterDb } from './master';
 import { TenantHandle, type HandleSettings, type TenantConnection } from './tenant-handle';
 import { mustBePublic } from '../lib/network-guard';
@@ -24,6 +24,14 @@ export interface ConnectionManagerOptions {
   statusTtlMs?: number;
   /** External store databases may be reached on public addresses only (EXTERNAL_DB_PRIVATE_NETWORKS=deny). */
   externalPublicOnly?: boolean;
+  /** Session limits of every tenant connection (ms); see HandleSettings. */
+  statementTimeoutMs?: number;
+  lockTimeoutMs?: number;
+  idleInTransactionTimeoutMs?: number;
+  /** The part of connectionsMax one owner's stores may hold together (0–1]; default 1. */
+  ownerShare?: number;
+  /** Most bytes one request may read from its store's database; default: no limit. */
+  maxReadBytes?: number;
 }
 
 interface StoreRecord {
@@ -31,9 +39,13 @@ interface StoreRecord {
   dbStatus: string | null;
   mode: 'managed' | 'external' | null;
   credentials: string | null;
+  ownerId: string;
 }
 
 const NO_STORE = '';
+
+/** Errors of a database that answers, but too slowly: the server's own timeouts and ours. */
+const TOO_SLOW = new Set<string>([PgCode.QUERY_CANCELED, PgCode.LOCK_NOT_AVAILABLE, PgCode.IDLE_IN_TRANSACTION_TIMEOUT, ClientErrorCode.QUERY_TIMEOUT]);
 
 /**
  * The only owner of tenant database handles. Two budgets: many cheap cached handles (an LRU of
@@ -57,12 +69,15 @@ export class ConnectionManager {
     private readonly bus: EventBus,
     readonly options: ConnectionManagerOptions,
   ) {
-    this.budget = new ConnectionBudget(options.connectionsMax, options.acquireTimeoutMs);
+    this.budget = new ConnectionBudget(options.connectionsMax, options.acquireTimeoutMs, { ownerShare: options.ownerShare, maxReadBytes: options.maxReadBytes });
     this.settings = {
       poolMax: options.poolMax,
       idleMs: options.idleMs,
       acquireTimeoutMs: options.acquireTimeoutMs,
       connectTimeoutMs: Math.min(1000, options.acquireTimeoutMs),
+      statementTimeoutMs: options.statementTimeoutMs,
+      lockTimeoutMs: options.lockTimeoutMs,
+      idleInTransactionTimeoutMs: options.idleInTransactionTimeoutMs,
     };
     this.handles = new LRUCache<string, TenantHandle>({
       max: options.cacheMax,
@@ -159,7 +174,7 @@ export class ConnectionManager {
   stats() {
     const perStore = [...this.handles.entries()]
       .filter(([, h]) => h.open > 0 || h.leases > 0)
-      .map(([storeId, h]) => ({ storeId, ...h.stats() }));
+      .map(([storeId, h]) => ({ storeId, ownerId: h.ownerId, ...h.stats() }));
     const now = Date.now();
     return {
       handles: this.handles.size,
@@ -173,6 +188,9 @@ export class ConnectionManager {
         avgWaitMs: this.budget.waits ? +(this.budget.waitedMs / this.budget.waits).toFixed(1) : 0,
         waitTimeouts: this.budget.timeouts,
         reclaimed: this.budget.reclaimed,
+        /** What the stores of one owner may hold together, and what each owner holds and waits for now. */
+        ownerMax: this.budget.ownerMax,
+        perOwner: this.budget.ownerUsage(),
       },
       hits: this.counters.hits,
       misses: this.counters.misses,
@@ -207,7 +225,7 @@ export class ConnectionManager {
   private async build(storeId: string): Promise<TenantHandle> {
     const started = performance.now();
     const rows = await this.master.sequelize.query<StoreRecord>(
-      `SELECT s.status, d.status AS "dbStatus", d.mode, d.credentials
+      `SELECT s.status, s.owner_id AS "ownerId", d.status AS "dbStatus", d.mode, d.credentials
          FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
         WHERE s.id = :storeId`,
       { replacements: { storeId }, type: QueryTypes.SELECT },
@@ -219,7 +237,7 @@ export class ConnectionManager {
     }
     // Credentials are decrypted here only, and live on inside the handle's Sequelize config.
     const connection = this.credentialsOf(storeId, rows[0].credentials as string);
-    const handle = new TenantHandle(storeId, connection, this.budget, { ...this.settings, publicOnly: mustBePublic(rows[0].mode, this.options) });
+    const handle = new TenantHandle(storeId, rows[0].ownerId, connection, this.budget, { ...this.settings, publicOnly: mustBePublic(rows[0].mode, this.options) });
     this.handles.set(storeId, handle);
     this.counters.builds++;
     this.counters.buildMsTotal += performance.now() - started;
@@ -269,6 +287,10 @@ export class ConnectionManager {
       // Every slot is busy: the instance is overloaded, the store is not at fault — no fence.
       return unavailable(ErrorCode.TENANT_UNAVAILABLE, 'The server is busy; try again shortly', 1);
     }
+    // The database is alive, only slow, locked or too talkative: this request fails, the store is not fenced.
+    const code = pgCode(err);
+    if (code === ClientErrorCode.READ_LIMIT) return unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database returned more data than allowed", 1);
+    if (code && TOO_SLOW.has(code)) return unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database did not answer in time; try again shortly", 1);
     if (!isConnectionFailure(err)) return err;
     const reason = (err as Error).message;
     this.fences.set(storeId, { until: Date.now() + this.options.fenceMs, reason });

@@ -16,6 +16,12 @@ export const PgCode = {
   TOO_MANY_CONNECTIONS: '53300',
   CANNOT_CONNECT_NOW: '57P03',
   ADMIN_SHUTDOWN: '57P01',
+  /** statement_timeout (or a cancel request) stopped the statement. */
+  QUERY_CANCELED: '57014',
+  /** lock_timeout ran out waiting for a lock. */
+  LOCK_NOT_AVAILABLE: '55P03',
+  /** idle_in_transaction_session_timeout ended the session. */
+  IDLE_IN_TRANSACTION_TIMEOUT: '25P03',
 } as const;
 
 const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH', 'EPIPE']);

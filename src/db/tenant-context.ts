@@ -6,18 +6,32 @@ import type { TenantModels } from '../models/tenant';
 import type { ConnectionManager } from './connection-manager';
 import type { TenantHandle } from './tenant-handle';
 
+/** Bytes one request has read from its store's database so far (see ConnectionBudget's read limit). */
+export interface ReadMeter {
+  bytes: number;
+}
+
 interface TenantScope {
   storeId: string;
   handle: TenantHandle;
   manager: ConnectionManager;
   auth?: TokenClaims;
+  /** Given a fresh one by runInTenant unless the caller brings its own. */
+  read?: ReadMeter;
 }
 
 const storage = new AsyncLocalStorage<TenantScope>();
 
 /** Run the rest of a request inside one store's scope: below this, only that store's database is reachable. */
 export function runInTenant<T>(scope: TenantScope, fn: () => T): T {
+  // The scope is the request's own object: every query of the request adds to this one meter.
+  scope.read ??= { bytes: 0 };
   return storage.run(scope, fn);
+}
+
+/** The meter of the request running now, if any (tenant queries outside a request are metered one by one). */
+export function currentReadMeter(): ReadMeter | undefined {
+  return storage.getStore()?.read;
 }
 
 function scope(): TenantScope {

@@ -23,6 +23,28 @@ export interface HandleSettings {
   connectTimeoutMs: number;
   /** An owner's external database, reachable on public addresses only (see src/lib/network-guard.ts). */
   publicOnly?: boolean;
+  /** Server-side limits of every session (ms; absent: the server's defaults): one statement, one lock wait, an idle open transaction. */
+  statementTimeoutMs?: number;
+  lockTimeoutMs?: number;
+  idleInTransactionTimeoutMs?: number;
+}
+
+/**
+ * How much longer than statement_timeout the client waits for an answer before it closes the connection
+ * itself: a server that honours the setting has answered (with 57014) by then; one that ignores it has not.
+ */
+const QUERY_TIMEOUT_MARGIN_MS = 1000;
+
+/** The session limits, sent in the startup packet (no extra round trip); Sequelize hands these keys to pg. */
+function sessionLimits(settings: HandleSettings): Record<string, number> {
+  const limits: Record<string, number> = {};
+  if (settings.statementTimeoutMs) {
+    limits.statement_timeout = settings.statementTimeoutMs;
+    limits.query_timeout = settings.statementTimeoutMs + QUERY_TIMEOUT_MARGIN_MS;
+  }
+  if (settings.lockTimeoutMs) limits.lock_timeout = settings.lockTimeoutMs;
+  if (settings.idleInTransactionTimeoutMs) limits.idle_in_transaction_session_timeout = settings.idleInTransactionTimeoutMs;
+  return limits;
 }
 
 /**
@@ -38,6 +60,7 @@ interface PgConnectionManager {
   pool: SequelizePool;
   getConnection(opts: { type: 'read' | 'write' }): Promise<pg.Client>;
   releaseConnection(conn: pg.Client): void;
+  validate(conn: pg.Client): boolean;
 }
 interface SequelizePool {
   size: number;
@@ -57,6 +80,7 @@ const DEMAND_HALF_LIFE_MS = 5000;
 
 export class TenantHandle implements BudgetHolder {
   open = 0;
+  giveBack = 0;
   lastUsed = Date.now();
   private heat = 0;
   /** Requests currently holding this handle; a retired handle closes only once this is 0. */
@@ -68,6 +92,7 @@ export class TenantHandle implements BudgetHolder {
 
   constructor(
     readonly storeId: string,
+    readonly ownerId: string,
     connection: TenantConnection,
     budget: ConnectionBudget,
     settings: HandleSettings,
@@ -93,6 +118,7 @@ export class TenantHandle implements BudgetHolder {
         connectionTimeoutMillis: settings.connectTimeoutMs,
         application_name: 'tenantry-tenant',
         clientMinMessages: 'ignore',
+        ...sessionLimits(settings),
         ...guardedStream(settings.publicOnly === true),
       },
     } as Options);
@@ -101,6 +127,17 @@ export class TenantHandle implements BudgetHolder {
       cm.nameOidMap = knownTypeOids.nameOidMap;
       cm.refreshTypeParser((DataTypes as unknown as { postgres: unknown }).postgres);
     }
+    // Every connection coming back from a query or a transaction passes here (both paths release this way).
+    const putBack = cm.releaseConnection.bind(cm);
+    cm.releaseConnection = (conn) => {
+      if (this.giveBack > 0 || !cm.validate(conn)) {
+        // Cut off (its state unknown), or owed to a store waiting for its part of the budget: closed, never lent again.
+        if (this.giveBack > 0) this.giveBack--;
+        void cm.pool.destroy(conn);
+        return;
+      }
+      putBack(conn);
+    };
   }
 
   private get connectionManager(): PgConnectionManager {

@@ -15,7 +15,8 @@ let owner: Awaited<ReturnType<typeof registerUser>>;
 const shops: { key: string; host: string; store: TestStore }[] = [];
 
 beforeAll(async () => {
-  t = await startTestApp('bounds', { TENANT_CACHE_MAX: '2', TENANT_CONNECTIONS_MAX: String(CONNECTIONS_MAX), TENANT_POOL_MAX: '2' });
+  // One owner here: the whole cap is its share (owner shares are tested in tenancy-starvation).
+  t = await startTestApp('bounds', { TENANT_CACHE_MAX: '2', TENANT_CONNECTIONS_MAX: String(CONNECTIONS_MAX), TENANT_POOL_MAX: '2', TENANT_OWNER_SHARE: '100' });
   server = t.app.listen(0, '127.0.0.1');
   owner = await registerUser(t.app);
   const stores = await Promise.all(

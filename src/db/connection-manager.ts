@@ -24,6 +24,8 @@ export interface ConnectionManagerOptions {
   statusTtlMs?: number;
   /** External store databases may be reached on public addresses only (EXTERNAL_DB_PRIVATE_NETWORKS=deny). */
   externalPublicOnly?: boolean;
+  /** Master-DB look-ups of hosts not in the cache, per second (HOST_LOOKUPS_PER_SECOND). */
+  hostLookupsPerSecond?: number;
   /** Session limits of every tenant connection (ms); see HandleSettings. */
   statementTimeoutMs?: number;
   lockTimeoutMs?: number;
@@ -32,6 +34,25 @@ export interface ConnectionManagerOptions {
   ownerShare?: number;
   /** Most bytes one request may read from its store's database; default: no limit. */
   maxReadBytes?: number;
+}
+
+/** Tokens refilled continuously at `perSecond`, at most one second's worth banked. */
+class TokenBucket {
+  private tokens: number;
+  private last = Date.now();
+
+  constructor(private readonly perSecond: number) {
+    this.tokens = perSecond;
+  }
+
+  take(): boolean {
+    const now = Date.now();
+    this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.last) / 1000) * this.perSecond);
+    this.last = now;
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  }
 }
 
 interface StoreRecord {
@@ -59,9 +80,11 @@ export class ConnectionManager {
   /** Stores that cannot be served right now (not ready, suspended, missing), remembered briefly. */
   private readonly refusals: LRUCache<string, AppError>;
   private readonly hosts: LRUCache<string, string>;
+  private readonly hostLookups = new Map<string, Promise<string | null>>();
+  private readonly hostLookupBudget: TokenBucket;
   private readonly fences = new Map<string, { until: number; reason: string }>();
   private readonly settings: HandleSettings;
-  private readonly counters = { hits: 0, misses: 0, evictions: 0, builds: 0, buildMsTotal: 0, fenced: 0, hostHits: 0, hostMisses: 0 };
+  private readonly counters = { hits: 0, misses: 0, evictions: 0, builds: 0, buildMsTotal: 0, fenced: 0, hostHits: 0, hostMisses: 0, hostLookupsRefused: 0 };
 
   constructor(
     private readonly master: MasterDb,
@@ -88,6 +111,7 @@ export class ConnectionManager {
     });
     this.refusals = new LRUCache({ max: 10_000, ttl: options.statusTtlMs ?? 2000 });
     this.hosts = new LRUCache({ max: 100_000, ttl: 5 * 60_000 });
+    this.hostLookupBudget = new TokenBucket(options.hostLookupsPerSecond ?? 50);
     bus.on('tenant.invalidate', (e) => this.dropLocal(e.storeId));
     bus.on('hostnames.changed', (e) => e.hostnames.forEach((h) => this.hosts.delete(h)));
     bus.onReconnect(() => {
@@ -127,10 +151,24 @@ export class ConnectionManager {
     return pending;
   }
 
-  /** The store a hostname belongs to, or null. Unknown hosts are remembered briefly (no query each time). */
+  /**
+   * The store a verified hostname belongs to, or null. Unknown hosts are remembered briefly, concurrent
+   * look-ups of one host share a query, and look-ups of hosts never seen are rate limited per instance:
+   * past HOST_LOOKUPS_PER_SECOND an unknown host is answered as unknown without asking the master DB.
+   */
   async storeIdForHost(hostname: string): Promise<string | null> {
     const cached = this.cachedStoreIdForHost(hostname);
-    return cached !== undefined ? cached : this.lookUpHost(hostname);
+    if (cached !== undefined) return cached;
+    let pending = this.hostLookups.get(hostname);
+    if (!pending) {
+      if (!this.hostLookupBudget.take()) {
+        this.counters.hostLookupsRefused++;
+        return null;
+      }
+      pending = this.lookUpHost(hostname).finally(() => this.hostLookups.delete(hostname));
+      this.hostLookups.set(hostname, pending);
+    }
+    return pending;
   }
 
   /** What the host cache knows: a store id, null (known unknown), or undefined (ask storeIdForHost). */
@@ -143,7 +181,7 @@ export class ConnectionManager {
 
   private async lookUpHost(hostname: string): Promise<string | null> {
     this.counters.hostMisses++;
-    const rows = await this.master.sequelize.query<{ store_id: string }>('SELECT store_id FROM store_hostnames WHERE hostname = :hostname', {
+    const rows = await this.master.sequelize.query<{ store_id: string }>("SELECT store_id FROM store_hostnames WHERE hostname = :hostname AND status = 'verified'", {
       replacements: { hostname },
       type: QueryTypes.SELECT,
     });
@@ -197,7 +235,7 @@ export class ConnectionManager {
       evictions: this.counters.evictions,
       builds: this.counters.builds,
       avgBuildMs: this.counters.builds ? +(this.counters.buildMsTotal / this.counters.builds).toFixed(2) : 0,
-      hostCache: { size: this.hosts.size, hits: this.counters.hostHits, misses: this.counters.hostMisses },
+      hostCache: { size: this.hosts.size, hits: this.counters.hostHits, misses: this.counters.hostMisses, lookupsRefused: this.counters.hostLookupsRefused },
       fenced: [...this.fences.entries()].filter(([, f]) => f.until > now).map(([storeId, f]) => ({ storeId, until: new Date(f.until).toISOString(), reason: f.reason })),
       fencesTotal: this.counters.fenced,
       perStore,

@@ -46,15 +46,24 @@ export async function prepareMaster(config: Config, masterUrl?: string, opts: { 
   let url = masterUrl ?? config.databaseUrl;
   if (!url) {
     logger.info({ port: config.embeddedPgPort }, 'DATABASE_URL is not set: starting the embedded Postgres under %s', config.dataDir);
-    embedded = await startEmbeddedPostgres(config.dataDir, config.embeddedPgPort, {
+    const started = await startEmbeddedPostgres(config.dataDir, config.embeddedPgPort, {
       reuseRunning: opts.reuseRunningEmbedded,
       // Only to move a cluster created by an older version (whose password this was) to its own secret.
       legacyPassword: config.jwt.secret.slice(0, 24),
+      notify: (message) => logger.info(message),
+      serverLog: (line) => (/\b(ERROR|FATAL|PANIC):/.test(line) ? logger.warn : logger.debug).call(logger, { embeddedPostgres: true }, line),
     });
+    embedded = started.pid === undefined ? started : { ...started, stop: () => started.stop().then(() => logger.info({ postgresPid: started.pid }, 'embedded Postgres stopped')) };
+    if (started.pid !== undefined) logger.info({ postgresPid: started.pid, dataDirectory: started.databaseDir }, 'embedded Postgres running');
     url = embedded.url;
   }
-  const { applied, schemaVersion } = await runMigrations('master', { connectionString: url });
-  logger.info({ applied, schemaVersion, master: safeUrl(url) }, 'master schema is up to date');
+  try {
+    const { applied, schemaVersion } = await runMigrations('master', { connectionString: url });
+    logger.info({ applied, schemaVersion, master: safeUrl(url) }, 'master schema is up to date');
+  } catch (err) {
+    await embedded?.stop().catch(() => {});
+    throw err;
+  }
   return { url, embedded };
 }
 

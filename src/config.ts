@@ -106,6 +106,14 @@ const EnvSchema = z.object({
   DNS_SERVERS: list,
   MASTER_POOL_MAX: int(10, 1, 100),
   CORS_ORIGINS: list,
+  /**
+   * Bearer token that opens GET /metrics to Prometheus (compared in constant time); a platform admin's JWT works
+   * too. Unset → only admin JWTs, which expire (JWT_EXPIRES_IN).
+   */
+  METRICS_TOKEN: z
+    .string()
+    .regex(/^[A-Za-z0-9._~+/=-]{32,512}$/, 'must be 32 to 512 characters of A-Z a-z 0-9 . _ ~ + / = - (e.g. openssl rand -hex 32)')
+    .optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   BCRYPT_ROUNDS: int(12, 4, 15),
   /** Failed logins allowed per address and e-mail in RATE_LIMIT_WINDOW_MS. */
@@ -226,6 +234,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     hostnames: Object.freeze({ storeDomain: e.STORE_DOMAIN, platform: e.PLATFORM_HOSTNAMES, dnsServers: e.DNS_SERVERS }),
     masterPoolMax: e.MASTER_POOL_MAX,
     corsOrigins: e.CORS_ORIGINS,
+    metricsToken: e.METRICS_TOKEN,
     logLevel: e.LOG_LEVEL,
     bcryptRounds: e.BCRYPT_ROUNDS,
     rateLimit: Object.freeze({

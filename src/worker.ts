@@ -1,6 +1,7 @@
 import { Worker, type Processor } from 'bullmq';
 import { config } from './config';
 import { createContext, type AppContext } from './context';
+import { instrumentWorker } from './http/metrics';
 import { logger } from './lib/logger';
 import { processMaintenance } from './queue/maintenance';
 import { processProvisioning } from './provisioning/provisioning.service';
@@ -36,6 +37,8 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
     });
     w.on('failed', (job, err) => logger.warn({ queue: name, jobId: job?.id, attempt: job?.attemptsMade, err: err.message }, 'job failed'));
     w.on('error', (err) => logger.error({ queue: name, err: err.message }, 'worker error'));
+    // Job durations and outcomes, published on this process's /metrics (when it serves the API too).
+    instrumentWorker(ctx, w);
     return w;
   });
   // A store that has just got its database gets its credit cache built (its credits may predate it).

@@ -12,6 +12,7 @@ import { ListQuery } from '../http/pagination';
 import { forbidden } from '../lib/errors';
 import { getQueue, QueueName } from '../queue/queues';
 import { StoreIdParams } from '../stores/stores.schemas';
+import { adminPagesGuard, closeAdminSession, openAdminSession } from './admin-session';
 import * as admin from './admin.service';
 import { platformRoles } from './platform-admins';
 
@@ -51,13 +52,23 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
   api.post('/stores/:id/resume', { ...common, summary: 'Resume a suspended store', params: StoreIdParams }, ({ params, req }) =>
     admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, false),
   );
+  api.post(
+    '/session',
+    {
+      ...common,
+      summary: 'Open a browser session of the admin pages (/admin/queues): a 15-minute HttpOnly, SameSite=Strict cookie for /admin',
+      response: z.object({ expiresAt: z.string() }),
+    },
+    ({ req, res }) => openAdminSession(ctx, req, res),
+  );
+  api.delete('/session', { tags: common.tags, summary: 'Close the browser session of the admin pages (clears its cookie)', status: 204 }, ({ res }) => closeAdminSession(ctx, res));
   return api;
 }
 
-/** Bull Board, behind the platform-admin check. */
+/** Bull Board, for platform admins: a bearer token, or the session cookie of a browser (see admin-session.ts). */
 export function queueBoard(ctx: AppContext): { path: string; guard: RequestHandler[]; router: Router } {
   const adapter = new ExpressAdapter();
   adapter.setBasePath('/admin/queues');
   createBullBoard({ queues: Object.values(QueueName).map((name) => new BullMQAdapter(getQueue(ctx, name))), serverAdapter: adapter });
-  return { path: '/admin/queues', guard: requirePlatformAdmin(ctx), router: adapter.getRouter() as Router };
+  return { path: '/admin/queues', guard: adminPagesGuard(ctx), router: adapter.getRouter() as Router };
 }

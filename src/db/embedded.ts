@@ -133,8 +133,8 @@ function clusterDirectory(dataDir: string, user: ServerUser | undefined, notify:
   }
   if (existsSync(path.join(dir, 'PG_VERSION'))) {
     throw new LocalPostgresError(
-      `${dir} holds a Postgres cluster that the user \`${user!.name}\` the server runs as cannot reach (a folder above it is closed to that user): ` +
-        `move it to a folder that user can enter and link it as ${link}, or point DATA_DIR elsewhere.`,
+      `${dir} holds a Postgres cluster that the user \`${user!.name}\` the server runs as cannot enter (it, or a folder above it, is closed to that user): ` +
+        `make it that user's (chown -R ${user!.name} ${dir}), or move it to a folder that user can enter and link it as ${link}, or point DATA_DIR elsewhere.`,
     );
   }
   // An empty folder left by a start that failed on exactly this.

@@ -2,7 +2,7 @@
 // line run it: a server outside jest's process, stopped whatever happens to the test. Run by
 // embedded-server.ts:
 //   node --import tsx test/helpers/embedded-child.ts start <dataDir> <port> <legacyPassword>
-//       starts it as the API does; prints {"url"} once it is up, or {"error"}
+//       starts it as the API does; prints {"url", "pid", "databaseDir"} once it is up, or {"error"}
 //   node --import tsx test/helpers/embedded-child.ts reuse <dataDir> <port> <legacyPassword>
 //       as the command line does: the server already running on the port, else a new one
 //   node --import tsx test/helpers/embedded-child.ts legacy-init <dataDir> <port> <password>
@@ -34,7 +34,7 @@ async function main(): Promise<void> {
       say({ done: true });
     } else {
       server = await startEmbeddedPostgres(dataDir, port, { legacyPassword: password, reuseRunning: mode === 'reuse' });
-      say({ url: server.url });
+      say({ url: server.url, pid: server.pid, databaseDir: server.databaseDir });
     }
   } catch (err) {
     say({ error: (err as Error).message });

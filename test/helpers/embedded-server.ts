@@ -4,10 +4,15 @@ import path from 'node:path';
 const ROOT = path.resolve(__dirname, '../..');
 
 export interface EmbeddedChild {
-  /** What the child printed: {url} once the server is up, {error} if it could not start, {done} after legacy-init. */
-  result: { url?: string; error?: string; done?: boolean };
+  /**
+   * What the child printed: {url} once the server is up (with the server's pid and data directory when it
+   * started one), {error} if it could not start, {done} after legacy-init.
+   */
+  result: { url?: string; pid?: number; databaseDir?: string; error?: string; done?: boolean };
   /** Stop the server (if any) and wait for the child to exit. */
   stop(): Promise<void>;
+  /** Kill the child (not the server) with SIGKILL, as a crash would, and wait for it to exit. */
+  crash(): Promise<void>;
 }
 
 /**
@@ -43,7 +48,11 @@ export async function runEmbedded(mode: 'start' | 'reuse' | 'legacy-init', dataD
         reject(new Error(`the embedded Postgres child exited (${code}): ${out}${err}`));
       });
     });
-    return { result: JSON.parse(line), stop };
+    const crash = async () => {
+      child.kill('SIGKILL');
+      await exited;
+    };
+    return { result: JSON.parse(line), stop, crash };
   } catch (e) {
     child.kill('SIGKILL');
     await exited;

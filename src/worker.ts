@@ -58,24 +58,55 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
   };
 }
 
-/** `npm run worker`: a worker process without the API. */
-async function main(): Promise<void> {
-  for (const note of config.startupNotes) logger.warn(note);
-  const ctx = await createContext();
-  const workers = await startWorkers(ctx);
-  logger.info('Tenantry worker running');
-  const stop = async () => {
-    await workers.close();
-    await ctx.close();
-    process.exit(0);
+/** `npm run worker`: a worker process without the API. Signals are handled as in server.ts, from the start. */
+function main(): void {
+  let ctx: AppContext | undefined;
+  let workers: Workers | undefined;
+  let stopping = false;
+  const startup = (async () => {
+    for (const note of config.startupNotes) logger.warn(note);
+    ctx = await createContext();
+    if (stopping) return;
+    workers = await startWorkers(ctx);
+    logger.info('Tenantry worker running');
+  })();
+  const stop = async (reason: string, exitCode: number) => {
+    const force = setTimeout(() => {
+      logger.error('shutdown took longer than 25 s, exiting');
+      process.exit(1);
+    }, 25_000).unref();
+    try {
+      await startup.catch(() => {});
+      if (workers) {
+        await workers.close();
+        logger.info('queue workers stopped');
+      }
+      await ctx?.close();
+      clearTimeout(force);
+      logger.info({ reason }, exitCode === 0 ? 'stopped cleanly' : 'stopped');
+      process.exit(exitCode);
+    } catch (err) {
+      logger.error({ err }, 'error during shutdown');
+      process.exit(1);
+    }
   };
-  process.on('SIGTERM', () => void stop());
-  process.on('SIGINT', () => void stop());
-}
-
-if (require.main === module) {
-  main().catch((err: Error) => {
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal during shutdown: exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    logger.info({ signal }, 'shutting down: finishing jobs in flight');
+    void stop(signal, 0);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  startup.catch((err: Error) => {
     logger.fatal(err.message);
-    process.exit(1);
+    if (stopping) return;
+    stopping = true;
+    void stop('start-up failed', 1);
   });
 }
+
+if (require.main === module) main();

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
@@ -26,8 +26,12 @@ const EnvSchema = z.object({
   /** Where development secrets and the embedded Postgres live. */
   DATA_DIR: z.string().default('.data'),
   REDIS_URL: z.string().default('redis://127.0.0.1:6379'),
-  /** Prefix of every Redis key (queues, rate limits), so that several deployments can share one Redis. */
-  REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:_-]{1,64}$/).default('tenantry'),
+  /**
+   * Prefix of every Redis key (queues, rate limits, events), so that several deployments can share one Redis.
+   * Default: one per master database — `tenantry` with DATABASE_URL (every instance of a deployment agrees,
+   * wherever it runs), `tenantry:<hash of DATA_DIR>` with the embedded master (two clones never mix).
+   */
+  REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:_-]{1,64}$/).optional(),
   /** Admin URLs of the Postgres servers that hold managed tenant databases; default: the master's server. */
   TENANT_SERVERS: list,
   /** Run the queue worker inside the API process. */
@@ -164,6 +168,12 @@ export function parseEncryptionKeys(value: string): { id: string; key: Buffer }[
     });
 }
 
+/** See REDIS_PREFIX. */
+export function defaultRedisPrefix(databaseUrl: string | undefined, dataDir: string): string {
+  if (databaseUrl) return 'tenantry';
+  return `tenantry:${createHash('sha256').update(path.resolve(dataDir)).digest('hex').slice(0, 8)}`;
+}
+
 function trustProxy(value: string): boolean | number | string {
   if (value === 'off' || value === 'false') return false;
   if (value === 'on' || value === 'true') return true;
@@ -205,7 +215,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     embeddedPgPort: e.EMBEDDED_PG_PORT,
     dataDir: path.resolve(e.DATA_DIR),
     redisUrl: e.REDIS_URL,
-    redisPrefix: e.REDIS_PREFIX,
+    redisPrefix: e.REDIS_PREFIX ?? defaultRedisPrefix(e.DATABASE_URL, e.DATA_DIR),
     tenantServers: e.TENANT_SERVERS,
     worker: e.WORKER,
     provisioning: Object.freeze({ concurrency: e.PROVISIONING_CONCURRENCY, attempts: e.PROVISIONING_ATTEMPTS, databasePrefix: e.TENANT_DB_PREFIX, templates: e.TENANT_TEMPLATES, warmPool: e.TENANT_WARM_POOL }),

@@ -1,12 +1,11 @@
 import type { Request } from 'express';
 import { z } from 'zod';
-import { StoreSummaryDto } from '../auth/auth.schemas';
 import type { AppContext } from '../context';
 import { ApiRouter } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import { ConnectDatabaseBody, ProvisioningJobDto, ProvisioningStatusDto } from '../provisioning/provisioning.schemas';
 import * as provisioning from '../provisioning/provisioning.service';
-import { CreateStoreBody, HostnameBody, HostnameDto, HostnameParams, StoreDto, StoreIdParams, StripeIntegrationDto, StripeKeysBody, UpdateStoreBody } from './stores.schemas';
+import { CreateStoreBody, HostnameBody, HostnameDto, HostnameParams, ListStoresQuery, StoreDto, StoreIdParams, StoreListItemDto, StripeIntegrationDto, StripeKeysBody, UpdateStoreBody } from './stores.schemas';
 import * as stores from './stores.service';
 import * as hostnames from './hostnames.service';
 import { TxtResolver } from './hostname-verification';
@@ -25,7 +24,16 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
   api.post('', { ...common, summary: 'Create a store (the caller becomes its owner)', body: CreateStoreBody, status: 201, response: StoreDto, errors: { 409: 'SLUG_TAKEN', 403: 'PLAN_LIMIT_REACHED' } }, ({ body, req }) =>
     stores.createStore(ctx, me(req), body),
   );
-  api.get('', { ...common, summary: "The caller's stores (the store dropdown)", response: z.object({ items: z.array(StoreSummaryDto) }) }, ({ req }) => stores.listStores(ctx, me(req)));
+  api.get(
+    '',
+    {
+      ...common,
+      summary: "The caller's stores (the store dropdown), or with ?status=deleted the deleted ones that can still be restored",
+      query: ListStoresQuery,
+      response: z.object({ items: z.array(StoreListItemDto) }),
+    },
+    ({ query, req }) => stores.listStores(ctx, me(req), query),
+  );
   api.get('/:id', { ...common, summary: 'One store', params: StoreIdParams, response: StoreDto, errors: ACCESS }, ({ params, req }) => stores.getStore(ctx, me(req), params.id));
   api.patch('/:id', { ...common, summary: 'Rename a store', params: StoreIdParams, body: UpdateStoreBody, response: StoreDto, errors: CHANGE }, ({ params, body, req }) =>
     stores.renameStore(ctx, me(req), params.id, body.name),

@@ -6,6 +6,15 @@ export const StoreIdParams = z.object({ id: z.uuid({ message: 'must be a UUID' }
 export const Slug = z.string().regex(/^[a-z0-9-]{3,63}$/, 'must be 3–63 characters of a-z, 0-9 and -');
 export const CreateStoreBody = z.strictObject({ name: z.string().trim().min(1).max(200), slug: Slug });
 export const UpdateStoreBody = z.strictObject({ name: z.string().trim().min(1).max(200).optional() });
+/** No status: the stores in use (the store dropdown). `deleted`: the owner's stores that can still be restored. */
+export const ListStoresQuery = z.strictObject({ status: z.enum(['deleted']).optional() });
+export const StoreListItemDto = registry.register(
+  'StoreListItem',
+  StoreSummaryDto.extend({
+    deletedAt: z.string().optional().describe('Only in ?status=deleted: when the store was deleted'),
+    restorableUntil: z.string().optional().describe('Only in ?status=deleted: the last moment POST /api/stores/{id}/restore brings it back'),
+  }),
+);
 
 /** A hostname as sent; what may be claimed is decided by the hostname policy (src/stores/hostname-policy.ts). */
 const Hostname = z.string().min(1).max(300);
@@ -24,9 +33,9 @@ export const HostnameDto = registry.register(
 );
 
 export const StripeKeysBody = z.strictObject({
-  publishableKey: z.string().regex(/^pk_(test|live)_[A-Za-z0-9]{8,250}$/, 'must be a Stripe publishable key (pk_test_… or pk_live_…)'),
-  secretKey: z.string().regex(/^(sk|rk)_(test|live)_[A-Za-z0-9]{8,250}$/, 'must be a Stripe secret key (sk_test_… or sk_live_…)'),
-  webhookSecret: z.string().regex(/^whsec_[A-Za-z0-9]{8,250}$/, 'must be a Stripe webhook secret (whsec_…)').optional(),
+  publishableKey: z.string().regex(/^pk_(test|live)_[A-Za-z0-9]{8,250}$/, 'must be pk_test_ or pk_live_ followed by 8–250 letters and digits'),
+  secretKey: z.string().regex(/^(sk|rk)_(test|live)_[A-Za-z0-9]{8,250}$/, 'must be sk_test_ or sk_live_ (or a restricted key, rk_test_ or rk_live_) followed by 8–250 letters and digits'),
+  webhookSecret: z.string().regex(/^whsec_[A-Za-z0-9]{8,250}$/, 'must be whsec_ followed by 8–250 letters and digits').optional(),
 });
 export const StripeIntegrationDto = z.object({ publishableKey: z.string(), secretKeyLast4: z.string(), configuredAt: z.string() });
 
@@ -39,5 +48,6 @@ export const StoreDto = registry.register(
   }),
 );
 
+export type ListStoresInput = z.infer<typeof ListStoresQuery>;
 export type CreateStoreInput = z.infer<typeof CreateStoreBody>;
 export type StripeKeysInput = z.infer<typeof StripeKeysBody>;

@@ -1,4 +1,4 @@
-import { type Transaction } from 'sequelize';
+import { Op, type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
 import { pgCode, PgCode } from '../db/errors';
 import { conflict, ErrorCode, forbidden } from '../lib/errors';
@@ -8,7 +8,7 @@ import type { MemberRole, StoreRow, StoreStatus } from '../models/master';
 import { requestCreditSync } from '../credits/credit-sync';
 import { queueProvisioning } from '../provisioning/provisioning.service';
 import { listUserStores, requireStoreAccess } from './membership';
-import type { CreateStoreInput, StripeKeysInput } from './stores.schemas';
+import type { CreateStoreInput, ListStoresInput, StripeKeysInput } from './stores.schemas';
 
 export const RESTORE_WINDOW_DAYS = 30;
 
@@ -49,10 +49,17 @@ async function requireRoomForStore(ctx: AppContext, userId: string, t: Transacti
   }
 }
 
+const slugTaken = () => conflict(ErrorCode.SLUG_TAKEN, 'Another store already uses this slug');
+
 export async function createStore(ctx: AppContext, userId: string, input: CreateStoreInput) {
-  const { Store, StoreMember, CreditBalance, AuditLog } = ctx.master.models;
+  const { User, Store, StoreMember, CreditBalance, AuditLog } = ctx.master.models;
   const store = await ctx.master.sequelize
     .transaction(async (t) => {
+      // A taken slug is answered before the plan limit: upgrading would not free it. Under the owner's lock
+      // (requireRoomForStore takes it again), so that of one owner's creations at once the later one sees
+      // the earlier one's slug; between owners the unique index decides. A deleted store keeps its slug.
+      await User.findByPk(userId, { transaction: t, lock: t.LOCK.UPDATE, rejectOnEmpty: true });
+      if (await Store.findOne({ where: { slug: input.slug }, attributes: ['id'], transaction: t })) throw slugTaken();
       await requireRoomForStore(ctx, userId, t);
       const s = await Store.create({ name: input.name, slug: input.slug, ownerId: userId }, { transaction: t });
       await StoreMember.create({ storeId: s.id, userId, role: 'owner' }, { transaction: t });
@@ -61,14 +68,36 @@ export async function createStore(ctx: AppContext, userId: string, input: Create
       return s;
     })
     .catch((err) => {
-      if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw conflict(ErrorCode.SLUG_TAKEN, 'Another store already uses this slug');
+      if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw slugTaken();
       throw err;
     });
   return toStoreDto(ctx, store, 'owner');
 }
 
-export async function listStores(ctx: AppContext, userId: string) {
+export async function listStores(ctx: AppContext, userId: string, query: ListStoresInput) {
+  if (query.status === 'deleted') return { items: await listRestorableStores(ctx, userId) };
   return { items: await listUserStores(ctx.master, userId) };
+}
+
+/** The owner's deleted stores that POST /api/stores/:id/restore can still bring back, latest deletion first. */
+async function listRestorableStores(ctx: AppContext, userId: string) {
+  const windowMs = RESTORE_WINDOW_DAYS * 86400_000;
+  const stores = await ctx.master.models.Store.findAll({
+    where: { ownerId: userId, status: 'deleted', deletedAt: { [Op.gte]: new Date(Date.now() - windowMs) } },
+    order: [
+      ['deletedAt', 'DESC'],
+      ['id', 'ASC'],
+    ],
+  });
+  return stores.map((s) => ({
+    id: s.id,
+    name: s.name,
+    slug: s.slug,
+    status: s.status,
+    role: 'owner' as const,
+    deletedAt: s.deletedAt!.toISOString(),
+    restorableUntil: new Date(s.deletedAt!.getTime() + windowMs).toISOString(),
+  }));
 }
 
 export async function getStore(ctx: AppContext, userId: string, storeId: string) {

@@ -5,6 +5,7 @@ import swaggerUi from 'swagger-ui-express';
 import { authRoutes } from './auth/auth.routes';
 import type { AppContext } from './context';
 import { ApiRouter } from './http/api-router';
+import { requireJsonBody } from './http/json-body';
 import { openApiDocument } from './http/openapi';
 import { notFoundHandler, problemHandler } from './http/problem';
 import { requestLog, routeBase } from './http/request-log';
@@ -35,6 +36,7 @@ export function createApp(ctx: AppContext, options: { extraRouters?: ApiRouter[]
   // Stripe signs the exact bytes it sends: its webhook reads the body raw (express.json then leaves it be).
   app.use(STRIPE_WEBHOOK_PATH, stripeWebhookBody);
   app.use(express.json({ limit: '100kb', strict: true }));
+  app.use('/api', requireJsonBody);
 
   const routers: ApiRouter[] = [
     healthRoutes(ctx),

@@ -115,4 +115,22 @@ export async function deleteProduct(id: string, actor: StoreActor): Promise<void
   });
 }
 
+/**
+ * Undo a soft delete. The product comes back inactive: the delete cleared `active`, and whether it was on sale
+ * before is not kept, so staff put it back on sale themselves (PATCH). Its SKU may since belong to another
+ * product: the unique index among live products decides (409 SKU_TAKEN).
+ */
+export async function restoreProduct(id: string, actor: StoreActor): Promise<Product> {
+  return tenantDb
+    .transaction(async (t, m) => {
+      const product = await m.Product.findByPk(id, { transaction: t, lock: t.LOCK.UPDATE });
+      if (!product) throw notFound('No such product');
+      if (product.deletedAt === null) throw conflict(ErrorCode.CONFLICT, 'This product is not deleted');
+      await product.update({ deletedAt: null }, { transaction: t });
+      await m.AuditLog.create({ actorId: actor.id, actorType: actor.kind, action: 'product.restored', targetType: 'product', targetId: id }, { transaction: t });
+      return readInTransaction(t, m, id);
+    })
+    .catch(skuTaken);
+}
+
 export { canSeeInactive };

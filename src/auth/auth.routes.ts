@@ -1,3 +1,4 @@
+import type { Request, RequestHandler, Response } from 'express';
 import { rateLimit, ipKeyGenerator, type Options } from 'express-rate-limit';
 import { RedisStore } from 'rate-limit-redis';
 import type { AppContext } from '../context';
@@ -27,16 +28,26 @@ export function redisLimiter(ctx: AppContext, name: string, opts: Partial<Option
   });
 }
 
+/**
+ * Failed sign-ins counted per address and e-mail, and per account (e-mail) whatever the address. They run
+ * after validation, so the key is the normalised e-mail (" A@b.test" counts for a@b.test) and a bad body is
+ * refused without being counted. `scope` prefixes both keys (the store, for store logins).
+ */
+export function loginLimiters(ctx: AppContext, name: string, scope: () => string = () => ''): RequestHandler[] {
+  const email = (req: Request) => (req.body as { email: string }).email;
+  // Only a wrong e-mail or password counts: a 429, a 503 of busy hashing or a store outage is no guess.
+  const failuresOnly = { skipSuccessfulRequests: true, requestWasSuccessful: (_req: Request, res: Response) => res.statusCode !== 401 };
+  return [
+    redisLimiter(ctx, name, { limit: ctx.config.rateLimit.loginMax, ...failuresOnly, keyGenerator: (req) => `${scope()}${ipKeyGenerator(req.ip ?? '')}:${email(req)}` }),
+    redisLimiter(ctx, `${name}-account`, { limit: ctx.config.rateLimit.accountMax, ...failuresOnly, keyGenerator: (req) => `${scope()}${email(req)}` }),
+  ];
+}
+
 export function authRoutes(ctx: AppContext): ApiRouter {
   const api = new ApiRouter('/api/auth');
   const tags = ['auth'];
   const platform = requireAuth(ctx, 'platform');
-  const loginLimiter = redisLimiter(ctx, 'login', {
-    limit: ctx.config.rateLimit.loginMax,
-    skipSuccessfulRequests: true,
-    // Normalised as the Email schema does, so " a@b.test" is not a fresh count for a@b.test.
-    keyGenerator: (req) => `${ipKeyGenerator(req.ip ?? '')}:${String(req.body?.email ?? '').trim().toLowerCase().slice(0, 254)}`,
-  });
+  const loginLimits = loginLimiters(ctx, 'login');
   const registerLimiter = redisLimiter(ctx, 'register', {
     limit: ctx.config.rateLimit.registerMax,
     keyGenerator: (req) => ipKeyGenerator(req.ip ?? ''),
@@ -44,12 +55,12 @@ export function authRoutes(ctx: AppContext): ApiRouter {
 
   api.post(
     '/register',
-    { summary: 'Create a platform account', tags, body: RegisterBody, status: 201, response: AuthResult, middleware: [registerLimiter], errors: { 409: 'EMAIL_TAKEN', 429: 'RATE_LIMITED' } },
+    { summary: 'Create a platform account', tags, body: RegisterBody, status: 201, response: AuthResult, afterValidation: [registerLimiter], errors: { 409: 'EMAIL_TAKEN', 429: 'RATE_LIMITED', 503: 'SERVICE_UNAVAILABLE (with Retry-After)' } },
     ({ body, req }) => auth.register(ctx, body, req.id),
   );
   api.post(
     '/login',
-    { summary: 'Sign in', tags, body: LoginBody, response: LoginResult, middleware: [loginLimiter], errors: { 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED' } },
+    { summary: 'Sign in', tags, body: LoginBody, response: LoginResult, afterValidation: loginLimits, errors: { 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED', 503: 'SERVICE_UNAVAILABLE (with Retry-After)' } },
     ({ body }) => auth.login(ctx, body),
   );
   api.get('/me', { summary: 'The signed-in account and its stores', tags, secured: true, middleware: [platform], response: MeResult, errors: { 403: 'WRONG_TOKEN_TYPE' } }, ({ req }) =>

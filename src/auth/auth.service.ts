@@ -1,7 +1,7 @@
 import type { AppContext } from '../context';
 import { AppError, ErrorCode, conflict, forbidden, notFound } from '../lib/errors';
 import type { PlatformClaims } from '../lib/jwt';
-import { burnPasswordCheck, hashPassword, verifyPassword } from '../lib/passwords';
+import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
 import type { UserRow } from '../models/master';
 import { activeStoreId, listUserStores, memberRole } from '../stores/membership';
 import { pgCode, PgCode } from '../db/errors';
@@ -53,6 +53,8 @@ export async function login(ctx: AppContext, input: LoginInput) {
   if (!(await verifyPassword(input.password, user.passwordHash))) {
     throw new AppError(401, ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
   }
+  const upgraded = await upgradedHash(input.password, user.passwordHash);
+  if (upgraded) await user.update({ passwordHash: upgraded });
   const stores = await listUserStores(ctx.master, user.id);
   return { user: toUserDto(user), token: platformToken(ctx, user, activeStoreId(stores, null)), stores };
 }

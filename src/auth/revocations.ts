@@ -32,7 +32,8 @@ export class RevocationList {
     return this.revoked.has(jti);
   }
 
-  async revoke(jti: string, userId: string, exp: number): Promise<void> {
+  /** `userId` is the platform account of a platform token; store tokens (tenant users) have none. */
+  async revoke(jti: string, userId: string | null, exp: number): Promise<void> {
     await this.models.RevokedToken.findOrCreate({
       where: { jti },
       defaults: { jti, userId, expiresAt: new Date(exp * 1000) },

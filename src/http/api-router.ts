@@ -12,6 +12,11 @@ export interface RouteSpec<B extends ZodType | undefined, P extends ZodType | un
   /** Whether the route needs a bearer token (documentation; the middleware enforces it). */
   secured?: boolean;
   middleware?: RequestHandler[];
+  /**
+   * Middleware run once the input is valid, with `req.body` replaced by the parsed body: for what must see
+   * normalised fields (a limiter keyed by the e-mail). Invalid input is refused before it runs.
+   */
+  afterValidation?: RequestHandler[];
   body?: B;
   params?: P;
   query?: Q;
@@ -68,7 +73,8 @@ export class ApiRouter {
     ) => {
       this.document(method, path, spec);
       const status = spec.status ?? 200;
-      const run = async (req: Request, res: Response, _next: NextFunction) => {
+      const parsed = new WeakMap<Request, RouteInput<Infer<B>, Infer<P>, Infer<Q>>>();
+      const validate = (req: Request, res: Response, next: NextFunction) => {
         const input = {
           body: (spec.body ? parse(spec.body, req.body, 'body') : undefined) as Infer<B>,
           params: (spec.params ? parse(spec.params, req.params, 'path') : undefined) as Infer<P>,
@@ -76,12 +82,17 @@ export class ApiRouter {
           req,
           res,
         };
-        const result = await handler(input);
+        if (spec.body) req.body = input.body;
+        parsed.set(req, input);
+        next();
+      };
+      const run = async (req: Request, res: Response, _next: NextFunction) => {
+        const result = await handler(parsed.get(req)!);
         if (res.headersSent) return;
         if (status === 204 || result === undefined) res.status(status).end();
         else res.status(status).json(result);
       };
-      this.router[method](path, ...(spec.middleware ?? []), run);
+      this.router[method](path, ...(spec.middleware ?? []), validate, ...(spec.afterValidation ?? []), run);
     };
   }
 

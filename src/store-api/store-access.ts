@@ -1,6 +1,7 @@
 import type { RequestHandler, Response } from 'express';
+import { LRUCache } from 'lru-cache';
 import type { AppContext } from '../context';
-import { currentStoreId } from '../db/tenant-context';
+import { currentStoreId, tenantDb } from '../db/tenant-context';
 import { forbidden, unauthenticated } from '../lib/errors';
 import type { TokenClaims } from '../lib/jwt';
 import { memberRole } from '../stores/membership';
@@ -14,8 +15,42 @@ export interface StoreActor {
   role: StoreRole;
 }
 
+/**
+ * Store users' current roles as this instance last read them from their store's database. A token carries
+ * the role it was issued with; API.md promises that a role change or removal reaches issued tokens within
+ * 60 s, so an entry is trusted for at most `ttlMs` (a suite may shorten it).
+ */
+export class StoreRoleCache {
+  ttlMs = 30_000;
+  private readonly entries = new LRUCache<string, { role: StoreRole | null }>({ max: 50_000 });
+
+  async roleOf(storeId: string, userId: string, load: () => Promise<StoreRole | null>): Promise<StoreRole | null> {
+    const key = `${storeId}:${userId}`;
+    const hit = this.entries.get(key);
+    if (hit) return hit.role;
+    const role = await load();
+    this.entries.set(key, { role }, { ttl: this.ttlMs });
+    return role;
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
+}
+export const storeUserRoles = new StoreRoleCache();
+
+async function currentRole(userId: string): Promise<StoreRole | null> {
+  const rows = await tenantDb.query<{ role: StoreRole }>('SELECT role FROM users WHERE id = $1', [userId]);
+  return rows[0]?.role ?? null;
+}
+
+/** A store token whose user has been removed is refused (401) like a revoked one. */
 async function resolveActor(ctx: AppContext, auth: TokenClaims): Promise<StoreActor | null> {
-  if (auth.typ === 'store') return { kind: 'store_user', id: auth.sub, role: auth.role };
+  if (auth.typ === 'store') {
+    const role = await storeUserRoles.roleOf(currentStoreId(), auth.sub, () => currentRole(auth.sub));
+    if (!role) throw unauthenticated('The account no longer exists');
+    return { kind: 'store_user', id: auth.sub, role };
+  }
   const member = await memberRole(ctx.master, auth.sub, currentStoreId());
   return member ? { kind: 'platform_user', id: auth.sub, role: member === 'staff' ? 'staff' : 'admin' } : null;
 }

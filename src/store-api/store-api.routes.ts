@@ -1,6 +1,6 @@
 import { ipKeyGenerator } from 'express-rate-limit';
 import { z } from 'zod';
-import { redisLimiter } from '../auth/auth.routes';
+import { loginLimiters, redisLimiter } from '../auth/auth.routes';
 import type { AppContext } from '../context';
 import { currentStoreId } from '../db/tenant-context';
 import { ApiRouter } from '../http/api-router';
@@ -32,26 +32,29 @@ export function storeApiRoutes(ctx: AppContext): ApiRouter {
   const admin = requireStoreRole(ctx, ['admin']);
   const anyone = requireStoreRole(ctx, ['admin', 'staff', 'customer']);
   const storeToken = requireAuth(ctx, 'store');
-  const perStore = (name: string, limit: number) =>
-    redisLimiter(ctx, name, {
-      limit,
-      skipSuccessfulRequests: name === 'store-login',
-      keyGenerator: (req) => `${currentStoreId()}:${ipKeyGenerator(req.ip ?? '')}${name === 'store-login' ? `:${String(req.body?.email ?? '').toLowerCase()}` : ''}`,
-    });
+  const registerLimit = redisLimiter(ctx, 'store-register', {
+    limit: ctx.config.rateLimit.registerMax,
+    keyGenerator: (req) => `${currentStoreId()}:${ipKeyGenerator(req.ip ?? '')}`,
+  });
+  const hashingBusy = `${ErrorCode.TENANT_UNAVAILABLE} | ${ErrorCode.SERVICE_UNAVAILABLE} (with Retry-After)`;
 
   api.post(
     '/auth/register',
-    { summary: 'A shopper signs up to this store', tags: ['store auth'], body: StoreRegisterBody, status: 201, response: StoreAuthResult, middleware: [perStore('store-register', ctx.config.rateLimit.registerMax)], errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN | STORE_NOT_READY', 429: 'RATE_LIMITED' } },
+    { summary: 'A shopper signs up to this store', tags: ['store auth'], body: StoreRegisterBody, status: 201, response: StoreAuthResult, afterValidation: [registerLimit], errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN | STORE_NOT_READY', 429: 'RATE_LIMITED', 503: hashingBusy } },
     ({ body }) => users.registerCustomer(ctx, body),
   );
   api.post(
     '/auth/login',
-    { summary: 'A store user signs in (store token)', tags: ['store auth'], body: StoreLoginBody, response: StoreAuthResult, middleware: [perStore('store-login', ctx.config.rateLimit.loginMax)], errors: { ...TENANT_ERRORS, 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED' } },
+    { summary: 'A store user signs in (store token)', tags: ['store auth'], body: StoreLoginBody, response: StoreAuthResult, afterValidation: loginLimiters(ctx, 'store-login', () => `${currentStoreId()}:`), errors: { ...TENANT_ERRORS, 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED', 503: hashingBusy } },
     ({ body }) => users.loginStoreUser(ctx, body),
   );
   api.get('/auth/me', { summary: 'The signed-in store user', tags: ['store auth'], secured: true, middleware: [storeToken], response: z.object({ user: StoreUserDto }), errors: TENANT_ERRORS }, ({ req }) => {
     if (!req.auth) throw unauthenticated();
     return users.storeMe(req.auth.sub);
+  });
+  api.post('/auth/logout', { summary: 'Revoke this store token everywhere', tags: ['store auth'], secured: true, middleware: [storeToken], status: 204, errors: { ...TENANT_ERRORS, 403: `${ErrorCode.WRONG_TOKEN_TYPE} | ${ErrorCode.TENANT_MISMATCH}` } }, async ({ req }) => {
+    if (!req.auth) throw unauthenticated();
+    await users.logoutStoreUser(ctx, req.auth);
   });
   api.get('/info', { summary: "The store's public profile", tags: ['storefront'], response: StoreInfoDto, errors: TENANT_ERRORS }, () => users.storeInfo());
 

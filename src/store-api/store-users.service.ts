@@ -2,9 +2,9 @@ import type { AppContext } from '../context';
 import { pgCode, PgCode } from '../db/errors';
 import { currentStoreId, tenantDb } from '../db/tenant-context';
 import { decodeCursor, toPage, type Page } from '../http/pagination';
-import { AppError, conflict, ErrorCode, notFound } from '../lib/errors';
+import { AppError, conflict, ErrorCode, unauthenticated } from '../lib/errors';
 import type { StoreClaims } from '../lib/jwt';
-import { burnPasswordCheck, hashPassword, verifyPassword } from '../lib/passwords';
+import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
 import type { StoreActor } from './store-access';
 import type { CreateStaffInput, StoreLoginInput, StoreRegisterInput, StoreUser } from './store-users.schemas';
 
@@ -60,14 +60,23 @@ export async function loginStoreUser(ctx: AppContext, input: StoreLoginInput) {
   if (!row || !(await verifyPassword(input.password, row.passwordHash!))) {
     throw new AppError(401, ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
   }
+  const upgraded = await upgradedHash(input.password, row.passwordHash!);
+  // Conditional on the old hash, so a password changed meanwhile is not overwritten.
+  if (upgraded) await tenantDb.query('UPDATE users SET password_hash = $1, updated_at = now() WHERE id = $2 AND password_hash = $3', [upgraded, row.id, row.passwordHash]);
   const user = toStoreUser(row);
   return { user, token: storeToken(ctx, user) };
 }
 
 export async function storeMe(userId: string) {
   const rows = await tenantDb.query<UserRow>('SELECT id, email, name, role, created_at AS "createdAt" FROM users WHERE id = $1', [userId]);
-  if (!rows[0]) throw notFound('The account no longer exists');
+  // The token outlived its user: as good as revoked.
+  if (!rows[0]) throw unauthenticated('The account no longer exists');
   return { user: toStoreUser(rows[0]) };
+}
+
+/** Store tokens are revoked like platform ones; they belong to no platform account, hence no user id. */
+export async function logoutStoreUser(ctx: AppContext, auth: { jti: string; exp: number }) {
+  await ctx.revocations.revoke(auth.jti, null, auth.exp);
 }
 
 export async function createStaff(input: CreateStaffInput, actor: StoreActor) {

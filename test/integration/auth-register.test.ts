@@ -1,5 +1,5 @@
-import bcrypt from 'bcrypt';
 import { QueryTypes } from 'sequelize';
+import { verifyPassword } from '../../src/lib/passwords';
 import { startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
 import { countRows } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
@@ -47,7 +47,7 @@ describe('POST /api/auth/register', () => {
     expect(claims).toMatchObject({ sub: res.body.user.id, typ: 'platform', role: 'user', storeId: null });
   });
 
-  test('stores the e-mail in lower case and the password as a bcrypt hash, never the password itself', async () => {
+  test('stores the e-mail in lower case and the password as a (marked) bcrypt hash, never the password itself', async () => {
     const email = `Mixed.Case-${Date.now()}@Example.TEST`;
     const res = await api.post('/api/auth/register').send(body({ email: `  ${email} `, password: 'my plain password' })).expect(201);
     expect(res.body.user.email).toBe(email.toLowerCase());
@@ -55,9 +55,9 @@ describe('POST /api/auth/register', () => {
     const [row] = await userRow(email);
     expect(row.id).toBe(res.body.user.id);
     expect(row.email).toBe(email.toLowerCase());
-    expect(row.password_hash).toMatch(/^\$2[aby]\$\d\d\$.{53}$/);
+    expect(row.password_hash).toMatch(/^bcrypt-sha256:\$2[aby]\$\d\d\$.{53}$/);
     expect(row.password_hash).not.toContain('my plain password');
-    await expect(bcrypt.compare('my plain password', row.password_hash)).resolves.toBe(true);
+    await expect(verifyPassword('my plain password', row.password_hash)).resolves.toBe(true);
     expect(JSON.stringify(res.body)).not.toMatch(/hash/i);
   });
 
@@ -80,7 +80,7 @@ describe('POST /api/auth/register', () => {
     const rows = await userRow(email);
     expect(rows).toHaveLength(1);
     expect(rows[0].name).toBe('First');
-    await expect(bcrypt.compare('correct-horse-1', rows[0].password_hash)).resolves.toBe(true);
+    await expect(verifyPassword('correct-horse-1', rows[0].password_hash)).resolves.toBe(true);
   });
 
   test('two registrations of one e-mail at the same time create one account and answer 201 and 409', async () => {

@@ -32,9 +32,6 @@ export function configurePasswordHashing(settings: Pick<Config, 'bcryptRounds' |
   dummyHash = undefined;
 }
 
-/** Hashing slots in use and waiting, and the most ever used at once (for metrics and tests). */
-export const passwordHashingStats = () => slots.stats();
-
 async function inSlot<T>(task: () => Promise<T>): Promise<T> {
   try {
     return await slots.run(task);

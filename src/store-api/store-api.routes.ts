@@ -83,6 +83,19 @@ export function storeApiRoutes(ctx: AppContext): ApiRouter {
     { summary: 'Remove a product (soft)', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, status: 204, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } },
     ({ params, res }) => products.deleteProduct(params.id, actorOf(res)),
   );
+  api.post(
+    '/products/:id/restore',
+    {
+      summary: 'Bring back a removed product (inactive until put back on sale)',
+      tags: ['products'],
+      secured: true,
+      middleware: [staff],
+      params: ProductIdParams,
+      response: ProductDto,
+      errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND | STORE_NOT_FOUND', 409: 'CONFLICT (not removed) | SKU_TAKEN (a live product has its SKU) | STORE_NOT_READY' },
+    },
+    ({ params, res }) => products.restoreProduct(params.id, actorOf(res)),
+  );
 
   api.get('/customers', { summary: "The store's customers", tags: ['people'], secured: true, middleware: [staff], query: ListQuery, response: pageOf(CustomerDto), errors: TENANT_ERRORS }, ({ query }) =>
     users.listCustomers(query),

@@ -161,9 +161,9 @@ describe('POST /api/auth/register', () => {
       expectProblem(await api.post('/api/auth/register'), 400, 'VALIDATION_FAILED');
     });
 
-    test('returns 400 for a form-encoded body', async () => {
+    test('returns 415 UNSUPPORTED_MEDIA_TYPE for a form-encoded body', async () => {
       const res = await api.post('/api/auth/register').type('form').send('email=a%40b.test&password=12345678&name=A');
-      expectProblem(res, 400, 'VALIDATION_FAILED');
+      expectProblem(res, 415, 'UNSUPPORTED_MEDIA_TYPE');
     });
 
     test('returns 400 MALFORMED_JSON for a body that is not JSON', async () => {

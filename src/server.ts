@@ -3,6 +3,7 @@ import { createApp } from './app';
 import { config } from './config';
 import { createContext, type AppContext } from './context';
 import { logger } from './lib/logger';
+import { runProcess } from './lib/process-lifecycle';
 import { issueMissingPlatformHostnames } from './stores/hostnames.service';
 import { startWorkers, type Workers } from './worker';
 
@@ -14,8 +15,6 @@ interface Parts {
   workers?: Workers;
   server?: Server;
 }
-
-const SHUTDOWN_LIMIT_MS = 25_000;
 
 async function start(parts: Parts, stopping: () => boolean): Promise<void> {
   for (const note of config.startupNotes) logger.warn(note);
@@ -56,50 +55,9 @@ async function close(parts: Parts): Promise<void> {
   await ctx?.close();
 }
 
-/**
- * Signals are handled from the first line on: a supervisor may stop the process while it starts, and
- * what has started by then (the embedded Postgres above all) must stop with it. A second signal ends the
- * process at once (the embedded Postgres is still told to stop).
- */
-function main(): void {
-  const parts: Parts = {};
-  let stopping: string | undefined;
-  const startup = start(parts, () => stopping !== undefined);
-
-  const stop = async (reason: string, exitCode: number) => {
-    const force = setTimeout(() => {
-      logger.error(`shutdown took longer than ${SHUTDOWN_LIMIT_MS / 1000} s, exiting`);
-      process.exit(1);
-    }, SHUTDOWN_LIMIT_MS).unref();
-    try {
-      await startup.catch(() => {});
-      await close(parts);
-      clearTimeout(force);
-      logger.info({ reason }, exitCode === 0 ? 'stopped cleanly' : 'stopped');
-      process.exit(exitCode);
-    } catch (err) {
-      logger.error({ err }, 'error during shutdown');
-      process.exit(1);
-    }
-  };
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      logger.warn({ signal }, 'second signal during shutdown: exiting now');
-      process.exit(1);
-    }
-    stopping = signal;
-    logger.info({ signal }, 'shutting down: no new connections, finishing requests and jobs in flight');
-    void stop(signal, 0);
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-
-  startup.catch((err: Error) => {
-    logger.fatal(err.message);
-    if (stopping) return;
-    stopping = 'start-up failed';
-    void stop('start-up failed', 1);
-  });
-}
-
-main();
+const parts: Parts = {};
+runProcess({
+  start: (stopping) => start(parts, stopping),
+  close: () => close(parts),
+  stoppingMessage: 'shutting down: no new connections, finishing requests and jobs in flight',
+});

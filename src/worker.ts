@@ -3,6 +3,7 @@ import { config } from './config';
 import { createContext, type AppContext } from './context';
 import { instrumentWorker } from './http/metrics';
 import { logger } from './lib/logger';
+import { runProcess } from './lib/process-lifecycle';
 import { processMaintenance } from './queue/maintenance';
 import { processProvisioning } from './provisioning/provisioning.service';
 import { processTenantMigrations } from './admin/admin.service';
@@ -58,54 +59,26 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
   };
 }
 
-/** `npm run worker`: a worker process without the API. Signals are handled as in server.ts, from the start. */
+/** `npm run worker`: a worker process without the API, run as server.ts runs the API. */
 function main(): void {
   let ctx: AppContext | undefined;
   let workers: Workers | undefined;
-  let stopping = false;
-  const startup = (async () => {
-    for (const note of config.startupNotes) logger.warn(note);
-    ctx = await createContext();
-    if (stopping) return;
-    workers = await startWorkers(ctx);
-    logger.info('Tenantry worker running');
-  })();
-  const stop = async (reason: string, exitCode: number) => {
-    const force = setTimeout(() => {
-      logger.error('shutdown took longer than 25 s, exiting');
-      process.exit(1);
-    }, 25_000).unref();
-    try {
-      await startup.catch(() => {});
+  runProcess({
+    async start(stopping) {
+      for (const note of config.startupNotes) logger.warn(note);
+      ctx = await createContext();
+      if (stopping()) return;
+      workers = await startWorkers(ctx);
+      logger.info('Tenantry worker running');
+    },
+    async close() {
       if (workers) {
         await workers.close();
         logger.info('queue workers stopped');
       }
       await ctx?.close();
-      clearTimeout(force);
-      logger.info({ reason }, exitCode === 0 ? 'stopped cleanly' : 'stopped');
-      process.exit(exitCode);
-    } catch (err) {
-      logger.error({ err }, 'error during shutdown');
-      process.exit(1);
-    }
-  };
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      logger.warn({ signal }, 'second signal during shutdown: exiting now');
-      process.exit(1);
-    }
-    stopping = true;
-    logger.info({ signal }, 'shutting down: finishing jobs in flight');
-    void stop(signal, 0);
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  startup.catch((err: Error) => {
-    logger.fatal(err.message);
-    if (stopping) return;
-    stopping = true;
-    void stop('start-up failed', 1);
+    },
+    stoppingMessage: 'shutting down: finishing jobs in flight',
   });
 }
 

@@ -130,7 +130,7 @@ const EnvSchema = z.object({
   /** Password hashes (bcrypt) computed at once per instance; more wait in a bounded queue. */
   PASSWORD_HASH_CONCURRENCY: int(1, 1, 64),
   /** Password checks that may wait for a hashing slot; beyond, 503 with Retry-After. */
-  PASSWORD_HASH_QUEUE_MAX: int(32, 0, 10000),
+  PASSWORD_HASH_QUEUE_MAX: int(64, 0, 10000),
 });
 
 export type Config = ReturnType<typeof loadConfig>;

@@ -5,5 +5,7 @@ module.exports = {
   testMatch: ['**/*.test.ts'],
   transform: { '^.+\\.ts$': 'ts-jest' },
   setupFiles: ['<rootDir>/test/helpers/env.ts'],
+  // Ends a run that a leaked handle would keep alive (see the file).
+  globalTeardown: '<rootDir>/test/helpers/exit-bound.ts',
   testTimeout: 60000,
 };

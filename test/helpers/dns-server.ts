@@ -38,12 +38,14 @@ export async function startDnsServer(): Promise<TestDnsServer> {
   });
   const addresses = await server.listen({ udp: { port: 0, address: '127.0.0.1' } });
   const port = (addresses as { udp: { port: number } }).udp.port;
+  // Once only: closing a closed UDP socket throws, and a test may close the server before tear-down does.
+  let closing: Promise<void> | undefined;
   return {
     address: `127.0.0.1:${port}`,
     setTxt: (name, values) => records.set(name.toLowerCase(), values),
     remove: (name) => records.delete(name.toLowerCase()),
     asked,
-    close: () => server.close() as Promise<void>,
+    close: () => (closing ??= server.close() as Promise<void>),
   };
 }
 

@@ -1,18 +1,15 @@
 import { grantPlatformAdmin, revokePlatformAdmin } from '../../src/admin/platform-admins';
-import { registerUser, startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
+import { registerUser, uniqueEmail } from '../helpers/app';
 import { insertStore } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import { useSuite } from '../helpers/suite';
 
-let t: TestApp;
+const t = useSuite('login');
 let api: RecordingClient;
-beforeAll(async () => {
-  t = await startTestApp('login');
+beforeAll(() => {
   api = recordingClient(t.app);
 });
-afterAll(async () => {
-  expectNoLeaks(api.responses);
-  await t.close();
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 describe('POST /api/auth/login', () => {
   test('returns 200 with the user, a platform token and no stores for a new account', async () => {

@@ -1,19 +1,15 @@
 import { randomUUID } from 'node:crypto';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { insertStore } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import { useSuite } from '../helpers/suite';
 
-let t: TestApp;
+const t = useSuite('profile');
 let api: RecordingClient;
-beforeAll(async () => {
-  t = await startTestApp('profile');
+beforeAll(() => {
   api = recordingClient(t.app);
 });
-afterAll(async () => {
-  await t.close();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const bearer = (token: string) => ({ Authorization: `Bearer ${token}` });
 const userRow = async (id: string) => (await t.ctx.master.models.User.findByPk(id, { raw: true }))!;

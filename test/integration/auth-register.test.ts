@@ -1,19 +1,16 @@
 import { QueryTypes } from 'sequelize';
 import { verifyPassword } from '../../src/lib/passwords';
-import { startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
+import { uniqueEmail } from '../helpers/app';
 import { countRows } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import { useSuite } from '../helpers/suite';
 
-let t: TestApp;
+const t = useSuite('register');
 let api: RecordingClient;
-beforeAll(async () => {
-  t = await startTestApp('register');
+beforeAll(() => {
   api = recordingClient(t.app);
 });
-afterAll(async () => {
-  expectNoLeaks(api.responses);
-  await t.close();
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const body = (overrides: Record<string, unknown> = {}) => ({ email: uniqueEmail(), password: 'correct-horse-1', name: 'Ada Lovelace', ...overrides });
 

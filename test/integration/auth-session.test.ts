@@ -2,21 +2,17 @@ import { randomUUID } from 'node:crypto';
 import jwt from 'jsonwebtoken';
 import request from 'supertest';
 import { registerAdmin } from '../helpers/admins';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { eventually, insertStore, startInstance } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
+import { useSuite } from '../helpers/suite';
 
-let t: TestApp;
+const t = useSuite('session');
 let api: RecordingClient;
-beforeAll(async () => {
-  t = await startTestApp('session');
+beforeAll(() => {
   api = recordingClient(t.app);
 });
-afterAll(async () => {
-  await t.close();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const bearer = (token: string) => ({ Authorization: `Bearer ${token}` });
 const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');

@@ -1,20 +1,16 @@
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { startInstance } from '../helpers/fixtures';
 import { expectNoLeak, expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
+import { useSuite } from '../helpers/suite';
 
 const ADMIN_ORIGIN = 'https://admin.tenantry.test';
 
-let t: TestApp;
+const t = useSuite('http', { CORS_ORIGINS: `${ADMIN_ORIGIN},https://shop.tenantry.test` });
 let api: RecordingClient;
-beforeAll(async () => {
-  t = await startTestApp('http', { CORS_ORIGINS: `${ADMIN_ORIGIN},https://shop.tenantry.test` });
+beforeAll(() => {
   api = recordingClient(t.app);
 });
-afterAll(async () => {
-  await t.close();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 

@@ -1,18 +1,15 @@
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth, createStoreViaApi, waitForProvisioning } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 
 /** The onboarding wizard: its steps for the caller's active store, what makes each done, what may be skipped. */
-let t: TestApp;
+const t = useSuite('onboarding', { WORKER: 'on' });
 let api: RecordingClient;
-beforeAll(async () => {
-  t = await startTestApp('onboarding', { WORKER: 'on' });
+beforeAll(() => {
   api = recordingClient(t.app);
 });
-afterAll(async () => {
-  expectNoLeaks(api.responses);
-  await t.close();
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 type Step = { id: string; required: boolean; done: boolean; skipped: boolean };
 const ORDER = [

@@ -1,17 +1,18 @@
 import { createCipheriv, randomBytes } from 'node:crypto';
 import request from 'supertest';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery } from '../helpers/db';
 import { eventually } from '../helpers/fixtures';
 import { expectProblem } from '../helpers/http';
-import { createActiveStore, dropTestTenants, tenantQuery, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, tenantQuery, type TestStore } from '../helpers/tenants';
 
 /**
  * Each credentials ciphertext is bound to its store_databases row: whoever can write the master DB (a
  * restored backup, a bad migration, an SQL injection) cannot point one store at another store's
  * database by copying a ciphertext across rows.
  */
-let t: TestApp;
+const t = useSuite('binding');
 let owner: Awaited<ReturnType<typeof registerUser>>;
 let a: TestStore;
 let b: TestStore;
@@ -19,7 +20,6 @@ const A = 'a.binding.test';
 const B = 'b.binding.test';
 
 beforeAll(async () => {
-  t = await startTestApp('binding');
   owner = await registerUser(t.app);
   [a, b] = await Promise.all([
     createActiveStore(t, { ownerId: owner.user.id, hostnames: [A] }),
@@ -28,10 +28,6 @@ beforeAll(async () => {
   // Written straight into the tenant databases, so that no request has opened a connection to A yet.
   await tenantQuery(a, `INSERT INTO products (sku, name, price_cents) VALUES ('only-in-a', 'A thing', 100)`);
   await tenantQuery(b, `INSERT INTO products (sku, name, price_cents) VALUES ('only-in-b', 'B thing', 100)`);
-});
-afterAll(async () => {
-  await t.close();
-  await dropTestTenants();
 });
 
 const products = (host: string) => request(t.app).get('/api/store/products').set('Host', host);

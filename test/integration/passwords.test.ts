@@ -1,10 +1,11 @@
 import bcrypt from 'bcrypt';
-import { registerUser, startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
+import { registerUser, uniqueEmail } from '../helpers/app';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
-import { createActiveStore, dropTestTenants, tenantQuery, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, tenantQuery, type TestStore } from '../helpers/tenants';
 import { seedTenant } from '../../src/provisioning/tenant-db';
 
-let t: TestApp;
+const t = useSuite('passwords');
 let api: RecordingClient;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 let store: TestStore;
@@ -22,16 +23,11 @@ const masterHash = async (email: string) => (await t.ctx.master.models.User.find
 const tenantHash = async (email: string) => (await tenantQuery<{ password_hash: string }>(store, 'SELECT password_hash FROM users WHERE email = $1', [email]))[0].password_hash;
 
 beforeAll(async () => {
-  t = await startTestApp('passwords');
   api = recordingClient(t.app);
   owner = await registerUser(t.app);
   store = await createActiveStore(t, { ownerId: owner.user.id });
 });
-afterAll(async () => {
-  await t?.close();
-  await dropTestTenants();
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 describe('every character of a password counts', () => {
   test('platform login refuses (401) a password that shares the first 72+ bytes but differs after', async () => {

@@ -1,14 +1,11 @@
 import request from 'supertest';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery, SECOND_SERVER_URL, TEST_SERVER_URL } from '../helpers/db';
 import { auth, createStoreViaApi, queryWith, storeConnection, waitForProvisioning } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 
 /** Managed stores spread over every Postgres server in TENANT_SERVERS, each in a database of its own. */
-let t: TestApp;
-beforeAll(async () => {
-  t = await startTestApp('provservers', { WORKER: 'on', TENANT_SERVERS: `${TEST_SERVER_URL},${SECOND_SERVER_URL}` });
-});
-afterAll(() => t.close());
+const t = useSuite('provservers', { WORKER: 'on', TENANT_SERVERS: `${TEST_SERVER_URL},${SECOND_SERVER_URL}` });
 
 const keyOf = (url: string) => {
   const u = new URL(url);

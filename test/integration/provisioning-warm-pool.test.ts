@@ -1,20 +1,18 @@
 import request from 'supertest';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery } from '../helpers/db';
 import { eventually } from '../helpers/fixtures';
 import { queryWith, storeConnection } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 import { schemaDigest } from '../../src/db/migrate';
 import { getQueue, QueueName } from '../../src/queue/queues';
 
 const POOL = 'tenantry_test_db_pool_';
 const poolDatabases = async () => (await adminQuery(`SELECT datname FROM pg_database WHERE starts_with(datname, '${POOL}') ORDER BY 1`)).rows.map((r) => r.datname as string);
 
-let t: TestApp;
-beforeAll(async () => {
-  t = await startTestApp('warmpool', { WORKER: 'on', TENANT_WARM_POOL: '2' });
-});
+const t = useSuite('warmpool', { WORKER: 'on', TENANT_WARM_POOL: '2' });
+// After the suite's tear-down (declared after it), once its workers no longer fill the pool.
 afterAll(async () => {
-  await t.close();
   for (const name of await poolDatabases()) {
     await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     await adminQuery(`DROP ROLE IF EXISTS ${name}`);

@@ -1,10 +1,11 @@
 import request from 'supertest';
 import Stripe from 'stripe';
-import { registerUser, startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
+import { registerUser, uniqueEmail } from '../helpers/app';
 import { countRows } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth, createStoreViaApi, uniqueSlug } from '../helpers/stores';
-import { createActiveStore, dropTestTenants, tenantQuery, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, tenantQuery, type TestStore } from '../helpers/tenants';
 
 /** Issue 9, section 5: slug before plan limit, Stripe key messages, restore screens, 415 for non-JSON bodies. */
 
@@ -12,21 +13,15 @@ const WEBHOOK_SECRET = 'whsec_smalleritems0123456789';
 const A = 'a.smaller.test';
 const B = 'b.smaller.test';
 
-let t: TestApp;
+const t = useSuite('smaller', { PAYMENTS_PROVIDER: 'stripe', STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET });
 let api: RecordingClient;
 
 type User = Awaited<ReturnType<typeof registerUser>>;
 
-beforeAll(async () => {
-  t = await startTestApp('smaller', { PAYMENTS_PROVIDER: 'stripe', STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET });
+beforeAll(() => {
   api = recordingClient(t.app);
 });
-afterAll(async () => {
-  await t.close();
-  await dropTestTenants();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 /** A user on the pro plan (5 stores). */
 async function proUser(): Promise<User> {

@@ -1,10 +1,11 @@
 import jwt from 'jsonwebtoken';
 import request from 'supertest';
-import { registerUser, startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
+import { registerUser, uniqueEmail } from '../helpers/app';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
-import { createActiveStore, dropTestTenants, tenantQuery, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, tenantQuery, type TestStore } from '../helpers/tenants';
 
-let t: TestApp;
+const t = useSuite('storeapi');
 let api: RecordingClient;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 let a: TestStore;
@@ -57,7 +58,6 @@ async function orderCount(store: TestStore): Promise<number> {
 }
 
 beforeAll(async () => {
-  t = await startTestApp('storeapi');
   api = recordingClient(t.app);
   owner = await registerUser(t.app);
   [a, b] = await Promise.all([
@@ -65,11 +65,7 @@ beforeAll(async () => {
     createActiveStore(t, { ownerId: owner.user.id, hostnames: [B] }),
   ]);
 });
-afterAll(async () => {
-  expectNoLeaks(api.responses);
-  await t.close();
-  await dropTestTenants();
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 test('owner creates a product on store A by host; it is listed on A only', async () => {
   const created = await request(t.app)

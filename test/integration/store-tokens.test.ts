@@ -1,11 +1,12 @@
 import request from 'supertest';
 import { storeUserRoles } from '../../src/store-api/store-access';
-import { registerUser, startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
+import { registerUser, uniqueEmail } from '../helpers/app';
 import { countRows, eventually, startInstance } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
-import { createActiveStore, dropTestTenants, tenantQuery, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, tenantQuery, type TestStore } from '../helpers/tenants';
 
-let t: TestApp;
+const t = useSuite('store_tokens');
 let api: RecordingClient;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 let store: TestStore;
@@ -29,19 +30,14 @@ let sku = 0;
 const addProduct = (token: string) => on(token).post('/api/store/products').send({ sku: `SKU-${++sku}`, name: 'Thing', priceCents: 100, stock: 1 });
 
 beforeAll(async () => {
-  t = await startTestApp('store_tokens');
   api = recordingClient(t.app);
   owner = await registerUser(t.app);
   store = await createActiveStore(t, { ownerId: owner.user.id });
   // The promise is "within 60 s"; the suite shortens how long an instance trusts a role it read.
   storeUserRoles.ttlMs = 200;
+  t.defer('the role cache TTL', () => (storeUserRoles.ttlMs = defaultTtl));
 });
-afterAll(async () => {
-  storeUserRoles.ttlMs = defaultTtl;
-  await t?.close();
-  await dropTestTenants();
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 describe('POST /api/store/auth/logout', () => {
   test('returns 204, and the store token is refused with 401 from then on; a new login works', async () => {

@@ -1,16 +1,10 @@
 import { processMaintenance } from '../../src/queue/maintenance';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery } from '../helpers/db';
-import { createActiveStore, dropTestTenants } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore } from '../helpers/tenants';
 
-let t: TestApp;
-beforeAll(async () => {
-  t = await startTestApp('purge');
-});
-afterAll(async () => {
-  await t.close();
-  await dropTestTenants();
-});
+const t = useSuite('purge');
 
 const exists = async (sql: string) => ((await adminQuery(sql)).rowCount ?? 0) > 0;
 

@@ -1,32 +1,28 @@
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
 import { registerAdmin } from '../helpers/admins';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth, provisionManagedStore } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 
 /**
  * Suspension belongs to the platform: while a store is suspended its owner may read it but not delete,
  * restore, rename it, change its hostnames, integrations or database — nothing that could lift the
  * suspension or act around it — and only a platform admin's resume ends it.
  */
-let t: TestApp;
+const t = useSuite('suspension', { WORKER: 'on' });
 let api: RecordingClient;
 let admin: Awaited<ReturnType<typeof registerAdmin>>;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 
 beforeAll(async () => {
-  t = await startTestApp('suspension', { WORKER: 'on' });
   api = recordingClient(t.app);
   admin = await registerAdmin(t);
   owner = await registerUser(t.app);
   await t.ctx.master.models.Subscription.create({ userId: owner.user.id, planId: 'pro' });
 });
-afterAll(async () => {
-  await t.close();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const suspend = (storeId: string) => api.post(`/api/admin/stores/${storeId}/suspend`).set(auth(admin.token)).expect(200);
 const resume = (storeId: string) => api.post(`/api/admin/stores/${storeId}/resume`).set(auth(admin.token)).expect(200);

@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
-import { registerUser, startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
+import { registerUser, uniqueEmail } from '../helpers/app';
 import { insertStore, startInstance } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
-import { createActiveStore, dropTestTenants, setStoreStatus, tenantQuery, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, setStoreStatus, tenantQuery, type TestStore } from '../helpers/tenants';
 
-let t: TestApp;
+const t = useSuite('isolation');
 let api: RecordingClient;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 let stranger: Awaited<ReturnType<typeof registerUser>>;
@@ -48,17 +49,12 @@ async function setUpShop(key: Shop['key']): Promise<Shop> {
 }
 
 beforeAll(async () => {
-  t = await startTestApp('isolation');
   api = recordingClient(t.app);
   [owner, stranger] = await Promise.all([registerUser(t.app), registerUser(t.app)]);
   const [a, b, c] = await Promise.all([setUpShop('A'), setUpShop('B'), setUpShop('C')]);
   Object.assign(shops, { A: a, B: b, C: c });
 });
-afterAll(async () => {
-  expectNoLeaks(api.responses);
-  await t.close();
-  await dropTestTenants();
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 describe('a token and an address naming different stores', () => {
   test("a store token of A sent to B's host returns 403 TENANT_MISMATCH, on public and private routes", async () => {

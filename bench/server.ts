@@ -30,7 +30,7 @@ async function main() {
   const fixed = new TenantHandle(storeId, storeId, connection, new ConnectionBudget(poolMax, acquireTimeoutMs), { poolMax, idleMs, acquireTimeoutMs, connectTimeoutMs: 1000 });
 
   const untenanted = new ApiRouter('/bench');
-  untenanted.get('/untenanted', { summary: 'benchmark baseline', query: ProductListQuery }, ({ query }) =>
+  untenanted.get('/untenanted', { operationId: 'benchUntenanted', summary: 'benchmark baseline', query: ProductListQuery }, ({ query }) =>
     runInTenant({ storeId, handle: fixed, manager: ctx.tenants }, () => listProducts({ limit: query.limit, cursor: query.cursor, includeInactive: false })),
   );
 

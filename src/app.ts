@@ -4,7 +4,7 @@ import helmet from 'helmet';
 import swaggerUi from 'swagger-ui-express';
 import { authRoutes } from './auth/auth.routes';
 import type { AppContext } from './context';
-import { ApiRouter } from './http/api-router';
+import { ApiRouter, methodNotAllowed } from './http/api-router';
 import { requireJsonBody } from './http/json-body';
 import { openApiDocument } from './http/openapi';
 import { notFoundHandler, problemHandler } from './http/problem';
@@ -18,6 +18,14 @@ import { storesRoutes } from './stores/stores.routes';
 import { onboardingRoutes } from './onboarding/onboarding.routes';
 import { adminRoutes, queueBoard, requirePlatformAdmin } from './admin/admin.routes';
 import { adminLoginPage } from './admin/admin-session';
+
+/**
+ * Every route of the API. Building them registers them in the OpenAPI document (see ApiRouter), which is how
+ * `npm run openapi` writes the document without starting anything.
+ */
+export function apiRouters(ctx: AppContext): ApiRouter[] {
+  return [healthRoutes(ctx), authRoutes(ctx), storesRoutes(ctx), onboardingRoutes(ctx), adminRoutes(ctx), storeApiRoutes(ctx), ...creditsRoutes(ctx)];
+}
 
 /** Builds the Express app (no listen): server.ts serves it, tests drive it with supertest. */
 export function createApp(ctx: AppContext, options: { extraRouters?: ApiRouter[] } = {}): Express {
@@ -33,21 +41,13 @@ export function createApp(ctx: AppContext, options: { extraRouters?: ApiRouter[]
       maxAge: 600,
     }),
   );
+  const routers = [...apiRouters(ctx), ...(options.extraRouters ?? [])];
+  app.use(methodNotAllowed(routers));
   // Stripe signs the exact bytes it sends: its webhook reads the body raw (express.json then leaves it be).
   app.use(STRIPE_WEBHOOK_PATH, stripeWebhookBody);
   app.use(express.json({ limit: '100kb', strict: true }));
   app.use('/api', requireJsonBody);
 
-  const routers: ApiRouter[] = [
-    healthRoutes(ctx),
-    authRoutes(ctx),
-    storesRoutes(ctx),
-    onboardingRoutes(ctx),
-    adminRoutes(ctx),
-    storeApiRoutes(ctx),
-    ...creditsRoutes(ctx),
-    ...(options.extraRouters ?? []),
-  ];
   // routeBase: request metrics are labelled by route pattern, mount included.
   for (const r of routers) app.use(r.basePath, routeBase(r.basePath), r.router);
 

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import type { AppContext } from '../context';
 import { actorOf, adjustRouteSpec } from '../credits/credits.routes';
 import { adjustCredits } from '../credits/credits.service';
-import { ApiRouter } from '../http/api-router';
+import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import { ListQuery } from '../http/pagination';
 import { forbidden } from '../lib/errors';
@@ -33,35 +33,42 @@ export function requirePlatformAdmin(ctx: AppContext): RequestHandler[] {
 }
 
 export function adminRoutes(ctx: AppContext): ApiRouter {
-  const api = new ApiRouter('/api/admin');
+  const api = new ApiRouter('/api/admin', { securedErrors: { 403: WRONG_TOKEN } });
   const common = { tags: ['platform admin'], secured: true, middleware: requirePlatformAdmin(ctx), errors: { 403: 'FORBIDDEN (not a platform admin)' } };
-  api.get('/tenants', { ...common, summary: 'Every store with its database and pool state', query: ListQuery }, ({ query }) => admin.listTenants(ctx, query));
-  api.get('/pools', { ...common, summary: "The connection manager's state" }, () => ctx.tenants.stats());
-  api.post('/tenants/migrate', { ...common, summary: 'Migrate every active tenant database to the newest schema', status: 202, response: z.object({ runId: z.string() }) }, ({ req }) =>
+  api.get('/tenants', { ...common, operationId: 'listTenants', summary: 'Every store with its database and pool state', query: ListQuery }, ({ query }) => admin.listTenants(ctx, query));
+  api.get('/pools', { ...common, operationId: 'getPoolStats', summary: "The connection manager's state" }, () => ctx.tenants.stats());
+  api.post('/tenants/migrate', { ...common, operationId: 'startTenantMigration', summary: 'Migrate every active tenant database to the newest schema', status: 202, response: z.object({ runId: z.string() }) }, ({ req }) =>
     admin.startTenantMigrations(ctx, platformClaims(req.auth).sub),
   );
-  api.get('/tenants/migrate/:runId', { ...common, summary: 'Progress of a migration run', params: z.object({ runId: z.string().max(100) }) }, ({ params }) =>
-    admin.tenantMigrationRun(ctx, params.runId),
+  api.get(
+    '/tenants/migrate/:runId',
+    { ...common, operationId: 'getTenantMigrationRun', summary: 'Progress of a migration run', params: z.object({ runId: z.string().max(100) }), errors: { ...common.errors, 404: 'NOT_FOUND (no such run)' } },
+    ({ params }) => admin.tenantMigrationRun(ctx, params.runId),
   );
-  api.post('/stores/:id/suspend', { ...common, summary: 'Suspend a store (its routes answer 423)', params: StoreIdParams }, ({ params, req }) =>
-    admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, true),
+  api.post(
+    '/stores/:id/suspend',
+    { ...common, operationId: 'suspendStore', summary: 'Suspend a store (its routes answer 423)', params: StoreIdParams, errors: { ...common.errors, 404: 'STORE_NOT_FOUND' } },
+    ({ params, req }) => admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, true),
   );
-  api.post('/stores/:id/credits/adjust', { ...common, ...adjustRouteSpec, errors: { ...common.errors, ...adjustRouteSpec.errors } }, ({ params, body, req }) =>
+  api.post('/stores/:id/credits/adjust', { ...common, operationId: 'adjustStoreCredits', ...adjustRouteSpec, errors: { ...common.errors, ...adjustRouteSpec.errors } }, ({ params, body, req }) =>
     adjustCredits(ctx, actorOf(req), params.id, body),
   );
-  api.post('/stores/:id/resume', { ...common, summary: 'Resume a suspended store', params: StoreIdParams }, ({ params, req }) =>
-    admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, false),
+  api.post(
+    '/stores/:id/resume',
+    { ...common, operationId: 'resumeStore', summary: 'Resume a suspended store', params: StoreIdParams, errors: { ...common.errors, 404: 'STORE_NOT_FOUND', 409: 'CONFLICT (not suspended)' } },
+    ({ params, req }) => admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, false),
   );
   api.post(
     '/session',
     {
       ...common,
+      operationId: 'createAdminSession',
       summary: 'Open a browser session of the admin pages (/admin/queues): a 15-minute HttpOnly, SameSite=Strict cookie for /admin',
       response: z.object({ expiresAt: z.string() }),
     },
     ({ req, res }) => openAdminSession(ctx, req, res),
   );
-  api.delete('/session', { tags: common.tags, summary: 'Close the browser session of the admin pages (clears its cookie)', status: 204 }, ({ res }) => closeAdminSession(ctx, res));
+  api.delete('/session', { tags: common.tags, operationId: 'deleteAdminSession', summary: 'Close the browser session of the admin pages (clears its cookie)', status: 204 }, ({ res }) => closeAdminSession(ctx, res));
   return api;
 }
 

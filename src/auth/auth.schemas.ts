@@ -1,14 +1,16 @@
 import { z } from 'zod';
-import { registry } from '../http/openapi';
+import { registry, trimmedString } from '../http/openapi';
 
 export const Email = z
   .string()
   .trim()
   .max(254)
   .pipe(z.email({ message: 'must be a valid e-mail address' }))
-  .transform((e) => e.toLowerCase());
+  .transform((e) => e.toLowerCase())
+  // The pattern the validator checks (z.email, after trimming), so that a client checking it agrees with us.
+  .openapi({ type: 'string', format: 'email', pattern: z.regexes.email.source, maxLength: 254 });
 export const Password = z.string().min(8, 'must be at least 8 characters').max(128, 'must be at most 128 characters');
-export const PersonName = z.string().trim().min(1).max(200);
+export const PersonName = trimmedString(1, 200);
 export const Uuid = z.uuid({ message: 'must be a UUID' });
 
 export const RegisterBody = z.strictObject({ email: Email, password: Password, name: PersonName });
@@ -25,13 +27,14 @@ export const ProfileBody = z.strictObject({
   avatarUrl: z
     .url({ protocol: /^https?$/, message: 'must be an http(s) URL' })
     .max(2048)
+    .openapi({ pattern: '^https?://[^\\s/?#]+([/?#]\\S*)?$' })
     .nullable()
     .optional(),
   company: z
     .strictObject({
-      name: z.string().trim().min(1).max(200).nullable().optional(),
-      vatId: z.string().trim().min(2).max(40).nullable().optional(),
-      address: z.string().trim().min(1).max(500).nullable().optional(),
+      name: trimmedString(1, 200).nullable().optional(),
+      vatId: trimmedString(2, 40).nullable().optional(),
+      address: trimmedString(1, 500).nullable().optional(),
     })
     .optional(),
 });

@@ -1,13 +1,13 @@
 import type { Request } from 'express';
 import type { AppContext } from '../context';
-import { ApiRouter } from '../http/api-router';
+import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import { ListQuery } from '../http/pagination';
 import { StoreIdParams } from '../stores/stores.schemas';
 import { AdjustBody, CostsDto, CreditChangeDto, CreditsDto, PurchaseBody, PurchaseResultDto, SpendBody, WebhookAckDto } from './credits.schemas';
 import * as credits from './credits.service';
 import type { Actor } from './ledger';
-import { handleStripeWebhook, STRIPE_WEBHOOK_PATH } from './stripe-webhook';
+import { handleStripeWebhook, STRIPE_WEBHOOK_PATH, StripeEventBody, StripeWebhookHeaders } from './stripe-webhook';
 
 const ACCESS = { 403: 'FORBIDDEN (not a member, or the role may not)', 404: 'STORE_NOT_FOUND' };
 const KEY_REUSED = 'CONFLICT (the idempotency key was used for a different request)';
@@ -35,23 +35,24 @@ export const actorOf = (req: Request): Actor & { userId: string } => ({ userId: 
 export function creditsRoutes(ctx: AppContext): ApiRouter[] {
   const tags = ['credits'];
 
-  const stores = new ApiRouter('/api/stores');
+  const stores = new ApiRouter('/api/stores', { securedErrors: { 403: WRONG_TOKEN } });
   const common = { tags, secured: true, middleware: [requireAuth(ctx, 'platform')] };
   stores.get(
     '/:id/credits',
-    { ...common, summary: "The store's balance and its transactions, newest first (owner, admin, staff)", params: StoreIdParams, query: ListQuery, response: CreditsDto, errors: ACCESS },
+    { ...common, operationId: 'getStoreCredits', summary: "The store's balance and its transactions, newest first (owner, admin, staff)", params: StoreIdParams, query: ListQuery, response: CreditsDto, errors: ACCESS },
     ({ params, query, req }) => credits.getCredits(ctx, actorOf(req).userId, params.id, query),
   );
   stores.post(
     '/:id/credits/purchase',
     {
       ...common,
+      operationId: 'purchaseCredits',
       summary: 'Buy credits (owner, admin): completed at once with the manual provider, pending until the Stripe webhook with stripe',
       params: StoreIdParams,
       body: PurchaseBody,
       status: 201,
       response: PurchaseResultDto,
-      errors: { ...ACCESS, 409: KEY_REUSED },
+      errors: { ...ACCESS, 400: 'VALIDATION_FAILED (also: fewer credits than a card payment buys)', 409: KEY_REUSED },
     },
     ({ params, body, req }) => credits.purchaseCredits(ctx, actorOf(req), params.id, body),
   );
@@ -59,6 +60,7 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
     '/:id/credits/spend',
     {
       ...common,
+      operationId: 'spendCredits',
       summary: 'Spend credits on a service: quantity × its cost per unit (owner, admin, staff)',
       params: StoreIdParams,
       body: SpendBody,
@@ -71,16 +73,20 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
 
   // The price list is public: the onboarding wizard and pricing pages show it before anyone signs in.
   const costs = new ApiRouter('/api/credits');
-  costs.get('/costs', { tags, summary: 'What every service costs in credits, and what a credit costs', response: CostsDto }, () => credits.listCosts(ctx));
+  costs.get('/costs', { tags, operationId: 'listCreditCosts', summary: 'What every service costs in credits, and what a credit costs', response: CostsDto }, () => credits.listCosts(ctx));
 
   const webhooks = new ApiRouter(STRIPE_WEBHOOK_PATH.replace(/\/stripe$/, ''));
   webhooks.post(
     '/stripe',
     {
       tags,
+      operationId: 'receiveStripeWebhook',
       summary: 'Stripe webhook (signed with STRIPE_WEBHOOK_SECRET): a succeeded payment completes its pending purchase once; anything else is acknowledged and ignored',
+      description: 'Called by Stripe, not by clients. The signature covers the exact bytes sent, so the body is read raw, whatever its Content-Type.',
+      headers: StripeWebhookHeaders,
+      rawBody: { contentType: 'application/json', schema: StripeEventBody, description: 'A Stripe event, exactly as Stripe sent and signed it' },
       response: WebhookAckDto,
-      errors: { 400: 'VALIDATION_FAILED (missing or bad Stripe-Signature) | MALFORMED_JSON' },
+      errors: { 400: 'VALIDATION_FAILED (missing or bad Stripe-Signature, or no body) | MALFORMED_JSON' },
     },
     ({ req }) => handleStripeWebhook(ctx, req.body, req.headers['stripe-signature'], req.id === undefined ? null : String(req.id)),
   );

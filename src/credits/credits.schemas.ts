@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { registry } from '../http/openapi';
+import { registry, trimmedString } from '../http/openapi';
 import { pageOf } from '../http/pagination';
 
 /** What one credit costs when bought: 1 credit = 1 euro cent. */
@@ -18,11 +18,21 @@ const IdempotencyKey = z
   .describe('Chosen by the client, unique per store: the same key again returns the first result and changes nothing.');
 
 export const PurchaseBody = z.strictObject({
-  amount: z.number().int().min(1).max(MAX_PURCHASE).describe('Credits to buy (1 credit = 1 euro cent)'),
+  amount: z
+    .number()
+    .int()
+    .min(1)
+    .max(MAX_PURCHASE)
+    .describe(`Credits to buy (1 credit = 1 euro cent); card payments (PAYMENTS_PROVIDER=stripe) buy at least ${MIN_STRIPE_PURCHASE}, fewer → 400`),
   idempotencyKey: IdempotencyKey,
 });
 export const SpendBody = z.strictObject({
-  service: z.string().min(1).max(64).describe('A service of GET /api/credits/costs'),
+  service: z
+    .string()
+    .regex(/^[a-z0-9_.-]{1,64}$/, 'must be a service of GET /api/credits/costs')
+    // A pattern, not an enum: the price list is a table of the master DB (service_credit_costs, whose CHECK
+    // this is) and changes without a release.
+    .describe('A service of GET /api/credits/costs (a table that changes without a new API version, hence no enum): another name → 400'),
   quantity: z.number().int().min(1).max(MAX_QUANTITY),
   idempotencyKey: IdempotencyKey,
 });
@@ -33,8 +43,9 @@ export const AdjustBody = z.strictObject({
     .min(-MAX_ADJUSTMENT)
     .max(MAX_ADJUSTMENT)
     .refine((n) => n !== 0, 'must not be 0')
-    .describe('Credits to add (positive) or take away (negative); the balance never goes below 0'),
-  reason: z.string().trim().min(1).max(500),
+    .openapi({ not: { const: 0 } })
+    .describe('Credits to add (positive) or take away (negative), not 0; the balance never goes below 0'),
+  reason: trimmedString(1, 500),
   idempotencyKey: IdempotencyKey.optional(),
 });
 

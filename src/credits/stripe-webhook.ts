@@ -13,6 +13,18 @@ export const STRIPE_WEBHOOK_PATH = '/api/webhooks/stripe';
 /** The signature covers the exact bytes Stripe sent: this route reads its body raw, before express.json. */
 export const stripeWebhookBody = express.raw({ type: () => true, limit: '100kb' });
 
+/** For the document: what the webhook reads of a request (the handler below checks it, on the raw bytes). */
+export const StripeWebhookHeaders = z.object({
+  'Stripe-Signature': z.string().openapi({ description: 'Stripe\'s signature of the body: `t=<timestamp>,v1=<HMAC-SHA256>` with the endpoint\'s secret' }),
+});
+export const StripeEventBody = z
+  .looseObject({
+    id: z.string(),
+    type: z.string().describe('payment_intent.succeeded, checkout.session.completed and checkout.session.async_payment_succeeded are acted on'),
+    data: z.looseObject({ object: z.looseObject({}).describe('The PaymentIntent or Checkout Session') }),
+  })
+  .describe('A Stripe event (https://docs.stripe.com/api/events/object); fields not listed are ignored');
+
 /** The metadata key (or Checkout's client_reference_id) that carries our payment reference. */
 export const REFERENCE_KEY = 'tenantry_reference';
 

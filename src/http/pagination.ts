@@ -1,10 +1,16 @@
 import { z } from 'zod';
 import { AppError, ErrorCode } from '../lib/errors';
 
-/** `?limit=` (1–100, default 20) and `?cursor=` of every list. */
-export const ListQuery = z.object({
+/** `?limit=` (1–100, default 20) and `?cursor=` of every list; nothing else (extend it for more). */
+export const ListQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(100).default(20),
-  cursor: z.string().min(1).max(300).optional(),
+  cursor: z
+    .string()
+    .min(1)
+    .max(300)
+    .regex(/^[A-Za-z0-9_-]+$/, 'must be the nextCursor of a previous page')
+    .optional()
+    .describe('The `nextCursor` of the previous page, as given: opaque (a cursor this API did not give out → 400)'),
 });
 
 export interface Page<T> {

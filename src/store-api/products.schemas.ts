@@ -1,9 +1,9 @@
 import { z } from 'zod';
-import { registry } from '../http/openapi';
+import { registry, trimmedString } from '../http/openapi';
 import { ListQuery } from '../http/pagination';
 
 export const Currency = z.string().regex(/^[A-Z]{3}$/, 'must be an ISO 4217 code such as EUR');
-const Sku = z.string().trim().min(1).max(64);
+const Sku = trimmedString(1, 64);
 
 export const ProductIdParams = z.object({ id: z.uuid({ message: 'must be a UUID' }) });
 export const ProductListQuery = ListQuery.extend({
@@ -13,14 +13,16 @@ export const ProductListQuery = ListQuery.extend({
 
 export const CreateProductBody = z.strictObject({
   sku: Sku,
-  name: z.string().trim().min(1).max(200),
+  name: trimmedString(1, 200),
   description: z.string().max(10000).optional(),
   priceCents: z.number().int().min(0).max(2_000_000_000),
   currency: Currency.optional(),
   stock: z.number().int().min(0).max(2_000_000_000).optional(),
   active: z.boolean().optional(),
 });
-export const UpdateProductBody = CreateProductBody.partial().refine((b) => Object.keys(b).length > 0, 'give at least one field to change');
+export const UpdateProductBody = CreateProductBody.partial()
+  .refine((b) => Object.keys(b).length > 0, 'give at least one field to change')
+  .openapi({ minProperties: 1 });
 
 export const ProductDto = registry.register(
   'Product',

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { loginLimiters, redisLimiter } from '../auth/auth.routes';
 import type { AppContext } from '../context';
 import { currentStoreId } from '../db/tenant-context';
-import { ApiRouter } from '../http/api-router';
+import { ApiRouter, type RouterDocs } from '../http/api-router';
 import { requireAuth } from '../http/authenticate';
 import { ListQuery, pageOf } from '../http/pagination';
 import { ErrorCode, unauthenticated } from '../lib/errors';
@@ -23,10 +23,32 @@ const TENANT_ERRORS = {
   423: ErrorCode.STORE_SUSPENDED,
   503: `${ErrorCode.TENANT_UNAVAILABLE} (with Retry-After)`,
 };
+/** A platform token sent to a route of store users. */
+const STORE_TOKEN_ONLY = `${ErrorCode.WRONG_TOKEN_TYPE} (a platform token: this route needs a store token)`;
+
+/** What every /api/store route reads and may answer, whatever the route: tenant resolution (resolve-tenant.ts). */
+const TENANT_RESOLUTION: RouterDocs = {
+  description:
+    "**Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's " +
+    "verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the " +
+    "token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no " +
+    'store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.',
+  headers: z.object({
+    'X-Store-Id': z
+      .uuid({ message: 'must be a UUID' })
+      .optional()
+      .openapi({ description: "The store addressed, when the host does not name one (the API's own hostname, an IP address)" }),
+  }),
+  errors: {
+    ...TENANT_ERRORS,
+    400: `${ErrorCode.VALIDATION_FAILED} (also: X-Store-Id is not a UUID)`,
+    401: `${ErrorCode.UNAUTHENTICATED} (a token was sent and is invalid, expired or revoked)`,
+  },
+};
 
 /** The storefront and store-admin API: every route runs inside the store resolved from host, header or token. */
 export function storeApiRoutes(ctx: AppContext): ApiRouter {
-  const api = new ApiRouter('/api/store');
+  const api = new ApiRouter('/api/store', TENANT_RESOLUTION);
   api.router.use(resolveTenant(ctx));
   const staff = requireStoreRole(ctx, ['admin', 'staff']);
   const admin = requireStoreRole(ctx, ['admin']);
@@ -40,52 +62,53 @@ export function storeApiRoutes(ctx: AppContext): ApiRouter {
 
   api.post(
     '/auth/register',
-    { summary: 'A shopper signs up to this store', tags: ['store auth'], body: StoreRegisterBody, status: 201, response: StoreAuthResult, afterValidation: [registerLimit], errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN | STORE_NOT_READY', 429: 'RATE_LIMITED', 503: hashingBusy } },
+    { operationId: 'storeRegister', summary: 'A shopper signs up to this store', tags: ['store auth'], body: StoreRegisterBody, status: 201, response: StoreAuthResult, afterValidation: [registerLimit], errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN | STORE_NOT_READY', 429: 'RATE_LIMITED', 503: hashingBusy } },
     ({ body }) => users.registerCustomer(ctx, body),
   );
   api.post(
     '/auth/login',
-    { summary: 'A store user signs in (store token)', tags: ['store auth'], body: StoreLoginBody, response: StoreAuthResult, afterValidation: loginLimiters(ctx, 'store-login', () => `${currentStoreId()}:`), errors: { ...TENANT_ERRORS, 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED', 503: hashingBusy } },
+    { operationId: 'storeLogin', summary: 'A store user signs in (store token)', tags: ['store auth'], body: StoreLoginBody, response: StoreAuthResult, afterValidation: loginLimiters(ctx, 'store-login', () => `${currentStoreId()}:`), errors: { ...TENANT_ERRORS, 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED', 503: hashingBusy } },
     ({ body }) => users.loginStoreUser(ctx, body),
   );
-  api.get('/auth/me', { summary: 'The signed-in store user', tags: ['store auth'], secured: true, middleware: [storeToken], response: z.object({ user: StoreUserDto }), errors: TENANT_ERRORS }, ({ req }) => {
+  api.get('/auth/me', { operationId: 'storeMe', summary: 'The signed-in store user', tags: ['store auth'], secured: true, middleware: [storeToken], response: z.object({ user: StoreUserDto }), errors: { ...TENANT_ERRORS, 403: STORE_TOKEN_ONLY } }, ({ req }) => {
     if (!req.auth) throw unauthenticated();
     return users.storeMe(req.auth.sub);
   });
-  api.post('/auth/logout', { summary: 'Revoke this store token everywhere', tags: ['store auth'], secured: true, middleware: [storeToken], status: 204, errors: { ...TENANT_ERRORS, 403: `${ErrorCode.WRONG_TOKEN_TYPE} | ${ErrorCode.TENANT_MISMATCH}` } }, async ({ req }) => {
+  api.post('/auth/logout', { operationId: 'storeLogout', summary: 'Revoke this store token everywhere', tags: ['store auth'], secured: true, middleware: [storeToken], status: 204, errors: { ...TENANT_ERRORS, 403: `${STORE_TOKEN_ONLY} | ${ErrorCode.TENANT_MISMATCH}` } }, async ({ req }) => {
     if (!req.auth) throw unauthenticated();
     await users.logoutStoreUser(ctx, req.auth);
   });
-  api.get('/info', { summary: "The store's public profile", tags: ['storefront'], response: StoreInfoDto, errors: TENANT_ERRORS }, () => users.storeInfo());
+  api.get('/info', { operationId: 'getStoreInfo', summary: "The store's public profile", tags: ['storefront'], response: StoreInfoDto, errors: TENANT_ERRORS }, () => users.storeInfo());
 
   const optionalActor = (res: Parameters<typeof actorOf>[0]): StoreActor | undefined => res.locals.actor as StoreActor | undefined;
   const maybeStaff = identifyActor(ctx);
   api.get(
     '/products',
-    { summary: 'The catalogue (public; staff may include inactive products)', tags: ['products'], query: ProductListQuery, response: pageOf(ProductDto), errors: TENANT_ERRORS, middleware: [maybeStaff] },
+    { operationId: 'listProducts', summary: 'The catalogue (public; staff may include inactive products)', tags: ['products'], secured: 'optional', query: ProductListQuery, response: pageOf(ProductDto), errors: TENANT_ERRORS, middleware: [maybeStaff] },
     ({ query, res }) => products.listProducts({ limit: query.limit, cursor: query.cursor, includeInactive: query.includeInactive === 'true' && products.canSeeInactive(optionalActor(res)) }),
   );
-  api.get('/products/:id', { summary: 'One product', tags: ['products'], params: ProductIdParams, response: ProductDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND | STORE_NOT_FOUND' }, middleware: [maybeStaff] }, ({ params, res }) =>
+  api.get('/products/:id', { operationId: 'getProduct', summary: 'One product (an inactive one only for staff)', tags: ['products'], secured: 'optional', params: ProductIdParams, response: ProductDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND | STORE_NOT_FOUND' }, middleware: [maybeStaff] }, ({ params, res }) =>
     products.getProduct(params.id, optionalActor(res)),
   );
   api.post(
     '/products',
-    { summary: 'Add a product', tags: ['products'], secured: true, middleware: [staff], body: CreateProductBody, status: 201, response: ProductDto, errors: { ...TENANT_ERRORS, 409: 'SKU_TAKEN | STORE_NOT_READY' } },
+    { operationId: 'createProduct', summary: 'Add a product', tags: ['products'], secured: true, middleware: [staff], body: CreateProductBody, status: 201, response: ProductDto, errors: { ...TENANT_ERRORS, 409: 'SKU_TAKEN | STORE_NOT_READY' } },
     ({ body, res }) => products.createProduct(body, actorOf(res)),
   );
   api.patch(
     '/products/:id',
-    { summary: 'Change a product', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, body: UpdateProductBody, response: ProductDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND', 409: 'SKU_TAKEN' } },
+    { operationId: 'updateProduct', summary: 'Change a product (at least one field)', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, body: UpdateProductBody, response: ProductDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND', 409: 'SKU_TAKEN' } },
     ({ params, body, res }) => products.updateProduct(params.id, body, actorOf(res)),
   );
   api.delete(
     '/products/:id',
-    { summary: 'Remove a product (soft)', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, status: 204, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } },
+    { operationId: 'deleteProduct', summary: 'Remove a product (soft)', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, status: 204, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } },
     ({ params, res }) => products.deleteProduct(params.id, actorOf(res)),
   );
   api.post(
     '/products/:id/restore',
     {
+      operationId: 'restoreProduct',
       summary: 'Bring back a removed product (inactive until put back on sale)',
       tags: ['products'],
       secured: true,
@@ -97,24 +120,24 @@ export function storeApiRoutes(ctx: AppContext): ApiRouter {
     ({ params, res }) => products.restoreProduct(params.id, actorOf(res)),
   );
 
-  api.get('/customers', { summary: "The store's customers", tags: ['people'], secured: true, middleware: [staff], query: ListQuery, response: pageOf(CustomerDto), errors: TENANT_ERRORS }, ({ query }) =>
+  api.get('/customers', { operationId: 'listCustomers', summary: "The store's customers", tags: ['people'], secured: true, middleware: [staff], query: ListQuery, response: pageOf(CustomerDto), errors: TENANT_ERRORS }, ({ query }) =>
     users.listCustomers(query),
   );
   api.post(
     '/staff',
-    { summary: 'Add an admin or staff member', tags: ['people'], secured: true, middleware: [admin], body: CreateStaffBody, status: 201, response: z.object({ user: StoreUserDto }), errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN' } },
+    { operationId: 'createStaff', summary: 'Add an admin or staff member', tags: ['people'], secured: true, middleware: [admin], body: CreateStaffBody, status: 201, response: z.object({ user: StoreUserDto }), errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN' } },
     ({ body, res }) => users.createStaff(body, actorOf(res)),
   );
 
   api.post(
     '/orders',
-    { summary: 'Place an order (customer)', tags: ['orders'], secured: true, middleware: [anyone], body: CreateOrderBody, status: 201, response: OrderDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND (product)', 409: 'OUT_OF_STOCK' } },
+    { operationId: 'placeOrder', summary: 'Place an order (customer)', tags: ['orders'], secured: true, middleware: [anyone], body: CreateOrderBody, status: 201, response: OrderDto, errors: { ...TENANT_ERRORS, 400: 'VALIDATION_FAILED (also: products of different currencies)', 404: 'NOT_FOUND (product)', 409: 'OUT_OF_STOCK' } },
     ({ body, res }) => orders.placeOrder(body, actorOf(res)),
   );
-  api.get('/orders', { summary: 'Orders: a customer sees their own, staff see all', tags: ['orders'], secured: true, middleware: [anyone], query: ListQuery, response: pageOf(OrderDto), errors: TENANT_ERRORS }, ({ query, res }) =>
+  api.get('/orders', { operationId: 'listOrders', summary: 'Orders: a customer sees their own, staff see all', tags: ['orders'], secured: true, middleware: [anyone], query: ListQuery, response: pageOf(OrderDto), errors: TENANT_ERRORS }, ({ query, res }) =>
     orders.listOrders(actorOf(res), query),
   );
-  api.get('/orders/:id', { summary: 'One order', tags: ['orders'], secured: true, middleware: [anyone], params: OrderIdParams, response: OrderDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } }, ({ params, res }) =>
+  api.get('/orders/:id', { operationId: 'getOrder', summary: 'One order', tags: ['orders'], secured: true, middleware: [anyone], params: OrderIdParams, response: OrderDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } }, ({ params, res }) =>
     orders.getOrder(params.id, actorOf(res)),
   );
   return api;

@@ -1,7 +1,7 @@
 import type { Request } from 'express';
 import { z } from 'zod';
 import type { AppContext } from '../context';
-import { ApiRouter } from '../http/api-router';
+import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import { ConnectDatabaseBody, ProvisioningJobDto, ProvisioningStatusDto } from '../provisioning/provisioning.schemas';
 import * as provisioning from '../provisioning/provisioning.service';
@@ -16,34 +16,35 @@ const CHANGE = { ...ACCESS, 423: 'STORE_SUSPENDED' };
 
 /** The store registry of platform accounts (master DB), and the connection of each store's database. */
 export function storesRoutes(ctx: AppContext): ApiRouter {
-  const api = new ApiRouter('/api/stores');
+  const api = new ApiRouter('/api/stores', { securedErrors: { 403: WRONG_TOKEN } });
   const tags = ['stores'];
   const common = { tags, secured: true, middleware: [requireAuth(ctx, 'platform')] };
   const me = (req: Request) => platformClaims(req.auth).sub;
 
-  api.post('', { ...common, summary: 'Create a store (the caller becomes its owner)', body: CreateStoreBody, status: 201, response: StoreDto, errors: { 409: 'SLUG_TAKEN', 403: 'PLAN_LIMIT_REACHED' } }, ({ body, req }) =>
+  api.post('', { ...common, operationId: 'createStore', summary: 'Create a store (the caller becomes its owner)', body: CreateStoreBody, status: 201, response: StoreDto, errors: { 409: 'SLUG_TAKEN', 403: 'PLAN_LIMIT_REACHED' } }, ({ body, req }) =>
     stores.createStore(ctx, me(req), body),
   );
   api.get(
     '',
     {
       ...common,
+      operationId: 'listStores',
       summary: "The caller's stores (the store dropdown), or with ?status=deleted the deleted ones that can still be restored",
       query: ListStoresQuery,
       response: z.object({ items: z.array(StoreListItemDto) }),
     },
     ({ query, req }) => stores.listStores(ctx, me(req), query),
   );
-  api.get('/:id', { ...common, summary: 'One store', params: StoreIdParams, response: StoreDto, errors: ACCESS }, ({ params, req }) => stores.getStore(ctx, me(req), params.id));
-  api.patch('/:id', { ...common, summary: 'Rename a store', params: StoreIdParams, body: UpdateStoreBody, response: StoreDto, errors: CHANGE }, ({ params, body, req }) =>
+  api.get('/:id', { ...common, operationId: 'getStore', summary: 'One store', params: StoreIdParams, response: StoreDto, errors: ACCESS }, ({ params, req }) => stores.getStore(ctx, me(req), params.id));
+  api.patch('/:id', { ...common, operationId: 'renameStore', summary: 'Rename a store (an empty body changes nothing)', params: StoreIdParams, body: UpdateStoreBody, response: StoreDto, errors: CHANGE }, ({ params, body, req }) =>
     stores.renameStore(ctx, me(req), params.id, body.name),
   );
   api.delete(
     '/:id',
-    { ...common, summary: 'Delete a store (restorable for 30 days)', params: StoreIdParams, status: 202, response: z.object({ id: z.uuid(), status: z.literal('deleted'), restorableUntil: z.string() }), errors: CHANGE },
+    { ...common, operationId: 'deleteStore', summary: 'Delete a store (restorable for 30 days)', params: StoreIdParams, status: 202, response: z.object({ id: z.uuid(), status: z.literal('deleted'), restorableUntil: z.string() }), errors: CHANGE },
     ({ params, req }) => stores.deleteStore(ctx, me(req), params.id),
   );
-  api.post('/:id/restore', { ...common, summary: 'Restore a deleted store', params: StoreIdParams, response: StoreDto, errors: { ...CHANGE, 409: 'CONFLICT (not deleted, or deleted too long ago)' } }, ({ params, req }) =>
+  api.post('/:id/restore', { ...common, operationId: 'restoreStore', summary: 'Restore a deleted store', params: StoreIdParams, response: StoreDto, errors: { ...CHANGE, 409: 'CONFLICT (not deleted, or deleted too long ago)' } }, ({ params, req }) =>
     stores.restoreStore(ctx, me(req), params.id),
   );
 
@@ -51,6 +52,7 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
     '/:id/database',
     {
       ...common,
+      operationId: 'connectStoreDatabase',
       summary: "Connect and provision the store's database (managed or external)",
       params: StoreIdParams,
       body: ConnectDatabaseBody,
@@ -60,23 +62,24 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
     },
     ({ params, body, req }) => provisioning.connectDatabase(ctx, me(req), params.id, body),
   );
-  api.get('/:id/provisioning', { ...common, summary: 'Progress of the provisioning job', params: StoreIdParams, response: ProvisioningStatusDto, errors: ACCESS }, ({ params, req }) =>
+  api.get('/:id/provisioning', { ...common, operationId: 'getProvisioningStatus', summary: 'Progress of the provisioning job', params: StoreIdParams, response: ProvisioningStatusDto, errors: ACCESS }, ({ params, req }) =>
     provisioning.provisioningStatus(ctx, me(req), params.id),
   );
   api.post(
     '/:id/provisioning/retry',
-    { ...common, summary: 'Provision again after a failure', params: StoreIdParams, status: 202, response: ProvisioningJobDto, errors: { ...CHANGE, 409: 'CONFLICT (not failed)' } },
+    { ...common, operationId: 'retryProvisioning', summary: 'Provision again after a failure', params: StoreIdParams, status: 202, response: ProvisioningJobDto, errors: { ...CHANGE, 409: 'CONFLICT (not failed)' } },
     ({ params, req }) => provisioning.retryProvisioning(ctx, me(req), params.id),
   );
 
   const resolver = new TxtResolver(ctx.config.hostnames.dnsServers);
-  api.get('/:id/hostnames', { ...common, summary: "The store's hostnames", params: StoreIdParams, response: z.object({ items: z.array(HostnameDto) }), errors: ACCESS }, ({ params, req }) =>
+  api.get('/:id/hostnames', { ...common, operationId: 'listStoreHostnames', summary: "The store's hostnames", params: StoreIdParams, response: z.object({ items: z.array(HostnameDto) }), errors: ACCESS }, ({ params, req }) =>
     hostnames.listHostnames(ctx, me(req), params.id),
   );
   api.post(
     '/:id/hostnames',
     {
       ...common,
+      operationId: 'addStoreHostname',
       summary: 'Claim a custom hostname (pending until its DNS TXT record is verified)',
       params: StoreIdParams,
       body: HostnameBody,
@@ -90,6 +93,7 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
     '/:id/hostnames/:hostname/verify',
     {
       ...common,
+      operationId: 'verifyStoreHostname',
       summary: "Verify a claimed hostname: its TXT record _tenantry-challenge.<hostname> must hold the claim's value",
       params: HostnameParams,
       response: HostnameDto,
@@ -99,12 +103,12 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
   );
   api.delete(
     '/:id/hostnames/:hostname',
-    { ...common, summary: 'Remove a custom hostname', params: HostnameParams, status: 204, errors: { ...CHANGE, 400: 'HOSTNAME_NOT_ALLOWED (the platform-issued one)', 404: 'STORE_NOT_FOUND | NOT_FOUND' } },
+    { ...common, operationId: 'removeStoreHostname', summary: 'Remove a custom hostname', params: HostnameParams, status: 204, errors: { ...CHANGE, 400: 'HOSTNAME_NOT_ALLOWED (the platform-issued one)', 404: 'STORE_NOT_FOUND | NOT_FOUND' } },
     ({ params, req }) => hostnames.removeHostname(ctx, me(req), params.id, params.hostname),
   );
   api.put(
     '/:id/integrations/stripe',
-    { ...common, summary: "Set the store's Stripe keys (stored encrypted, never returned)", params: StoreIdParams, body: StripeKeysBody, response: StripeIntegrationDto, errors: CHANGE },
+    { ...common, operationId: 'setStoreStripeKeys', summary: "Set the store's Stripe keys (stored encrypted, never returned)", params: StoreIdParams, body: StripeKeysBody, response: StripeIntegrationDto, errors: CHANGE },
     ({ params, body, req }) => stores.putStripeKeys(ctx, me(req), params.id, body),
   );
   return api;

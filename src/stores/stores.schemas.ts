@@ -1,11 +1,12 @@
 import { z } from 'zod';
 import { StoreSummaryDto } from '../auth/auth.schemas';
-import { registry } from '../http/openapi';
+import { registry, trimmedString } from '../http/openapi';
 
 export const StoreIdParams = z.object({ id: z.uuid({ message: 'must be a UUID' }) });
 export const Slug = z.string().regex(/^[a-z0-9-]{3,63}$/, 'must be 3–63 characters of a-z, 0-9 and -');
-export const CreateStoreBody = z.strictObject({ name: z.string().trim().min(1).max(200), slug: Slug });
-export const UpdateStoreBody = z.strictObject({ name: z.string().trim().min(1).max(200).optional() });
+export const CreateStoreBody = z.strictObject({ name: trimmedString(1, 200), slug: Slug });
+/** `{}` is a valid rename that changes nothing (API.md: `{ name? }`). */
+export const UpdateStoreBody = z.strictObject({ name: trimmedString(1, 200).optional() });
 /** No status: the stores in use (the store dropdown). `deleted`: the owner's stores that can still be restored. */
 export const ListStoresQuery = z.strictObject({ status: z.enum(['deleted']).optional() });
 export const StoreListItemDto = registry.register(
@@ -16,8 +17,25 @@ export const StoreListItemDto = registry.register(
   }),
 );
 
+/**
+ * A lower-case DNS name of two labels or more whose last label starts with a letter (so never an IP address in
+ * any spelling), not localhost or under it: what the hostname policy lets through, less what depends on the
+ * deployment. The API also takes upper case, a port and a trailing dot (it normalises them), so the validator
+ * stays loose and the policy answers HOSTNAME_NOT_ALLOWED (src/stores/hostname-policy.ts).
+ */
+const HOSTNAME_PATTERN = '^(?!(?:.*\\.)?localhost$)(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$';
 /** A hostname as sent; what may be claimed is decided by the hostname policy (src/stores/hostname-policy.ts). */
-const Hostname = z.string().min(1).max(300);
+const Hostname = z
+  .string()
+  .min(1)
+  .max(300)
+  .openapi({
+    pattern: HOSTNAME_PATTERN,
+    maxLength: 253,
+    description:
+      "A DNS name such as shop.example.com. Also refused (400 HOSTNAME_NOT_ALLOWED) though it matches: the platform's own hostnames and their subdomains, and names under the store domain, which the platform issues.",
+    example: 'shop.example.com',
+  });
 export const HostnameBody = z.strictObject({ hostname: Hostname });
 export const HostnameParams = StoreIdParams.extend({ hostname: Hostname });
 export const HostnameDto = registry.register(

@@ -53,7 +53,7 @@ describe('problem JSON', () => {
 
   test('validation failures list every problem with its path', async () => {
     const api = new ApiRouter('/v');
-    api.post('/', { summary: 'test', body: z.strictObject({ a: z.string(), b: z.object({ c: z.number() }) }) }, () => ({ ok: true }));
+    api.post('/', { operationId: 'testValidation', summary: 'test', body: z.strictObject({ a: z.string(), b: z.object({ c: z.number() }) }) }, () => ({ ok: true }));
     const app = appWith((a) => a.use(api.basePath, api.router));
     const res = await request(app).post('/v').send({ a: 1, b: { c: 'x' } });
     expectProblem(res, 400, 'VALIDATION_FAILED');

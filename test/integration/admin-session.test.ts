@@ -7,33 +7,28 @@ import { revokePlatformAdmin } from '../../src/admin/platform-admins';
 import type { AppContext } from '../../src/context';
 import { getQueue, QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
-import { eventually, startInstance } from '../helpers/fixtures';
+import { registerUser } from '../helpers/app';
+import { eventually } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 
 /**
  * A browser's way into the queue board: a platform admin trades a bearer token for a short cookie scoped to
  * /admin, which opens the board and nothing else; changes made with it must come from our own pages.
  */
-let t: TestApp;
+const t = useSuite('admin_session');
 let api: RecordingClient;
 let production: { ctx: AppContext; app: Express } | undefined;
 let admin: Awaited<ReturnType<typeof registerAdmin>>;
 let user: Awaited<ReturnType<typeof registerUser>>;
 
 beforeAll(async () => {
-  t = await startTestApp('admin_session');
   api = recordingClient(t.app);
   admin = await registerAdmin(t);
   user = await registerUser(t.app);
 });
-afterAll(async () => {
-  await production?.ctx.close();
-  await t?.close();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 /** Our cookie as a browser would send it back (`name=value`), from a Set-Cookie answer. */
 function sessionCookie(res: request.Response): string {
@@ -77,7 +72,7 @@ describe('opening a session', () => {
   });
 
   test('in production the cookie is Secure as well', async () => {
-    production = await startInstance(t, { NODE_ENV: 'production', PAYMENTS_PROVIDER: 'stripe', STRIPE_WEBHOOK_SECRET: 'whsec_test' });
+    production = await t.instance({ NODE_ENV: 'production', PAYMENTS_PROVIDER: 'stripe', STRIPE_WEBHOOK_SECRET: 'whsec_test' });
     const res = await request(production.app).post('/api/admin/session').set(auth(admin.token)).expect(200);
     const set = ([] as string[]).concat(res.headers['set-cookie']).find((c) => c.startsWith(`${ADMIN_SESSION_COOKIE}=`))!;
     expect(set.split(';').map((a) => a.trim().toLowerCase())).toContain('secure');

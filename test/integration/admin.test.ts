@@ -6,14 +6,15 @@ import type { AppContext } from '../../src/context';
 import { secretContext } from '../../src/lib/crypto';
 import { ensureTenantDatabase } from '../../src/provisioning/tenant-db';
 import { registerAdmin } from '../helpers/admins';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { TEST_SERVER_URL } from '../helpers/db';
-import { eventually, startInstance } from '../helpers/fixtures';
+import { eventually } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth, createStoreViaApi, provisionManagedStore, queryWith, storeConnection } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 
 /** Platform administration: who is an admin, the tenants and pools views, suspending stores, tenant migrations. */
-let t: TestApp;
+const t = useSuite('admin', { WORKER: 'on' });
 let api: RecordingClient;
 let other: { ctx: AppContext; app: Express };
 let admin: Awaited<ReturnType<typeof registerUser>>;
@@ -23,9 +24,8 @@ let second: { id: string };
 let pending: { id: string };
 
 beforeAll(async () => {
-  t = await startTestApp('admin', { WORKER: 'on' });
   api = recordingClient(t.app);
-  other = await startInstance(t);
+  other = await t.instance();
   admin = await registerAdmin(t);
   owner = await registerUser(t.app);
   await t.ctx.master.models.Subscription.create({ userId: owner.user.id, planId: 'pro' });
@@ -35,12 +35,7 @@ beforeAll(async () => {
   second = { id: b.id };
   pending = { id: (await createStoreViaApi(t.app, owner.token, { name: 'Admin pending' })).id };
 });
-afterAll(async () => {
-  await other.ctx.close();
-  await t.close();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 describe('platform admins', () => {
   test("an account is a platform_admin by the operator's grant (others are users), also after login", async () => {

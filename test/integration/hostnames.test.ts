@@ -2,18 +2,18 @@ import type { Express } from 'express';
 import request from 'supertest';
 import type { AppContext } from '../../src/context';
 import { issueMissingPlatformHostnames } from '../../src/stores/hostnames.service';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
-import { claimHostname, startDnsServer, type TestDnsServer } from '../helpers/dns-server';
+import { registerUser } from '../helpers/app';
+import { claimHostname, type TestDnsServer } from '../helpers/dns-server';
 import { countRows, eventually, startInstance } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth, createStoreViaApi, provisionManagedStore } from '../helpers/stores';
-import { createActiveStore, dropTestTenants, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, type TestStore } from '../helpers/tenants';
 
 /**
  * Hostnames route only once proven: a claim is pending until the DNS TXT record
  * _tenantry-challenge.<hostname> holds its token, asked of a real DNS server on loopback.
  */
-let t: TestApp;
 let api: RecordingClient;
 let dns: TestDnsServer;
 let other: { ctx: AppContext; app: Express };
@@ -22,19 +22,15 @@ type User = Awaited<ReturnType<typeof registerUser>>;
 const STORE_DOMAIN = 'shops.test';
 const PLATFORM = 'api.tenantry.test';
 
+const t = useSuite('hostnames', async (s) => {
+  dns = await s.dns();
+  return { WORKER: 'on', DNS_SERVERS: dns.address, STORE_DOMAIN, PLATFORM_HOSTNAMES: `${PLATFORM},admin.tenantry.test` };
+});
 beforeAll(async () => {
-  dns = await startDnsServer();
-  t = await startTestApp('hostnames', { WORKER: 'on', DNS_SERVERS: dns.address, STORE_DOMAIN, PLATFORM_HOSTNAMES: `${PLATFORM},admin.tenantry.test` });
   api = recordingClient(t.app);
-  other = await startInstance(t);
+  other = await t.instance();
 });
-afterAll(async () => {
-  await other?.ctx.close();
-  await t?.close();
-  await dns?.close();
-  await dropTestTenants();
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const storeInfo = (app: Express, host: string, headers: Record<string, string> = {}) => request(app).get('/api/store/info').set('Host', host).set(headers);
 const claim = (user: User, storeId: string, hostname: string) => api.post(`/api/stores/${storeId}/hostnames`).set(auth(user.token)).send({ hostname });

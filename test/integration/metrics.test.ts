@@ -3,32 +3,27 @@ import type { Express } from 'express';
 import request from 'supertest';
 import type { AppContext } from '../../src/context';
 import { registerAdmin } from '../helpers/admins';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
-import { eventually, startInstance } from '../helpers/fixtures';
+import { registerUser } from '../helpers/app';
+import { eventually } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth, provisionManagedStore } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 
 /**
  * What Prometheus reads: /metrics opens to the scrape token (METRICS_TOKEN), which never expires, or to a
  * platform admin's JWT; its series move with the traffic and never carry a store id or a raw path.
  */
 const METRICS_TOKEN = randomBytes(32).toString('hex');
-let t: TestApp;
+const t = useSuite('metrics', { WORKER: 'on', METRICS_TOKEN });
 let api: RecordingClient;
 let withoutToken: { ctx: AppContext; app: Express } | undefined;
 let admin: Awaited<ReturnType<typeof registerAdmin>>;
 
 beforeAll(async () => {
-  t = await startTestApp('metrics', { WORKER: 'on', METRICS_TOKEN });
   api = recordingClient(t.app);
   admin = await registerAdmin(t);
 });
-afterAll(async () => {
-  await withoutToken?.ctx.close();
-  await t?.close();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 interface Sample {
   name: string;
@@ -82,7 +77,7 @@ describe('who may read /metrics', () => {
   });
 
   test('without METRICS_TOKEN configured, only an admin JWT opens /metrics', async () => {
-    withoutToken = await startInstance(t, {});
+    withoutToken = await t.instance({});
     expect(withoutToken.ctx.config.metricsToken).toBeUndefined();
     expectProblem(await request(withoutToken.app).get('/metrics').set(auth(METRICS_TOKEN)), 401, 'UNAUTHENTICATED');
     await request(withoutToken.app).get('/metrics').set(auth(admin.token)).expect(200);

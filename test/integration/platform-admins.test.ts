@@ -5,31 +5,26 @@ import { QueryTypes } from 'sequelize';
 import request from 'supertest';
 import { grantPlatformAdmin, revokePlatformAdmin, ROLE_CACHE_TTL_MS } from '../../src/admin/platform-admins';
 import type { AppContext } from '../../src/context';
-import { registerUser, startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
-import { eventually, startInstance } from '../helpers/fixtures';
+import { registerUser, uniqueEmail } from '../helpers/app';
+import { eventually } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 
 /**
  * Platform admins are made by the operator (`tenantry admin:grant|revoke`), never by registering, and the role
  * is read from the master DB on every admin request: a grant or a revocation reaches tokens already issued, on
  * every instance, at once.
  */
-let t: TestApp;
+const t = useSuite('platform_admins');
 let api: RecordingClient;
 let other: { ctx: AppContext; app: Express };
 
 beforeAll(async () => {
-  t = await startTestApp('platform_admins');
   api = recordingClient(t.app);
-  other = await startInstance(t);
+  other = await t.instance();
 });
-afterAll(async () => {
-  await other.ctx.close();
-  await t.close();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 /** Every route behind the platform-admin check: the admin API, Prometheus metrics, the queue board. */
 const ADMIN_PATHS = ['/api/admin/pools', '/metrics', '/admin/queues'];

@@ -1,21 +1,17 @@
 import request from 'supertest';
-import { claimHostname, startDnsServer, type TestDnsServer } from '../helpers/dns-server';
+import { claimHostname, type TestDnsServer } from '../helpers/dns-server';
 import { getQueue, QueueName } from '../../src/queue/queues';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery, TEST_SERVER_URL, urlFor } from '../helpers/db';
 import { countRows, eventually } from '../helpers/fixtures';
 import { expectProblem } from '../helpers/http';
 import { auth, createStoreViaApi, provisionManagedStore, queryWith, storeConnection, waitForProvisioning } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 
-let t: TestApp;
 let dns: TestDnsServer;
-beforeAll(async () => {
-  dns = await startDnsServer();
-  t = await startTestApp('prov', { WORKER: 'on', DNS_SERVERS: dns.address });
-});
-afterAll(async () => {
-  await t?.close();
-  await dns?.close();
+const t = useSuite('prov', async (s) => {
+  dns = await s.dns();
+  return { WORKER: 'on', DNS_SERVERS: dns.address };
 });
 
 test('the onboarding path: register, create a store, connect managed, poll until active, add a hostname, sell on it', async () => {

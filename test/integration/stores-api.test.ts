@@ -3,35 +3,30 @@ import type { Express } from 'express';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../../src/context';
 import { secretContext } from '../../src/lib/crypto';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
-import { countRows, eventually, startInstance } from '../helpers/fixtures';
+import { registerUser } from '../helpers/app';
+import { countRows, eventually } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth, createStoreViaApi, provisionManagedStore, storeConnection, uniqueSlug, waitForProvisioning } from '../helpers/stores';
 import request from 'supertest';
-import { claimHostname, startDnsServer, type TestDnsServer } from '../helpers/dns-server';
+import { claimHostname, type TestDnsServer } from '../helpers/dns-server';
+import { useSuite } from '../helpers/suite';
 
-let t: TestApp;
+let dns: TestDnsServer;
+const t = useSuite('stores', async (s) => {
+  dns = await s.dns();
+  return { WORKER: 'on', DNS_SERVERS: dns.address };
+});
 let api: RecordingClient;
 /** A second API instance on the same master DB and Redis (a load balancer's other target). */
 let other: { ctx: AppContext; app: Express };
 
 type User = Awaited<ReturnType<typeof registerUser>>;
 
-let dns: TestDnsServer;
-
 beforeAll(async () => {
-  dns = await startDnsServer();
-  t = await startTestApp('stores', { WORKER: 'on', DNS_SERVERS: dns.address });
   api = recordingClient(t.app);
-  other = await startInstance(t);
+  other = await t.instance();
 });
-afterAll(async () => {
-  await other.ctx.close();
-  await t.close();
-  await dns.close();
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 /** A user on the pro plan (5 stores). */
 async function proUser(): Promise<User> {

@@ -37,7 +37,8 @@ export const HOST_PATTERN = `^(?:${dnsName('$')}|${IPV4}|(?:${IPV6})|\\[(?:${IPV
 
 export const CONNECTION_STRING_PATTERN =
   `^postgres(?:ql)?://${URL_CHAR}{1,63}(?::${URL_CHAR}{0,1000})?@(?:${dnsName('[:/]')}|${IPV4}|\\[(?:${IPV6})\\])(?::${PORT})?` +
-  `/${URL_CHAR}{1,63}(?:\\?sslmode=(?:disable|require|verify-full))?$`;
+  // Not a dot segment (`.`, `..`, `%2e`), which the URL parser removes: the path would name no database.
+  `/(?!(?:\\.|%2[Ee]){1,2}(?:\\?|$))${URL_CHAR}{1,63}(?:\\?sslmode=(?:disable|require|verify-full))?$`;
 
 /** No control characters (C0, DEL, C1): what the parser refuses in every part. */
 export const NO_CONTROL_PATTERN = '^[^\\u0000-\\u001f\\u007f-\\u009f]*$';

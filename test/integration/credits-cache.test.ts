@@ -6,30 +6,25 @@ import { ident, withClient } from '../../src/provisioning/tenant-db';
 import { SYNC_BATCH } from '../../src/credits/credit-sync';
 import { getQueue, QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery, urlFor } from '../helpers/db';
 import { eventually, insertStore } from '../helpers/fixtures';
-import { createActiveStore, dropTestTenants, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, type TestStore } from '../helpers/tenants';
 
 /**
  * The copy of a store's credits in its own database (credit_balance_cache, credit_spending_log), kept up to
  * date by the credit-sync job from the master, which stays the source of truth.
  */
 
-let t: TestApp;
+const t = useSuite('credits_cache', { WORKER: 'on', TENANT_FENCE_MS: '300', CREDIT_SYNC_DELAY_MS: '200' });
 let server: Server;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 let admin: Awaited<ReturnType<typeof registerUser>>;
 
 beforeAll(async () => {
-  t = await startTestApp('credits_cache', { WORKER: 'on', TENANT_FENCE_MS: '300', CREDIT_SYNC_DELAY_MS: '200' });
-  server = t.app.listen(0, '127.0.0.1');
+  server = t.listen();
   [owner, admin] = await Promise.all([registerUser(t.app), registerAdmin(t)]);
-});
-afterAll(async () => {
-  await new Promise((r) => server.close(r));
-  await t.close();
-  await dropTestTenants();
 });
 
 const key = () => randomUUID();

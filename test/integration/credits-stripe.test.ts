@@ -3,28 +3,24 @@ import type { Server } from 'node:http';
 import { QueryTypes } from 'sequelize';
 import Stripe from 'stripe';
 import request from 'supertest';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { countRows, insertStore } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import { useSuite } from '../helpers/suite';
 
 const SECRET = 'whsec_test_credits_0123456789abcdef';
 
-let t: TestApp;
+const t = useSuite('credits_stripe', { PAYMENTS_PROVIDER: 'stripe', STRIPE_WEBHOOK_SECRET: SECRET });
 let server: Server;
 let api: RecordingClient;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 
 beforeAll(async () => {
-  t = await startTestApp('credits_stripe', { PAYMENTS_PROVIDER: 'stripe', STRIPE_WEBHOOK_SECRET: SECRET });
-  server = t.app.listen(0, '127.0.0.1');
+  server = t.listen();
   api = recordingClient(t.app);
   owner = await registerUser(t.app);
 });
-afterAll(async () => {
-  expectNoLeaks(api.responses);
-  await new Promise((r) => server.close(r));
-  await t.close();
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const key = () => randomUUID();
 const newStore = async () => (await insertStore(t, owner.user.id)).id;

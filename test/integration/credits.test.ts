@@ -3,11 +3,12 @@ import type { Server } from 'node:http';
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
 import { registerAdmin } from '../helpers/admins';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { countRows, insertStore } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import { useSuite } from '../helpers/suite';
 
-let t: TestApp;
+const t = useSuite('credits');
 let server: Server;
 let api: RecordingClient;
 let owner: Awaited<ReturnType<typeof registerUser>>;
@@ -19,18 +20,13 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const key = () => randomUUID();
 
 beforeAll(async () => {
-  t = await startTestApp('credits');
-  server = t.app.listen(0, '127.0.0.1');
+  server = t.listen();
   api = recordingClient(t.app);
   [owner, staff, outsider, admin] = await Promise.all([registerUser(t.app), registerUser(t.app), registerUser(t.app), registerAdmin(t)]);
   // A service that is no longer offered.
   await t.ctx.master.sequelize.query(`INSERT INTO service_credit_costs (service, cost_per_unit, description, active) VALUES ('fax', 3, 'One fax', false)`);
 });
-afterAll(async () => {
-  expectNoLeaks(api.responses);
-  await new Promise((r) => server.close(r));
-  await t.close();
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 /** A store of the owner (written straight into the master, so plan limits do not get in the way), with a staff member. */
 async function newStore(options: { status?: 'active' | 'suspended' | 'pending_database' } = {}) {

@@ -1,23 +1,23 @@
 import type { Server } from 'node:http';
 import pg from 'pg';
 import request from 'supertest';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { TEST_SERVER_URL } from '../helpers/db';
 import { expectNoLeak } from '../helpers/http';
-import { createActiveStore, dropTestTenants, tenantQuery, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, tenantQuery, type TestStore } from '../helpers/tenants';
 
 const CONNECTIONS_MAX = 3;
 const SEED_PRODUCTS = 3;
 
-let t: TestApp;
+// One owner here: the whole cap is its share (owner shares are tested in tenancy-starvation).
+const t = useSuite('bounds', { TENANT_CACHE_MAX: '2', TENANT_CONNECTIONS_MAX: String(CONNECTIONS_MAX), TENANT_POOL_MAX: '2', TENANT_OWNER_SHARE: '100' });
 let server: Server;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 const shops: { key: string; host: string; store: TestStore }[] = [];
 
 beforeAll(async () => {
-  // One owner here: the whole cap is its share (owner shares are tested in tenancy-starvation).
-  t = await startTestApp('bounds', { TENANT_CACHE_MAX: '2', TENANT_CONNECTIONS_MAX: String(CONNECTIONS_MAX), TENANT_POOL_MAX: '2', TENANT_OWNER_SHARE: '100' });
-  server = t.app.listen(0, '127.0.0.1');
+  server = t.listen();
   owner = await registerUser(t.app);
   const stores = await Promise.all(
     ['s0', 's1', 's2', 's3', 's4'].map(async (key) => ({ key, host: `${key}.bounds.test`, store: await createActiveStore(t, { ownerId: owner.user.id, hostnames: [`${key}.bounds.test`] }) })),
@@ -28,11 +28,6 @@ beforeAll(async () => {
       await request(server).post('/api/store/products').set('Host', shop.host).set('Authorization', `Bearer ${owner.token}`).send({ sku: `${shop.key}-seed-${i}`, name: `Seed ${i} of ${shop.key}`, priceCents: 100 + i }).expect(201);
     }
   }
-});
-afterAll(async () => {
-  await new Promise((r) => server.close(r));
-  await t.close();
-  await dropTestTenants();
 });
 
 /** Samples how many connections the API holds open to these tenant databases, every ~10 ms, until stopped. */
@@ -55,6 +50,11 @@ function sampleTenantConnections(databases: string[]) {
       await client.end();
     }
   })();
+  // A failed test never gets to stop() it.
+  t.defer('the connection sampler', () => {
+    running = false;
+    return done.catch(() => {});
+  });
   return {
     samples,
     async stop() {

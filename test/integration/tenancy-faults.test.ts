@@ -3,16 +3,17 @@ import net from 'node:net';
 import request from 'supertest';
 import { secretContext } from '../../src/lib/crypto';
 import { ident } from '../../src/provisioning/tenant-db';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery } from '../helpers/db';
 import { expectProblem } from '../helpers/http';
-import { createActiveStore, dropTestTenants, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, type TestStore } from '../helpers/tenants';
 
 const FENCE_MS = 1500;
 /** The contract: an unreachable tenant DB is a 503 within 2 s, never a hang. */
 const ANSWER_WITHIN_MS = 2000;
 
-let t: TestApp;
+const t = useSuite('faults', { TENANT_FENCE_MS: String(FENCE_MS) });
 let server: Server;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 let a: TestStore;
@@ -21,8 +22,7 @@ const B = 'b.faults.test';
 const C = 'c.faults.test';
 
 beforeAll(async () => {
-  t = await startTestApp('faults', { TENANT_FENCE_MS: String(FENCE_MS) });
-  server = t.app.listen(0, '127.0.0.1');
+  server = t.listen();
   owner = await registerUser(t.app);
   [a] = await Promise.all([
     createActiveStore(t, { ownerId: owner.user.id, hostnames: [A] }),
@@ -32,11 +32,6 @@ beforeAll(async () => {
   for (const host of [A, B, C]) {
     await request(server).post('/api/store/products').set('Host', host).set('Authorization', `Bearer ${owner.token}`).send({ sku: `${host}-1`, name: 'Thing', priceCents: 100 }).expect(201);
   }
-});
-afterAll(async () => {
-  await new Promise((r) => server.close(r));
-  await t.close();
-  await dropTestTenants();
 });
 
 async function timed(host: string, path = '/api/store/products') {

@@ -2,9 +2,10 @@ import type { Server } from 'node:http';
 import net from 'node:net';
 import pg from 'pg';
 import request from 'supertest';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { TEST_SERVER_URL } from '../helpers/db';
 import { expectNoLeak, expectProblem } from '../helpers/http';
+import { useSuite } from '../helpers/suite';
 import { createActiveStore, dropTestTenants, tenantQuery, type TestStore } from '../helpers/tenants';
 
 const CONNECTIONS_MAX = 12;
@@ -18,7 +19,15 @@ const MAX_READ_BYTES = 64 * 1024;
 /** A request to a locked store waits for a connection (at most the acquire timeout), then for the lock (at most the lock timeout). */
 const LOCKED_ANSWER_WITHIN_MS = ACQUIRE_TIMEOUT_MS + LOCK_TIMEOUT_MS + 1500;
 
-let t: TestApp;
+const t = useSuite('starve', {
+  TENANT_CONNECTIONS_MAX: String(CONNECTIONS_MAX),
+  TENANT_POOL_MAX: String(POOL_MAX),
+  TENANT_OWNER_SHARE: '25',
+  TENANT_ACQUIRE_TIMEOUT_MS: String(ACQUIRE_TIMEOUT_MS),
+  TENANT_LOCK_TIMEOUT_MS: String(LOCK_TIMEOUT_MS),
+  TENANT_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
+  TENANT_MAX_READ_BYTES: String(MAX_READ_BYTES),
+});
 let server: Server;
 type Owner = Awaited<ReturnType<typeof registerUser>>;
 interface Shop {
@@ -30,16 +39,7 @@ const locked: Shop[] = [];
 const others: Shop[] = [];
 
 beforeAll(async () => {
-  t = await startTestApp('starve', {
-    TENANT_CONNECTIONS_MAX: String(CONNECTIONS_MAX),
-    TENANT_POOL_MAX: String(POOL_MAX),
-    TENANT_OWNER_SHARE: '25',
-    TENANT_ACQUIRE_TIMEOUT_MS: String(ACQUIRE_TIMEOUT_MS),
-    TENANT_LOCK_TIMEOUT_MS: String(LOCK_TIMEOUT_MS),
-    TENANT_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
-    TENANT_MAX_READ_BYTES: String(MAX_READ_BYTES),
-  });
-  server = t.app.listen(0, '127.0.0.1');
+  server = t.listen();
   hostile = await registerUser(t.app);
   const good = await Promise.all([registerUser(t.app), registerUser(t.app), registerUser(t.app)]);
   const make = async (owner: Owner): Promise<Shop> => ({ owner, store: await createActiveStore(t, { ownerId: owner.user.id }) });
@@ -48,11 +48,6 @@ beforeAll(async () => {
   for (const shop of [...locked, ...others]) {
     await request(server).post('/api/store/products').set('X-Store-Id', shop.store.id).set('Authorization', `Bearer ${shop.owner.token}`).send({ sku: `${shop.store.slug}-1`, name: 'Thing', priceCents: 100 }).expect(201);
   }
-});
-afterAll(async () => {
-  await new Promise((r) => server.close(r));
-  await t.close();
-  await dropTestTenants();
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -74,8 +69,7 @@ const list = (shop: Shop) => timed(request(server).get('/api/store/products').se
 async function lockAll(shops: Shop[]): Promise<pg.Client[]> {
   return Promise.all(
     shops.map(async ({ store }) => {
-      const client = new pg.Client({ ...store.connection, connectionTimeoutMillis: 5000 });
-      await client.connect();
+      const client = await t.pgClient(store.connection);
       await client.query('BEGIN');
       await client.query('LOCK TABLE products IN ACCESS EXCLUSIVE MODE');
       return client;
@@ -105,6 +99,11 @@ function sampleOwner(databases: string[], ownerId: string) {
       await client.end();
     }
   })();
+  // A failed test never gets to stop() it.
+  t.defer('the connection sampler', () => {
+    running = false;
+    return done.catch(() => {});
+  });
   return {
     async stop() {
       running = false;
@@ -261,6 +260,7 @@ async function startStallingProxy(target: { host: string; port: number }) {
 test('a database that never answers a query gets 503 after the client-side timeout; its connection is closed, not reused, and the store is not fenced', async () => {
   const u = new URL(TEST_SERVER_URL);
   const proxy = await startStallingProxy({ host: u.hostname, port: Number(u.port || 5432) });
+  t.defer('the stalling proxy', () => proxy.close());
   try {
     const via = new URL(TEST_SERVER_URL);
     via.port = String(proxy.port);

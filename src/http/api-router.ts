@@ -223,28 +223,34 @@ export class ApiRouter {
   }
 }
 
-/** `/api/stores/:id` → a pattern of the paths Express matches with it (any segment for a parameter, an optional trailing slash). */
-function pathPattern(path: string): RegExp {
-  const source = path
+/** `/api/stores/:id` → the source of a pattern of the paths Express matches with it (any segment for a parameter). */
+const pathSource = (path: string) =>
+  path
     .split(/(:[A-Za-z0-9_]+)/)
     .map((part) => (part.startsWith(':') ? '[^/]+' : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')))
     .join('');
-  return new RegExp(`^${source}/?$`, 'i');
-}
+
+/** One pattern for several paths: case-insensitive with an optional trailing slash, as Express matches. */
+const anyOf = (paths: string[]) => new RegExp(`^(?:${paths.map(pathSource).join('|')})/?$`, 'i');
 
 /**
  * 405 METHOD_NOT_ALLOWED, with the `Allow` header, for a request whose path is one of the routers' routes but
  * whose method none of them answers. Mounted before the routers, so a method that cannot succeed is told as
  * such before the store is resolved or the body read; other paths pass (404 later, or routes not built with
- * ApiRouter).
+ * ApiRouter). Every request goes through it: two pattern tests, the route-by-route look-up only for a 405.
  */
 export function methodNotAllowed(routers: ApiRouter[]): RequestHandler {
-  const routes = routers.flatMap((r) => r.routes.map((route) => ({ method: route.method.toUpperCase(), pattern: pathPattern(r.basePath + route.path) })));
-  return (req, res, next) => {
-    const allowed = new Set(routes.filter((r) => r.pattern.test(req.path)).map((r) => r.method));
-    if (allowed.size === 0 || allowed.has(req.method) || (req.method === 'HEAD' && allowed.has('GET'))) return next();
-    if (allowed.has('GET')) allowed.add('HEAD');
-    const allow = [...allowed].sort().join(', ');
+  const routes = routers.flatMap((r) => r.routes.map((route) => ({ method: route.method.toUpperCase(), path: r.basePath + route.path })));
+  const known = anyOf(routes.map((r) => r.path));
+  const byMethod = new Map<string, RegExp>();
+  for (const method of new Set(routes.map((r) => r.method))) byMethod.set(method, anyOf(routes.filter((r) => r.method === method).map((r) => r.path)));
+  const answers = (method: string, path: string) => byMethod.get(method)?.test(path) === true;
+
+  return (req, _res, next) => {
+    if (!known.test(req.path) || answers(req.method, req.path) || (req.method === 'HEAD' && answers('GET', req.path))) return next();
+    const allowed = [...byMethod.keys()].filter((method) => answers(method, req.path));
+    if (allowed.includes('GET')) allowed.push('HEAD');
+    const allow = allowed.sort().join(', ');
     next(new AppError(405, ErrorCode.METHOD_NOT_ALLOWED, `${req.method} is not a method of ${req.path}; it answers ${allow}`, { headers: { Allow: allow } }));
   };
 }

@@ -64,15 +64,25 @@ export interface RouteInput<B, P, Q> {
   res: Response;
 }
 
-export function fieldErrors(error: z.ZodError): FieldError[] {
-  return error.issues.map((i) => ({ path: i.path.join('.') || '(root)', message: i.message }));
+const UNKNOWN = {
+  query: (name: string) => `"${name}" is not a query parameter of this route`,
+  other: (name: string) => `"${name}" is not a field of this request`,
+};
+
+/** Every problem by its path; an unknown field or parameter is named by its own path, like any other. */
+export function fieldErrors(error: z.ZodError, unknown = UNKNOWN.other): FieldError[] {
+  const at = (path: PropertyKey[]) => path.map(String).join('.') || '(root)';
+  return error.issues.flatMap((i) =>
+    i.code === 'unrecognized_keys' ? i.keys.map((key) => ({ path: at([...i.path, key]), message: unknown(key) })) : [{ path: at(i.path), message: i.message }],
+  );
 }
 
 /** Parse with a zod schema or fail with 400 VALIDATION_FAILED listing every problem. */
 export function parse<T extends ZodType>(schema: T, value: unknown, what: string): z.infer<T> {
   const result = schema.safeParse(value);
   if (!result.success) {
-    throw new AppError(400, ErrorCode.VALIDATION_FAILED, `The request ${what} is not valid`, { errors: fieldErrors(result.error) });
+    const errors = fieldErrors(result.error, what === 'query' ? UNKNOWN.query : UNKNOWN.other);
+    throw new AppError(400, ErrorCode.VALIDATION_FAILED, `The request ${what} is not valid`, { errors });
   }
   return result.data;
 }
@@ -82,7 +92,7 @@ function refuseQuery(query: Record<string, unknown>): void {
   const names = Object.keys(query);
   if (names.length === 0) return;
   throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The request query is not valid: this route takes no query parameters', {
-    errors: names.map((name) => ({ path: name, message: 'is not a query parameter of this route' })),
+    errors: names.map((name) => ({ path: name, message: UNKNOWN.query(name) })),
   });
 }
 

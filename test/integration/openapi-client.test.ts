@@ -73,4 +73,9 @@ test('the onboarding path through the typed client: account, store, managed data
   const catalogue = await shopper.GET('/api/store/products', { params: { header: { 'X-Store-Id': storeId }, query: { limit: 10 } } });
   expect(catalogue.response.status).toBe(200);
   expect(catalogue.data).toEqual({ items: [expect.objectContaining({ id: product.data!.id, sku: 'MUG-1', priceCents: 1250, active: true })], nextCursor: null });
+
+  // What the types do not let the client send, the API refuses: a query parameter the route does not know.
+  const unknown = await fetch(`${baseUrl}/api/store/products?sort=price`, { headers: { 'X-Store-Id': storeId } });
+  expect(unknown.status).toBe(400);
+  expect(await unknown.json()).toMatchObject({ code: 'VALIDATION_FAILED', errors: [{ path: 'sort', message: '"sort" is not a query parameter of this route' }] });
 });

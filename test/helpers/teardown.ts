@@ -36,6 +36,8 @@ export class Resources {
    */
   open<T>(name: string, start: () => Promise<T>, close: (value: T) => unknown): Promise<T> {
     const started = start();
+    // Its caller awaits it; a rejection before that (while another set-up step runs) is not unhandled.
+    started.catch(() => {});
     this.defer(name, async () => {
       let value: T;
       try {

@@ -6,19 +6,25 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { getQueue, QueueName } from '../../src/queue/queues';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery, assertTestDatabase, urlFor } from '../helpers/db';
 import { countRows } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
-import { startPasswordServer, type PasswordServer } from '../helpers/password-server';
+import type { PasswordServer } from '../helpers/password-server';
 import { auth, createStoreViaApi, queryWith } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 
 /**
  * An owner's connection string is data. Whatever it says, the platform reads no file, opens no socket path
  * and sends no option because of it: anything beyond user, password, host, port, database and sslmode is
  * refused with 400 before anything is stored or queued.
  */
-let t: TestApp;
+let starting: Promise<PasswordServer>;
+const t = useSuite('connstr', (s) => {
+  // Started beside the app rather than after it.
+  starting = s.passwordServer(`right-${randomBytes(9).toString('base64url')}`);
+  return {};
+});
 let api: RecordingClient;
 /** A server that checks passwords (the test servers trust every local connection). */
 let checking: PasswordServer;
@@ -36,11 +42,16 @@ let owner: Awaited<ReturnType<typeof registerUser>>;
 let storeId: string;
 
 beforeAll(async () => {
-  [t, checking] = await Promise.all([startTestApp('connstr'), startPasswordServer(`right-${randomBytes(9).toString('base64url')}`)]);
+  checking = await starting;
   api = recordingClient(t.app);
   tmp = mkdtempSync(path.join(tmpdir(), 'tenantry-connstr-'));
-  tlsServer = await startFakeTlsPostgres(tmp);
+  t.defer('the temporary folder', () => rmSync(tmp, { recursive: true, force: true }));
+  tlsServer = await t.open('the fake TLS Postgres', () => startFakeTlsPostgres(tmp), (server) => server.close());
   for (const n of [role, used]) assertTestDatabase(n);
+  t.defer('the role and database made here', async () => {
+    await adminQuery(`DROP DATABASE IF EXISTS ${used} WITH (FORCE)`);
+    await adminQuery(`DROP ROLE IF EXISTS ${role}`);
+  });
   await adminQuery(`CREATE ROLE ${role} LOGIN PASSWORD '${PASSWORD}'`);
   await adminQuery(`CREATE DATABASE ${used} OWNER ${role}`);
   await queryWith({ connectionString: urlFor(used) }, 'CREATE TABLE legacy_orders (id integer PRIMARY KEY)');
@@ -53,15 +64,7 @@ beforeAll(async () => {
   owner = await registerUser(t.app);
   storeId = (await createStoreViaApi(t.app, owner.token, { name: 'Connection strings' })).id;
 });
-afterAll(async () => {
-  await tlsServer?.close();
-  await checking?.stop();
-  await t.close();
-  await adminQuery(`DROP DATABASE IF EXISTS ${used} WITH (FORCE)`);
-  await adminQuery(`DROP ROLE IF EXISTS ${role}`);
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const connect = (body: object, id = storeId, token = owner.token) => api.post(`/api/stores/${id}/database`).set(auth(token)).send(body);
 const withString = (connectionString: string) => ({ mode: 'external', connectionString });

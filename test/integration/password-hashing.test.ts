@@ -1,8 +1,9 @@
 import bcrypt from 'bcrypt';
 import { config } from '../../src/config';
 import { configurePasswordHashing } from '../../src/lib/passwords';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
+import { useSuite } from '../helpers/suite';
 
 /** bcrypt itself, watched: how many hashes or comparisons run at the same moment. */
 function watchBcrypt() {
@@ -33,22 +34,18 @@ function watchBcrypt() {
 }
 
 describe('password hashing is bounded per instance (PASSWORD_HASH_CONCURRENCY=1, PASSWORD_HASH_QUEUE_MAX=2)', () => {
-  let t: TestApp;
+  // A real cost, so that a hash takes long enough for ten logins to find it busy.
+  const t = useSuite('hashing', { BCRYPT_ROUNDS: '10', PASSWORD_HASH_CONCURRENCY: '1', PASSWORD_HASH_QUEUE_MAX: '2' });
   let api: RecordingClient;
   let watcher: ReturnType<typeof watchBcrypt>;
-  beforeAll(async () => {
-    // A real cost, so that a hash takes long enough for ten logins to find it busy.
-    t = await startTestApp('hashing', { BCRYPT_ROUNDS: '10', PASSWORD_HASH_CONCURRENCY: '1', PASSWORD_HASH_QUEUE_MAX: '2' });
+  beforeAll(() => {
     configurePasswordHashing(t.ctx.config);
+    t.defer('the password hashing settings', () => configurePasswordHashing(config));
     api = recordingClient(t.app);
     watcher = watchBcrypt();
+    t.defer('the bcrypt watch', () => watcher.restore());
   });
-  afterAll(async () => {
-    watcher?.restore();
-    configurePasswordHashing(config);
-    await t?.close();
-    expectNoLeaks(api.responses);
-  });
+  t.checkAtEnd(() => expectNoLeaks(api.responses));
 
   test('a burst of 10 logins: some get 503 SERVICE_UNAVAILABLE with Retry-After, and never more than 1 hash runs at a time', async () => {
     const { user, password } = await registerUser(t.app);

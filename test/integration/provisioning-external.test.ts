@@ -6,19 +6,25 @@ import { secretContext } from '../../src/lib/crypto';
 import { migrationsDir } from '../../src/db/migrate';
 import { prepareTenant } from '../../src/provisioning/tenant-db';
 import { getQueue, QueueName } from '../../src/queue/queues';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery, assertTestDatabase, urlFor } from '../helpers/db';
-import { countRows, startInstance } from '../helpers/fixtures';
+import { countRows } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
-import { startPasswordServer, type PasswordServer } from '../helpers/password-server';
+import type { PasswordServer } from '../helpers/password-server';
 import { auth, createStoreViaApi, queryWith, waitForProvisioning } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 import { startWorkers } from '../../src/worker';
 
 /**
  * A store owner brings their own database. Its credentials are checked before anything is stored or
  * queued; a good, empty database is then provisioned like a managed one (schema, store row, first admin).
  */
-let t: TestApp;
+let starting: Promise<PasswordServer>;
+const t = useSuite('provext', (s) => {
+  // Started beside the app rather than after it.
+  starting = s.passwordServer(`right-${randomBytes(9).toString('base64url')}`);
+  return { WORKER: 'on' };
+});
 let api: RecordingClient;
 const hex = randomBytes(4).toString('hex');
 const names = {
@@ -39,23 +45,20 @@ const PASSWORD = `pw-${randomBytes(9).toString('base64url')}`;
 let checking: PasswordServer;
 
 beforeAll(async () => {
-  [t, checking] = await Promise.all([startTestApp('provext', { WORKER: 'on' }), startPasswordServer(`right-${randomBytes(9).toString('base64url')}`)]);
+  checking = await starting;
   api = recordingClient(t.app);
   for (const n of Object.values(names)) assertTestDatabase(n);
+  t.defer('the roles and databases made here', async () => {
+    for (const db of databases) await adminQuery(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+    for (const role of [names.role, names.nologin]) await adminQuery(`DROP ROLE IF EXISTS ${role}`);
+  });
   await adminQuery(`CREATE ROLE ${names.role} LOGIN PASSWORD '${PASSWORD}'`);
   await adminQuery(`CREATE ROLE ${names.nologin} NOLOGIN PASSWORD '${PASSWORD}'`);
   for (const db of databases) await adminQuery(`CREATE DATABASE ${db} OWNER ${names.role}`);
   // Someone else's data: a table that is not Tenantry's.
   await queryWith({ connectionString: urlFor(names.used) }, 'CREATE TABLE legacy_orders (id integer PRIMARY KEY, total numeric)');
 });
-afterAll(async () => {
-  await checking?.stop();
-  await t.close();
-  for (const db of databases) await adminQuery(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
-  for (const role of [names.role, names.nologin]) await adminQuery(`DROP ROLE IF EXISTS ${role}`);
-  // Last: a failed check must not leave the app and its connections open.
-  expectNoLeaks(api.responses);
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const external = (fields: Partial<TenantConnection>) => ({ mode: 'external', host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD, ...fields });
 
@@ -231,12 +234,9 @@ describe("a database is taken only empty or holding this very store's Tenantry s
 });
 
 describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the platform never connects into its own network for an owner', () => {
-  let guarded: Awaited<ReturnType<typeof startInstance>>;
+  let guarded: Awaited<ReturnType<typeof t.instance>>;
   beforeAll(async () => {
-    guarded = await startInstance(t, { EXTERNAL_DB_PRIVATE_NETWORKS: 'deny' });
-  });
-  afterAll(async () => {
-    await guarded.ctx.close();
+    guarded = await t.instance({ EXTERNAL_DB_PRIVATE_NETWORKS: 'deny' });
   });
 
   test('a private, loopback or link-local address, literal or by name → 422 DATABASE_UNREACHABLE, and nothing is stored or queued', async () => {
@@ -263,9 +263,9 @@ describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the p
   test('a provisioning job run by a guarded worker does not connect either: the store ends provisioning_failed, saying why', async () => {
     // Connected where private networks are allowed, provisioned by a worker where they are not.
     const redisPrefix = `test:${randomBytes(4).toString('hex')}`;
-    const open = await startInstance(t, { PROVISIONING_ATTEMPTS: '1' }, { redisPrefix });
-    const worker = await startInstance(t, { EXTERNAL_DB_PRIVATE_NETWORKS: 'deny' }, { redisPrefix });
-    const workers = await startWorkers(worker.ctx);
+    const open = await t.instance({ PROVISIONING_ATTEMPTS: '1' }, { redisPrefix });
+    const worker = await t.instance({ EXTERNAL_DB_PRIVATE_NETWORKS: 'deny' }, { redisPrefix });
+    const workers = await t.open('the guarded worker', () => startWorkers(worker.ctx), (w) => w.close());
     try {
       const user = await registerUser(open.app);
       const id = (await createStoreViaApi(open.app, user.token, { name: 'Queued before the policy' })).id;

@@ -2,49 +2,45 @@ import type { Express } from 'express';
 import request from 'supertest';
 import type { AppContext } from '../../src/context';
 import { startWorkers, type Workers } from '../../src/worker';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery, TEST_SERVER_URL } from '../helpers/db';
-import { startInstance } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
 import { auth, createStoreViaApi, queryWith, storeConnection, waitForProvisioning } from '../helpers/stores';
-import { freePort, startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy';
+import { useSuite } from '../helpers/suite';
+import { freePort } from '../helpers/tcp-proxy';
 
 /**
  * Managed provisioning against a tenant server that does not answer: the job fails after its attempts,
  * the store is marked provisioning_failed and the owner sees why (without hosts or credentials). Once
  * the server answers again, a retry finishes the store.
  */
-let t: TestApp;
-let api: RecordingClient;
 let deadPort: number;
-let proxy: TcpProxy | undefined;
+const t = useSuite('provfail', async () => {
+  deadPort = await freePort();
+  return { WORKER: 'on', TENANT_SERVERS: `postgres://postgres@127.0.0.1:${deadPort}/postgres`, PROVISIONING_ATTEMPTS: '2' };
+});
+let api: RecordingClient;
 let healthy: { ctx: AppContext; app: Express; workers: Workers } | undefined;
 let owner: Awaited<ReturnType<typeof registerUser>>;
 let comesBack: string;
 let movesAway: string;
 
 beforeAll(async () => {
-  deadPort = await freePort();
-  t = await startTestApp('provfail', { WORKER: 'on', TENANT_SERVERS: `postgres://postgres@127.0.0.1:${deadPort}/postgres`, PROVISIONING_ATTEMPTS: '2' });
   api = recordingClient(t.app);
+  // Whatever went to the real server through the proxy is not under a server key the app's close() knows.
+  t.defer('the databases provisioned through the proxy', async () => {
+    const names = (await t.ctx.master.models.StoreDatabase.findAll({ raw: true })).map((d) => d.databaseName!);
+    for (const name of names) {
+      await adminQuery(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      await adminQuery(`DROP ROLE IF EXISTS "${name}"`);
+    }
+  });
   owner = await registerUser(t.app);
   await t.ctx.master.models.Subscription.create({ userId: owner.user.id, planId: 'pro' });
   comesBack = (await createStoreViaApi(t.app, owner.token, { name: 'Comes back' })).id;
   movesAway = (await createStoreViaApi(t.app, owner.token, { name: 'Moves away' })).id;
 });
-afterAll(async () => {
-  expectNoLeaks(api.responses);
-  await healthy?.workers.close();
-  await healthy?.ctx.close();
-  const names = (await t.ctx.master.models.StoreDatabase.findAll({ raw: true })).map((d) => d.databaseName!);
-  await t.close();
-  await proxy?.close();
-  // Whatever went to the real server through the proxy is not under a server key close() knows.
-  for (const name of names) {
-    await adminQuery(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
-    await adminQuery(`DROP ROLE IF EXISTS "${name}"`);
-  }
-});
+t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 test('a managed database on a server that does not answer: after PROVISIONING_ATTEMPTS the store is provisioning_failed and the owner sees a safe error', async () => {
   for (const id of [comesBack, movesAway]) {
@@ -81,7 +77,7 @@ test('a managed database on a server that does not answer: after PROVISIONING_AT
 test('once the server answers again on its address, POST …/provisioning/retry finishes the store', async () => {
   // The tenant server "comes back": its address now leads to the real Postgres.
   const real = new URL(TEST_SERVER_URL);
-  proxy = await startTcpProxy(deadPort, { host: real.hostname, port: Number(real.port || 5432) });
+  await t.proxy(deadPort, { host: real.hostname, port: Number(real.port || 5432) });
 
   const res = await api.post(`/api/stores/${comesBack}/provisioning/retry`).set(auth(owner.token)).expect(202);
   expect(res.body).toEqual({ jobId: `provision-${comesBack}`, status: 'queued' });
@@ -99,8 +95,8 @@ test('once the server answers again on its address, POST …/provisioning/retry 
 
 test('a store whose server was taken out of TENANT_SERVERS: retry cannot succeed, connecting again moves it to a configured server', async () => {
   // Another deployment on the same master (its own queues and worker), configured with the real server only.
-  const instance = await startInstance(t, { TENANT_SERVERS: TEST_SERVER_URL, PROVISIONING_ATTEMPTS: '1' }, { redisPrefix: `${t.ctx.redisPrefix}:other` });
-  healthy = { ...instance, workers: await startWorkers(instance.ctx) };
+  const instance = await t.instance({ TENANT_SERVERS: TEST_SERVER_URL, PROVISIONING_ATTEMPTS: '1' }, { redisPrefix: `${t.ctx.redisPrefix}:other` });
+  healthy = { ...instance, workers: await t.open('the healthy worker', () => startWorkers(instance.ctx), (w) => w.close()) };
 
   // The failed store keeps its server's key, which this instance does not know: the retried job fails again.
   await request(healthy.app).post(`/api/stores/${movesAway}/provisioning/retry`).set(auth(owner.token)).expect(202);

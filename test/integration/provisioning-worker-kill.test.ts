@@ -4,10 +4,11 @@ import request from 'supertest';
 import { migrationsDir } from '../../src/db/migrate';
 import { getQueue, QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';
-import { registerUser, startTestApp, type TestApp } from '../helpers/app';
+import { registerUser } from '../helpers/app';
 import { adminQuery } from '../helpers/db';
 import { countRows, eventually } from '../helpers/fixtures';
 import { auth, createStoreViaApi, queryWith, storeConnection, waitForProvisioning } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
 import { killAllWorkers, spawnWorker, type WorkerProcess } from '../helpers/worker-process';
 
 /**
@@ -16,18 +17,14 @@ import { killAllWorkers, spawnWorker, type WorkerProcess } from '../helpers/work
  * every migration, one admin — with nothing done twice. And a job that ran while its store was deleted or
  * suspended (and so did nothing) runs again when the store comes back.
  */
-let t: TestApp;
+// No worker in this process: the jobs run in the worker processes the test starts.
+const t = useSuite('provkill');
 const workers: WorkerProcess[] = [];
 let lock: pg.Client | undefined;
 
-beforeAll(async () => {
-  // No worker in this process: the jobs run in the worker processes the test starts.
-  t = await startTestApp('provkill');
-});
-afterAll(async () => {
-  await lock?.end().catch(() => {});
-  await killAllWorkers();
-  await t.close();
+beforeAll(() => {
+  // Stopped before the app and its database go.
+  t.defer('the worker processes', killAllWorkers);
 });
 
 async function provisioningOf(token: string, storeId: string) {
@@ -41,8 +38,7 @@ test('a worker killed mid-job: a second worker process picks the job up and fini
   await request(t.app).post(`/api/stores/${store.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }).expect(202);
 
   // Hold the store's row: the job's last step (activate: UPDATE stores) will wait on it.
-  lock = new pg.Client({ connectionString: t.db.url });
-  await lock.connect();
+  lock = await t.pgClient({ connectionString: t.db.url });
   await lock.query('BEGIN');
   await lock.query('SELECT id FROM stores WHERE id = $1 FOR UPDATE', [store.id]);
 

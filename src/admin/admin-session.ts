@@ -3,7 +3,7 @@ import { Router, type Request, type RequestHandler, type Response } from 'expres
 import jwt from 'jsonwebtoken';
 import type { AppContext } from '../context';
 import { platformClaims, requireAuth } from '../http/authenticate';
-import { forbidden, unauthenticated } from '../lib/errors';
+import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import { JWT_ALGORITHM, type JwtSettings, type TokenClaims } from '../lib/jwt';
 import { platformRoles } from './platform-admins';
 
@@ -154,13 +154,13 @@ export function adminPagesGuard(ctx: AppContext): RequestHandler[] {
       const session = sessions(ctx).fromCookies(req.headers.cookie);
       if (!session) throw unauthenticated('Sign in at /admin/login, or send a platform admin token');
       if (!SAFE_METHODS.has(req.method) && !fromOwnPages(req)) {
-        throw forbidden('A change made with the admin session cookie must come from the admin pages of this site (Origin)');
+        throw fail(ErrorCode.FORBIDDEN, 'A change made with the admin session cookie must come from the admin pages of this site (Origin)');
       }
       adminUser.set(req, session.sub);
       next();
     },
     async (req, _res, next) => {
-      if (!(await roles.isPlatformAdmin(adminUser.get(req)!))) throw forbidden('Platform administrators only');
+      if (!(await roles.isPlatformAdmin(adminUser.get(req)!))) throw fail(ErrorCode.FORBIDDEN, 'Platform administrators only');
       next();
     },
   ];

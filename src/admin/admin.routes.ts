@@ -9,7 +9,7 @@ import { adjustCredits } from '../credits/credits.service';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import { ListQuery } from '../http/pagination';
-import { forbidden } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import { getQueue, QueueName } from '../queue/queues';
 import { StoreIdParams } from '../stores/stores.schemas';
 import { adminPagesGuard, closeAdminSession, openAdminSession } from './admin-session';
@@ -26,7 +26,7 @@ export function requirePlatformAdmin(ctx: AppContext): RequestHandler[] {
   return [
     requireAuth(ctx, 'platform'),
     async (req, _res, next) => {
-      if (!(await roles.isPlatformAdmin(platformClaims(req.auth).sub))) throw forbidden('Platform administrators only');
+      if (!(await roles.isPlatformAdmin(platformClaims(req.auth).sub))) throw fail(ErrorCode.FORBIDDEN, 'Platform administrators only');
       next();
     },
   ];

@@ -2,7 +2,7 @@ import type { Job } from 'bullmq';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../context';
 import { decodeCursor, toPage } from '../http/pagination';
-import { conflict, ErrorCode, notFound } from '../lib/errors';
+import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import type { TenantConnection } from '../db/tenant-handle';
@@ -58,14 +58,14 @@ export async function setSuspended(ctx: AppContext, adminId: string, storeId: st
   const store = await ctx.master.sequelize.transaction(async (t) => {
     // Locked: an owner's delete or restore at the same moment cannot drop the suspension.
     const row = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
-    if (!row) throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+    if (!row) throw noSuchStore();
     const deleted = row.status === 'deleted';
     if (suspend) {
       if (!row.suspendedAt || row.status !== (deleted ? 'deleted' : 'suspended')) {
         await row.update({ status: deleted ? 'deleted' : 'suspended', suspendedAt: row.suspendedAt ?? new Date() }, { transaction: t });
       }
     } else {
-      if (row.status !== 'suspended' && !(deleted && row.suspendedAt)) throw conflict(ErrorCode.CONFLICT, 'This store is not suspended');
+      if (row.status !== 'suspended' && !(deleted && row.suspendedAt)) throw fail(ErrorCode.CONFLICT, 'This store is not suspended');
       await row.update({ status: deleted ? 'deleted' : dbStatus!, suspendedAt: null }, { transaction: t });
     }
     await AuditLog.create({ actorUserId: adminId, storeId, action: suspend ? 'store.suspended' : 'store.resumed', targetType: 'store', targetId: storeId }, { transaction: t });
@@ -120,7 +120,7 @@ export async function processTenantMigrations(ctx: AppContext, job: Job, paralle
 
 export async function tenantMigrationRun(ctx: AppContext, runId: string) {
   const job = await getQueue(ctx, QueueName.tenantMigrations).getJob(runId);
-  if (!job) throw notFound('No such migration run');
+  if (!job) throw fail(ErrorCode.NOT_FOUND, 'No such migration run');
   const state = await job.getState();
   const p = (job.returnvalue ?? job.progress ?? {}) as Partial<MigrationProgress>;
   return { runId, state, total: p.total ?? 0, done: p.done ?? 0, migrated: p.migrated ?? 0, failures: p.failures ?? [] };

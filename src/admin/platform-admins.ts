@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import type { MasterDb } from '../db/master';
 import type { EventBus } from '../lib/bus';
-import { notFound } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 
 /**
  * Who is a platform admin. The master DB's users.role is the only record: nobody becomes one by registering,
@@ -38,7 +38,7 @@ async function setPlatformRole(deps: PlatformAdminDeps, rawEmail: string, role: 
   const { User, AuditLog } = deps.master.models;
   const result = await deps.master.sequelize.transaction(async (t) => {
     const user = await User.findOne({ where: { email }, transaction: t, lock: t.LOCK.UPDATE });
-    if (!user) throw notFound(`No account has the e-mail ${email}; it must register first`);
+    if (!user) throw fail(ErrorCode.NOT_FOUND, `No account has the e-mail ${email}; it must register first`);
     if (user.role === role) return { userId: user.id, email, role, changed: false };
     await user.update({ role }, { transaction: t });
     await AuditLog.create(

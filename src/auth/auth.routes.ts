@@ -4,7 +4,7 @@ import { RedisStore } from 'rate-limit-redis';
 import type { AppContext } from '../context';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
-import { AppError, ErrorCode } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import { AuthResult, LoginBody, LoginResult, MeResult, ProfileBody, RegisterBody, SwitchStoreBody, UserDto } from './auth.schemas';
 import * as auth from './auth.service';
 import { z } from 'zod';
@@ -22,7 +22,7 @@ export function redisLimiter(ctx: AppContext, name: string, opts: Partial<Option
     handler: (req, _res, next, options) => {
       const resetAt = (req as { rateLimit?: { resetTime?: Date } }).rateLimit?.resetTime?.getTime() ?? Date.now() + options.windowMs;
       const retryAfter = Math.max(1, Math.ceil((resetAt - Date.now()) / 1000));
-      next(new AppError(429, ErrorCode.RATE_LIMITED, 'Too many attempts; try again later', { headers: { 'Retry-After': String(retryAfter) } }));
+      next(fail(ErrorCode.RATE_LIMITED, 'Too many attempts; try again later', { headers: { 'Retry-After': String(retryAfter) } }));
     },
     ...opts,
   });

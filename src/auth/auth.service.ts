@@ -1,10 +1,10 @@
 import type { AppContext } from '../context';
-import { AppError, ErrorCode, conflict, forbidden, notFound } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import type { PlatformClaims } from '../lib/jwt';
 import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
 import type { UserRow } from '../models/master';
 import { activeStoreId, listUserStores, memberRole } from '../stores/membership';
-import { pgCode, PgCode } from '../db/errors';
+import { rethrowTaken } from '../db/errors';
 import type { LoginInput, ProfileInput, RegisterInput } from './auth.schemas';
 
 export function toUserDto(u: UserRow) {
@@ -31,14 +31,10 @@ async function audit(ctx: AppContext, actorUserId: string, action: string, reque
 
 export async function register(ctx: AppContext, input: RegisterInput, requestId?: string) {
   const passwordHash = await hashPassword(input.password);
-  let user: UserRow;
-  try {
-    // Never an admin by registering: only the operator's `tenantry admin:grant` makes one.
-    user = await ctx.master.models.User.create({ email: input.email, passwordHash, name: input.name, role: 'user' });
-  } catch (err) {
-    if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw conflict(ErrorCode.EMAIL_TAKEN, 'An account with this e-mail already exists');
-    throw err;
-  }
+  // Never an admin by registering: only the operator's `tenantry admin:grant` makes one.
+  const user: UserRow = await ctx.master.models.User.create({ email: input.email, passwordHash, name: input.name, role: 'user' }).catch(
+    rethrowTaken('An account with this e-mail already exists'),
+  );
   await audit(ctx, user.id, 'user.registered', requestId);
   return { user: toUserDto(user), token: platformToken(ctx, user, null) };
 }
@@ -48,10 +44,10 @@ export async function login(ctx: AppContext, input: LoginInput) {
   // Same answer and a similar cost whether the e-mail or the password is wrong.
   if (!user) {
     await burnPasswordCheck(input.password);
-    throw new AppError(401, ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
+    throw fail(ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
   }
   if (!(await verifyPassword(input.password, user.passwordHash))) {
-    throw new AppError(401, ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
+    throw fail(ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
   }
   const upgraded = await upgradedHash(input.password, user.passwordHash);
   if (upgraded) await user.update({ passwordHash: upgraded });
@@ -62,7 +58,7 @@ export async function login(ctx: AppContext, input: LoginInput) {
 async function findUser(ctx: AppContext, userId: string): Promise<UserRow> {
   const user = await ctx.master.models.User.findByPk(userId);
   // A valid token of a user that no longer exists.
-  if (!user) throw notFound('The account no longer exists');
+  if (!user) throw fail(ErrorCode.NOT_FOUND, 'The account no longer exists');
   return user;
 }
 
@@ -96,6 +92,6 @@ export async function updateProfile(ctx: AppContext, userId: string, input: Prof
 
 export async function switchStore(ctx: AppContext, userId: string, storeId: string) {
   const user = await findUser(ctx, userId);
-  if (!(await memberRole(ctx.master, userId, storeId))) throw forbidden('You are not a member of this store');
+  if (!(await memberRole(ctx.master, userId, storeId))) throw fail(ErrorCode.FORBIDDEN, 'You are not a member of this store');
   return { token: platformToken(ctx, user, storeId) };
 }

@@ -2,8 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../context';
 import { decodeCursor, toPage } from '../http/pagination';
-import { AppError, conflict, ErrorCode, forbidden, notFound } from '../lib/errors';
+import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import type { MemberRole, StoreStatus } from '../models/master';
+import { refuseIfSuspended } from '../stores/membership';
 import { requestCreditSync } from './credit-sync';
 import { CREDIT_PRICE, MIN_STRIPE_PURCHASE, type AdjustInput, type PurchaseInput, type SpendInput } from './credits.schemas';
 import {
@@ -26,8 +27,8 @@ export const CREDIT_ROLES = {
   purchase: ['owner', 'admin'],
 } as const satisfies Record<string, readonly MemberRole[]>;
 
-const insufficient = () => new AppError(402, ErrorCode.INSUFFICIENT_CREDITS, 'The store does not have enough credits for this');
-const keyReused = () => conflict(ErrorCode.CONFLICT, 'This idempotency key was already used for a different request on this store');
+const insufficient = () => fail(ErrorCode.INSUFFICIENT_CREDITS, 'The store does not have enough credits for this');
+const keyReused = () => fail(ErrorCode.CONFLICT, 'This idempotency key was already used for a different request on this store');
 
 interface Access {
   status: StoreStatus;
@@ -50,9 +51,9 @@ async function requireCreditAccess(ctx: AppContext, storeId: string, userId: str
     { bind: [storeId, userId, service], type: QueryTypes.SELECT },
   );
   const access = rows[0];
-  if (!access || access.status === 'deleted') throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
-  if (!access.role) throw forbidden('You are not a member of this store');
-  if (!roles.includes(access.role)) throw forbidden(`This needs one of these store roles: ${roles.join(', ')}`);
+  if (!access || access.status === 'deleted') throw noSuchStore();
+  if (!access.role) throw fail(ErrorCode.FORBIDDEN, 'You are not a member of this store');
+  if (!roles.includes(access.role)) throw fail(ErrorCode.FORBIDDEN, `This needs one of these store roles: ${roles.join(', ')}`);
   return access;
 }
 
@@ -74,7 +75,7 @@ async function settle(ctx: AppContext, storeId: string, key: string | null | und
   }
   if (outcome.kind === 'insufficient') throw insufficient();
   // The key's row vanished between the conflict and the read: only a deleted store does that.
-  throw conflict(ErrorCode.CONFLICT, 'This request collided with another one; try again');
+  throw fail(ErrorCode.CONFLICT, 'This request collided with another one; try again');
 }
 
 /**
@@ -109,9 +110,9 @@ export async function listCosts(ctx: AppContext) {
  */
 export async function spendCredits(ctx: AppContext, actor: Actor & { userId: string }, storeId: string, input: SpendInput) {
   const access = await requireCreditAccess(ctx, storeId, actor.userId, CREDIT_ROLES.spend, input.service);
-  if (access.status === 'suspended') throw new AppError(423, ErrorCode.STORE_SUSPENDED, 'This store is suspended');
+  refuseIfSuspended(access);
   if (access.costPerUnit === null || !access.serviceActive) {
-    throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The request body is not valid', { errors: [{ path: 'service', message: 'is not a service of GET /api/credits/costs' }] });
+    throw fail(ErrorCode.VALIDATION_FAILED, 'The request body is not valid', { errors: [{ path: 'service', message: 'is not a service of GET /api/credits/costs' }] });
   }
   const price = input.quantity * access.costPerUnit;
   const outcome = await applyChange(
@@ -148,7 +149,7 @@ export async function purchaseCredits(ctx: AppContext, actor: Actor & { userId: 
   }
 
   if (input.amount < MIN_STRIPE_PURCHASE) {
-    throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The request body is not valid', {
+    throw fail(ErrorCode.VALIDATION_FAILED, 'The request body is not valid', {
       errors: [{ path: 'amount', message: `card payments buy at least ${MIN_STRIPE_PURCHASE} credits` }],
     });
   }
@@ -172,7 +173,7 @@ function purchaseDto(row: LedgerRow, balanceNow?: number) {
  */
 export async function adjustCredits(ctx: AppContext, actor: Actor & { userId: string }, storeId: string, input: AdjustInput) {
   const store = await ctx.master.models.Store.findByPk(storeId, { attributes: ['id', 'status'] });
-  if (!store || store.status === 'deleted') throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+  if (!store || store.status === 'deleted') throw noSuchStore();
   const outcome = await applyChange(ctx, { storeId, type: 'adjustment', amount: input.amount, reason: input.reason, idempotencyKey: input.idempotencyKey }, actor);
   if (outcome.kind === 'applied') {
     await requestCreditSync(ctx, storeId);

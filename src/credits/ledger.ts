@@ -1,6 +1,6 @@
 import { QueryTypes, type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
-import { pgCode, PgCode } from '../db/errors';
+import { constraintOf, pgCode, PgCode } from '../db/errors';
 import type { CreditTransaction, Payment } from './credits.schemas';
 
 /**
@@ -136,8 +136,7 @@ export interface ChangeInput {
 export type ChangeOutcome = { kind: 'applied'; row: LedgerRow } | { kind: 'insufficient' } | { kind: 'duplicate-key' };
 
 function isIdempotencyConflict(err: unknown): boolean {
-  const e = err as { constraint?: string; parent?: { constraint?: string } };
-  return pgCode(err) === PgCode.UNIQUE_VIOLATION && (e.parent?.constraint ?? e.constraint) === 'credit_transactions_idempotency';
+  return pgCode(err) === PgCode.UNIQUE_VIOLATION && constraintOf(err) === 'credit_transactions_idempotency';
 }
 
 /** Apply one completed change to a store's balance (see changeSql). */

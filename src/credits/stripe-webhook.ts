@@ -2,7 +2,7 @@ import express from 'express';
 import Stripe from 'stripe';
 import { z } from 'zod';
 import type { AppContext } from '../context';
-import { AppError, ErrorCode } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
 import { requestCreditSync } from './credit-sync';
 import type { WebhookAck } from './credits.schemas';
@@ -43,7 +43,7 @@ const PaymentObject = z.object({
   payment_status: z.string().nullish(),
 });
 
-const badSignature = (detail: string) => new AppError(400, ErrorCode.VALIDATION_FAILED, detail);
+const badSignature = (detail: string) => fail(ErrorCode.VALIDATION_FAILED, detail);
 const ignored = (reason: string): WebhookAck => ({ received: true, ignored: true, reason });
 
 /**
@@ -61,7 +61,7 @@ export async function handleStripeWebhook(ctx: AppContext, rawBody: unknown, sig
   try {
     event = Stripe.webhooks.constructEvent(rawBody, signature, secret);
   } catch (err) {
-    if (err instanceof SyntaxError) throw new AppError(400, ErrorCode.MALFORMED_JSON, 'The request body is not valid JSON');
+    if (err instanceof SyntaxError) throw fail(ErrorCode.MALFORMED_JSON, 'The request body is not valid JSON');
     throw badSignature('The Stripe-Signature header does not match the body (or is too old)');
   }
   if (!PAID_EVENTS.has(event.type)) return ignored(`event type ${event.type} is not handled`);

@@ -2,7 +2,7 @@ import { LRUCache } from 'lru-cache';
 import { ConnectionAcquireTimeoutError, QueryTypes } from 'sequelize';
 import type { EventBus } from '../lib/bus';
 import { secretContext, type Encryptor } from '../lib/crypto';
-import { AppError, ErrorCode, notFound, unavailable } from '../lib/errors';
+import { AppError, ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { logger } from '../lib/logger';
 import type { StoreStatus } from '../models/master';
 import { BudgetTimeoutError, ClientErrorCode, ConnectionBudget } from './connection-budget';
@@ -291,17 +291,17 @@ export class ConnectionManager {
       return this.encryptor.decryptJson<TenantConnection>(ciphertext, secretContext.storeCredentials(storeId));
     } catch (err) {
       logger.error({ storeId, err: (err as Error).message }, 'the credentials of this store do not decrypt');
-      const refusal = unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", Math.ceil(this.options.fenceMs / 1000));
+      const refusal = fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", { retryAfterSeconds: Math.ceil(this.options.fenceMs / 1000) });
       this.refusals.set(storeId, refusal);
       throw refusal;
     }
   }
 
   private refusalFor(row: StoreRecord | undefined): AppError | undefined {
-    if (!row || row.status === 'deleted') return notFound('No such store', ErrorCode.STORE_NOT_FOUND);
-    if (row.status === 'suspended') return new AppError(423, ErrorCode.STORE_SUSPENDED, 'This store is suspended');
+    if (!row || row.status === 'deleted') return noSuchStore();
+    if (row.status === 'suspended') return fail(ErrorCode.STORE_SUSPENDED, 'This store is suspended');
     if (row.status !== 'active' || row.dbStatus !== 'ready' || !row.credentials) {
-      return new AppError(409, ErrorCode.STORE_NOT_READY, 'This store has no ready database yet');
+      return fail(ErrorCode.STORE_NOT_READY, 'This store has no ready database yet');
     }
     return undefined;
   }
@@ -315,7 +315,7 @@ export class ConnectionManager {
       this.fences.delete(storeId);
       return;
     }
-    throw unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", Math.ceil(left / 1000));
+    throw fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", { retryAfterSeconds: Math.ceil(left / 1000) });
   }
 
   private classify(storeId: string, err: unknown): unknown {
@@ -323,12 +323,12 @@ export class ConnectionManager {
     const budgetFull = err instanceof ConnectionAcquireTimeoutError || err instanceof BudgetTimeoutError || (err as { parent?: unknown }).parent instanceof BudgetTimeoutError;
     if (budgetFull) {
       // Every slot is busy: the instance is overloaded, the store is not at fault — no fence.
-      return unavailable(ErrorCode.TENANT_UNAVAILABLE, 'The server is busy; try again shortly', 1);
+      return fail(ErrorCode.TENANT_UNAVAILABLE, 'The server is busy; try again shortly', { retryAfterSeconds: 1 });
     }
     // The database is alive, only slow, locked or too talkative: this request fails, the store is not fenced.
     const code = pgCode(err);
-    if (code === ClientErrorCode.READ_LIMIT) return unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database returned more data than allowed", 1);
-    if (code && TOO_SLOW.has(code)) return unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database did not answer in time; try again shortly", 1);
+    if (code === ClientErrorCode.READ_LIMIT) return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database returned more data than allowed", { retryAfterSeconds: 1 });
+    if (code && TOO_SLOW.has(code)) return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database did not answer in time; try again shortly", { retryAfterSeconds: 1 });
     if (!isConnectionFailure(err)) return err;
     const reason = (err as Error).message;
     this.fences.set(storeId, { until: Date.now() + this.options.fenceMs, reason });
@@ -336,6 +336,6 @@ export class ConnectionManager {
     // Connections to a failed database are useless; drop the pool, keep nothing half-broken.
     this.handles.delete(storeId);
     logger.warn({ storeId, reason }, 'tenant database failed; fenced');
-    return unavailable(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", Math.ceil(this.options.fenceMs / 1000));
+    return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", { retryAfterSeconds: Math.ceil(this.options.fenceMs / 1000) });
   }
 }

@@ -1,5 +1,5 @@
 import { BaseError, ConnectionError, ForeignKeyConstraintError, TimeoutError, UniqueConstraintError, ValidationError } from 'sequelize';
-import { AppError, ErrorCode } from '../lib/errors';
+import { AppError, ErrorCode, fail } from '../lib/errors';
 
 /** Postgres SQLSTATE codes we answer for. */
 export const PgCode = {
@@ -23,6 +23,38 @@ export const PgCode = {
   /** idle_in_transaction_session_timeout ended the session. */
   IDLE_IN_TRANSACTION_TIMEOUT: '25P03',
 } as const;
+
+/**
+ * Unique indexes whose violation is the client's conflict (a value someone else holds, or a race lost to
+ * them), and the code each answers with. A violation of any other index stays a plain 409 CONFLICT.
+ */
+const UNIQUE_INDEX_CODES: Record<string, ErrorCode> = {
+  users_email_key: ErrorCode.EMAIL_TAKEN, // master users and each tenant's users
+  stores_slug_key: ErrorCode.SLUG_TAKEN,
+  store_hostnames_verified_key: ErrorCode.HOSTNAME_TAKEN,
+  products_sku_key: ErrorCode.SKU_TAKEN,
+};
+
+/** The name of the constraint a pg or Sequelize error broke, wherever it is nested. */
+export function constraintOf(err: unknown): string | undefined {
+  let e = err as { constraint?: unknown; parent?: unknown; original?: unknown; cause?: unknown } | undefined;
+  for (let depth = 0; e && depth < 4; depth++) {
+    if (typeof e.constraint === 'string') return e.constraint;
+    e = (e.parent ?? e.original ?? e.cause) as typeof e;
+  }
+  return undefined;
+}
+
+/**
+ * For a `.catch`: a violation of a unique index named in UNIQUE_INDEX_CODES is thrown as its code with this
+ * detail; any other error is thrown as it came.
+ */
+export const rethrowTaken =
+  (detail: string) =>
+  (err: unknown): never => {
+    const code = pgCode(err) === PgCode.UNIQUE_VIOLATION ? UNIQUE_INDEX_CODES[constraintOf(err) ?? ''] : undefined;
+    throw code ? fail(code, detail) : err;
+  };
 
 const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH', 'EPIPE']);
 
@@ -52,19 +84,19 @@ export function isConnectionFailure(err: unknown): boolean {
 export function mapDatabaseError(err: unknown): AppError | undefined {
   if (!(err instanceof BaseError) && !pgCode(err)) return undefined;
   if (err instanceof UniqueConstraintError || pgCode(err) === PgCode.UNIQUE_VIOLATION) {
-    return new AppError(409, ErrorCode.CONFLICT, 'A resource with these values already exists');
+    return fail(ErrorCode.CONFLICT, 'A resource with these values already exists');
   }
   if (err instanceof ForeignKeyConstraintError || pgCode(err) === PgCode.FOREIGN_KEY_VIOLATION) {
-    return new AppError(409, ErrorCode.CONFLICT, 'The request refers to something that does not exist or is still in use');
+    return fail(ErrorCode.CONFLICT, 'The request refers to something that does not exist or is still in use');
   }
   if (err instanceof ValidationError || pgCode(err) === PgCode.CHECK_VIOLATION || pgCode(err) === PgCode.NOT_NULL_VIOLATION) {
-    return new AppError(400, ErrorCode.VALIDATION_FAILED, 'The request breaks a rule of the data');
+    return fail(ErrorCode.VALIDATION_FAILED, 'The request breaks a rule of the data');
   }
   if (pgCode(err) === PgCode.INVALID_TEXT_REPRESENTATION) {
-    return new AppError(400, ErrorCode.VALIDATION_FAILED, 'A value has the wrong format');
+    return fail(ErrorCode.VALIDATION_FAILED, 'A value has the wrong format');
   }
   if (isConnectionFailure(err)) {
-    return new AppError(503, ErrorCode.SERVICE_UNAVAILABLE, 'A database is not reachable right now', { headers: { 'Retry-After': '5' } });
+    return fail(ErrorCode.SERVICE_UNAVAILABLE, 'A database is not reachable right now', { headers: { 'Retry-After': '5' } });
   }
   return undefined;
 }

@@ -1,6 +1,6 @@
 import { Router, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { z, type ZodObject, type ZodType } from 'zod';
-import { AppError, ErrorCode, type FieldError } from '../lib/errors';
+import { ErrorCode, fail, type FieldError } from '../lib/errors';
 import { Problem, registry } from './openapi';
 
 type Method = 'get' | 'post' | 'put' | 'patch' | 'delete';
@@ -82,7 +82,7 @@ export function parse<T extends ZodType>(schema: T, value: unknown, what: string
   const result = schema.safeParse(value);
   if (!result.success) {
     const errors = fieldErrors(result.error, what === 'query' ? UNKNOWN.query : UNKNOWN.other);
-    throw new AppError(400, ErrorCode.VALIDATION_FAILED, `The request ${what} is not valid`, { errors });
+    throw fail(ErrorCode.VALIDATION_FAILED, `The request ${what} is not valid`, { errors });
   }
   return result.data;
 }
@@ -91,7 +91,7 @@ export function parse<T extends ZodType>(schema: T, value: unknown, what: string
 function refuseQuery(query: Record<string, unknown>): void {
   const names = Object.keys(query);
   if (names.length === 0) return;
-  throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The request query is not valid: this route takes no query parameters', {
+  throw fail(ErrorCode.VALIDATION_FAILED, 'The request query is not valid: this route takes no query parameters', {
     errors: names.map((name) => ({ path: name, message: UNKNOWN.query(name) })),
   });
 }
@@ -261,6 +261,6 @@ export function methodNotAllowed(routers: ApiRouter[]): RequestHandler {
     const allowed = [...byMethod.keys()].filter((method) => answers(method, req.path));
     if (allowed.includes('GET')) allowed.push('HEAD');
     const allow = allowed.sort().join(', ');
-    next(new AppError(405, ErrorCode.METHOD_NOT_ALLOWED, `${req.method} is not a method of ${req.path}; it answers ${allow}`, { headers: { Allow: allow } }));
+    next(fail(ErrorCode.METHOD_NOT_ALLOWED, `${req.method} is not a method of ${req.path}; it answers ${allow}`, { headers: { Allow: allow } }));
   };
 }

@@ -1,6 +1,6 @@
 import type { RequestHandler } from 'express';
 import type { AppContext } from '../context';
-import { ErrorCode, forbidden, unauthenticated } from '../lib/errors';
+import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import { InvalidTokenError, type TokenClaims } from '../lib/jwt';
 
 /** Verify the bearer token, if any; refuse a present but bad one. Sets `req.auth`. */
@@ -26,7 +26,7 @@ export function requireAuth(ctx: AppContext, kind: 'platform' | 'store' | 'any')
     const claims = req.auth ?? readToken(ctx, req.headers.authorization);
     if (!claims) throw unauthenticated();
     if (kind !== 'any' && claims.typ !== kind) {
-      throw forbidden(`This route needs a ${kind} token, not a ${claims.typ} token`, ErrorCode.WRONG_TOKEN_TYPE);
+      throw fail(ErrorCode.WRONG_TOKEN_TYPE, `This route needs a ${kind} token, not a ${claims.typ} token`);
     }
     req.auth = claims;
     next();

@@ -1,5 +1,5 @@
 import type { RequestHandler } from 'express';
-import { AppError, ErrorCode } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 
 /** Bytes follow the headers: a length above zero, or a chunked body. `Content-Length: 0` is no body. */
 function carriesBody(headers: { 'content-length'?: string; 'transfer-encoding'?: string }): boolean {
@@ -16,5 +16,5 @@ function carriesBody(headers: { 'content-length'?: string; 'transfer-encoding'?:
  */
 export const requireJsonBody: RequestHandler = (req, _res, next) => {
   if (req.body !== undefined || !carriesBody(req.headers)) return next();
-  next(new AppError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, 'This API reads JSON request bodies only: send the body as JSON with Content-Type: application/json'));
+  next(fail(ErrorCode.UNSUPPORTED_MEDIA_TYPE, 'This API reads JSON request bodies only: send the body as JSON with Content-Type: application/json'));
 };

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { AppError, ErrorCode } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 
 /** `?limit=` (1–100, default 20) and `?cursor=` of every list; nothing else (extend it for more). */
 export const ListQuery = z.strictObject({
@@ -38,7 +38,7 @@ export function decodeCursor(cursor: string | undefined): Position | null {
   } catch {
     // fall through
   }
-  throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The cursor is not one this API gave out');
+  throw fail(ErrorCode.VALIDATION_FAILED, 'The cursor is not one this API gave out');
 }
 
 /** Given limit+1 rows fetched in order, the page and the cursor of the next one. */

@@ -1,6 +1,6 @@
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { mapDatabaseError } from '../db/errors';
-import { AppError, ErrorCode } from '../lib/errors';
+import { AppError, ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
 
 export function sendProblem(res: Response, err: AppError): void {
@@ -24,14 +24,14 @@ export function sendProblem(res: Response, err: AppError): void {
 function fromBodyParser(err: { type?: string; status?: number }): AppError | undefined {
   switch (err.type) {
     case 'entity.parse.failed':
-      return new AppError(400, ErrorCode.MALFORMED_JSON, 'The request body is not valid JSON');
+      return fail(ErrorCode.MALFORMED_JSON, 'The request body is not valid JSON');
     case 'entity.too.large':
-      return new AppError(413, ErrorCode.PAYLOAD_TOO_LARGE, 'The request body is larger than 100 kB');
+      return fail(ErrorCode.PAYLOAD_TOO_LARGE, 'The request body is larger than 100 kB');
     case 'encoding.unsupported':
     case 'charset.unsupported':
     case 'request.aborted':
     case 'request.size.invalid':
-      return new AppError(400, ErrorCode.VALIDATION_FAILED, 'The request body could not be read');
+      return fail(ErrorCode.VALIDATION_FAILED, 'The request body could not be read');
     default:
       return undefined;
   }
@@ -39,12 +39,12 @@ function fromBodyParser(err: { type?: string; status?: number }): AppError | und
 
 /** Express's own refusal of a path parameter that is not valid percent-encoding (a URIError, status 400). */
 function fromRouter(err: { status?: number }): AppError | undefined {
-  if (err instanceof URIError && err.status === 400) return new AppError(400, ErrorCode.VALIDATION_FAILED, 'The request path is not valid URL encoding');
+  if (err instanceof URIError && err.status === 400) return fail(ErrorCode.VALIDATION_FAILED, 'The request path is not valid URL encoding');
   return undefined;
 }
 
 export const notFoundHandler: RequestHandler = (req, _res, next) => {
-  next(new AppError(404, ErrorCode.NOT_FOUND, `No route for ${req.method} ${req.path}`));
+  next(fail(ErrorCode.NOT_FOUND, `No route for ${req.method} ${req.path}`));
 };
 
 /** The one middleware that turns every error into RFC 9457 problem JSON. */
@@ -55,5 +55,5 @@ export const problemHandler: ErrorRequestHandler = (err, req, res, next) => {
   // answered without a stack trace in the log; only unknown errors are logged as errors.
   if (known) return sendProblem(res, known);
   logger.error({ err, reqId: req.id }, 'unhandled error');
-  sendProblem(res, new AppError(500, ErrorCode.INTERNAL, 'Something went wrong on our side; the request id identifies it in our logs'));
+  sendProblem(res, fail(ErrorCode.INTERNAL, 'Something went wrong on our side; the request id identifies it in our logs'));
 };

@@ -75,9 +75,57 @@ export class AppError extends Error {
   }
 }
 
-export const unauthenticated = (detail = 'Authentication required') => new AppError(401, ErrorCode.UNAUTHENTICATED, detail);
-export const forbidden = (detail = 'Not allowed', code: ErrorCode = ErrorCode.FORBIDDEN) => new AppError(403, code, detail);
-export const notFound = (detail = 'Not found', code: ErrorCode = ErrorCode.NOT_FOUND) => new AppError(404, code, detail);
-export const conflict = (code: ErrorCode, detail: string) => new AppError(409, code, detail);
-export const unavailable = (code: ErrorCode, detail: string, retryAfterSeconds: number) =>
-  new AppError(503, code, detail, { headers: { 'Retry-After': String(retryAfterSeconds) } });
+/** Each code's one HTTP status: a code never answers with two statuses, so clients may switch on either. */
+export const STATUS_OF = {
+  VALIDATION_FAILED: 400,
+  MALFORMED_JSON: 400,
+  PAYLOAD_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  NOT_FOUND: 404,
+  METHOD_NOT_ALLOWED: 405,
+  UNAUTHENTICATED: 401,
+  FORBIDDEN: 403,
+  WRONG_TOKEN_TYPE: 403,
+  RATE_LIMITED: 429,
+  CONFLICT: 409,
+  EMAIL_TAKEN: 409,
+  INVALID_CREDENTIALS: 401,
+  SLUG_TAKEN: 409,
+  HOSTNAME_TAKEN: 409,
+  HOSTNAME_NOT_ALLOWED: 400,
+  HOSTNAME_NOT_VERIFIED: 409,
+  PLAN_LIMIT_REACHED: 403,
+  STORE_NOT_FOUND: 404,
+  STORE_NOT_READY: 409,
+  STORE_SUSPENDED: 423,
+  TENANT_MISMATCH: 403,
+  TENANT_UNAVAILABLE: 503,
+  ALREADY_PROVISIONED: 409,
+  DATABASE_UNREACHABLE: 422,
+  DATABASE_AUTH_FAILED: 422,
+  DATABASE_NOT_EMPTY: 422,
+  STEP_NOT_SKIPPABLE: 400,
+  INSUFFICIENT_CREDITS: 402,
+  OUT_OF_STOCK: 409,
+  SKU_TAKEN: 409,
+  SERVICE_UNAVAILABLE: 503,
+  INTERNAL: 500,
+} as const satisfies Record<ErrorCode, number>;
+
+export interface FailExtra {
+  errors?: FieldError[];
+  headers?: Record<string, string>;
+  /** Sent as Retry-After: when the client may usefully ask again. */
+  retryAfterSeconds?: number;
+}
+
+/** The API error for a code, with the status the table gives that code. */
+export function fail(code: ErrorCode, detail: string, extra: FailExtra = {}): AppError {
+  const { retryAfterSeconds, ...rest } = extra;
+  if (retryAfterSeconds !== undefined) rest.headers = { ...rest.headers, 'Retry-After': String(retryAfterSeconds) };
+  return new AppError(STATUS_OF[code], code, detail, rest);
+}
+
+export const unauthenticated = (detail = 'Authentication required') => fail(ErrorCode.UNAUTHENTICATED, detail);
+/** A store that does not exist, or is deleted, or is not the caller's to know of: all read the same. */
+export const noSuchStore = () => fail(ErrorCode.STORE_NOT_FOUND, 'No such store');

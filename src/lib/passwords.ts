@@ -1,7 +1,7 @@
 import { createHmac } from 'node:crypto';
 import bcrypt from 'bcrypt';
 import { config, type Config } from '../config';
-import { AppError, ErrorCode, unavailable } from './errors';
+import { AppError, ErrorCode, fail } from './errors';
 import { QueueFullError, Semaphore } from './semaphore';
 
 /**
@@ -37,7 +37,7 @@ async function inSlot<T>(task: () => Promise<T>): Promise<T> {
     return await slots.run(task);
   } catch (err) {
     if (err instanceof QueueFullError) {
-      throw unavailable(ErrorCode.SERVICE_UNAVAILABLE, 'Too many sign-ins are being checked right now; try again shortly', Math.max(1, Math.ceil(err.retryAfterMs / 1000)));
+      throw fail(ErrorCode.SERVICE_UNAVAILABLE, 'Too many sign-ins are being checked right now; try again shortly', { retryAfterSeconds: Math.max(1, Math.ceil(err.retryAfterMs / 1000)) });
     }
     throw err;
   }

@@ -1,6 +1,6 @@
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../context';
-import { AppError, ErrorCode, notFound } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import type { PlatformClaims } from '../lib/jwt';
 import { activeStoreId, listUserStores } from '../stores/membership';
 
@@ -41,11 +41,11 @@ export async function onboarding(ctx: AppContext, auth: PlatformClaims) {
 
 export async function skipStep(ctx: AppContext, auth: PlatformClaims, stepId: string) {
   const step = STEPS.find((s) => s.id === stepId);
-  if (!step) throw notFound(`No onboarding step "${stepId}"`);
-  if (step.required) throw new AppError(400, ErrorCode.STEP_NOT_SKIPPABLE, `The ${step.id} step cannot be skipped`);
+  if (!step) throw fail(ErrorCode.NOT_FOUND, `No onboarding step "${stepId}"`);
+  if (step.required) throw fail(ErrorCode.STEP_NOT_SKIPPABLE, `The ${step.id} step cannot be skipped`);
   const stores = await listUserStores(ctx.master, auth.sub);
   const storeId = activeStoreId(stores, auth.storeId);
-  if (!storeId) throw new AppError(409, ErrorCode.CONFLICT, 'Create a store first: skipped steps belong to a store');
+  if (!storeId) throw fail(ErrorCode.CONFLICT, 'Create a store first: skipped steps belong to a store');
   await ctx.master.sequelize.query(
     `UPDATE stores SET onboarding_skipped = array_append(onboarding_skipped, :step), updated_at = now()
       WHERE id = :storeId AND NOT (:step = ANY(onboarding_skipped))`,

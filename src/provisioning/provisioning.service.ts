@@ -7,7 +7,7 @@ import type { AppContext } from '../context';
 import { migrationsDir } from '../db/migrate';
 import { pgCode, PgCode } from '../db/errors';
 import type { TenantConnection } from '../db/tenant-handle';
-import { AppError, ErrorCode, conflict, notFound } from '../lib/errors';
+import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import { PRIVATE_ADDRESS } from '../lib/network-guard';
@@ -35,7 +35,7 @@ function externalConnection(input: Extract<ConnectDatabaseInput, { mode: 'extern
     const parsed = parseConnectionString(input.connectionString);
     // The body's schema refuses these already; this keeps the service safe on its own.
     if (!parsed.ok) {
-      throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The connection string is not valid', { errors: [{ path: 'connectionString', message: parsed.reason }] });
+      throw fail(ErrorCode.VALIDATION_FAILED, 'The connection string is not valid', { errors: [{ path: 'connectionString', message: parsed.reason }] });
     }
     const { sslmode, ...c } = parsed.connection;
     return { ...c, ssl: sslmode === 'require' ? { rejectUnauthorized: false } : sslmode === 'verify-full' };
@@ -76,12 +76,12 @@ async function checkExternalDatabase(ctx: AppContext, connection: TenantConnecti
   } catch (err) {
     const code = pgCode(err);
     if (code === PRIVATE_ADDRESS) {
-      throw new AppError(422, ErrorCode.DATABASE_UNREACHABLE, 'The database is on a private network address, which this platform does not connect to; give an address reachable on the internet');
+      throw fail(ErrorCode.DATABASE_UNREACHABLE, 'The database is on a private network address, which this platform does not connect to; give an address reachable on the internet');
     }
     if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION) {
-      throw new AppError(422, ErrorCode.DATABASE_AUTH_FAILED, 'The database rejected these credentials');
+      throw fail(ErrorCode.DATABASE_AUTH_FAILED, 'The database rejected these credentials');
     }
-    throw new AppError(422, ErrorCode.DATABASE_UNREACHABLE, 'The database could not be reached with these settings');
+    throw fail(ErrorCode.DATABASE_UNREACHABLE, 'The database could not be reached with these settings');
   }
   try {
     // From the catalog, not information_schema: that shows only tables this role has privileges on, and a
@@ -94,7 +94,7 @@ async function checkExternalDatabase(ctx: AppContext, connection: TenantConnecti
       [tenantTables().size + 1],
     );
     if (rows.length && !(await isOwnTenantSchema(client, rows, storeId))) {
-      throw new AppError(422, ErrorCode.DATABASE_NOT_EMPTY, "The database already holds tables, and they are not this store's own Tenantry schema; give it an empty database");
+      throw fail(ErrorCode.DATABASE_NOT_EMPTY, "The database already holds tables, and they are not this store's own Tenantry schema; give it an empty database");
     }
   } finally {
     await client.end().catch(() => {});
@@ -127,7 +127,7 @@ export const queueProvisioning = (ctx: AppContext, storeId: string): Promise<str
  */
 export async function connectDatabase(ctx: AppContext, userId: string, storeId: string, input: ConnectDatabaseInput) {
   const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
-  if (store.status === 'active') throw conflict(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
+  if (store.status === 'active') throw fail(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
   if (store.status === 'provisioning') return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
 
   const { StoreDatabase, Store, AuditLog } = ctx.master.models;
@@ -153,10 +153,10 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
 
   await ctx.master.sequelize.transaction(async (t) => {
     const locked = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
-    if (!locked || locked.status === 'deleted') throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+    if (!locked || locked.status === 'deleted') throw noSuchStore();
     // Suspended while the credentials were being checked: moving it to provisioning would lift the suspension.
     refuseIfSuspended(locked);
-    if (locked.status === 'active') throw conflict(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
+    if (locked.status === 'active') throw fail(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
     if (locked.status === 'provisioning') return;
     await StoreDatabase.upsert(
       {
@@ -182,7 +182,7 @@ export async function retryProvisioning(ctx: AppContext, userId: string, storeId
   const { Store, StoreDatabase } = ctx.master.models;
   await ctx.master.sequelize.transaction(async (t) => {
     const store = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
-    if (store?.status !== 'provisioning_failed') throw conflict(ErrorCode.CONFLICT, 'Only a store whose provisioning failed can be retried');
+    if (store?.status !== 'provisioning_failed') throw fail(ErrorCode.CONFLICT, 'Only a store whose provisioning failed can be retried');
     await StoreDatabase.update({ status: 'provisioning', lastError: null }, { where: { storeId }, transaction: t });
     await store.update({ status: 'provisioning' }, { transaction: t });
   });
@@ -203,7 +203,7 @@ export async function provisioningStatus(ctx: AppContext, userId: string, storeI
   const jobState = await queue.getJobState(provisioningJobId(storeId));
   const job = await queue.getJob(provisioningJobId(storeId));
   const db = await ctx.master.models.StoreDatabase.findByPk(storeId);
-  if (!db) throw notFound('No database has been connected to this store yet');
+  if (!db) throw fail(ErrorCode.NOT_FOUND, 'No database has been connected to this store yet');
   if (!job && store.status === 'provisioning') await enqueue(ctx, storeId); // the queueing was lost: queue again
   const progress = (job?.progress ?? {}) as { progress?: number; step?: string };
   const state: ProvisioningStatus['state'] = job

@@ -1,7 +1,7 @@
 import { QueryTypes } from 'sequelize';
 import { tenantDb } from '../db/tenant-context';
 import { decodeCursor, toPage, type Page } from '../http/pagination';
-import { AppError, ErrorCode, forbidden, notFound } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import type { CreateOrderInput, Order } from './orders.schemas';
 import type { StoreActor } from './store-access';
 
@@ -52,7 +52,7 @@ interface LockedProduct {
  * nothing changes.
  */
 export async function placeOrder(input: CreateOrderInput, actor: StoreActor): Promise<Order> {
-  if (actor.kind !== 'store_user' || actor.role !== 'customer') throw forbidden('Orders are placed by customers of the store');
+  if (actor.kind !== 'store_user' || actor.role !== 'customer') throw fail(ErrorCode.FORBIDDEN, 'Orders are placed by customers of the store');
   const wanted = new Map<string, number>();
   for (const { productId, quantity } of input.items) wanted.set(productId, (wanted.get(productId) ?? 0) + quantity);
   const ids = [...wanted.keys()].sort();
@@ -69,13 +69,13 @@ export async function placeOrder(input: CreateOrderInput, actor: StoreActor): Pr
     );
     const byId = new Map(products.map((p) => [p.id, p]));
     const missing = ids.filter((id) => !byId.get(id)?.active);
-    if (missing.length) throw notFound(`No such product: ${missing.join(', ')}`, ErrorCode.NOT_FOUND);
+    if (missing.length) throw fail(ErrorCode.NOT_FOUND, `No such product: ${missing.join(', ')}`);
     const short = products.filter((p) => p.stock < (wanted.get(p.id) ?? 0));
     if (short.length) {
-      throw new AppError(409, ErrorCode.OUT_OF_STOCK, `Not enough stock for: ${short.map((p) => `${p.sku} (${p.stock} left)`).join(', ')}`);
+      throw fail(ErrorCode.OUT_OF_STOCK, `Not enough stock for: ${short.map((p) => `${p.sku} (${p.stock} left)`).join(', ')}`);
     }
     const currencies = new Set(products.map((p) => p.currency));
-    if (currencies.size > 1) throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'All products of one order must have the same currency');
+    if (currencies.size > 1) throw fail(ErrorCode.VALIDATION_FAILED, 'All products of one order must have the same currency');
 
     const lines = products.map((p) => {
       const quantity = wanted.get(p.id)!;
@@ -119,6 +119,6 @@ export async function getOrder(id: string, actor: StoreActor): Promise<Order> {
   const rows = await tenantDb.query<OrderRow>(`${SELECT_ORDER} WHERE o.id = $1`, [id]);
   const row = rows[0];
   // Another customer's order is as absent as a missing one.
-  if (!row || (actor.role === 'customer' && row.customerId !== actor.id)) throw notFound('No such order');
+  if (!row || (actor.role === 'customer' && row.customerId !== actor.id)) throw fail(ErrorCode.NOT_FOUND, 'No such order');
   return toOrder(row);
 }

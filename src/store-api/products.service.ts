@@ -1,7 +1,7 @@
 import { QueryTypes, type Transaction } from 'sequelize';
-import { pgCode, PgCode } from '../db/errors';
+import { rethrowTaken } from '../db/errors';
 import { tenantDb } from '../db/tenant-context';
-import { conflict, ErrorCode, notFound } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import { decodeCursor, toPage, type Page } from '../http/pagination';
 import type { TenantModels } from '../models/tenant';
 import type { CreateProductInput, Product, UpdateProductInput } from './products.schemas';
@@ -66,7 +66,7 @@ export async function listProducts(opts: { limit: number; cursor?: string; inclu
 export async function getProduct(id: string, actor?: StoreActor): Promise<Product> {
   const rows = await tenantDb.query<ProductRow>(`${SELECT_PRODUCT} WHERE p.id = $1 AND p.deleted_at IS NULL`, [id]);
   const row = rows[0];
-  if (!row || (!row.active && !canSeeInactive(actor))) throw notFound('No such product');
+  if (!row || (!row.active && !canSeeInactive(actor))) throw fail(ErrorCode.NOT_FOUND, 'No such product');
   return toProduct(row);
 }
 
@@ -75,10 +75,7 @@ async function readInTransaction(t: Transaction, m: TenantModels, id: string): P
   return toProduct(rows[0]);
 }
 
-function skuTaken(err: unknown): never {
-  if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw conflict(ErrorCode.SKU_TAKEN, 'Another product already has this SKU');
-  throw err;
-}
+const skuTaken = rethrowTaken('Another product already has this SKU');
 
 export async function createProduct(input: CreateProductInput, actor: StoreActor): Promise<Product> {
   return tenantDb
@@ -96,7 +93,7 @@ export async function updateProduct(id: string, input: UpdateProductInput, actor
   return tenantDb
     .transaction(async (t, m) => {
       const product = await m.Product.findOne({ where: { id, deletedAt: null }, transaction: t, lock: t.LOCK.UPDATE });
-      if (!product) throw notFound('No such product');
+      if (!product) throw fail(ErrorCode.NOT_FOUND, 'No such product');
       const { stock, ...fields } = input;
       if (Object.keys(fields).length) await product.update(fields, { transaction: t });
       if (stock !== undefined) await m.Inventory.upsert({ productId: id, stock }, { transaction: t });
@@ -110,7 +107,7 @@ export async function updateProduct(id: string, input: UpdateProductInput, actor
 export async function deleteProduct(id: string, actor: StoreActor): Promise<void> {
   await tenantDb.transaction(async (t, m) => {
     const [count] = await m.Product.update({ deletedAt: new Date(), active: false }, { where: { id, deletedAt: null }, transaction: t });
-    if (count === 0) throw notFound('No such product');
+    if (count === 0) throw fail(ErrorCode.NOT_FOUND, 'No such product');
     await m.AuditLog.create({ actorId: actor.id, actorType: actor.kind, action: 'product.deleted', targetType: 'product', targetId: id }, { transaction: t });
   });
 }
@@ -124,8 +121,8 @@ export async function restoreProduct(id: string, actor: StoreActor): Promise<Pro
   return tenantDb
     .transaction(async (t, m) => {
       const product = await m.Product.findByPk(id, { transaction: t, lock: t.LOCK.UPDATE });
-      if (!product) throw notFound('No such product');
-      if (product.deletedAt === null) throw conflict(ErrorCode.CONFLICT, 'This product is not deleted');
+      if (!product) throw fail(ErrorCode.NOT_FOUND, 'No such product');
+      if (product.deletedAt === null) throw fail(ErrorCode.CONFLICT, 'This product is not deleted');
       await product.update({ deletedAt: null }, { transaction: t });
       await m.AuditLog.create({ actorId: actor.id, actorType: actor.kind, action: 'product.restored', targetType: 'product', targetId: id }, { transaction: t });
       return readInTransaction(t, m, id);

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import type { AppContext } from '../context';
 import { readToken } from '../http/authenticate';
 import { runInTenant } from '../db/tenant-context';
-import { AppError, ErrorCode, forbidden, notFound } from '../lib/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import { routableHost } from '../stores/hostname-policy';
 
 const StoreIdHeader = z.uuid();
@@ -12,7 +12,7 @@ const StoreIdHeader = z.uuid();
 function headerStoreId(header: string | string[] | undefined): string | null {
   if (typeof header !== 'string' || header === '') return null;
   const parsed = StoreIdHeader.safeParse(header);
-  if (!parsed.success) throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'X-Store-Id must be a store id (UUID)');
+  if (!parsed.success) throw fail(ErrorCode.VALIDATION_FAILED, 'X-Store-Id must be a store id (UUID)');
   // Postgres matches UUIDs in any case; our caches and tokens must see one spelling.
   return parsed.data.toLowerCase();
 }
@@ -38,14 +38,14 @@ export function resolveTenant(ctx: AppContext): RequestHandler {
       storeId = known !== undefined ? known : await tenants.storeIdForHost(host);
     }
     if (storeId && headerStore && storeId !== headerStore) {
-      throw forbidden('The host and X-Store-Id name different stores', ErrorCode.TENANT_MISMATCH);
+      throw fail(ErrorCode.TENANT_MISMATCH, 'The host and X-Store-Id name different stores');
     }
     storeId ??= headerStore;
     if (storeId && tokenStore && storeId !== tokenStore) {
-      throw forbidden('The token belongs to another store than the one addressed', ErrorCode.TENANT_MISMATCH);
+      throw fail(ErrorCode.TENANT_MISMATCH, 'The token belongs to another store than the one addressed');
     }
     storeId ??= tokenStore;
-    if (!storeId) throw notFound('No store matches this request', ErrorCode.STORE_NOT_FOUND);
+    if (!storeId) throw fail(ErrorCode.STORE_NOT_FOUND, 'No store matches this request');
 
     const handle = tenants.cachedHandle(storeId) ?? (await tenants.forStore(storeId));
     handle.leases++;

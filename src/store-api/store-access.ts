@@ -2,7 +2,7 @@ import type { RequestHandler, Response } from 'express';
 import { LRUCache } from 'lru-cache';
 import type { AppContext } from '../context';
 import { currentStoreId, tenantDb } from '../db/tenant-context';
-import { forbidden, unauthenticated } from '../lib/errors';
+import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import type { TokenClaims } from '../lib/jwt';
 import { memberRole } from '../stores/membership';
 
@@ -63,8 +63,8 @@ export function requireStoreRole(ctx: AppContext, roles: StoreRole[]): RequestHa
   return async (req, res, next) => {
     if (!req.auth) throw unauthenticated();
     const actor = await resolveActor(ctx, req.auth);
-    if (!actor) throw forbidden('You are not a member of this store');
-    if (!roles.includes(actor.role)) throw forbidden(`This needs one of these roles: ${roles.join(', ')}`);
+    if (!actor) throw fail(ErrorCode.FORBIDDEN, 'You are not a member of this store');
+    if (!roles.includes(actor.role)) throw fail(ErrorCode.FORBIDDEN, `This needs one of these roles: ${roles.join(', ')}`);
     res.locals.actor = actor;
     next();
   };

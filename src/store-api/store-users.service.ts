@@ -1,8 +1,8 @@
 import type { AppContext } from '../context';
-import { pgCode, PgCode } from '../db/errors';
+import { rethrowTaken } from '../db/errors';
 import { currentStoreId, tenantDb } from '../db/tenant-context';
 import { decodeCursor, toPage, type Page } from '../http/pagination';
-import { AppError, conflict, ErrorCode, unauthenticated } from '../lib/errors';
+import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import type { StoreClaims } from '../lib/jwt';
 import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
 import type { StoreActor } from './store-access';
@@ -24,10 +24,7 @@ function storeToken(ctx: AppContext, user: StoreUser): string {
   return ctx.tokens.sign(claims).token;
 }
 
-function emailTaken(err: unknown): never {
-  if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw conflict(ErrorCode.EMAIL_TAKEN, 'This store already has a user with this e-mail');
-  throw err;
-}
+const emailTaken = rethrowTaken('This store already has a user with this e-mail');
 
 async function createUser(input: { email: string; password: string; name: string; role: StoreUser['role'] }, actor: StoreActor | null): Promise<StoreUser> {
   const passwordHash = await hashPassword(input.password);
@@ -58,7 +55,7 @@ export async function loginStoreUser(ctx: AppContext, input: StoreLoginInput) {
   const row = rows[0];
   if (!row) await burnPasswordCheck(input.password);
   if (!row || !(await verifyPassword(input.password, row.passwordHash!))) {
-    throw new AppError(401, ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
+    throw fail(ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
   }
   const upgraded = await upgradedHash(input.password, row.passwordHash!);
   // Conditional on the old hash, so a password changed meanwhile is not overwritten.
@@ -105,6 +102,6 @@ export async function storeInfo() {
   const rows = await tenantDb.query<{ id: string; name: string; slug: string; currency: string; timezone: string }>(
     'SELECT id, name, slug, currency, timezone FROM stores LIMIT 1',
   );
-  if (!rows[0]) throw new AppError(409, ErrorCode.STORE_NOT_READY, "This store's database has no store profile yet");
+  if (!rows[0]) throw fail(ErrorCode.STORE_NOT_READY, "This store's database has no store profile yet");
   return rows[0];
 }

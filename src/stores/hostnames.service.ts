@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { QueryTypes, type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
-import { pgCode, PgCode } from '../db/errors';
-import { AppError, conflict, ErrorCode, forbidden, notFound } from '../lib/errors';
+import { rethrowTaken } from '../db/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import type { MasterModels } from '../models/master';
 import { checkClaimableHostname, normaliseHostname, platformHostname } from './hostname-policy';
 import { challengeName, type TxtResolver } from './hostname-verification';
@@ -25,13 +25,8 @@ function toHostnameDto(h: HostnameRow) {
   };
 }
 
-const taken = () => conflict(ErrorCode.HOSTNAME_TAKEN, 'Another store already uses this hostname');
-
-/** A verified name is one store's at most (a partial unique index): losing that race is HOSTNAME_TAKEN. */
-function takenOnUniqueViolation(err: unknown): never {
-  if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw taken();
-  throw err;
-}
+const HOSTNAME_IN_USE = 'Another store already uses this hostname';
+const taken = () => fail(ErrorCode.HOSTNAME_TAKEN, HOSTNAME_IN_USE);
 
 export async function listHostnames(ctx: AppContext, userId: string, storeId: string) {
   await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin', 'staff']);
@@ -47,8 +42,8 @@ export async function addHostname(ctx: AppContext, userId: string, storeId: stri
   await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   const verdict = checkClaimableHostname(requested, ctx.config.hostnames);
   if (!verdict.ok) {
-    if (verdict.reason === 'invalid') throw new AppError(400, ErrorCode.VALIDATION_FAILED, 'The request body is not valid', { errors: [{ path: 'hostname', message: verdict.detail }] });
-    throw new AppError(400, ErrorCode.HOSTNAME_NOT_ALLOWED, `This hostname cannot be claimed: ${verdict.detail}`);
+    if (verdict.reason === 'invalid') throw fail(ErrorCode.VALIDATION_FAILED, 'The request body is not valid', { errors: [{ path: 'hostname', message: verdict.detail }] });
+    throw fail(ErrorCode.HOSTNAME_NOT_ALLOWED, `This hostname cannot be claimed: ${verdict.detail}`);
   }
   const hostname = verdict.hostname;
   const { StoreHostname, Store, AuditLog } = ctx.master.models;
@@ -72,7 +67,7 @@ async function requireRoomForHostname(ctx: AppContext, ownerId: string, storeId:
   const limit = plan.maxHostnames ?? HOSTNAME_CEILING;
   const count = await ctx.master.models.StoreHostname.count({ where: { storeId, kind: 'custom' }, transaction: t });
   if (count >= limit) {
-    throw forbidden(`The ${plan.name} plan allows ${limit} custom hostname(s) per store (this store has ${count}); remove one or upgrade`, ErrorCode.PLAN_LIMIT_REACHED);
+    throw fail(ErrorCode.PLAN_LIMIT_REACHED, `The ${plan.name} plan allows ${limit} custom hostname(s) per store (this store has ${count}); remove one or upgrade`);
   }
 }
 
@@ -85,7 +80,7 @@ export async function verifyHostname(ctx: AppContext, resolver: TxtResolver, use
   const hostname = normaliseHostname(requested);
   const { StoreHostname, AuditLog } = ctx.master.models;
   const claim = await StoreHostname.findOne({ where: { storeId, hostname } });
-  if (!claim) throw notFound('This store has no such hostname');
+  if (!claim) throw fail(ErrorCode.NOT_FOUND, 'This store has no such hostname');
   if (claim.status === 'verified') return toHostnameDto(claim);
   const holder = await StoreHostname.findOne({ where: { hostname, status: 'verified' } });
   if (holder) throw taken();
@@ -93,7 +88,7 @@ export async function verifyHostname(ctx: AppContext, resolver: TxtResolver, use
   const lookup = await resolver.lookup(challengeName(hostname));
   if (!lookup.found || !lookup.values.includes(claim.verificationToken!)) {
     const found = lookup.found ? `found ${lookup.values.map((v) => JSON.stringify(v)).join(', ') || 'an empty record'}` : lookup.reason;
-    throw conflict(ErrorCode.HOSTNAME_NOT_VERIFIED, `The TXT record ${challengeName(hostname)} must hold "${claim.verificationToken}"; ${found}`);
+    throw fail(ErrorCode.HOSTNAME_NOT_VERIFIED, `The TXT record ${challengeName(hostname)} must hold "${claim.verificationToken}"; ${found}`);
   }
 
   const verified = await ctx.master.sequelize
@@ -109,8 +104,9 @@ export async function verifyHostname(ctx: AppContext, resolver: TxtResolver, use
       await AuditLog.create({ actorUserId: userId, storeId, action: 'store.hostname.verified', targetType: 'hostname', targetId: hostname }, { transaction: t });
       return StoreHostname.findOne({ where: { storeId, hostname }, transaction: t });
     })
-    .catch(takenOnUniqueViolation);
-  if (!verified) throw notFound('This store has no such hostname');
+    // A verified name is one store's at most (a partial unique index): losing that race is HOSTNAME_TAKEN.
+    .catch(rethrowTaken(HOSTNAME_IN_USE));
+  if (!verified) throw fail(ErrorCode.NOT_FOUND, 'This store has no such hostname');
   // Other instances may remember this host as unknown.
   await ctx.tenants.hostnamesChanged([hostname]);
   return toHostnameDto(verified);
@@ -121,8 +117,8 @@ export async function removeHostname(ctx: AppContext, userId: string, storeId: s
   const hostname = normaliseHostname(requested);
   const { StoreHostname, AuditLog } = ctx.master.models;
   const row = await StoreHostname.findOne({ where: { storeId, hostname } });
-  if (!row) throw notFound('This store has no such hostname');
-  if (row.kind === 'platform') throw new AppError(400, ErrorCode.HOSTNAME_NOT_ALLOWED, 'The hostname the platform issued to this store cannot be removed');
+  if (!row) throw fail(ErrorCode.NOT_FOUND, 'This store has no such hostname');
+  if (row.kind === 'platform') throw fail(ErrorCode.HOSTNAME_NOT_ALLOWED, 'The hostname the platform issued to this store cannot be removed');
   await row.destroy();
   await AuditLog.create({ actorUserId: userId, storeId, action: 'store.hostname.removed', targetType: 'hostname', targetId: hostname });
   if (row.status === 'verified') await ctx.tenants.hostnamesChanged([hostname]);

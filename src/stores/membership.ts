@@ -1,7 +1,7 @@
 import { QueryTypes } from 'sequelize';
 import type { MasterDb } from '../db/master';
 import type { MemberRole, StoreStatus } from '../models/master';
-import { AppError, ErrorCode, forbidden, notFound } from '../lib/errors';
+import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 
 export interface StoreSummary {
   id: string;
@@ -46,7 +46,7 @@ export function activeStoreId(stores: StoreSummary[], tokenStoreId: string | nul
  * could lift it or act around it (423 STORE_SUSPENDED). Only a platform admin's resume ends it.
  */
 export function refuseIfSuspended(store: { status: StoreStatus }): void {
-  if (store.status === 'suspended') throw new AppError(423, ErrorCode.STORE_SUSPENDED, 'This store is suspended by the platform; only a platform administrator can resume it');
+  if (store.status === 'suspended') throw fail(ErrorCode.STORE_SUSPENDED, 'This store is suspended by the platform; only a platform administrator can resume it');
 }
 
 /**
@@ -62,10 +62,10 @@ export async function requireStoreAccess(
   opts: { allowDeleted?: boolean; notSuspended?: boolean } = {},
 ) {
   const store = await master.models.Store.findByPk(storeId);
-  if (!store || (store.status === 'deleted' && !opts.allowDeleted)) throw notFound('No such store', ErrorCode.STORE_NOT_FOUND);
+  if (!store || (store.status === 'deleted' && !opts.allowDeleted)) throw noSuchStore();
   const member = await master.models.StoreMember.findOne({ where: { storeId, userId } });
-  if (!member) throw forbidden('You are not a member of this store');
-  if (!roles.includes(member.role)) throw forbidden(`This needs one of these store roles: ${roles.join(', ')}`);
+  if (!member) throw fail(ErrorCode.FORBIDDEN, 'You are not a member of this store');
+  if (!roles.includes(member.role)) throw fail(ErrorCode.FORBIDDEN, `This needs one of these store roles: ${roles.join(', ')}`);
   // After the membership checks: an outsider learns nothing about the store's state.
   if (opts.notSuspended) refuseIfSuspended(store);
   return { store, role: member.role };

@@ -1,7 +1,7 @@
 import { Op, type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
-import { pgCode, PgCode } from '../db/errors';
-import { conflict, ErrorCode, forbidden } from '../lib/errors';
+import { rethrowTaken } from '../db/errors';
+import { ErrorCode, fail } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import type { MemberRole, StoreRow, StoreStatus } from '../models/master';
@@ -45,11 +45,11 @@ async function requireRoomForStore(ctx: AppContext, userId: string, t: Transacti
   const plan = await planOf(ctx, userId, t);
   const owned = await Store.count({ where: { ownerId: userId, status: ['pending_database', 'provisioning', 'active', 'provisioning_failed', 'suspended'] }, transaction: t });
   if (owned >= plan.maxStores) {
-    throw forbidden(`The ${plan.name} plan allows ${plan.maxStores} store(s); upgrade to add more`, ErrorCode.PLAN_LIMIT_REACHED);
+    throw fail(ErrorCode.PLAN_LIMIT_REACHED, `The ${plan.name} plan allows ${plan.maxStores} store(s); upgrade to add more`);
   }
 }
 
-const slugTaken = () => conflict(ErrorCode.SLUG_TAKEN, 'Another store already uses this slug');
+const SLUG_IN_USE = 'Another store already uses this slug';
 
 export async function createStore(ctx: AppContext, userId: string, input: CreateStoreInput) {
   const { User, Store, StoreMember, CreditBalance, AuditLog } = ctx.master.models;
@@ -59,7 +59,7 @@ export async function createStore(ctx: AppContext, userId: string, input: Create
       // (requireRoomForStore takes it again), so that of one owner's creations at once the later one sees
       // the earlier one's slug; between owners the unique index decides. A deleted store keeps its slug.
       await User.findByPk(userId, { transaction: t, lock: t.LOCK.UPDATE, rejectOnEmpty: true });
-      if (await Store.findOne({ where: { slug: input.slug }, attributes: ['id'], transaction: t })) throw slugTaken();
+      if (await Store.findOne({ where: { slug: input.slug }, attributes: ['id'], transaction: t })) throw fail(ErrorCode.SLUG_TAKEN, SLUG_IN_USE);
       await requireRoomForStore(ctx, userId, t);
       const s = await Store.create({ name: input.name, slug: input.slug, ownerId: userId }, { transaction: t });
       await StoreMember.create({ storeId: s.id, userId, role: 'owner' }, { transaction: t });
@@ -67,10 +67,7 @@ export async function createStore(ctx: AppContext, userId: string, input: Create
       await AuditLog.create({ actorUserId: userId, storeId: s.id, action: 'store.created', targetType: 'store', targetId: s.id }, { transaction: t });
       return s;
     })
-    .catch((err) => {
-      if (pgCode(err) === PgCode.UNIQUE_VIOLATION) throw slugTaken();
-      throw err;
-    });
+    .catch(rethrowTaken(SLUG_IN_USE));
   return toStoreDto(ctx, store, 'owner');
 }
 
@@ -142,9 +139,9 @@ export async function deleteStore(ctx: AppContext, userId: string, storeId: stri
 
 export async function restoreStore(ctx: AppContext, userId: string, storeId: string) {
   const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner'], { allowDeleted: true, notSuspended: true });
-  if (store.status !== 'deleted') throw conflict(ErrorCode.CONFLICT, 'This store is not deleted');
+  if (store.status !== 'deleted') throw fail(ErrorCode.CONFLICT, 'This store is not deleted');
   if (Date.now() - store.deletedAt!.getTime() > RESTORE_WINDOW_DAYS * 86400_000) {
-    throw conflict(ErrorCode.CONFLICT, `Stores can be restored for ${RESTORE_WINDOW_DAYS} days after deletion`);
+    throw fail(ErrorCode.CONFLICT, `Stores can be restored for ${RESTORE_WINDOW_DAYS} days after deletion`);
   }
   const dbStatus = await statusOfItsDatabase(ctx, storeId);
   // A deleted store does not count against the plan: bringing it back must fit under the limit again.
@@ -152,7 +149,7 @@ export async function restoreStore(ctx: AppContext, userId: string, storeId: str
     await requireRoomForStore(ctx, store.ownerId, t);
     // Read again under the lock: a platform suspension (suspended_at) made before or during the deletion stands.
     await store.reload({ transaction: t, lock: t.LOCK.UPDATE });
-    if (store.status !== 'deleted') throw conflict(ErrorCode.CONFLICT, 'This store is not deleted');
+    if (store.status !== 'deleted') throw fail(ErrorCode.CONFLICT, 'This store is not deleted');
     const restored: StoreStatus = store.suspendedAt ? 'suspended' : dbStatus;
     await store.update({ status: restored, deletedAt: null }, { transaction: t });
     return restored;

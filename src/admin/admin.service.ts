@@ -1,6 +1,7 @@
 import type { Job } from 'bullmq';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../context';
+import { audit } from '../db/audit';
 import { decodeCursor, toPage } from '../http/pagination';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
@@ -52,7 +53,7 @@ export async function listTenants(ctx: AppContext, opts: { limit: number; cursor
  * resume clears it.
  */
 export async function setSuspended(ctx: AppContext, adminId: string, storeId: string, suspend: boolean) {
-  const { Store, AuditLog } = ctx.master.models;
+  const { Store } = ctx.master.models;
   // Before the lock: a second connection inside the transaction could wait on a full pool.
   const dbStatus = suspend ? null : await statusOfItsDatabase(ctx, storeId);
   const store = await ctx.master.sequelize.transaction(async (t) => {
@@ -68,7 +69,7 @@ export async function setSuspended(ctx: AppContext, adminId: string, storeId: st
       if (row.status !== 'suspended' && !(deleted && row.suspendedAt)) throw fail(ErrorCode.CONFLICT, 'This store is not suspended');
       await row.update({ status: deleted ? 'deleted' : dbStatus!, suspendedAt: null }, { transaction: t });
     }
-    await AuditLog.create({ actorUserId: adminId, storeId, action: suspend ? 'store.suspended' : 'store.resumed', targetType: 'store', targetId: storeId }, { transaction: t });
+    await audit(ctx.master, t, { actorUserId: adminId, storeId, action: suspend ? 'store.suspended' : 'store.resumed', targetType: 'store', targetId: storeId });
     return row;
   });
   if (!suspend) await resumeBackgroundWork(ctx, storeId, store.status);

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import { audit } from '../db/audit';
 import type { MasterDb } from '../db/master';
 import type { EventBus } from '../lib/bus';
 import { ErrorCode, fail } from '../lib/errors';
@@ -35,22 +36,19 @@ export const revokePlatformAdmin = (deps: PlatformAdminDeps, email: string, acto
  */
 async function setPlatformRole(deps: PlatformAdminDeps, rawEmail: string, role: PlatformRole, actor: string): Promise<RoleChange> {
   const email = rawEmail.trim().toLowerCase();
-  const { User, AuditLog } = deps.master.models;
+  const { User } = deps.master.models;
   const result = await deps.master.sequelize.transaction(async (t) => {
     const user = await User.findOne({ where: { email }, transaction: t, lock: t.LOCK.UPDATE });
     if (!user) throw fail(ErrorCode.NOT_FOUND, `No account has the e-mail ${email}; it must register first`);
     if (user.role === role) return { userId: user.id, email, role, changed: false };
     await user.update({ role }, { transaction: t });
-    await AuditLog.create(
-      {
-        actorUserId: null,
-        action: role === 'platform_admin' ? 'user.platform_admin.granted' : 'user.platform_admin.revoked',
-        targetType: 'user',
-        targetId: user.id,
-        data: { email, role, by: actor },
-      },
-      { transaction: t },
-    );
+    await audit(deps.master, t, {
+      actorUserId: null,
+      action: role === 'platform_admin' ? 'user.platform_admin.granted' : 'user.platform_admin.revoked',
+      targetType: 'user',
+      targetId: user.id,
+      data: { email, role, by: actor },
+    });
     return { userId: user.id, email, role, changed: true };
   });
   // After the commit: an instance that drops its cached role must read the new one.

@@ -1,4 +1,5 @@
 import type { AppContext } from '../context';
+import { audit } from '../db/audit';
 import { ErrorCode, fail } from '../lib/errors';
 import type { PlatformClaims } from '../lib/jwt';
 import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
@@ -25,17 +26,16 @@ function platformToken(ctx: AppContext, user: UserRow, storeId: string | null): 
   return ctx.tokens.sign(claims).token;
 }
 
-async function audit(ctx: AppContext, actorUserId: string, action: string, requestId?: string) {
-  await ctx.master.models.AuditLog.create({ actorUserId, action, targetType: 'user', targetId: actorUserId, requestId });
-}
-
 export async function register(ctx: AppContext, input: RegisterInput, requestId?: string) {
   const passwordHash = await hashPassword(input.password);
   // Never an admin by registering: only the operator's `tenantry admin:grant` makes one.
-  const user: UserRow = await ctx.master.models.User.create({ email: input.email, passwordHash, name: input.name, role: 'user' }).catch(
-    rethrowTaken('An account with this e-mail already exists'),
-  );
-  await audit(ctx, user.id, 'user.registered', requestId);
+  const user: UserRow = await ctx.master.sequelize
+    .transaction(async (t) => {
+      const created = await ctx.master.models.User.create({ email: input.email, passwordHash, name: input.name, role: 'user' }, { transaction: t });
+      await audit(ctx.master, t, { actorUserId: created.id, action: 'user.registered', targetType: 'user', targetId: created.id, requestId });
+      return created;
+    })
+    .catch(rethrowTaken('An account with this e-mail already exists'));
   return { user: toUserDto(user), token: platformToken(ctx, user, null) };
 }
 

@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { Job } from 'bullmq';
 import type { AppContext } from '../context';
+import { audit } from '../db/audit';
 import { migrationsDir } from '../db/migrate';
 import { pgCode, PgCode } from '../db/errors';
 import type { TenantConnection } from '../db/tenant-handle';
@@ -130,7 +131,7 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
   if (store.status === 'active') throw fail(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
   if (store.status === 'provisioning') return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
 
-  const { StoreDatabase, Store, AuditLog } = ctx.master.models;
+  const { StoreDatabase, Store } = ctx.master.models;
   const previous = await StoreDatabase.findByPk(storeId);
   let connection: TenantConnection;
   let server: string | null = null;
@@ -172,7 +173,7 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
       { transaction: t },
     );
     await locked.update({ status: 'provisioning' }, { transaction: t });
-    await AuditLog.create({ actorUserId: userId, storeId, action: 'store.database.connected', targetType: 'store', targetId: storeId, data: { mode: input.mode } }, { transaction: t });
+    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.database.connected', targetType: 'store', targetId: storeId, data: { mode: input.mode } });
   });
   return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
 }

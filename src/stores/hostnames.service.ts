@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { QueryTypes, type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
+import { audit } from '../db/audit';
 import { rethrowTaken } from '../db/errors';
 import { ErrorCode, fail } from '../lib/errors';
 import type { MasterModels } from '../models/master';
@@ -46,7 +47,7 @@ export async function addHostname(ctx: AppContext, userId: string, storeId: stri
     throw fail(ErrorCode.HOSTNAME_NOT_ALLOWED, `This hostname cannot be claimed: ${verdict.detail}`);
   }
   const hostname = verdict.hostname;
-  const { StoreHostname, Store, AuditLog } = ctx.master.models;
+  const { StoreHostname, Store } = ctx.master.models;
   const row = await ctx.master.sequelize.transaction(async (t) => {
     // The store's row lock serialises this store's claims, so concurrent ones cannot pass the cap together.
     const store = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE, rejectOnEmpty: true });
@@ -56,7 +57,7 @@ export async function addHostname(ctx: AppContext, userId: string, storeId: stri
     if (holder) throw taken();
     await requireRoomForHostname(ctx, store.ownerId, storeId, t);
     const added = await StoreHostname.create({ storeId, hostname, kind: 'custom', status: 'pending', verificationToken: randomBytes(16).toString('hex') }, { transaction: t });
-    await AuditLog.create({ actorUserId: userId, storeId, action: 'store.hostname.added', targetType: 'hostname', targetId: hostname }, { transaction: t });
+    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.hostname.added', targetType: 'hostname', targetId: hostname });
     return added;
   });
   return toHostnameDto(row);
@@ -78,7 +79,7 @@ async function requireRoomForHostname(ctx: AppContext, ownerId: string, storeId:
 export async function verifyHostname(ctx: AppContext, resolver: TxtResolver, userId: string, storeId: string, requested: string) {
   await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   const hostname = normaliseHostname(requested);
-  const { StoreHostname, AuditLog } = ctx.master.models;
+  const { StoreHostname } = ctx.master.models;
   const claim = await StoreHostname.findOne({ where: { storeId, hostname } });
   if (!claim) throw fail(ErrorCode.NOT_FOUND, 'This store has no such hostname');
   if (claim.status === 'verified') return toHostnameDto(claim);
@@ -101,7 +102,7 @@ export async function verifyHostname(ctx: AppContext, resolver: TxtResolver, use
         type: QueryTypes.DELETE,
         transaction: t,
       });
-      await AuditLog.create({ actorUserId: userId, storeId, action: 'store.hostname.verified', targetType: 'hostname', targetId: hostname }, { transaction: t });
+      await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.hostname.verified', targetType: 'hostname', targetId: hostname });
       return StoreHostname.findOne({ where: { storeId, hostname }, transaction: t });
     })
     // A verified name is one store's at most (a partial unique index): losing that race is HOSTNAME_TAKEN.
@@ -115,12 +116,14 @@ export async function verifyHostname(ctx: AppContext, resolver: TxtResolver, use
 export async function removeHostname(ctx: AppContext, userId: string, storeId: string, requested: string) {
   await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   const hostname = normaliseHostname(requested);
-  const { StoreHostname, AuditLog } = ctx.master.models;
+  const { StoreHostname } = ctx.master.models;
   const row = await StoreHostname.findOne({ where: { storeId, hostname } });
   if (!row) throw fail(ErrorCode.NOT_FOUND, 'This store has no such hostname');
   if (row.kind === 'platform') throw fail(ErrorCode.HOSTNAME_NOT_ALLOWED, 'The hostname the platform issued to this store cannot be removed');
-  await row.destroy();
-  await AuditLog.create({ actorUserId: userId, storeId, action: 'store.hostname.removed', targetType: 'hostname', targetId: hostname });
+  await ctx.master.sequelize.transaction(async (t) => {
+    await row.destroy({ transaction: t });
+    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.hostname.removed', targetType: 'hostname', targetId: hostname });
+  });
   if (row.status === 'verified') await ctx.tenants.hostnamesChanged([hostname]);
 }
 

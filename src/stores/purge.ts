@@ -1,5 +1,6 @@
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../context';
+import { audit } from '../db/audit';
 import type { TenantConnection } from '../db/tenant-handle';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
@@ -31,11 +32,11 @@ export async function purgeDeletedStores(ctx: AppContext): Promise<{ purged: num
         });
       }
       const hostnames = await ctx.master.sequelize.transaction(async (t) => {
-        const { StoreDatabase, StoreHostname, AuditLog } = ctx.master.models;
+        const { StoreDatabase, StoreHostname } = ctx.master.models;
         const released = await StoreHostname.findAll({ where: { storeId: store.storeId }, transaction: t });
         await StoreHostname.destroy({ where: { storeId: store.storeId }, transaction: t });
         await StoreDatabase.destroy({ where: { storeId: store.storeId }, transaction: t });
-        await AuditLog.create({ actorUserId: null, storeId: store.storeId, action: 'store.purged', targetType: 'store', targetId: store.storeId, data: { mode: store.mode } }, { transaction: t });
+        await audit(ctx.master, t, { actorUserId: null, storeId: store.storeId, action: 'store.purged', targetType: 'store', targetId: store.storeId, data: { mode: store.mode } });
         return released.map((h) => h.hostname);
       });
       await ctx.tenants.hostnamesChanged(hostnames);

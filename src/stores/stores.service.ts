@@ -1,5 +1,6 @@
 import { Op, type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
+import { audit } from '../db/audit';
 import { rethrowTaken } from '../db/errors';
 import { ErrorCode, fail } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
@@ -52,7 +53,7 @@ async function requireRoomForStore(ctx: AppContext, userId: string, t: Transacti
 const SLUG_IN_USE = 'Another store already uses this slug';
 
 export async function createStore(ctx: AppContext, userId: string, input: CreateStoreInput) {
-  const { User, Store, StoreMember, CreditBalance, AuditLog } = ctx.master.models;
+  const { User, Store, StoreMember, CreditBalance } = ctx.master.models;
   const store = await ctx.master.sequelize
     .transaction(async (t) => {
       // A taken slug is answered before the plan limit: upgrading would not free it. Under the owner's lock
@@ -64,7 +65,7 @@ export async function createStore(ctx: AppContext, userId: string, input: Create
       const s = await Store.create({ name: input.name, slug: input.slug, ownerId: userId }, { transaction: t });
       await StoreMember.create({ storeId: s.id, userId, role: 'owner' }, { transaction: t });
       await CreditBalance.create({ storeId: s.id }, { transaction: t });
-      await AuditLog.create({ actorUserId: userId, storeId: s.id, action: 'store.created', targetType: 'store', targetId: s.id }, { transaction: t });
+      await audit(ctx.master, t, { actorUserId: userId, storeId: s.id, action: 'store.created', targetType: 'store', targetId: s.id });
       return s;
     })
     .catch(rethrowTaken(SLUG_IN_USE));
@@ -105,8 +106,10 @@ export async function getStore(ctx: AppContext, userId: string, storeId: string)
 export async function renameStore(ctx: AppContext, userId: string, storeId: string, name: string | undefined) {
   const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   if (name !== undefined && name !== store.name) {
-    await store.update({ name });
-    await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.renamed', targetType: 'store', targetId: storeId, data: { name } });
+    await ctx.master.sequelize.transaction(async (t) => {
+      await store.update({ name }, { transaction: t });
+      await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.renamed', targetType: 'store', targetId: storeId, data: { name } });
+    });
     if (store.status === 'active') await renameInTenant(ctx, storeId, name);
   }
   return toStoreDto(ctx, store, role);
@@ -131,7 +134,7 @@ export async function deleteStore(ctx: AppContext, userId: string, storeId: stri
   await ctx.master.sequelize.transaction(async (t) => {
     // suspended_at is left as it is: a suspension made meanwhile outlives the deletion (see restoreStore).
     await store.update({ status: 'deleted', deletedAt: new Date() }, { transaction: t });
-    await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.deleted', targetType: 'store', targetId: storeId }, { transaction: t });
+    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.deleted', targetType: 'store', targetId: storeId });
   });
   await ctx.tenants.invalidate(storeId);
   return { id: storeId, status: 'deleted' as const, restorableUntil: new Date(store.deletedAt!.getTime() + RESTORE_WINDOW_DAYS * 86400_000).toISOString() };
@@ -152,9 +155,9 @@ export async function restoreStore(ctx: AppContext, userId: string, storeId: str
     if (store.status !== 'deleted') throw fail(ErrorCode.CONFLICT, 'This store is not deleted');
     const restored: StoreStatus = store.suspendedAt ? 'suspended' : dbStatus;
     await store.update({ status: restored, deletedAt: null }, { transaction: t });
+    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.restored', targetType: 'store', targetId: storeId });
     return restored;
   });
-  await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.restored', targetType: 'store', targetId: storeId });
   await resumeBackgroundWork(ctx, storeId, status);
   await ctx.tenants.invalidate(storeId);
   return toStoreDto(ctx, store, role);
@@ -181,7 +184,9 @@ export async function putStripeKeys(ctx: AppContext, userId: string, storeId: st
   const publicConfig = { publishableKey: input.publishableKey, secretKeyLast4: input.secretKey.slice(-4), hasWebhookSecret: !!input.webhookSecret };
   const secrets = ctx.encryptor.encryptJson({ secretKey: input.secretKey, webhookSecret: input.webhookSecret ?? null }, secretContext.storeIntegration(storeId, 'stripe'));
   const configuredAt = new Date();
-  await ctx.master.models.StoreIntegration.upsert({ storeId, provider: 'stripe', publicConfig, secrets, configuredAt });
-  await ctx.master.models.AuditLog.create({ actorUserId: userId, storeId, action: 'store.integration.stripe.configured', targetType: 'integration', targetId: 'stripe' });
+  await ctx.master.sequelize.transaction(async (t) => {
+    await ctx.master.models.StoreIntegration.upsert({ storeId, provider: 'stripe', publicConfig, secrets, configuredAt }, { transaction: t });
+    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.integration.stripe.configured', targetType: 'integration', targetId: 'stripe' });
+  });
   return { publishableKey: input.publishableKey, secretKeyLast4: publicConfig.secretKeyLast4, configuredAt: configuredAt.toISOString() };
 }

@@ -33,14 +33,6 @@ export function requireAuth(ctx: AppContext, kind: 'platform' | 'store' | 'any')
   };
 }
 
-/** Read a token when one is sent (public routes that answer more to signed-in callers). */
-export function optionalAuth(ctx: AppContext): RequestHandler {
-  return (req, _res, next) => {
-    req.auth = readToken(ctx, req.headers.authorization);
-    next();
-  };
-}
-
 export function platformClaims(auth: TokenClaims | undefined) {
   if (!auth || auth.typ !== 'platform') throw unauthenticated();
   return auth;

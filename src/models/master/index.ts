@@ -280,48 +280,6 @@ export function initMasterModels(sequelize: Sequelize) {
     { ...common, tableName: 'billing_transactions' },
   );
 
-  class UsageMetric extends Model<InferAttributes<UsageMetric>, InferCreationAttributes<UsageMetric>> {
-    declare storeId: string;
-    declare service: string;
-    declare day: string;
-    declare quantity: number;
-    declare credits: number;
-  }
-  UsageMetric.init(
-    {
-      storeId: { type: DataTypes.UUID, primaryKey: true },
-      service: { type: DataTypes.TEXT, primaryKey: true },
-      day: { type: DataTypes.DATEONLY, primaryKey: true },
-      quantity: { type: DataTypes.BIGINT, allowNull: false },
-      credits: { type: DataTypes.BIGINT, allowNull: false },
-    },
-    { ...common, tableName: 'usage_metrics', timestamps: false },
-  );
-
-  class ApiUsageLog extends Model<InferAttributes<ApiUsageLog>, InferCreationAttributes<ApiUsageLog>> {
-    declare id: CreationOptional<number>;
-    declare storeId: string | null;
-    declare userId: string | null;
-    declare method: string;
-    declare path: string;
-    declare status: number;
-    declare durationMs: number;
-    declare createdAt: CreationOptional<Date>;
-  }
-  ApiUsageLog.init(
-    {
-      id: { type: DataTypes.BIGINT, primaryKey: true, autoIncrement: true },
-      storeId: DataTypes.UUID,
-      userId: DataTypes.UUID,
-      method: { type: DataTypes.TEXT, allowNull: false },
-      path: { type: DataTypes.TEXT, allowNull: false },
-      status: { type: DataTypes.SMALLINT, allowNull: false },
-      durationMs: { type: DataTypes.INTEGER, allowNull: false },
-      createdAt: DataTypes.DATE,
-    },
-    { ...common, tableName: 'api_usage_logs', updatedAt: false },
-  );
-
   class StoreIntegration extends Model<InferAttributes<StoreIntegration>, InferCreationAttributes<StoreIntegration>> {
     declare storeId: string;
     declare provider: 'stripe';
@@ -402,8 +360,6 @@ export function initMasterModels(sequelize: Sequelize) {
     CreditBalance,
     CreditTransaction,
     BillingTransaction,
-    UsageMetric,
-    ApiUsageLog,
     StoreIntegration,
     RevokedToken,
     AuditLog,

@@ -16,29 +16,6 @@ export function initTenantModels(sequelize: Sequelize) {
   const id = { type: DataTypes.UUID, primaryKey: true, defaultValue: DataTypes.UUIDV4 };
   const stamps = { createdAt: DataTypes.DATE, updatedAt: DataTypes.DATE };
 
-  class Store extends Model<InferAttributes<Store>, InferCreationAttributes<Store>> {
-    declare id: string;
-    declare name: string;
-    declare slug: string;
-    declare currency: CreationOptional<string>;
-    declare timezone: CreationOptional<string>;
-    declare settings: CreationOptional<Record<string, unknown>>;
-    declare createdAt: CreationOptional<Date>;
-    declare updatedAt: CreationOptional<Date>;
-  }
-  Store.init(
-    {
-      id: { type: DataTypes.UUID, primaryKey: true },
-      name: { type: DataTypes.TEXT, allowNull: false },
-      slug: { type: DataTypes.TEXT, allowNull: false },
-      currency: { type: DataTypes.CHAR(3), allowNull: false, defaultValue: 'EUR' },
-      timezone: { type: DataTypes.TEXT, allowNull: false, defaultValue: 'UTC' },
-      settings: { type: DataTypes.JSONB, allowNull: false, defaultValue: {} },
-      ...stamps,
-    },
-    { ...common, tableName: 'stores' },
-  );
-
   class User extends Model<InferAttributes<User>, InferCreationAttributes<User>> {
     declare id: CreationOptional<string>;
     declare email: string;
@@ -169,147 +146,6 @@ export function initTenantModels(sequelize: Sequelize) {
     { ...common, tableName: 'order_items', timestamps: false },
   );
 
-  class Plugin extends Model<InferAttributes<Plugin>, InferCreationAttributes<Plugin>> {
-    declare id: CreationOptional<string>;
-    declare name: string;
-    declare version: string;
-    declare enabled: CreationOptional<boolean>;
-    declare config: CreationOptional<Record<string, unknown>>;
-    declare createdAt: CreationOptional<Date>;
-    declare updatedAt: CreationOptional<Date>;
-  }
-  Plugin.init(
-    {
-      id,
-      name: { type: DataTypes.TEXT, allowNull: false },
-      version: { type: DataTypes.TEXT, allowNull: false },
-      enabled: { type: DataTypes.BOOLEAN, allowNull: false, defaultValue: false },
-      config: { type: DataTypes.JSONB, allowNull: false, defaultValue: {} },
-      ...stamps,
-    },
-    { ...common, tableName: 'plugins' },
-  );
-
-  class PluginSetting extends Model<InferAttributes<PluginSetting>, InferCreationAttributes<PluginSetting>> {
-    declare pluginId: string;
-    declare key: string;
-    declare value: unknown;
-    declare updatedAt: CreationOptional<Date>;
-  }
-  PluginSetting.init(
-    {
-      pluginId: { type: DataTypes.UUID, primaryKey: true },
-      key: { type: DataTypes.TEXT, primaryKey: true },
-      value: { type: DataTypes.JSONB, allowNull: false },
-      updatedAt: DataTypes.DATE,
-    },
-    { ...common, tableName: 'plugin_settings', createdAt: false },
-  );
-
-  class PluginData extends Model<InferAttributes<PluginData>, InferCreationAttributes<PluginData>> {
-    declare id: CreationOptional<string>;
-    declare pluginId: string;
-    declare collection: string;
-    declare data: unknown;
-    declare createdAt: CreationOptional<Date>;
-    declare updatedAt: CreationOptional<Date>;
-  }
-  PluginData.init(
-    {
-      id,
-      pluginId: { type: DataTypes.UUID, allowNull: false },
-      collection: { type: DataTypes.TEXT, allowNull: false },
-      data: { type: DataTypes.JSONB, allowNull: false },
-      ...stamps,
-    },
-    { ...common, tableName: 'plugin_data' },
-  );
-
-  class CronJob extends Model<InferAttributes<CronJob>, InferCreationAttributes<CronJob>> {
-    declare id: CreationOptional<string>;
-    declare name: string;
-    declare schedule: string;
-    declare handler: string;
-    declare pluginId: CreationOptional<string | null>;
-    declare enabled: CreationOptional<boolean>;
-    declare lastRunAt: CreationOptional<Date | null>;
-    declare nextRunAt: CreationOptional<Date | null>;
-    declare createdAt: CreationOptional<Date>;
-    declare updatedAt: CreationOptional<Date>;
-  }
-  CronJob.init(
-    {
-      id,
-      name: { type: DataTypes.TEXT, allowNull: false },
-      schedule: { type: DataTypes.TEXT, allowNull: false },
-      handler: { type: DataTypes.TEXT, allowNull: false },
-      pluginId: DataTypes.UUID,
-      enabled: { type: DataTypes.BOOLEAN, allowNull: false, defaultValue: true },
-      lastRunAt: DataTypes.DATE,
-      nextRunAt: DataTypes.DATE,
-      ...stamps,
-    },
-    { ...common, tableName: 'cron_jobs' },
-  );
-
-  class CronJobExecution extends Model<InferAttributes<CronJobExecution>, InferCreationAttributes<CronJobExecution>> {
-    declare id: CreationOptional<string>;
-    declare cronJobId: string;
-    declare status: 'running' | 'succeeded' | 'failed';
-    declare startedAt: CreationOptional<Date>;
-    declare finishedAt: CreationOptional<Date | null>;
-    declare error: CreationOptional<string | null>;
-  }
-  CronJobExecution.init(
-    {
-      id,
-      cronJobId: { type: DataTypes.UUID, allowNull: false },
-      status: { type: DataTypes.TEXT, allowNull: false },
-      startedAt: { type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW },
-      finishedAt: DataTypes.DATE,
-      error: DataTypes.TEXT,
-    },
-    { ...common, tableName: 'cron_job_executions', timestamps: false },
-  );
-
-  class CreditBalanceCache extends Model<InferAttributes<CreditBalanceCache>, InferCreationAttributes<CreditBalanceCache>> {
-    declare id: CreationOptional<boolean>;
-    declare balance: number;
-    declare lastTransactionAt: CreationOptional<Date | null>;
-    declare syncedAt: CreationOptional<Date>;
-  }
-  CreditBalanceCache.init(
-    {
-      id: { type: DataTypes.BOOLEAN, primaryKey: true, defaultValue: true },
-      balance: { type: DataTypes.BIGINT, allowNull: false },
-      lastTransactionAt: DataTypes.DATE,
-      syncedAt: { type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW },
-    },
-    { ...common, tableName: 'credit_balance_cache', timestamps: false },
-  );
-
-  class CreditSpendingLog extends Model<InferAttributes<CreditSpendingLog>, InferCreationAttributes<CreditSpendingLog>> {
-    declare transactionId: string;
-    declare type: 'purchase' | 'spend' | 'refund' | 'adjustment';
-    declare service: string | null;
-    declare quantity: number | null;
-    declare amount: number;
-    declare balanceAfter: number;
-    declare createdAt: Date;
-  }
-  CreditSpendingLog.init(
-    {
-      transactionId: { type: DataTypes.UUID, primaryKey: true },
-      type: { type: DataTypes.TEXT, allowNull: false },
-      service: DataTypes.TEXT,
-      quantity: DataTypes.INTEGER,
-      amount: { type: DataTypes.BIGINT, allowNull: false },
-      balanceAfter: { type: DataTypes.BIGINT, allowNull: false },
-      createdAt: { type: DataTypes.DATE, allowNull: false },
-    },
-    { ...common, tableName: 'credit_spending_log', timestamps: false },
-  );
-
   class AuditLog extends Model<InferAttributes<AuditLog>, InferCreationAttributes<AuditLog>> {
     declare id: CreationOptional<number>;
     declare actorId: string | null;
@@ -337,24 +173,14 @@ export function initTenantModels(sequelize: Sequelize) {
   User.hasOne(Customer, { foreignKey: 'userId', as: 'profile' });
   Product.hasOne(Inventory, { foreignKey: 'productId', as: 'inventory' });
   Order.hasMany(OrderItem, { foreignKey: 'orderId', as: 'items' });
-  Plugin.hasMany(PluginSetting, { foreignKey: 'pluginId', as: 'settings' });
-  CronJob.hasMany(CronJobExecution, { foreignKey: 'cronJobId', as: 'executions' });
 
   return {
-    Store,
     User,
     Customer,
     Product,
     Inventory,
     Order,
     OrderItem,
-    Plugin,
-    PluginSetting,
-    PluginData,
-    CronJob,
-    CronJobExecution,
-    CreditBalanceCache,
-    CreditSpendingLog,
     AuditLog,
   };
 }

@@ -36,14 +36,7 @@ const UNIQUE_INDEX_CODES: Record<string, ErrorCode> = {
 };
 
 /** The name of the constraint a pg or Sequelize error broke, wherever it is nested. */
-export function constraintOf(err: unknown): string | undefined {
-  let e = err as { constraint?: unknown; parent?: unknown; original?: unknown; cause?: unknown } | undefined;
-  for (let depth = 0; e && depth < 4; depth++) {
-    if (typeof e.constraint === 'string') return e.constraint;
-    e = (e.parent ?? e.original ?? e.cause) as typeof e;
-  }
-  return undefined;
-}
+export const constraintOf = (err: unknown): string | undefined => nestedField(err, 'constraint');
 
 /**
  * For a `.catch`: a violation of a unique index named in UNIQUE_INDEX_CODES is thrown as its code with this
@@ -58,15 +51,19 @@ export const rethrowTaken =
 
 const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH', 'EPIPE']);
 
-/** The SQLSTATE (or socket errno) of a pg or Sequelize error, wherever it is nested. */
-export function pgCode(err: unknown): string | undefined {
-  let e = err as { code?: unknown; parent?: unknown; original?: unknown; cause?: unknown } | undefined;
+/** A string field of an error or of the pg error Sequelize (or a cause) wraps in it. */
+function nestedField(err: unknown, field: 'code' | 'constraint'): string | undefined {
+  let e = err as { [f in typeof field]?: unknown } & { parent?: unknown; original?: unknown; cause?: unknown };
   for (let depth = 0; e && depth < 4; depth++) {
-    if (typeof e.code === 'string') return e.code;
+    const value = e[field];
+    if (typeof value === 'string') return value;
     e = (e.parent ?? e.original ?? e.cause) as typeof e;
   }
   return undefined;
 }
+
+/** The SQLSTATE (or socket errno) of a pg or Sequelize error, wherever it is nested. */
+export const pgCode = (err: unknown): string | undefined => nestedField(err, 'code');
 
 /** Whether an error means the database could not be reached or refused the session (not a bad query). */
 export function isConnectionFailure(err: unknown): boolean {

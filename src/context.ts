@@ -71,41 +71,56 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
   const config = options.config ?? defaultConfig;
   const redis = createRedis(config.redisUrl, 'commands');
   const subscriber = createRedis(config.redisUrl, 'subscriber');
-  await connectRedis(redis, config.redisUrl);
-  await connectRedis(subscriber, config.redisUrl);
-
-  const { url, embedded } = await prepareMaster(config, options.masterUrl);
-  const master = openMasterDb(url, config.masterPoolMax);
-  const redisPrefix = options.redisPrefix ?? config.redisPrefix;
-  const bus = new EventBus(redis, subscriber, busChannel(redisPrefix));
-  await bus.start();
-  const revocations = new RevocationList(master.models, bus);
-  await revocations.load();
-
-  const encryptor = new Encryptor(config.encryptionKeys);
-  const tenants = new ConnectionManager(master, encryptor, bus, config.tenant);
-
-  const ctx: AppContext = {
-    config,
-    masterUrl: url,
-    master,
-    redis,
-    bus,
-    tokens: new TokenSigner(config.jwt),
-    encryptor,
-    revocations,
-    tenants,
-    redisPrefix,
-    async close() {
-      revocations.stop();
-      await closeQueues(ctx);
-      await tenants.close();
-      await closeAdminPools();
-      await master.sequelize.close();
-      subscriber.disconnect();
-      await redis.quit().catch(() => redis.disconnect());
-      if (embedded) await embedded.stop();
-    },
+  // What has been opened so far, closed again if a later step fails (else its sockets keep the process alive).
+  let opened: { embedded?: EmbeddedServer; master?: MasterDb } = {};
+  const closeOpened = async () => {
+    await opened.master?.sequelize.close().catch(() => {});
+    subscriber.disconnect();
+    redis.disconnect();
+    await opened.embedded?.stop().catch(() => {});
   };
-  return ctx;
+  try {
+    await connectRedis(redis, config.redisUrl);
+    await connectRedis(subscriber, config.redisUrl);
+
+    const { url, embedded } = await prepareMaster(config, options.masterUrl);
+    opened = { embedded };
+    const master = openMasterDb(url, config.masterPoolMax);
+    opened.master = master;
+    const redisPrefix = options.redisPrefix ?? config.redisPrefix;
+    const bus = new EventBus(redis, subscriber, busChannel(redisPrefix));
+    await bus.start();
+    const revocations = new RevocationList(master.models, bus);
+    await revocations.load();
+
+    const encryptor = new Encryptor(config.encryptionKeys);
+    const tenants = new ConnectionManager(master, encryptor, bus, config.tenant);
+
+    const ctx: AppContext = {
+      config,
+      masterUrl: url,
+      master,
+      redis,
+      bus,
+      tokens: new TokenSigner(config.jwt),
+      encryptor,
+      revocations,
+      tenants,
+      redisPrefix,
+      async close() {
+        revocations.stop();
+        await closeQueues(ctx);
+        await tenants.close();
+        await closeAdminPools();
+        await master.sequelize.close();
+        subscriber.disconnect();
+        await redis.quit().catch(() => redis.disconnect());
+        if (embedded) await embedded.stop();
+      },
+    };
+    return ctx;
+  } catch (err) {
+    await closeOpened();
+    throw err;
+  }
 }

@@ -5,6 +5,7 @@ import { secretContext } from '../../src/lib/crypto';
 import type { StoreStatus } from '../../src/models/master';
 import { ensureTenantDatabase, ident, migrateTenant, seedTenant } from '../../src/provisioning/tenant-db';
 import type { TestApp } from './app';
+import type { SuiteResources } from './suite';
 import { adminQuery, assertTestDatabase, TEST_SERVER_URL } from './db';
 
 export interface TestStore {
@@ -84,4 +85,43 @@ export async function tenantQuery<R extends Record<string, unknown> = Record<str
 export async function setStoreStatus(t: TestApp, storeId: string, status: StoreStatus): Promise<void> {
   await t.ctx.master.models.Store.update({ status, deletedAt: status === 'deleted' ? new Date() : null }, { where: { id: storeId } });
   await t.ctx.tenants.invalidate(storeId);
+}
+
+/**
+ * Samples, every ~10 ms until stopped, how many connections the API holds open to these tenant databases
+ * as Postgres sees them (pg_stat_activity); `alsoSample` runs at each sample (e.g. to read the pool's stats).
+ * Registered with the suite, so a failed test that never calls stop() still ends it.
+ */
+export function sampleTenantConnections(suite: Pick<SuiteResources, 'defer'>, databases: string[], alsoSample?: () => void) {
+  const samples: number[] = [];
+  let running = true;
+  const client = new pg.Client({ connectionString: TEST_SERVER_URL });
+  const done = (async () => {
+    await client.connect();
+    try {
+      while (running) {
+        const { rows } = await client.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'tenantry-tenant' AND datname = ANY($1)",
+          [databases],
+        );
+        samples.push(rows[0].n);
+        alsoSample?.();
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    } finally {
+      await client.end();
+    }
+  })();
+  suite.defer('the connection sampler', () => {
+    running = false;
+    return done.catch(() => {});
+  });
+  return {
+    samples,
+    async stop() {
+      running = false;
+      await done;
+      return samples;
+    },
+  };
 }

@@ -1,11 +1,9 @@
 import type { Server } from 'node:http';
-import pg from 'pg';
 import request from 'supertest';
 import { registerUser } from '../helpers/app';
-import { TEST_SERVER_URL } from '../helpers/db';
 import { expectNoLeak } from '../helpers/http';
 import { useSuite } from '../helpers/suite';
-import { createActiveStore, tenantQuery, type TestStore } from '../helpers/tenants';
+import { createActiveStore, sampleTenantConnections, tenantQuery, type TestStore } from '../helpers/tenants';
 
 const CONNECTIONS_MAX = 3;
 const SEED_PRODUCTS = 3;
@@ -38,41 +36,6 @@ beforeAll(async () => {
   }
 });
 
-/** Samples how many connections the API holds open to these tenant databases, every ~10 ms, until stopped. */
-function sampleTenantConnections(databases: string[]) {
-  const samples: number[] = [];
-  let running = true;
-  const client = new pg.Client({ connectionString: TEST_SERVER_URL });
-  const done = (async () => {
-    await client.connect();
-    try {
-      while (running) {
-        const { rows } = await client.query<{ n: number }>(
-          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'tenantry-tenant' AND datname = ANY($1)",
-          [databases],
-        );
-        samples.push(rows[0].n);
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    } finally {
-      await client.end();
-    }
-  })();
-  // A failed test never gets to stop() it.
-  t.defer('the connection sampler', () => {
-    running = false;
-    return done.catch(() => {});
-  });
-  return {
-    samples,
-    async stop() {
-      running = false;
-      await done;
-      return samples;
-    },
-  };
-}
-
 /** Run `total` tasks with at most `width` in flight. */
 async function withConcurrency<T>(total: number, width: number, task: (i: number) => Promise<T>): Promise<T[]> {
   const results: T[] = new Array(total);
@@ -89,7 +52,7 @@ async function withConcurrency<T>(total: number, width: number, task: (i: number
 }
 
 test('300 mixed requests over five stores, 30 at a time, with room for 2 handles and 3 connections: every answer is right and none fails', async () => {
-  const sampler = sampleTenantConnections(shops.map((s) => s.store.database));
+  const sampler = sampleTenantConnections(t, shops.map((s) => s.store.database));
   const problems: string[] = [];
   const created = new Map<string, string[]>(shops.map((s) => [s.key, []]));
 

@@ -6,7 +6,7 @@ import { registerUser } from '../helpers/app';
 import { TEST_SERVER_URL } from '../helpers/db';
 import { expectNoLeak, expectProblem } from '../helpers/http';
 import { useSuite } from '../helpers/suite';
-import { createActiveStore, dropTestTenants, tenantQuery, type TestStore } from '../helpers/tenants';
+import { createActiveStore, dropTestTenants, sampleTenantConnections, tenantQuery, type TestStore } from '../helpers/tenants';
 
 const CONNECTIONS_MAX = 12;
 const POOL_MAX = 3;
@@ -77,38 +77,16 @@ async function lockAll(shops: Shop[]): Promise<pg.Client[]> {
   );
 }
 
-/** Samples, every ~10 ms until stopped, how many connections the API holds to these databases (as Postgres sees them) and what stats() says the owner holds. */
+/** What Postgres sees the API hold to these databases, and what stats() says the owner holds, sampled together. */
 function sampleOwner(databases: string[], ownerId: string) {
-  const seen = { server: [] as number[], budget: [] as number[] };
-  let running = true;
-  const client = new pg.Client({ connectionString: TEST_SERVER_URL });
-  const done = (async () => {
-    await client.connect();
-    try {
-      while (running) {
-        const { rows } = await client.query<{ n: number }>(
-          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'tenantry-tenant' AND datname = ANY($1)",
-          [databases],
-        );
-        seen.server.push(rows[0].n);
-        const usage = t.ctx.tenants.stats().connections.perOwner as { ownerId: string; open: number }[] | undefined;
-        seen.budget.push(usage?.find((o) => o.ownerId === ownerId)?.open ?? 0);
-        await sleep(10);
-      }
-    } finally {
-      await client.end();
-    }
-  })();
-  // A failed test never gets to stop() it.
-  t.defer('the connection sampler', () => {
-    running = false;
-    return done.catch(() => {});
+  const budget: number[] = [];
+  const sampler = sampleTenantConnections(t, databases, () => {
+    const usage = t.ctx.tenants.stats().connections.perOwner as { ownerId: string; open: number }[] | undefined;
+    budget.push(usage?.find((o) => o.ownerId === ownerId)?.open ?? 0);
   });
   return {
     async stop() {
-      running = false;
-      await done;
-      return seen;
+      return { server: await sampler.stop(), budget };
     },
   };
 }

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { TenantConnection } from '../src/db/tenant-handle';
-import { withClient } from '../src/provisioning/tenant-db';
+import { withClient } from '../src/db/pg-client';
 
 export const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 

@@ -19,7 +19,8 @@ import { runMigrations } from '../src/db/migrate';
 import { admin, ADMIN_URL, benchConnection, databaseUrl, printTable, stableUuid, startServer, stopProcess, summarize, type Summary } from './common';
 import { Encryptor, secretContext } from '../src/lib/crypto';
 import { TokenSigner } from '../src/lib/jwt';
-import { ensureTenantDatabase, ident, migrateTenant, withClient } from '../src/provisioning/tenant-db';
+import { withClient } from '../src/db/pg-client';
+import { ensureTenantDatabase, ident, migrateTenant } from '../src/provisioning/tenant-db';
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const PREFIX = 'tenantry_bench_credits';

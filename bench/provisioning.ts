@@ -10,7 +10,8 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { Queue } from 'bullmq';
 import { runMigrations } from '../src/db/migrate';
-import { ident, withClient } from '../src/provisioning/tenant-db';
+import { withClient } from '../src/db/pg-client';
+import { ident } from '../src/provisioning/tenant-db';
 import { admin, cpuSeconds, databaseUrl, startServer, stopProcess } from './common';
 import { PORT } from './routing';
 

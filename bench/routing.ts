@@ -13,7 +13,8 @@ import pg from 'pg';
 import { Encryptor, secretContext } from '../src/lib/crypto';
 import { admin, ADMIN_URL, benchConnection, databaseUrl, printTable, stableUuid, startServer, stopProcess, summarize, type Summary } from './common';
 import { runMigrations } from '../src/db/migrate';
-import { ensureTenantDatabase, ident, migrateTenant, withClient } from '../src/provisioning/tenant-db';
+import { withClient } from '../src/db/pg-client';
+import { ensureTenantDatabase, ident, migrateTenant } from '../src/provisioning/tenant-db';
 import { productListSql } from '../src/store-api/products.service';
 
 const PREFIX = 'tenantry_bench';
@@ -105,7 +106,7 @@ async function connectionOpenRate(stores: number): Promise<{ sameDb: number; fre
       while (next < n) {
         const c = new pg.Client(tenantConnection(database(next++)));
         await c.connect();
-        if (query) await c.query(productListSql({ includeInactive: false, after: false }), [21]);
+        if (query) await c.query(productListSql({ includeInactive: false, after: null }, [21]), [21]);
         await c.end();
       }
     }));

@@ -36,7 +36,7 @@ async function main() {
 
   const outer = express();
   outer.get('/bench/raw', async (_req, res) => {
-    const { rows } = await rawPool.query(productListSql({ includeInactive: false, after: false }), [21]);
+    const { rows } = await rawPool.query(productListSql({ includeInactive: false, after: null }, [21]), [21]);
     res.json(toPage(rows, 20, toProduct));
   });
   outer.get('/bench/pools', (_req, res) => {

@@ -2,7 +2,7 @@ import type { Job } from 'bullmq';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../context';
 import { audit } from '../db/audit';
-import { decodeCursor, toPage } from '../http/pagination';
+import { decodeCursor, olderThan, toPage } from '../http/pagination';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
@@ -28,13 +28,14 @@ interface TenantRow {
 /** Every store with its database's state and, where this instance holds one, its pool. */
 export async function listTenants(ctx: AppContext, opts: { limit: number; cursor?: string }) {
   const after = decodeCursor(opts.cursor);
+  const values: unknown[] = [opts.limit + 1];
   const rows = await ctx.master.sequelize.query<TenantRow>(
     `SELECT s.id, s.name, s.slug, s.status, s.created_at AS "createdAt", s.created_at::text AS "cursorTs",
             d.mode, d.server, d.status AS "dbStatus", d.schema_version AS "schemaVersion", d.last_error AS "lastError"
        FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
-      ${after ? 'WHERE (s.created_at, s.id) < (:ts::timestamptz, :id::uuid)' : ''}
-      ORDER BY s.created_at DESC, s.id DESC LIMIT :limit`,
-    { replacements: { limit: opts.limit + 1, ts: after?.ts ?? null, id: after?.id ?? null }, type: QueryTypes.SELECT },
+      ${after ? `WHERE ${olderThan('s', after, values)}` : ''}
+      ORDER BY s.created_at DESC, s.id DESC LIMIT $1::int`,
+    { bind: values, type: QueryTypes.SELECT },
   );
   return toPage(rows, opts.limit, (r) => ({
     id: r.id,

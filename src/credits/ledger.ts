@@ -1,6 +1,7 @@
 import { QueryTypes, type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
 import { constraintOf, pgCode, PgCode } from '../db/errors';
+import { olderThan, type Position } from '../http/pagination';
 import type { CreditTransaction, Payment } from './credits.schemas';
 
 /**
@@ -225,14 +226,15 @@ export async function currentBalance(ctx: AppContext, storeId: string): Promise<
 }
 
 /** A page of a store's transactions, newest first (keyset on created_at, id). */
-export async function listTransactions(ctx: AppContext, storeId: string, limit: number, after: { ts: string; id: string } | null) {
+export async function listTransactions(ctx: AppContext, storeId: string, limit: number, after: Position | null) {
+  const values: unknown[] = [storeId, limit + 1];
   return ctx.master.sequelize.query<LedgerRow & { cursorTs: string }>(
     `SELECT ${LEDGER_COLUMNS('t', null)}, t.created_at::text AS "cursorTs"
        FROM credit_transactions t
-      WHERE t.store_id = $1::uuid ${after ? 'AND (t.created_at, t.id) < ($3::timestamptz, $4::uuid)' : ''}
+      WHERE t.store_id = $1::uuid ${after ? `AND ${olderThan('t', after, values)}` : ''}
       ORDER BY t.created_at DESC, t.id DESC
       LIMIT $2::int`,
-    { bind: after ? [storeId, limit + 1, after.ts, after.id] : [storeId, limit + 1], type: QueryTypes.SELECT },
+    { bind: values, type: QueryTypes.SELECT },
   );
 }
 

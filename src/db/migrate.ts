@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { migrate } from 'postgres-migrations';
+import { withClient } from './pg-client';
 
 /**
  * The one migration runner for the master and every tenant database: `postgres-migrations` applies the
@@ -46,17 +47,11 @@ export async function runMigrations(
   dir: string = migrationsDir(kind),
   options: { role?: string } = {},
 ): Promise<{ applied: string[]; schemaVersion: number }> {
-  const client = new pg.Client({ connectionTimeoutMillis: 5000, ...connection });
-  // A lost connection also fails the pending query; unheard, the 'error' event would crash the process.
-  client.on('error', () => {});
-  await client.connect();
-  try {
+  return withClient({ connectionTimeoutMillis: 5000, ...connection }, async (client) => {
     // Objects are owned by the role the statements run as (a template owner, say), not the login role.
     if (options.role) await client.query(`SET ROLE "${options.role.replace(/"/g, '""')}"`);
-    return await migrateWith(kind, client, dir);
-  } finally {
-    await client.end();
-  }
+    return migrateWith(kind, client, dir);
+  });
 }
 
 /** The same, on a connection the caller holds (and keeps). */

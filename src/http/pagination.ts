@@ -41,6 +41,15 @@ export function decodeCursor(cursor: string | undefined): Position | null {
   throw fail(ErrorCode.VALIDATION_FAILED, 'The cursor is not one this API gave out');
 }
 
+/**
+ * The keyset condition "older than this position" on `alias`.created_at/id (lists sort newest first), its two
+ * positional parameters appended to `values`.
+ */
+export function olderThan(alias: string, after: Position, values: unknown[]): string {
+  values.push(after.ts, after.id);
+  return `(${alias}.created_at, ${alias}.id) < ($${values.length - 1}::timestamptz, $${values.length}::uuid)`;
+}
+
 /** Given limit+1 rows fetched in order, the page and the cursor of the next one. */
 export function toPage<R extends { cursorTs: string; id: string }, T>(rows: R[], limit: number, map: (r: R) => T): Page<T> {
   const more = rows.length > limit;

@@ -7,6 +7,7 @@ import type { AppContext } from '../context';
 import { audit } from '../db/audit';
 import { migrationsDir } from '../db/migrate';
 import { pgCode, PgCode } from '../db/errors';
+import { withClient } from '../db/pg-client';
 import type { TenantConnection } from '../db/tenant-handle';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
@@ -70,36 +71,34 @@ async function isOwnTenantSchema(client: pg.Client, relations: { schema: string;
  * own Tenantry schema.
  */
 async function checkExternalDatabase(ctx: AppContext, connection: TenantConnection, storeId: string): Promise<void> {
-  const client = new pg.Client({ ...tenantPgConfig(connection, externalAccess(ctx)), connectionTimeoutMillis: 3000, query_timeout: 3000, statement_timeout: 3000 });
-  client.on('error', () => {});
-  try {
-    await client.connect();
-  } catch (err) {
-    const code = pgCode(err);
-    if (code === PRIVATE_ADDRESS) {
-      throw fail(ErrorCode.DATABASE_UNREACHABLE, 'The database is on a private network address, which this platform does not connect to; give an address reachable on the internet');
-    }
-    if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION) {
-      throw fail(ErrorCode.DATABASE_AUTH_FAILED, 'The database rejected these credentials');
-    }
-    throw fail(ErrorCode.DATABASE_UNREACHABLE, 'The database could not be reached with these settings');
-  }
-  try {
-    // From the catalog, not information_schema: that shows only tables this role has privileges on, and a
-    // table of another role is someone else's data all the same. One more row than our schema has is enough
-    // to know it is not ours.
-    const { rows } = await client.query<{ schema: string; name: string; kind: string }>(
-      `SELECT n.nspname AS schema, c.relname AS name, c.relkind AS kind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
-        LIMIT $1`,
-      [tenantTables().size + 1],
-    );
-    if (rows.length && !(await isOwnTenantSchema(client, rows, storeId))) {
-      throw fail(ErrorCode.DATABASE_NOT_EMPTY, "The database already holds tables, and they are not this store's own Tenantry schema; give it an empty database");
-    }
-  } finally {
-    await client.end().catch(() => {});
-  }
+  const config = { ...tenantPgConfig(connection, externalAccess(ctx)), connectionTimeoutMillis: 3000, query_timeout: 3000, statement_timeout: 3000 };
+  await withClient(
+    config,
+    async (client) => {
+      // From the catalog, not information_schema: that shows only tables this role has privileges on, and a
+      // table of another role is someone else's data all the same. One more row than our schema has is enough
+      // to know it is not ours.
+      const { rows } = await client.query<{ schema: string; name: string; kind: string }>(
+        `SELECT n.nspname AS schema, c.relname AS name, c.relkind AS kind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+          LIMIT $1`,
+        [tenantTables().size + 1],
+      );
+      if (rows.length && !(await isOwnTenantSchema(client, rows, storeId))) {
+        throw fail(ErrorCode.DATABASE_NOT_EMPTY, "The database already holds tables, and they are not this store's own Tenantry schema; give it an empty database");
+      }
+    },
+    (err) => {
+      const code = pgCode(err);
+      if (code === PRIVATE_ADDRESS) {
+        throw fail(ErrorCode.DATABASE_UNREACHABLE, 'The database is on a private network address, which this platform does not connect to; give an address reachable on the internet');
+      }
+      if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION) {
+        throw fail(ErrorCode.DATABASE_AUTH_FAILED, 'The database rejected these credentials');
+      }
+      throw fail(ErrorCode.DATABASE_UNREACHABLE, 'The database could not be reached with these settings');
+    },
+  );
 }
 
 

@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { logger } from '../lib/logger';
 import { runMigrations, schemaDigest } from '../db/migrate';
-import { databaseOfRoleSql, handOverSql, ident, loginRoleSql, withClient } from './tenant-db';
+import { withClient } from '../db/pg-client';
+import { databaseOfRoleSql, handOverSql, ident, loginRoleSql } from './tenant-db';
 import type { TenantServer } from './tenant-servers';
 
 /** Owns every object in a template; a new store database reassigns them to the store's own role. */

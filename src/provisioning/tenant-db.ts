@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { latestSchemaVersion, migrateWith, runMigrations } from '../db/migrate';
+import { withClient } from '../db/pg-client';
 import type { AppContext } from '../context';
 import type { TenantConnection } from '../db/tenant-handle';
 import { pgPassword, pgSsl } from '../db/tenant-pg-options';
@@ -24,18 +25,6 @@ export function tenantPgConfig(c: TenantConnection, { publicOnly }: { publicOnly
     connectionTimeoutMillis: 5000,
     ...guardedStream(publicOnly),
   };
-}
-
-export async function withClient<T>(config: pg.ClientConfig | string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client(typeof config === 'string' ? { connectionString: config, connectionTimeoutMillis: 5000 } : config);
-  // A lost connection also fails the pending query; unheard, the 'error' event would crash the process.
-  client.on('error', () => {});
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end().catch(() => {});
-  }
 }
 
 const adminPools = new Map<string, pg.Pool>();

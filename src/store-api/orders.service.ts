@@ -1,6 +1,6 @@
 import { QueryTypes } from 'sequelize';
 import { tenantDb } from '../db/tenant-context';
-import { decodeCursor, toPage, type Page } from '../http/pagination';
+import { decodeCursor, olderThan, toPage, type Page } from '../http/pagination';
 import { ErrorCode, fail } from '../lib/errors';
 import type { CreateOrderInput, Order } from './orders.schemas';
 import type { StoreActor } from './store-access';
@@ -104,10 +104,7 @@ export async function listOrders(actor: StoreActor, opts: { limit: number; curso
     values.push(actor.id);
     where.push(`o.customer_id = $${values.length}`);
   }
-  if (after) {
-    values.push(after.ts, after.id);
-    where.push(`(o.created_at, o.id) < ($${values.length - 1}::timestamptz, $${values.length}::uuid)`);
-  }
+  if (after) where.push(olderThan('o', after, values));
   const rows = await tenantDb.query<OrderRow>(
     `${SELECT_ORDER} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY o.created_at DESC, o.id DESC LIMIT $1`,
     values,

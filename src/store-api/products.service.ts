@@ -2,7 +2,7 @@ import { QueryTypes, type Transaction } from 'sequelize';
 import { rethrowTaken } from '../db/errors';
 import { tenantDb } from '../db/tenant-context';
 import { ErrorCode, fail } from '../lib/errors';
-import { decodeCursor, toPage, type Page } from '../http/pagination';
+import { decodeCursor, olderThan, toPage, type Page, type Position } from '../http/pagination';
 import type { TenantModels } from '../models/tenant';
 import type { CreateProductInput, Product, UpdateProductInput } from './products.schemas';
 import type { StoreActor } from './store-access';
@@ -46,11 +46,11 @@ export function toProduct(r: ProductRow): Product {
 
 const canSeeInactive = (actor?: StoreActor) => actor?.role === 'admin' || actor?.role === 'staff';
 
-/** The catalogue query, newest first: $1 is the row limit, $2/$3 the keyset position when paging on. */
-export function productListSql(opts: { includeInactive: boolean; after: boolean }): string {
+/** The catalogue query, newest first: `values` holds the row limit ($1); the keyset position is appended when paging on. */
+export function productListSql(opts: { includeInactive: boolean; after: Position | null }, values: unknown[]): string {
   let where = 'p.deleted_at IS NULL';
   if (!opts.includeInactive) where += ' AND p.active';
-  if (opts.after) where += ' AND (p.created_at, p.id) < ($2::timestamptz, $3::uuid)';
+  if (opts.after) where += ` AND ${olderThan('p', opts.after, values)}`;
   return `${SELECT_PRODUCT} WHERE ${where} ORDER BY p.created_at DESC, p.id DESC LIMIT $1`;
 }
 
@@ -58,8 +58,7 @@ export function productListSql(opts: { includeInactive: boolean; after: boolean 
 export async function listProducts(opts: { limit: number; cursor?: string; includeInactive: boolean }): Promise<Page<Product>> {
   const after = decodeCursor(opts.cursor);
   const values: unknown[] = [opts.limit + 1];
-  if (after) values.push(after.ts, after.id);
-  const rows = await tenantDb.query<ProductRow>(productListSql({ includeInactive: opts.includeInactive, after: !!after }), values);
+  const rows = await tenantDb.query<ProductRow>(productListSql({ includeInactive: opts.includeInactive, after }, values), values);
   return toPage(rows, opts.limit, toProduct);
 }
 

@@ -1,7 +1,7 @@
 import type { AppContext } from '../context';
 import { rethrowTaken } from '../db/errors';
 import { currentStoreId, tenantDb } from '../db/tenant-context';
-import { decodeCursor, toPage, type Page } from '../http/pagination';
+import { decodeCursor, olderThan, toPage, type Page } from '../http/pagination';
 import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import type { StoreClaims } from '../lib/jwt';
 import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
@@ -84,10 +84,7 @@ export async function listCustomers(opts: { limit: number; cursor?: string }): P
   const after = decodeCursor(opts.cursor);
   const values: unknown[] = [opts.limit + 1];
   let where = `u.role = 'customer'`;
-  if (after) {
-    values.push(after.ts, after.id);
-    where += ' AND (u.created_at, u.id) < ($2::timestamptz, $3::uuid)';
-  }
+  if (after) where += ` AND ${olderThan('u', after, values)}`;
   const rows = await tenantDb.query<UserRow & { cursorTs: string; phone: string | null; marketingOptIn: boolean | null }>(
     `SELECT u.id, u.email, u.name, u.role, u.created_at AS "createdAt", u.created_at::text AS "cursorTs",
             c.phone, c.marketing_opt_in AS "marketingOptIn"

@@ -4,7 +4,8 @@ import { audit } from '../db/audit';
 import type { TenantConnection } from '../db/tenant-handle';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
-import { ident, withClient } from '../provisioning/tenant-db';
+import { withClient } from '../db/pg-client';
+import { ident } from '../provisioning/tenant-db';
 import { serverByKey } from '../provisioning/tenant-servers';
 import { RESTORE_WINDOW_DAYS } from './stores.service';
 

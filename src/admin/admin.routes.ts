@@ -4,7 +4,7 @@ import { ExpressAdapter } from '@bull-board/express';
 import type { RequestHandler, Router } from 'express';
 import { z } from 'zod';
 import type { AppContext } from '../context';
-import { actorOf, adjustRouteSpec } from '../credits/credits.routes';
+import { ledgerActorOf, adjustRouteSpec } from '../credits/credits.routes';
 import { adjustCredits } from '../credits/credits.service';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
@@ -35,7 +35,7 @@ export function requirePlatformAdmin(ctx: AppContext): RequestHandler[] {
 export function adminRoutes(ctx: AppContext): ApiRouter {
   const api = new ApiRouter('/api/admin', { securedErrors: { 403: WRONG_TOKEN } });
   const common = { tags: ['platform admin'], secured: true, middleware: requirePlatformAdmin(ctx), errors: { 403: 'FORBIDDEN (not a platform admin)' } };
-  api.get('/tenants', { ...common, operationId: 'listTenants', summary: 'Every store with its database and pool state', query: ListQuery }, ({ query }) => admin.listTenants(ctx, query));
+  api.get('/tenants', { ...common, operationId: 'listTenants', summary: 'Every store with its database and pool state', query: ListQuery }, ({ query }) => admin.listStoresWithDatabases(ctx, query));
   api.get('/pools', { ...common, operationId: 'getPoolStats', summary: "The connection manager's state" }, () => ctx.tenants.stats());
   api.post('/tenants/migrate', { ...common, operationId: 'startTenantMigration', summary: 'Migrate every active tenant database to the newest schema', status: 202, response: z.object({ runId: z.string() }) }, ({ req }) =>
     admin.startTenantMigrations(ctx, platformClaims(req.auth).sub),
@@ -51,7 +51,7 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
     ({ params, req }) => admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, true),
   );
   api.post('/stores/:id/credits/adjust', { ...common, operationId: 'adjustStoreCredits', ...adjustRouteSpec, errors: { ...common.errors, ...adjustRouteSpec.errors } }, ({ params, body, req }) =>
-    adjustCredits(ctx, actorOf(req), params.id, body),
+    adjustCredits(ctx, ledgerActorOf(req), params.id, body),
   );
   api.post(
     '/stores/:id/resume',

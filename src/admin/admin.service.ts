@@ -26,7 +26,7 @@ interface TenantRow {
 }
 
 /** Every store with its database's state and, where this instance holds one, its pool. */
-export async function listTenants(ctx: AppContext, opts: { limit: number; cursor?: string }) {
+export async function listStoresWithDatabases(ctx: AppContext, opts: { limit: number; cursor?: string }) {
   const after = decodeCursor(opts.cursor);
   const values: unknown[] = [opts.limit + 1];
   const rows = await ctx.master.sequelize.query<TenantRow>(

@@ -3,12 +3,12 @@ import { audit } from '../db/audit';
 import { ErrorCode, fail } from '../lib/errors';
 import type { PlatformClaims } from '../lib/jwt';
 import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
-import type { UserRow } from '../models/master';
+import type { PlatformUser } from '../models/master';
 import { activeStoreId, listUserStores, memberRole } from '../stores/membership';
 import { rethrowTaken } from '../db/errors';
 import type { LoginInput, ProfileInput, RegisterInput } from './auth.schemas';
 
-export function toUserDto(u: UserRow) {
+export function toUserDto(u: PlatformUser) {
   return {
     id: u.id,
     email: u.email,
@@ -21,7 +21,7 @@ export function toUserDto(u: UserRow) {
   };
 }
 
-function platformToken(ctx: AppContext, user: UserRow, storeId: string | null): string {
+function platformToken(ctx: AppContext, user: PlatformUser, storeId: string | null): string {
   const claims: PlatformClaims = { sub: user.id, typ: 'platform', role: user.role, storeId };
   return ctx.tokens.sign(claims).token;
 }
@@ -29,7 +29,7 @@ function platformToken(ctx: AppContext, user: UserRow, storeId: string | null): 
 export async function register(ctx: AppContext, input: RegisterInput, requestId?: string) {
   const passwordHash = await hashPassword(input.password);
   // Never an admin by registering: only the operator's `tenantry admin:grant` makes one.
-  const user: UserRow = await ctx.master.sequelize
+  const user: PlatformUser = await ctx.master.sequelize
     .transaction(async (t) => {
       const created = await ctx.master.models.User.create({ email: input.email, passwordHash, name: input.name, role: 'user' }, { transaction: t });
       await audit(ctx.master, t, { actorUserId: created.id, action: 'user.registered', targetType: 'user', targetId: created.id, requestId });
@@ -55,7 +55,7 @@ export async function login(ctx: AppContext, input: LoginInput) {
   return { user: toUserDto(user), token: platformToken(ctx, user, activeStoreId(stores, null)), stores };
 }
 
-async function findUser(ctx: AppContext, userId: string): Promise<UserRow> {
+async function findUser(ctx: AppContext, userId: string): Promise<PlatformUser> {
   const user = await ctx.master.models.User.findByPk(userId);
   // A valid token of a user that no longer exists.
   if (!user) throw fail(ErrorCode.NOT_FOUND, 'The account no longer exists');
@@ -74,7 +74,7 @@ export async function logout(ctx: AppContext, auth: { sub: string; jti: string; 
 
 export async function updateProfile(ctx: AppContext, userId: string, input: ProfileInput) {
   const user = await findUser(ctx, userId);
-  const changes: Partial<Pick<UserRow, 'name' | 'phone' | 'avatarUrl' | 'company'>> = {};
+  const changes: Partial<Pick<PlatformUser, 'name' | 'phone' | 'avatarUrl' | 'company'>> = {};
   if (input.name !== undefined) changes.name = input.name;
   if (input.phone !== undefined) changes.phone = input.phone;
   if (input.avatarUrl !== undefined) changes.avatarUrl = input.avatarUrl;

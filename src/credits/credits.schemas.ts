@@ -98,6 +98,6 @@ export const WebhookAckDto = z.object({
 export type PurchaseInput = z.infer<typeof PurchaseBody>;
 export type SpendInput = z.infer<typeof SpendBody>;
 export type AdjustInput = z.infer<typeof AdjustBody>;
-export type CreditTransaction = z.infer<typeof CreditTransactionDto>;
+export type LedgerEntry = z.infer<typeof CreditTransactionDto>;
 export type Payment = z.infer<typeof PaymentDto>;
 export type WebhookAck = z.infer<typeof WebhookAckDto>;

@@ -15,7 +15,7 @@ import {
   listTransactions,
   toPaymentDto,
   toTransactionDto,
-  type Actor,
+  type LedgerActor,
   type ChangeOutcome,
   type LedgerRow,
 } from './ledger';
@@ -108,7 +108,7 @@ export async function listCosts(ctx: AppContext) {
  * Spend credits on a service: quantity × the service's cost per unit, taken only if the balance covers it
  * (else 402 and nothing changes). Counted in usage_metrics and the audit log in the same statement.
  */
-export async function spendCredits(ctx: AppContext, actor: Actor & { userId: string }, storeId: string, input: SpendInput) {
+export async function spendCredits(ctx: AppContext, actor: LedgerActor & { userId: string }, storeId: string, input: SpendInput) {
   const access = await requireCreditAccess(ctx, storeId, actor.userId, CREDIT_ROLES.spend, input.service);
   refuseIfSuspended(access);
   if (access.costPerUnit === null || !access.serviceActive) {
@@ -132,7 +132,7 @@ export async function spendCredits(ctx: AppContext, actor: Actor & { userId: str
  * Buy credits. `manual` (development) completes at once; `stripe` records a pending purchase and hands back
  * the payment reference that the signed webhook will carry when the payment succeeds.
  */
-export async function purchaseCredits(ctx: AppContext, actor: Actor & { userId: string }, storeId: string, input: PurchaseInput) {
+export async function purchaseCredits(ctx: AppContext, actor: LedgerActor & { userId: string }, storeId: string, input: PurchaseInput) {
   await requireCreditAccess(ctx, storeId, actor.userId, CREDIT_ROLES.purchase);
   const amountCents = input.amount * CREDIT_PRICE.amountCents;
   const sameRequest = (r: LedgerRow) => r.type === 'purchase' && Number(r.amount) === input.amount;
@@ -171,7 +171,7 @@ function purchaseDto(row: LedgerRow, balanceNow?: number) {
  * A platform admin's correction, up or down. It may not take the balance below 0 (402 INSUFFICIENT_CREDITS,
  * like a spend). An optional idempotency key makes a retried request safe.
  */
-export async function adjustCredits(ctx: AppContext, actor: Actor & { userId: string }, storeId: string, input: AdjustInput) {
+export async function adjustCredits(ctx: AppContext, actor: LedgerActor & { userId: string }, storeId: string, input: AdjustInput) {
   const store = await ctx.master.models.Store.findByPk(storeId, { attributes: ['id', 'status'] });
   if (!store || store.status === 'deleted') throw noSuchStore();
   const outcome = await applyChange(ctx, { storeId, type: 'adjustment', amount: input.amount, reason: input.reason, idempotencyKey: input.idempotencyKey }, actor);

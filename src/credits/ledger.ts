@@ -2,7 +2,7 @@ import { QueryTypes, type Transaction } from 'sequelize';
 import type { AppContext } from '../context';
 import { constraintOf, pgCode, PgCode } from '../db/errors';
 import { olderThan, type Position } from '../http/pagination';
-import type { CreditTransaction, Payment } from './credits.schemas';
+import type { LedgerEntry, Payment } from './credits.schemas';
 
 /**
  * The credit ledger in the master DB. Every completed change is one credit_transactions row written by the
@@ -15,20 +15,20 @@ import type { CreditTransaction, Payment } from './credits.schemas';
  *     balance update included, and the caller then returns the row that won.
  */
 
-export interface Actor {
+export interface LedgerActor {
   /** The platform user acting, or null for the payment provider. */
   userId: string | null;
   requestId: string | null;
 }
 
-export type TransactionType = CreditTransaction['type'];
+export type TransactionType = LedgerEntry['type'];
 
 /** A credit_transactions row as the ledger reads it, with the payment of a purchase when it has one. */
 export interface LedgerRow {
   id: string;
   storeId: string;
   type: TransactionType;
-  status: CreditTransaction['status'];
+  status: LedgerEntry['status'];
   amount: string;
   balanceAfter: string | null;
   service: string | null;
@@ -43,7 +43,7 @@ export interface LedgerRow {
   paymentStatus: Payment['status'] | null;
 }
 
-export function toTransactionDto(row: LedgerRow): CreditTransaction {
+export function toTransactionDto(row: LedgerRow): LedgerEntry {
   return {
     id: row.id,
     type: row.type,
@@ -141,7 +141,7 @@ function isIdempotencyConflict(err: unknown): boolean {
 }
 
 /** Apply one completed change to a store's balance (see changeSql). */
-export async function applyChange(ctx: AppContext, input: ChangeInput, actor: Actor): Promise<ChangeOutcome> {
+export async function applyChange(ctx: AppContext, input: ChangeInput, actor: LedgerActor): Promise<ChangeOutcome> {
   const sql = input.amount > 0 ? CREDIT_SQL : DEBIT_SQL;
   const bind = [
     input.storeId,
@@ -173,7 +173,7 @@ export async function applyChange(ctx: AppContext, input: ChangeInput, actor: Ac
 export async function createPendingPurchase(
   ctx: AppContext,
   input: { storeId: string; amount: number; idempotencyKey: string; payment: { provider: 'stripe'; reference: string; amountCents: number; currency: string } },
-  actor: Actor,
+  actor: LedgerActor,
 ): Promise<{ kind: 'created'; row: LedgerRow } | { kind: 'duplicate-key' }> {
   const sql = `
     WITH tx AS (

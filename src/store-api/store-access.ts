@@ -81,7 +81,7 @@ export function identifyActor(ctx: AppContext): RequestHandler {
   };
 }
 
-export function actorOf(res: Response): StoreActor {
+export function storeActorOf(res: Response): StoreActor {
   const actor = res.locals.actor as StoreActor | undefined;
   if (!actor) throw unauthenticated();
   return actor;

@@ -12,7 +12,7 @@ import * as orders from './orders.service';
 import { CreateProductBody, ProductDto, ProductIdParams, ProductListQuery, UpdateProductBody } from './products.schemas';
 import * as products from './products.service';
 import { resolveTenant } from './resolve-tenant';
-import { actorOf, identifyActor, requireStoreRole, type StoreActor } from './store-access';
+import { storeActorOf, identifyActor, requireStoreRole, type StoreActor } from './store-access';
 import { CreateStaffBody, CustomerDto, StoreAuthResult, StoreInfoDto, StoreLoginBody, StoreRegisterBody, StoreUserDto } from './store-users.schemas';
 import * as users from './store-users.service';
 
@@ -80,7 +80,7 @@ export function storeApiRoutes(ctx: AppContext): ApiRouter {
   });
   api.get('/info', { operationId: 'getStoreInfo', summary: "The store's public profile", tags: ['storefront'], response: StoreInfoDto, errors: TENANT_ERRORS }, () => users.storeInfo());
 
-  const optionalActor = (res: Parameters<typeof actorOf>[0]): StoreActor | undefined => res.locals.actor as StoreActor | undefined;
+  const optionalActor = (res: Parameters<typeof storeActorOf>[0]): StoreActor | undefined => res.locals.actor as StoreActor | undefined;
   const maybeStaff = identifyActor(ctx);
   api.get(
     '/products',
@@ -93,17 +93,17 @@ export function storeApiRoutes(ctx: AppContext): ApiRouter {
   api.post(
     '/products',
     { operationId: 'createProduct', summary: 'Add a product', tags: ['products'], secured: true, middleware: [staff], body: CreateProductBody, status: 201, response: ProductDto, errors: { ...TENANT_ERRORS, 409: 'SKU_TAKEN | STORE_NOT_READY' } },
-    ({ body, res }) => products.createProduct(body, actorOf(res)),
+    ({ body, res }) => products.createProduct(body, storeActorOf(res)),
   );
   api.patch(
     '/products/:id',
     { operationId: 'updateProduct', summary: 'Change a product (at least one field)', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, body: UpdateProductBody, response: ProductDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND', 409: 'SKU_TAKEN' } },
-    ({ params, body, res }) => products.updateProduct(params.id, body, actorOf(res)),
+    ({ params, body, res }) => products.updateProduct(params.id, body, storeActorOf(res)),
   );
   api.delete(
     '/products/:id',
     { operationId: 'deleteProduct', summary: 'Remove a product (soft)', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, status: 204, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } },
-    ({ params, res }) => products.deleteProduct(params.id, actorOf(res)),
+    ({ params, res }) => products.deleteProduct(params.id, storeActorOf(res)),
   );
   api.post(
     '/products/:id/restore',
@@ -117,7 +117,7 @@ export function storeApiRoutes(ctx: AppContext): ApiRouter {
       response: ProductDto,
       errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND | STORE_NOT_FOUND', 409: 'CONFLICT (not removed) | SKU_TAKEN (a live product has its SKU) | STORE_NOT_READY' },
     },
-    ({ params, res }) => products.restoreProduct(params.id, actorOf(res)),
+    ({ params, res }) => products.restoreProduct(params.id, storeActorOf(res)),
   );
 
   api.get('/customers', { operationId: 'listCustomers', summary: "The store's customers", tags: ['people'], secured: true, middleware: [staff], query: ListQuery, response: pageOf(CustomerDto), errors: TENANT_ERRORS }, ({ query }) =>
@@ -126,19 +126,19 @@ export function storeApiRoutes(ctx: AppContext): ApiRouter {
   api.post(
     '/staff',
     { operationId: 'createStaff', summary: 'Add an admin or staff member', tags: ['people'], secured: true, middleware: [admin], body: CreateStaffBody, status: 201, response: z.object({ user: StoreUserDto }), errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN' } },
-    ({ body, res }) => users.createStaff(body, actorOf(res)),
+    ({ body, res }) => users.createStaff(body, storeActorOf(res)),
   );
 
   api.post(
     '/orders',
     { operationId: 'placeOrder', summary: 'Place an order (customer)', tags: ['orders'], secured: true, middleware: [anyone], body: CreateOrderBody, status: 201, response: OrderDto, errors: { ...TENANT_ERRORS, 400: 'VALIDATION_FAILED (also: products of different currencies)', 404: 'NOT_FOUND (product)', 409: 'OUT_OF_STOCK' } },
-    ({ body, res }) => orders.placeOrder(body, actorOf(res)),
+    ({ body, res }) => orders.placeOrder(body, storeActorOf(res)),
   );
   api.get('/orders', { operationId: 'listOrders', summary: 'Orders: a customer sees their own, staff see all', tags: ['orders'], secured: true, middleware: [anyone], query: ListQuery, response: pageOf(OrderDto), errors: TENANT_ERRORS }, ({ query, res }) =>
-    orders.listOrders(actorOf(res), query),
+    orders.listOrders(storeActorOf(res), query),
   );
   api.get('/orders/:id', { operationId: 'getOrder', summary: 'One order', tags: ['orders'], secured: true, middleware: [anyone], params: OrderIdParams, response: OrderDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } }, ({ params, res }) =>
-    orders.getOrder(params.id, actorOf(res)),
+    orders.getOrder(params.id, storeActorOf(res)),
   );
   return api;
 }

@@ -8,7 +8,7 @@ import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '.
 import type { StoreActor } from './store-access';
 import type { CreateStaffInput, StoreLoginInput, StoreRegisterInput, StoreUser } from './store-users.schemas';
 
-interface UserRow {
+interface StoreUserRow {
   id: string;
   email: string;
   name: string;
@@ -17,7 +17,7 @@ interface UserRow {
   createdAt: Date | string;
 }
 
-const toStoreUser = (u: UserRow): StoreUser => ({ id: u.id, email: u.email, name: u.name, role: u.role, createdAt: new Date(u.createdAt).toISOString() });
+const toStoreUser = (u: StoreUserRow): StoreUser => ({ id: u.id, email: u.email, name: u.name, role: u.role, createdAt: new Date(u.createdAt).toISOString() });
 
 function storeToken(ctx: AppContext, user: StoreUser): string {
   const claims: StoreClaims = { sub: user.id, typ: 'store', role: user.role, storeId: currentStoreId() };
@@ -48,7 +48,7 @@ export async function registerCustomer(ctx: AppContext, input: StoreRegisterInpu
 }
 
 export async function loginStoreUser(ctx: AppContext, input: StoreLoginInput) {
-  const rows = await tenantDb.query<UserRow>(
+  const rows = await tenantDb.query<StoreUserRow>(
     'SELECT id, email, name, role, password_hash AS "passwordHash", created_at AS "createdAt" FROM users WHERE email = $1',
     [input.email],
   );
@@ -65,7 +65,7 @@ export async function loginStoreUser(ctx: AppContext, input: StoreLoginInput) {
 }
 
 export async function storeMe(userId: string) {
-  const rows = await tenantDb.query<UserRow>('SELECT id, email, name, role, created_at AS "createdAt" FROM users WHERE id = $1', [userId]);
+  const rows = await tenantDb.query<StoreUserRow>('SELECT id, email, name, role, created_at AS "createdAt" FROM users WHERE id = $1', [userId]);
   // The token outlived its user: as good as revoked.
   if (!rows[0]) throw unauthenticated('The account no longer exists');
   return { user: toStoreUser(rows[0]) };
@@ -85,7 +85,7 @@ export async function listCustomers(opts: { limit: number; cursor?: string }): P
   const values: unknown[] = [opts.limit + 1];
   let where = `u.role = 'customer'`;
   if (after) where += ` AND ${olderThan('u', after, values)}`;
-  const rows = await tenantDb.query<UserRow & { cursorTs: string; phone: string | null; marketingOptIn: boolean | null }>(
+  const rows = await tenantDb.query<StoreUserRow & { cursorTs: string; phone: string | null; marketingOptIn: boolean | null }>(
     `SELECT u.id, u.email, u.name, u.role, u.created_at AS "createdAt", u.created_at::text AS "cursorTs",
             c.phone, c.marketing_opt_in AS "marketingOptIn"
        FROM users u LEFT JOIN customers c ON c.user_id = u.id

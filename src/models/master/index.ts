@@ -369,5 +369,5 @@ export function initMasterModels(sequelize: Sequelize) {
 export type StoreStatus = 'pending_database' | 'provisioning' | 'active' | 'provisioning_failed' | 'suspended' | 'deleted';
 export type MemberRole = 'owner' | 'admin' | 'staff';
 export type MasterModels = ReturnType<typeof initMasterModels>;
-export type UserRow = InstanceType<MasterModels['User']>;
+export type PlatformUser = InstanceType<MasterModels['User']>;
 export type StoreRow = InstanceType<MasterModels['Store']>;

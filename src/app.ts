@@ -3,7 +3,7 @@ import express, { type Express } from 'express';
 import helmet from 'helmet';
 import swaggerUi from 'swagger-ui-express';
 import { authRoutes } from './auth/auth.routes';
-import type { AppContext } from './context';
+import type { AppContext } from './app-context';
 import { ApiRouter, methodNotAllowed } from './http/api-router';
 import { requireJsonBody } from './http/json-body';
 import { openApiDocument } from './http/openapi';

@@ -1,9 +1,9 @@
-import type { Redis } from 'ioredis';
 import { config as defaultConfig, type Config } from './config';
 import { startEmbeddedPostgres, type EmbeddedServer } from './db/embedded';
 import { ConnectionManager } from './db/connection-manager';
 import { openMasterDb, type MasterDb } from './db/master';
 import { runMigrations } from './db/migrate';
+import type { AppContext } from './app-context';
 import { RevocationList } from './auth/revocations';
 import { busChannel, EventBus } from './lib/bus';
 import { Encryptor } from './lib/crypto';
@@ -12,23 +12,6 @@ import { logger, safeUrl } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
 import { closeQueues } from './queue/queues';
 import { closeAdminPools } from './provisioning/tenant-db';
-
-/** Everything a request handler or a job needs, built once per process and passed down explicitly. */
-export interface AppContext {
-  config: Config;
-  masterUrl: string;
-  master: MasterDb;
-  redis: Redis;
-  bus: EventBus;
-  tokens: TokenSigner;
-  encryptor: Encryptor;
-  revocations: RevocationList;
-  /** The only owner of tenant database handles. */
-  tenants: ConnectionManager;
-  /** Prefix of every Redis key this process writes (rate limits, queues), so test runs cannot collide. */
-  redisPrefix: string;
-  close(): Promise<void>;
-}
 
 export interface ContextOptions {
   config?: Config;

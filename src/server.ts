@@ -1,7 +1,8 @@
 import { createServer, type Server } from 'node:http';
 import { createApp } from './app';
 import { config } from './config';
-import { createContext, type AppContext } from './context';
+import type { AppContext } from './app-context';
+import { createContext } from './context';
 import { logger } from './lib/logger';
 import { runProcess } from './lib/process-lifecycle';
 import { issueMissingPlatformHostnames } from './stores/hostnames.service';

@@ -1,6 +1,7 @@
 import { Worker, type Processor } from 'bullmq';
 import { config } from './config';
-import { createContext, type AppContext } from './context';
+import type { AppContext } from './app-context';
+import { createContext } from './context';
 import { instrumentWorker } from './http/metrics';
 import { logger } from './lib/logger';
 import { runProcess } from './lib/process-lifecycle';

@@ -1,7 +1,7 @@
 import { hkdfSync, randomUUID, type KeyObject, createSecretKey } from 'node:crypto';
 import { Router, type Request, type RequestHandler, type Response } from 'express';
 import jwt from 'jsonwebtoken';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import { JWT_ALGORITHM, type JwtSettings, type TokenClaims } from '../lib/jwt';

@@ -3,7 +3,7 @@ import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import type { RequestHandler, Router } from 'express';
 import { z } from 'zod';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { ledgerActorOf, adjustRouteSpec } from '../credits/credits.routes';
 import { adjustCredits } from '../credits/credits.service';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';

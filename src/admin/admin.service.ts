@@ -1,6 +1,6 @@
 import type { Job } from 'bullmq';
 import { QueryTypes } from 'sequelize';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { audit } from '../db/audit';
 import { decodeCursor, olderThan, toPage } from '../http/pagination';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';

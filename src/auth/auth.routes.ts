@@ -1,7 +1,7 @@
 import type { Request, RequestHandler, Response } from 'express';
 import { rateLimit, ipKeyGenerator, type Options } from 'express-rate-limit';
 import { RedisStore } from 'rate-limit-redis';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import { ErrorCode, fail } from '../lib/errors';

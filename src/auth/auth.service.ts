@@ -1,4 +1,4 @@
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { audit } from '../db/audit';
 import { ErrorCode, fail } from '../lib/errors';
 import type { PlatformClaims } from '../lib/jwt';

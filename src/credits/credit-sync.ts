@@ -1,5 +1,5 @@
 import { QueryTypes } from 'sequelize';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import type { TenantHandle } from '../db/tenant-handle';
 import { AppError } from '../lib/errors';
 import { logger } from '../lib/logger';

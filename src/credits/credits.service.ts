@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { QueryTypes } from 'sequelize';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { decodeCursor, toPage } from '../http/pagination';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import type { MemberRole, StoreStatus } from '../models/master';

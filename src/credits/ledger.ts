@@ -1,5 +1,5 @@
 import { QueryTypes, type Transaction } from 'sequelize';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { constraintOf, pgCode, PgCode } from '../db/errors';
 import { olderThan, type Position } from '../http/pagination';
 import type { LedgerEntry, Payment } from './credits.schemas';

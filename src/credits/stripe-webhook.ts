@@ -1,7 +1,7 @@
 import express from 'express';
 import Stripe from 'stripe';
 import { z } from 'zod';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
 import { requestCreditSync } from './credit-sync';

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { ApiRouter } from '../http/api-router';
 
 const withTimeout = <T>(p: Promise<T>, ms: number) =>

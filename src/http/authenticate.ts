@@ -1,5 +1,5 @@
 import type { RequestHandler } from 'express';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import { InvalidTokenError, type TokenClaims } from '../lib/jwt';
 

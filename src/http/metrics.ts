@@ -2,7 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Job, Worker } from 'bullmq';
 import { Router, type RequestHandler } from 'express';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { logger } from '../lib/logger';
 import { getQueue, QueueName } from '../queue/queues';
 import type { AnsweredRequest } from './request-log';

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import * as service from './onboarding.service';

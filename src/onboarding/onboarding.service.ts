@@ -1,5 +1,5 @@
 import { QueryTypes } from 'sequelize';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { ErrorCode, fail } from '../lib/errors';
 import type { PlatformClaims } from '../lib/jwt';
 import { activeStoreId, listUserStores } from '../stores/membership';

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import type { Job } from 'bullmq';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { audit } from '../db/audit';
 import { migrationsDir } from '../db/migrate';
 import { pgCode, PgCode } from '../db/errors';

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { latestSchemaVersion, migrateWith, runMigrations } from '../db/migrate';
 import { withClient } from '../db/pg-client';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import type { TenantConnection } from '../db/tenant-handle';
 import { pgPassword, pgSsl } from '../db/tenant-pg-options';
 import { guardedStream, mustBePublic } from '../lib/network-guard';

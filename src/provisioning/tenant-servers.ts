@@ -1,5 +1,5 @@
 import { QueryTypes } from 'sequelize';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 
 /** A Postgres server where managed tenant databases are created, known by `host:port`. */
 export interface TenantServer {

@@ -1,5 +1,5 @@
 import { Op } from 'sequelize';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import type { JobPayloads } from './queues';
 import { refillWarmPool } from '../provisioning/templates';
 import { tenantServers } from '../provisioning/tenant-servers';

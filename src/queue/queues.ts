@@ -1,5 +1,5 @@
 import { Queue, type BackoffStrategy, type DefaultJobOptions, type JobsOptions, type QueueOptions } from 'bullmq';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 
 /** Every queue of Tenantry and the payload of its jobs. */
 export const QueueName = {

@@ -1,6 +1,6 @@
 import type { RequestHandler } from 'express';
 import { z } from 'zod';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { readToken } from '../http/authenticate';
 import { runInTenant } from '../db/tenant-context';
 import { ErrorCode, fail } from '../lib/errors';

@@ -1,6 +1,6 @@
 import type { RequestHandler, Response } from 'express';
 import { LRUCache } from 'lru-cache';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { currentStoreId, tenantDb } from '../db/tenant-context';
 import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import type { TokenClaims } from '../lib/jwt';

@@ -1,7 +1,7 @@
 import { ipKeyGenerator } from 'express-rate-limit';
 import { z } from 'zod';
 import { loginLimiters, redisLimiter } from '../auth/auth.routes';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { currentStoreId } from '../db/tenant-context';
 import { ApiRouter, type RouterDocs } from '../http/api-router';
 import { requireAuth } from '../http/authenticate';

@@ -1,4 +1,4 @@
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { rethrowTaken } from '../db/errors';
 import { currentStoreId, tenantDb } from '../db/tenant-context';
 import { decodeCursor, olderThan, toPage, type Page } from '../http/pagination';

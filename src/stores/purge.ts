@@ -1,5 +1,5 @@
 import { QueryTypes } from 'sequelize';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { audit } from '../db/audit';
 import type { TenantConnection } from '../db/tenant-handle';
 import { secretContext } from '../lib/crypto';

@@ -1,6 +1,6 @@
 import type { Request } from 'express';
 import { z } from 'zod';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
 import { ConnectDatabaseBody, ProvisioningJobDto, ProvisioningStatusDto } from '../provisioning/provisioning.schemas';

@@ -1,5 +1,5 @@
 import { Op, type Transaction } from 'sequelize';
-import type { AppContext } from '../context';
+import type { AppContext } from '../app-context';
 import { audit } from '../db/audit';
 import { rethrowTaken } from '../db/errors';
 import { ErrorCode, fail } from '../lib/errors';

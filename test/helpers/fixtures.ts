@@ -3,7 +3,8 @@ import type { Express } from 'express';
 import { QueryTypes } from 'sequelize';
 import { createApp } from '../../src/app';
 import { loadConfig } from '../../src/config';
-import { createContext, type AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
+import { createContext } from '../../src/context';
 import type { MemberRole, StoreStatus } from '../../src/models/master';
 import type { TestApp } from './app';
 

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import type { Server } from 'node:http';
 import type { Express } from 'express';
 import pg from 'pg';
-import type { AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
 import { startTestApp, type TestApp } from './app';
 import { startDnsServer, type TestDnsServer } from './dns-server';
 import { startInstance } from './fixtures';

@@ -4,7 +4,7 @@ import jwt, { type Secret } from 'jsonwebtoken';
 import request from 'supertest';
 import { ADMIN_SESSION_COOKIE, ADMIN_SESSION_TYP, adminSessionAudience, adminSessionKey } from '../../src/admin/admin-session';
 import { revokePlatformAdmin } from '../../src/admin/platform-admins';
-import type { AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
 import { getQueue, QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';

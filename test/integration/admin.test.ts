@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Express } from 'express';
 import request from 'supertest';
 import { QueryTypes } from 'sequelize';
-import type { AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
 import { secretContext } from '../../src/lib/crypto';
 import { ensureTenantDatabase } from '../../src/provisioning/tenant-db';
 import { registerAdmin } from '../helpers/admins';

@@ -1,6 +1,6 @@
 import type { Express } from 'express';
 import request from 'supertest';
-import type { AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
 import { issueMissingPlatformHostnames } from '../../src/stores/hostnames.service';
 import { registerUser } from '../helpers/app';
 import { claimHostname, type TestDnsServer } from '../helpers/dns-server';

@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Express } from 'express';
 import request from 'supertest';
-import type { AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
 import { eventually } from '../helpers/fixtures';

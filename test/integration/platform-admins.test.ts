@@ -4,7 +4,7 @@ import type { Express } from 'express';
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
 import { grantPlatformAdmin, revokePlatformAdmin, ROLE_CACHE_TTL_MS } from '../../src/admin/platform-admins';
-import type { AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
 import { registerUser, uniqueEmail } from '../helpers/app';
 import { eventually } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';

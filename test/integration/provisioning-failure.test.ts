@@ -1,6 +1,6 @@
 import type { Express } from 'express';
 import request from 'supertest';
-import type { AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
 import { startWorkers, type Workers } from '../../src/worker';
 import { registerUser } from '../helpers/app';
 import { adminQuery, TEST_SERVER_URL } from '../helpers/db';

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Express } from 'express';
 import { QueryTypes } from 'sequelize';
-import type { AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
 import { secretContext } from '../../src/lib/crypto';
 import { registerUser } from '../helpers/app';
 import { countRows, eventually } from '../helpers/fixtures';

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Worker } from 'bullmq';
 import type { Request } from 'express';
 import { Histogram, type Registry } from 'prom-client';
-import type { AppContext } from '../../src/context';
+import type { AppContext } from '../../src/app-context';
 import { instrumentWorker, metricsOf } from '../../src/http/metrics';
 import { routeBase, routeLabel, UNMATCHED_ROUTE } from '../../src/http/request-log';
 

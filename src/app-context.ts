@@ -1,0 +1,25 @@
+import type { Redis } from 'ioredis';
+import type { Config } from './config';
+import type { ConnectionManager } from './db/connection-manager';
+import type { MasterDb } from './db/master';
+import type { RevocationList } from './auth/revocations';
+import type { EventBus } from './lib/bus';
+import type { Encryptor } from './lib/crypto';
+import type { TokenSigner } from './lib/jwt';
+
+/** Everything a request handler or a job needs, built once per process and passed down explicitly. */
+export interface AppContext {
+  config: Config;
+  masterUrl: string;
+  master: MasterDb;
+  redis: Redis;
+  bus: EventBus;
+  tokens: TokenSigner;
+  encryptor: Encryptor;
+  revocations: RevocationList;
+  /** The only owner of tenant database handles. */
+  tenants: ConnectionManager;
+  /** Prefix of every Redis key this process writes (rate limits, queues), so test runs cannot collide. */
+  redisPrefix: string;
+  close(): Promise<void>;
+}

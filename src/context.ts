@@ -5,6 +5,7 @@ import { openMasterDb, type MasterDb } from './db/master';
 import { runMigrations } from './db/migrate';
 import type { AppContext } from './app-context';
 import { RevocationList } from './auth/revocations';
+import { storefrontRefusal } from './stores/lifecycle';
 import { busChannel, EventBus } from './lib/bus';
 import { Encryptor } from './lib/crypto';
 import { TokenSigner } from './lib/jwt';
@@ -77,7 +78,7 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
     await revocations.load();
 
     const encryptor = new Encryptor(config.encryptionKeys);
-    const tenants = new ConnectionManager(master, encryptor, bus, config.tenant);
+    const tenants = new ConnectionManager(master, encryptor, bus, config.tenant, storefrontRefusal);
 
     const ctx: AppContext = {
       config,

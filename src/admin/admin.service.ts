@@ -8,7 +8,8 @@ import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import type { TenantConnection } from '../db/tenant-handle';
 import { getQueue, QueueName } from '../queue/queues';
-import { resumeBackgroundWork, statusOfItsDatabase } from '../stores/stores.service';
+import { statusOfItsDatabase } from '../stores/lifecycle';
+import { resumeBackgroundWork } from '../stores/stores.service';
 import { externalAccess, migrateTenant } from '../provisioning/tenant-db';
 
 interface TenantRow {

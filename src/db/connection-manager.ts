@@ -2,30 +2,27 @@ import { LRUCache } from 'lru-cache';
 import { ConnectionAcquireTimeoutError, QueryTypes } from 'sequelize';
 import type { EventBus } from '../lib/bus';
 import { secretContext, type Encryptor } from '../lib/crypto';
-import { AppError, ErrorCode, fail, noSuchStore } from '../lib/errors';
+import { AppError, ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
 import type { StoreStatus } from '../models/master';
 import { BudgetTimeoutError, ClientErrorCode, ConnectionBudget } from './connection-budget';
 import { isConnectionFailure, PgCode, pgCode } from './errors';
+import { HostResolver, type HostResolverOptions } from './host-resolver';
 import type { MasterDb } from './master';
 import { TenantHandle, type HandleSettings, type TenantConnection } from './tenant-handle';
 import { mustBePublic } from '../lib/network-guard';
 
-export interface ConnectionManagerOptions {
+export interface ConnectionManagerOptions extends HostResolverOptions {
   cacheMax: number;
   poolMax: number;
   idleMs: number;
   connectionsMax: number;
   acquireTimeoutMs: number;
   fenceMs: number;
-  /** How long an unknown hostname is remembered as unknown. */
-  negativeHostTtlMs?: number;
   /** How long a store that cannot be served (not ready, suspended) is remembered as such. */
   statusTtlMs?: number;
   /** External store databases may be reached on public addresses only (EXTERNAL_DB_PRIVATE_NETWORKS=deny). */
   externalPublicOnly?: boolean;
-  /** Master-DB look-ups of hosts not in the cache, per second (HOST_LOOKUPS_PER_SECOND). */
-  hostLookupsPerSecond?: number;
   /** Session limits of every tenant connection (ms); see HandleSettings. */
   statementTimeoutMs?: number;
   lockTimeoutMs?: number;
@@ -36,34 +33,23 @@ export interface ConnectionManagerOptions {
   maxReadBytes?: number;
 }
 
-/** Tokens refilled continuously at `perSecond`, at most one second's worth banked. */
-class TokenBucket {
-  private tokens: number;
-  private last = Date.now();
-
-  constructor(private readonly perSecond: number) {
-    this.tokens = perSecond;
-  }
-
-  take(): boolean {
-    const now = Date.now();
-    this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.last) / 1000) * this.perSecond);
-    this.last = now;
-    if (this.tokens < 1) return false;
-    this.tokens--;
-    return true;
-  }
-}
-
-interface StoreRecord {
+/** What the master DB says about a store: as much as deciding whether to serve it needs. */
+export interface StoreState {
   status: StoreStatus;
   dbStatus: string | null;
-  mode: 'managed' | 'external' | null;
   credentials: string | null;
-  ownerId: string;
 }
 
-const NO_STORE = '';
+/**
+ * Why a store is not served (an error its feature chose: db knows connections, not what a store's state
+ * means to a client), or undefined to serve it. `undefined` state: no such store.
+ */
+export type StoreRefusal = (state: StoreState | undefined) => Error | undefined;
+
+interface StoreRecord extends StoreState {
+  mode: 'managed' | 'external' | null;
+  ownerId: string;
+}
 
 /** Errors of a database that answers, but too slowly: the server's own timeouts and ours. */
 const TOO_SLOW = new Set<string>([PgCode.QUERY_CANCELED, PgCode.LOCK_NOT_AVAILABLE, PgCode.IDLE_IN_TRANSACTION_TIMEOUT, ClientErrorCode.QUERY_TIMEOUT]);
@@ -78,19 +64,19 @@ export class ConnectionManager {
   private readonly handles: LRUCache<string, TenantHandle>;
   private readonly building = new Map<string, Promise<TenantHandle>>();
   /** Stores that cannot be served right now (not ready, suspended, missing), remembered briefly. */
-  private readonly refusals: LRUCache<string, AppError>;
-  private readonly hosts: LRUCache<string, string>;
-  private readonly hostLookups = new Map<string, Promise<string | null>>();
-  private readonly hostLookupBudget: TokenBucket;
+  private readonly refusals: LRUCache<string, Error>;
+  /** Which store a hostname belongs to. */
+  readonly hosts: HostResolver;
   private readonly fences = new Map<string, { until: number; reason: string }>();
   private readonly settings: HandleSettings;
-  private readonly counters = { hits: 0, misses: 0, evictions: 0, builds: 0, buildMsTotal: 0, fenced: 0, hostHits: 0, hostMisses: 0, hostLookupsRefused: 0 };
+  private readonly counters = { hits: 0, misses: 0, evictions: 0, builds: 0, buildMsTotal: 0, fenced: 0 };
 
   constructor(
     private readonly master: MasterDb,
     private readonly encryptor: Encryptor,
     private readonly bus: EventBus,
     readonly options: ConnectionManagerOptions,
+    private readonly refusalFor: StoreRefusal,
   ) {
     this.budget = new ConnectionBudget(options.connectionsMax, options.acquireTimeoutMs, { ownerShare: options.ownerShare, maxReadBytes: options.maxReadBytes });
     this.settings = {
@@ -110,13 +96,10 @@ export class ConnectionManager {
       },
     });
     this.refusals = new LRUCache({ max: 10_000, ttl: options.statusTtlMs ?? 2000 });
-    this.hosts = new LRUCache({ max: 100_000, ttl: 5 * 60_000 });
-    this.hostLookupBudget = new TokenBucket(options.hostLookupsPerSecond ?? 50);
+    this.hosts = new HostResolver(master, bus, options);
     bus.on('tenant.invalidate', (e) => this.dropLocal(e.storeId));
-    bus.on('hostnames.changed', (e) => e.hostnames.forEach((h) => this.hosts.delete(h)));
     bus.onReconnect(() => {
       // Messages may have been missed while disconnected: forget everything that could be stale.
-      this.hosts.clear();
       this.refusals.clear();
       this.handles.clear();
     });
@@ -149,45 +132,6 @@ export class ConnectionManager {
       this.building.set(storeId, pending);
     }
     return pending;
-  }
-
-  /**
-   * The store a verified hostname belongs to, or null. Unknown hosts are remembered briefly, concurrent
-   * look-ups of one host share a query, and look-ups of hosts never seen are rate limited per instance:
-   * past HOST_LOOKUPS_PER_SECOND an unknown host is answered as unknown without asking the master DB.
-   */
-  async storeIdForHost(hostname: string): Promise<string | null> {
-    const cached = this.cachedStoreIdForHost(hostname);
-    if (cached !== undefined) return cached;
-    let pending = this.hostLookups.get(hostname);
-    if (!pending) {
-      if (!this.hostLookupBudget.take()) {
-        this.counters.hostLookupsRefused++;
-        return null;
-      }
-      pending = this.lookUpHost(hostname).finally(() => this.hostLookups.delete(hostname));
-      this.hostLookups.set(hostname, pending);
-    }
-    return pending;
-  }
-
-  /** What the host cache knows: a store id, null (known unknown), or undefined (ask storeIdForHost). */
-  cachedStoreIdForHost(hostname: string): string | null | undefined {
-    const cached = this.hosts.get(hostname);
-    if (cached === undefined) return undefined;
-    this.counters.hostHits++;
-    return cached === NO_STORE ? null : cached;
-  }
-
-  private async lookUpHost(hostname: string): Promise<string | null> {
-    this.counters.hostMisses++;
-    const rows = await this.master.sequelize.query<{ store_id: string }>("SELECT store_id FROM store_hostnames WHERE hostname = :hostname AND status = 'verified'", {
-      replacements: { hostname },
-      type: QueryTypes.SELECT,
-    });
-    const storeId = rows[0]?.store_id ?? null;
-    this.hosts.set(hostname, storeId ?? NO_STORE, storeId ? {} : { ttl: this.options.negativeHostTtlMs ?? 5000 });
-    return storeId;
   }
 
   /** Run tenant work, turning a failing database into a fast 503 for this store only. */
@@ -235,7 +179,7 @@ export class ConnectionManager {
       evictions: this.counters.evictions,
       builds: this.counters.builds,
       avgBuildMs: this.counters.builds ? +(this.counters.buildMsTotal / this.counters.builds).toFixed(2) : 0,
-      hostCache: { size: this.hosts.size, hits: this.counters.hostHits, misses: this.counters.hostMisses, lookupsRefused: this.counters.hostLookupsRefused },
+      hostCache: this.hosts.stats(),
       fenced: [...this.fences.entries()].filter(([, f]) => f.until > now).map(([storeId, f]) => ({ storeId, until: new Date(f.until).toISOString(), reason: f.reason })),
       fencesTotal: this.counters.fenced,
       perStore,
@@ -295,15 +239,6 @@ export class ConnectionManager {
       this.refusals.set(storeId, refusal);
       throw refusal;
     }
-  }
-
-  private refusalFor(row: StoreRecord | undefined): AppError | undefined {
-    if (!row || row.status === 'deleted') return noSuchStore();
-    if (row.status === 'suspended') return fail(ErrorCode.STORE_SUSPENDED, 'This store is suspended');
-    if (row.status !== 'active' || row.dbStatus !== 'ready' || !row.credentials) {
-      return fail(ErrorCode.STORE_NOT_READY, 'This store has no ready database yet');
-    }
-    return undefined;
   }
 
   private checkFence(storeId: string): void {

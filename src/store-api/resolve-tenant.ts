@@ -34,8 +34,8 @@ export function resolveTenant(ctx: AppContext): RequestHandler {
 
     let storeId: string | null = null;
     if (host) {
-      const known = tenants.cachedStoreIdForHost(host);
-      storeId = known !== undefined ? known : await tenants.storeIdForHost(host);
+      const known = tenants.hosts.cachedStoreIdForHost(host);
+      storeId = known !== undefined ? known : await tenants.hosts.storeIdForHost(host);
     }
     if (storeId && headerStore && storeId !== headerStore) {
       throw fail(ErrorCode.TENANT_MISMATCH, 'The host and X-Store-Id name different stores');

@@ -2,6 +2,10 @@ import { QueryTypes } from 'sequelize';
 import type { MasterDb } from '../db/master';
 import type { MemberRole, StoreStatus } from '../models/master';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
+import { refuseIfSuspended } from './lifecycle';
+
+// Until its callers import it from lifecycle (provisioning and credits are being reworked now).
+export { refuseIfSuspended };
 
 export interface StoreSummary {
   id: string;
@@ -39,14 +43,6 @@ export async function memberRole(master: MasterDb, userId: string, storeId: stri
 export function activeStoreId(stores: StoreSummary[], tokenStoreId: string | null): string | null {
   if (tokenStoreId && stores.some((s) => s.id === tokenStoreId)) return tokenStoreId;
   return stores.length ? stores[stores.length - 1].id : null;
-}
-
-/**
- * Suspension is the platform's: while it lasts the owner may read the store but change nothing that
- * could lift it or act around it (423 STORE_SUSPENDED). Only a platform admin's resume ends it.
- */
-export function refuseIfSuspended(store: { status: StoreStatus }): void {
-  if (store.status === 'suspended') throw fail(ErrorCode.STORE_SUSPENDED, 'This store is suspended by the platform; only a platform administrator can resume it');
 }
 
 /**

@@ -8,6 +8,7 @@ import { logger } from '../lib/logger';
 import type { MemberRole, StoreRow, StoreStatus } from '../models/master';
 import { requestCreditSync } from '../credits/credit-sync';
 import { queueProvisioning } from '../provisioning/provisioning.service';
+import { statusOfItsDatabase } from './lifecycle';
 import { listUserStores, requireStoreAccess } from './membership';
 import type { CreateStoreInput, ListStoresInput, StripeKeysInput } from './stores.schemas';
 
@@ -161,13 +162,6 @@ export async function restoreStore(ctx: AppContext, userId: string, storeId: str
   await resumeBackgroundWork(ctx, storeId, status);
   await ctx.tenants.invalidate(storeId);
   return toStoreDto(ctx, store, role);
-}
-
-/** The status a store returns to when a deletion or suspension is lifted: wherever its database stands. */
-export async function statusOfItsDatabase(ctx: AppContext, storeId: string): Promise<StoreStatus> {
-  const db = await ctx.master.models.StoreDatabase.findByPk(storeId);
-  if (!db) return 'pending_database';
-  return db.status === 'ready' ? 'active' : db.status === 'failed' ? 'provisioning_failed' : 'provisioning';
 }
 
 /**

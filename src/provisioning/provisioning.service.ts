@@ -237,79 +237,140 @@ function describeFailure(err: unknown, step: string): string {
 /** How long the warm pool's refill waits after the last claim. */
 const WARM_REFILL_DELAY_MS = 2000;
 
+/** What the job works from: the store, where its database lives, and what to seed it with. */
+interface ProvisioningWork {
+  store: { id: string; slug: string };
+  mode: 'managed' | 'external';
+  server: string | null;
+  connection: TenantConnection;
+  seed: StoreSeed;
+}
+
+/**
+ * The job's steps, one at a time: each start is published as the job's progress (the status endpoint
+ * reads `step` and `progress`), and how long each step took (ms) goes into the job's result — where
+ * provisioning time goes, per store.
+ */
+function stepsOf(job: Job, started: number) {
+  const durations: Record<string, number> = {};
+  let timing = { name: 'load', since: started };
+  return {
+    durations,
+    /** The step a failure is reported under: creating the database until another step starts. */
+    current: 'create_database',
+    begin(name: string, progress: number) {
+      durations[timing.name] = Math.round(performance.now() - timing.since);
+      timing = { name, since: performance.now() };
+      this.current = name;
+      return job.updateProgress({ step: name, progress });
+    },
+  };
+}
+
+/** The store still waiting for its database, or why the job has nothing to do. */
+async function loadWork(ctx: AppContext, storeId: string): Promise<ProvisioningWork | { skipped: string }> {
+  const { Store, StoreDatabase, User } = ctx.master.models;
+  const store = await Store.findByPk(storeId);
+  const db = await StoreDatabase.findByPk(storeId);
+  if (!store || !db || store.status !== 'provisioning') return { skipped: store?.status ?? 'missing' };
+  const owner = await User.findByPk(store.ownerId);
+  return {
+    store,
+    mode: db.mode,
+    server: db.server,
+    connection: ctx.encryptor.decryptJson<TenantConnection>(db.credentials, secretContext.storeCredentials(storeId)),
+    seed: {
+      store: { id: store.id, name: store.name, slug: store.slug },
+      owner: owner ? { platformUserId: owner.id, email: owner.email, name: owner.name, passwordHash: owner.passwordHash } : undefined,
+    },
+  };
+}
+
+/**
+ * Role and database on the store's server (managed only), from the template or the warm pool when there
+ * is one. Answers whether the database came already migrated and seeded from the warm pool.
+ */
+async function makeDatabase(ctx: AppContext, work: ProvisioningWork): Promise<boolean> {
+  const server = serverByKey(ctx, work.server!);
+  const template = ctx.config.provisioning.templates
+    ? await ensureTemplate(server).catch((err: Error) => {
+        logger.warn({ server: server.key, err: err.message }, 'no tenant template; creating the database empty and migrating it');
+        return null;
+      })
+    : null;
+  const warm = template !== null && ctx.config.provisioning.warmPool > 0;
+  const target = { database: work.connection.database, role: work.connection.user, password: work.connection.password };
+  const { claimed } = await ensureTenantDatabase(server.adminUrl, {
+    ...target,
+    template: template ?? undefined,
+    claimWarm: warm ? (admin) => claimWarmDatabase(admin, target, ctx.config.provisioning.databasePrefix) : undefined,
+  });
+  if (warm) await getQueue(ctx, QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' }, warmPoolRefillJobOptions(WARM_REFILL_DELAY_MS));
+  return claimed;
+}
+
+/** Migrate and seed the store's database (under the runner's advisory lock); answers its schema version. */
+async function migrate(ctx: AppContext, work: ProvisioningWork, claimed: boolean): Promise<number> {
+  if (work.mode === 'managed') {
+    const u = new URL(serverByKey(ctx, work.server!).adminUrl);
+    u.pathname = `/${work.connection.database}`;
+    return (await prepareTenant(u.toString(), work.seed, { asRole: work.connection.user, prepared: claimed })).schemaVersion;
+  }
+  return (await prepareTenant(tenantPgConfig(work.connection, externalAccess(ctx)), work.seed)).schemaVersion;
+}
+
+/**
+ * Database ready, store active and its platform hostname issued, in one transaction (it waits on the
+ * store's row lock, so a suspension or deletion in flight is never overwritten); then the routing caches.
+ */
+async function activate(ctx: AppContext, store: ProvisioningWork['store'], schemaVersion: number): Promise<void> {
+  const { Store, StoreDatabase } = ctx.master.models;
+  const hostname = await ctx.master.sequelize.transaction(async (t) => {
+    await StoreDatabase.update({ status: 'ready', schemaVersion, lastError: null }, { where: { storeId: store.id }, transaction: t });
+    await Store.update({ status: 'active' }, { where: { id: store.id, status: 'provisioning' }, transaction: t });
+    return issuePlatformHostname(ctx, store, t);
+  });
+  await ctx.tenants.invalidate(store.id);
+  await ctx.tenants.hostnamesChanged([hostname]);
+}
+
+/** The failure, as a client may see it, on the database row; the store fails with the last attempt. */
+async function recordFailure(ctx: AppContext, job: Job<{ storeId: string }>, step: string, err: unknown): Promise<void> {
+  const { storeId } = job.data;
+  const { Store, StoreDatabase } = ctx.master.models;
+  const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+  const message = describeFailure(err, step);
+  logger.warn({ storeId, step, attempt: job.attemptsMade + 1, err: (err as Error).message }, 'provisioning step failed');
+  await ctx.master.sequelize.transaction(async (t) => {
+    await StoreDatabase.update({ lastError: message, ...(lastAttempt ? { status: 'failed' as const } : {}) }, { where: { storeId }, transaction: t });
+    if (lastAttempt) await Store.update({ status: 'provisioning_failed' }, { where: { id: storeId, status: 'provisioning' }, transaction: t });
+  });
+}
+
 /**
  * The provisioning job. Every step is idempotent, so a retried job — or one taken over from a worker that
  * died — finishes the work: create role and database (managed), migrate under the runner's advisory lock,
  * write the store row and its first admin, mark the store active.
  */
 export async function processProvisioning(ctx: AppContext, job: Job<{ storeId: string }>) {
-  const { storeId } = job.data;
   const started = performance.now();
-  const { Store, StoreDatabase, User } = ctx.master.models;
-  const store = await Store.findByPk(storeId);
-  const db = await StoreDatabase.findByPk(storeId);
-  if (!store || !db || store.status !== 'provisioning') return { skipped: store?.status ?? 'missing' };
-  const owner = await User.findByPk(store.ownerId);
-  const connection = ctx.encryptor.decryptJson<TenantConnection>(db.credentials, secretContext.storeCredentials(storeId));
-  let step = 'create_database';
-  // How long each step took (ms), in the job's result: where provisioning time goes, per store.
-  const steps: Record<string, number> = {};
-  let timing = { name: 'load', since: started };
-  const report = (name: string, progress: number) => {
-    steps[timing.name] = Math.round(performance.now() - timing.since);
-    timing = { name, since: performance.now() };
-    step = name;
-    return job.updateProgress({ step: name, progress });
-  };
+  const work = await loadWork(ctx, job.data.storeId);
+  if ('skipped' in work) return work;
+  const steps = stepsOf(job, started);
   try {
-    const seed: StoreSeed = {
-      store: { id: store.id, name: store.name, slug: store.slug },
-      owner: owner ? { platformUserId: owner.id, email: owner.email, name: owner.name, passwordHash: owner.passwordHash } : undefined,
-    };
-    let schemaVersion: number;
-    if (db.mode === 'managed') {
-      await report('create_database', 10);
-      const server = serverByKey(ctx, db.server!);
-      const template = ctx.config.provisioning.templates
-        ? await ensureTemplate(server).catch((err: Error) => {
-            logger.warn({ server: server.key, err: err.message }, 'no tenant template; creating the database empty and migrating it');
-            return null;
-          })
-        : null;
-      const warm = template !== null && ctx.config.provisioning.warmPool > 0;
-      const target = { database: connection.database, role: connection.user, password: connection.password };
-      const { claimed } = await ensureTenantDatabase(server.adminUrl, {
-        ...target,
-        template: template ?? undefined,
-        claimWarm: warm ? (admin) => claimWarmDatabase(admin, target, ctx.config.provisioning.databasePrefix) : undefined,
-      });
-      if (warm) await getQueue(ctx, QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' }, warmPoolRefillJobOptions(WARM_REFILL_DELAY_MS));
-      await report('migrate', 50);
-      const u = new URL(server.adminUrl);
-      u.pathname = `/${connection.database}`;
-      ({ schemaVersion } = await prepareTenant(u.toString(), seed, { asRole: connection.user, prepared: claimed }));
-    } else {
-      await report('migrate', 50);
-      ({ schemaVersion } = await prepareTenant(tenantPgConfig(connection, externalAccess(ctx)), seed));
+    let claimed = false;
+    if (work.mode === 'managed') {
+      await steps.begin('create_database', 10);
+      claimed = await makeDatabase(ctx, work);
     }
-    await report('activate', 90);
-    const hostname = await ctx.master.sequelize.transaction(async (t) => {
-      await StoreDatabase.update({ status: 'ready', schemaVersion, lastError: null }, { where: { storeId }, transaction: t });
-      await Store.update({ status: 'active' }, { where: { id: storeId, status: 'provisioning' }, transaction: t });
-      return issuePlatformHostname(ctx, store, t);
-    });
-    await ctx.tenants.invalidate(storeId);
-    await ctx.tenants.hostnamesChanged([hostname]);
-    await report('done', 100);
-    return { schemaVersion, durationMs: Math.round(performance.now() - started), steps };
+    await steps.begin('migrate', 50);
+    const schemaVersion = await migrate(ctx, work, claimed);
+    await steps.begin('activate', 90);
+    await activate(ctx, work.store, schemaVersion);
+    await steps.begin('done', 100);
+    return { schemaVersion, durationMs: Math.round(performance.now() - started), steps: steps.durations };
   } catch (err) {
-    const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-    const message = describeFailure(err, step);
-    logger.warn({ storeId, step, attempt: job.attemptsMade + 1, err: (err as Error).message }, 'provisioning step failed');
-    await ctx.master.sequelize.transaction(async (t) => {
-      await StoreDatabase.update({ lastError: message, ...(lastAttempt ? { status: 'failed' as const } : {}) }, { where: { storeId }, transaction: t });
-      if (lastAttempt) await Store.update({ status: 'provisioning_failed' }, { where: { id: storeId, status: 'provisioning' }, transaction: t });
-    });
+    await recordFailure(ctx, job, steps.current, err);
     throw err;
   }
 }

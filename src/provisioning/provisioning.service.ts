@@ -14,7 +14,8 @@ import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import { PRIVATE_ADDRESS } from '../lib/network-guard';
 import { getQueue, provisioningJobId, QueueName, warmPoolRefillJobOptions } from '../queue/queues';
-import { refuseIfSuspended, requireStoreAccess } from '../stores/membership';
+import { refuseIfSuspended } from '../stores/lifecycle';
+import { requireStoreAccess } from '../stores/membership';
 import { issuePlatformHostname } from '../stores/hostnames.service';
 import { parseConnectionString, readHost } from './connection-string';
 import type { ConnectDatabaseInput, ProvisioningStatus } from './provisioning.schemas';
@@ -121,47 +122,43 @@ async function enqueue(ctx: AppContext, storeId: string): Promise<string> {
  */
 export const queueProvisioning = (ctx: AppContext, storeId: string): Promise<string> => enqueue(ctx, storeId);
 
-/**
- * Connect a store to its database: check and store the credentials (encrypted), then queue the one
- * provisioning job of the store. A second call while it is queued or running answers with the same job.
- */
-export async function connectDatabase(ctx: AppContext, userId: string, storeId: string, input: ConnectDatabaseInput) {
-  const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
-  if (store.status === 'active') throw fail(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
-  if (store.status === 'provisioning') return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
-
-  const { StoreDatabase, Store } = ctx.master.models;
-  const previous = await StoreDatabase.findByPk(storeId);
-  let connection: TenantConnection;
-  let server: string | null = null;
-  if (input.mode === 'managed') {
-    if (previous?.mode === 'managed' && previous.server && tenantServers(ctx).some((s) => s.key === previous.server)) {
-      // A failed earlier attempt: finish that database rather than leave it orphaned. (Unless its server
-      // was taken out of TENANT_SERVERS: the job could never reach it again, so pick a configured one.)
-      connection = ctx.encryptor.decryptJson<TenantConnection>(previous.credentials, secretContext.storeCredentials(storeId));
-      server = previous.server;
-    } else {
-      const target = await leastLoadedServer(ctx);
-      const name = `${ctx.config.provisioning.databasePrefix}${storeId.replace(/-/g, '')}`;
-      connection = { host: target.host, port: target.port, database: name, user: name, password: randomBytes(24).toString('base64url') };
-      server = target.key;
-    }
-  } else {
-    connection = externalConnection(input);
-    await checkExternalDatabase(ctx, connection, storeId);
+/** Where the job will make a managed store's database: a new one, or the one a failed attempt began. */
+async function managedConnection(ctx: AppContext, storeId: string): Promise<{ connection: TenantConnection; server: string }> {
+  const previous = await ctx.master.models.StoreDatabase.findByPk(storeId);
+  if (previous?.mode === 'managed' && previous.server && tenantServers(ctx).some((s) => s.key === previous.server)) {
+    // A failed earlier attempt: finish that database rather than leave it orphaned. (Unless its server
+    // was taken out of TENANT_SERVERS: the job could never reach it again, so pick a configured one.)
+    return { connection: ctx.encryptor.decryptJson<TenantConnection>(previous.credentials, secretContext.storeCredentials(storeId)), server: previous.server };
   }
+  const target = await leastLoadedServer(ctx);
+  const name = `${ctx.config.provisioning.databasePrefix}${storeId.replace(/-/g, '')}`;
+  return { connection: { host: target.host, port: target.port, database: name, user: name, password: randomBytes(24).toString('base64url') }, server: target.key };
+}
 
+/** The store's own database, once it is reachable and holds nothing but this store's schema. */
+async function checkedExternalConnection(ctx: AppContext, storeId: string, input: Extract<ConnectDatabaseInput, { mode: 'external' }>): Promise<{ connection: TenantConnection; server: null }> {
+  const connection = externalConnection(input);
+  await checkExternalDatabase(ctx, connection, storeId);
+  return { connection, server: null };
+}
+
+/**
+ * The credentials (encrypted) on the database row and the store in provisioning, under the store's row lock.
+ * Nothing changes when the store moved on meanwhile: another call queued it already, or it was suspended
+ * while the credentials were being checked (moving it to provisioning would lift the suspension).
+ */
+async function recordConnection(ctx: AppContext, userId: string, storeId: string, mode: ConnectDatabaseInput['mode'], { connection, server }: { connection: TenantConnection; server: string | null }): Promise<void> {
+  const { StoreDatabase, Store } = ctx.master.models;
   await ctx.master.sequelize.transaction(async (t) => {
     const locked = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
     if (!locked || locked.status === 'deleted') throw noSuchStore();
-    // Suspended while the credentials were being checked: moving it to provisioning would lift the suspension.
     refuseIfSuspended(locked);
-    if (locked.status === 'active') throw fail(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
+    if (locked.status === 'active') throw alreadyProvisioned();
     if (locked.status === 'provisioning') return;
     await StoreDatabase.upsert(
       {
         storeId,
-        mode: input.mode,
+        mode,
         server,
         databaseName: connection.database,
         credentials: ctx.encryptor.encryptJson(connection, secretContext.storeCredentials(storeId)),
@@ -172,8 +169,23 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
       { transaction: t },
     );
     await locked.update({ status: 'provisioning' }, { transaction: t });
-    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.database.connected', targetType: 'store', targetId: storeId, data: { mode: input.mode } });
+    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.database.connected', targetType: 'store', targetId: storeId, data: { mode } });
   });
+}
+
+const alreadyProvisioned = () => fail(ErrorCode.ALREADY_PROVISIONED, 'This store already has its database');
+
+/**
+ * Connect a store to its database: check and store the credentials (encrypted), then queue the one
+ * provisioning job of the store. A second call while it is queued or running answers with the same job.
+ */
+export async function connectDatabase(ctx: AppContext, userId: string, storeId: string, input: ConnectDatabaseInput) {
+  const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
+  if (store.status === 'active') throw alreadyProvisioned();
+  if (store.status !== 'provisioning') {
+    const target = input.mode === 'managed' ? await managedConnection(ctx, storeId) : await checkedExternalConnection(ctx, storeId, input);
+    await recordConnection(ctx, userId, storeId, input.mode, target);
+  }
   return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
 }
 

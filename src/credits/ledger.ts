@@ -247,6 +247,60 @@ export interface PendingPayment {
   creditTransactionId: string | null;
 }
 
+/** A query inside the purchase's transaction, answering its rows. */
+type InTransaction = <R extends object>(sql: string, bind: unknown[]) => Promise<R[]>;
+
+export type PurchaseOutcome =
+  | { kind: 'completed'; row: LedgerRow }
+  | { kind: 'unknown' }
+  | { kind: 'not-pending'; status: string }
+  | { kind: 'rejected'; reason: string; storeId: string };
+
+/** The provider's payment, locked: a second delivery of the same event waits here. */
+async function lockPayment(q: InTransaction, provider: 'stripe', reference: string): Promise<PendingPayment | undefined> {
+  const [payment] = await q<PendingPayment>(
+    `SELECT id AS "billingId", store_id AS "storeId", status, amount_cents AS "amountCents", currency, credit_transaction_id AS "creditTransactionId"
+       FROM billing_transactions WHERE provider = $1::text AND provider_ref = $2::text FOR UPDATE`,
+    [provider, reference],
+  );
+  return payment;
+}
+
+/** Why the payment was refused, in the audit log; the purchase stays pending. */
+async function recordRejection(q: InTransaction, payment: PendingPayment, reason: string, audit: Record<string, unknown>): Promise<void> {
+  await q(
+    `INSERT INTO audit_log (store_id, action, target_type, target_id, data) VALUES ($1::uuid, 'credits.purchase.payment_rejected', 'credit_transaction', $2::text, $3::jsonb) RETURNING id`,
+    [payment.storeId, payment.creditTransactionId, JSON.stringify({ ...audit, reason })],
+  );
+}
+
+/** The purchase's ledger row, locked, while it is still pending: its amount, or undefined. */
+async function lockPendingCredit(q: InTransaction, creditTransactionId: string): Promise<string | undefined> {
+  const [tx] = await q<{ amount: string }>(`SELECT amount::text AS amount FROM credit_transactions WHERE id = $1::uuid AND status = 'pending' FOR UPDATE`, [
+    creditTransactionId,
+  ]);
+  return tx?.amount;
+}
+
+/** Balance credited, ledger row completed (taking its seq), payment succeeded and audited, in one statement. */
+async function credit(q: InTransaction, payment: PendingPayment, amount: string, audit: Record<string, unknown>): Promise<LedgerRow> {
+  const [bal] = await q<{ balance: string; seq: string }>(CREDIT_BALANCE, [payment.storeId, amount]);
+  const [row] = await q<LedgerRow>(
+    `WITH tx AS (
+       UPDATE credit_transactions SET status = 'completed', balance_after = $2::bigint, seq = $3::bigint WHERE id = $1::uuid RETURNING *
+     ), billing AS (
+       UPDATE billing_transactions SET status = 'succeeded', updated_at = now() WHERE id = $4::uuid RETURNING *
+     ), audit AS (
+       INSERT INTO audit_log (store_id, action, target_type, target_id, data)
+       SELECT store_id, 'credits.purchase.completed', 'credit_transaction', id::text,
+              jsonb_build_object('amount', amount, 'balanceAfter', balance_after) || $5::jsonb FROM tx
+     )
+     SELECT ${LEDGER_COLUMNS('tx', 'billing')} FROM tx JOIN billing ON true`,
+    [payment.creditTransactionId, bal.balance, bal.seq, payment.billingId, JSON.stringify(audit)],
+  );
+  return row;
+}
+
 /**
  * Complete a pending purchase paid through the provider, exactly once: the billing row is locked first, so
  * a second delivery of the same event waits and then finds it no longer pending. Balance, ledger row (which
@@ -258,42 +312,19 @@ export async function completePendingPurchase(
   reference: string,
   check: (payment: PendingPayment) => string | null,
   audit: Record<string, unknown>,
-): Promise<{ kind: 'completed'; row: LedgerRow } | { kind: 'unknown' } | { kind: 'not-pending'; status: string } | { kind: 'rejected'; reason: string; storeId: string }> {
-  return ctx.master.sequelize.transaction(async (t: Transaction) => {
-    const q = <R extends object>(sql: string, bind: unknown[]) => ctx.master.sequelize.query<R>(sql, { bind, type: QueryTypes.SELECT, transaction: t });
-    const [payment] = await q<PendingPayment>(
-      `SELECT id AS "billingId", store_id AS "storeId", status, amount_cents AS "amountCents", currency, credit_transaction_id AS "creditTransactionId"
-         FROM billing_transactions WHERE provider = $1::text AND provider_ref = $2::text FOR UPDATE`,
-      [provider, reference],
-    );
-    if (!payment || !payment.creditTransactionId) return { kind: 'unknown' as const };
-    if (payment.status !== 'pending') return { kind: 'not-pending' as const, status: payment.status };
+): Promise<PurchaseOutcome> {
+  return ctx.master.sequelize.transaction(async (t: Transaction): Promise<PurchaseOutcome> => {
+    const q: InTransaction = (sql, bind) => ctx.master.sequelize.query(sql, { bind, type: QueryTypes.SELECT, transaction: t });
+    const payment = await lockPayment(q, provider, reference);
+    if (!payment || !payment.creditTransactionId) return { kind: 'unknown' };
+    if (payment.status !== 'pending') return { kind: 'not-pending', status: payment.status };
     const refused = check(payment);
     if (refused) {
-      await q(
-        `INSERT INTO audit_log (store_id, action, target_type, target_id, data) VALUES ($1::uuid, 'credits.purchase.payment_rejected', 'credit_transaction', $2::text, $3::jsonb) RETURNING id`,
-        [payment.storeId, payment.creditTransactionId, JSON.stringify({ ...audit, reason: refused })],
-      );
-      return { kind: 'rejected' as const, reason: refused, storeId: payment.storeId };
+      await recordRejection(q, payment, refused, audit);
+      return { kind: 'rejected', reason: refused, storeId: payment.storeId };
     }
-    const [tx] = await q<{ amount: string }>(`SELECT amount::text AS amount FROM credit_transactions WHERE id = $1::uuid AND status = 'pending' FOR UPDATE`, [
-      payment.creditTransactionId,
-    ]);
-    if (!tx) return { kind: 'not-pending' as const, status: 'not pending' };
-    const [bal] = await q<{ balance: string; seq: string }>(CREDIT_BALANCE, [payment.storeId, tx.amount]);
-    const [row] = await q<LedgerRow>(
-      `WITH tx AS (
-         UPDATE credit_transactions SET status = 'completed', balance_after = $2::bigint, seq = $3::bigint WHERE id = $1::uuid RETURNING *
-       ), billing AS (
-         UPDATE billing_transactions SET status = 'succeeded', updated_at = now() WHERE id = $4::uuid RETURNING *
-       ), audit AS (
-         INSERT INTO audit_log (store_id, action, target_type, target_id, data)
-         SELECT store_id, 'credits.purchase.completed', 'credit_transaction', id::text,
-                jsonb_build_object('amount', amount, 'balanceAfter', balance_after) || $5::jsonb FROM tx
-       )
-       SELECT ${LEDGER_COLUMNS('tx', 'billing')} FROM tx JOIN billing ON true`,
-      [payment.creditTransactionId, bal.balance, bal.seq, payment.billingId, JSON.stringify(audit)],
-    );
-    return { kind: 'completed' as const, row };
+    const amount = await lockPendingCredit(q, payment.creditTransactionId);
+    if (amount === undefined) return { kind: 'not-pending', status: 'not pending' };
+    return { kind: 'completed', row: await credit(q, payment, amount, audit) };
   });
 }

@@ -4,7 +4,7 @@ import type { AppContext } from '../app-context';
 import { decodeCursor, toPage } from '../http/pagination';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import type { MemberRole, StoreStatus } from '../models/master';
-import { refuseIfSuspended } from '../stores/membership';
+import { refuseIfSuspended } from '../stores/lifecycle';
 import { requestCreditSync } from './credit-sync';
 import { CREDIT_PRICE, MIN_STRIPE_PURCHASE, type AdjustInput, type PurchaseInput, type SpendInput } from './credits.schemas';
 import {

@@ -4,9 +4,6 @@ import type { MemberRole, StoreStatus } from '../models/master';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { refuseIfSuspended } from './lifecycle';
 
-// Until its callers import it from lifecycle (provisioning and credits are being reworked now).
-export { refuseIfSuspended };
-
 export interface StoreSummary {
   id: string;
   name: string;

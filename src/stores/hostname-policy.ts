@@ -17,14 +17,20 @@ export type HostnameVerdict = { ok: true; hostname: string } | { ok: false; reas
 
 const DNS_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$/;
 
-/** Lower case, no port, no trailing dot; IPv6 brackets kept so the literal is still recognised as one. */
+/**
+ * Lower case, no port, no trailing dot, internationalised names in their ASCII (punycode) form — what a Host
+ * header carries and what is stored, so a claim, its verification, its removal and routing all see one
+ * spelling. IPv6 brackets are kept so the literal is still recognised as one.
+ */
 export function normaliseHostname(raw: string): string {
   let h = raw.trim().toLowerCase();
   const bracketed = /^(\[[^\]]*\])(:\d{1,5})?$/.exec(h);
   if (bracketed) return bracketed[1];
   // One colon: a port. More: an IPv6 literal written bare, left whole.
   if (h.split(':').length === 2) h = h.replace(/:\d{0,5}$/, '');
-  return h.endsWith('.') ? h.slice(0, -1) : h;
+  if (h.endsWith('.')) h = h.slice(0, -1);
+  // An invalid name has no ASCII form ('' from domainToASCII): kept as sent, so validation names it.
+  return /^[\x00-\x7f]*$/.test(h) ? h : domainToASCII(h) || h;
 }
 
 /**
@@ -46,19 +52,16 @@ const isUnder = (h: string, domain: string) => h === domain || h.endsWith(`.${do
 export function checkClaimableHostname(raw: string, policy: HostnamePolicy): HostnameVerdict {
   const h = normaliseHostname(raw);
   if (isIpLiteral(h)) return { ok: false, reason: 'not_allowed', detail: 'IP addresses cannot be store hostnames; use a DNS name' };
-  // Internationalised names are stored as their ASCII (punycode) form, which is what a Host header carries.
-  const ascii = /^[\x21-\x7e]*$/.test(h) ? h : domainToASCII(h);
-  if (!ascii || !/^[a-z0-9.-]+$/.test(ascii)) return { ok: false, reason: 'invalid', detail: 'must be a DNS name such as shop.example.com (no scheme, port or path)' };
-  if (!ascii.includes('.') || isUnder(ascii, 'localhost')) {
+  if (!/^[a-z0-9.-]+$/.test(h)) return { ok: false, reason: 'invalid', detail: 'must be a DNS name such as shop.example.com (no scheme, port or path)' };
+  if (!h.includes('.') || isUnder(h, 'localhost')) {
     return { ok: false, reason: 'not_allowed', detail: 'localhost and single-label names cannot be store hostnames' };
   }
-  if (!DNS_NAME.test(ascii)) return { ok: false, reason: 'invalid', detail: 'must be a DNS name such as shop.example.com (labels of 1–63 letters, digits and inner hyphens)' };
-  if (isIpLiteral(ascii)) return { ok: false, reason: 'not_allowed', detail: 'IP addresses cannot be store hostnames; use a DNS name' };
-  if (policy.platform.some((p) => isUnder(ascii, p))) return { ok: false, reason: 'not_allowed', detail: "the platform's own hostnames and their subdomains cannot be claimed" };
-  if (isUnder(ascii, policy.storeDomain)) {
+  if (!DNS_NAME.test(h)) return { ok: false, reason: 'invalid', detail: 'must be a DNS name such as shop.example.com (labels of 1–63 letters, digits and inner hyphens)' };
+  if (policy.platform.some((p) => isUnder(h, p))) return { ok: false, reason: 'not_allowed', detail: "the platform's own hostnames and their subdomains cannot be claimed" };
+  if (isUnder(h, policy.storeDomain)) {
     return { ok: false, reason: 'not_allowed', detail: `names under ${policy.storeDomain} are issued by the platform (every store has <slug>.${policy.storeDomain})` };
   }
-  return { ok: true, hostname: ascii };
+  return { ok: true, hostname: h };
 }
 
 /**

@@ -7,6 +7,9 @@ describe('hostname policy', () => {
     expect(normaliseHostname(' Shop.Example.COM.:8443 ')).toBe('shop.example.com');
     expect(normaliseHostname('[::1]:80')).toBe('[::1]');
     expect(normaliseHostname('::1')).toBe('::1');
+    // One spelling for claim, verify, remove and routing: the ASCII form of an internationalised name.
+    expect(normaliseHostname('Bücher.Example.ORG.')).toBe('xn--bcher-kva.example.org');
+    expect(normaliseHostname('１２７.０.０.１')).toBe('127.0.0.1');
   });
 
   test.each(['127.0.0.1', '2130706433', '0x7f000001', '0X7F.0.0.1', '0177.0.0.1', '127.1', '1.2.3.0x4', '[::1]', '::ffff:127.0.0.1', 'fe80::1', '8.8.8.8'])('%s is an IP literal', (h) => {

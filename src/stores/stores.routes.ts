@@ -8,7 +8,11 @@ import * as provisioning from '../provisioning/provisioning.service';
 import { CreateStoreBody, HostnameBody, HostnameDto, HostnameParams, ListStoresQuery, StoreDto, StoreIdParams, StoreListItemDto, StripeIntegrationDto, StripeKeysBody, UpdateStoreBody } from './stores.schemas';
 import * as stores from './stores.service';
 import * as hostnames from './hostnames.service';
+import { redisLimiter } from '../auth/auth.routes';
 import { TxtResolver } from './hostname-verification';
+
+/** DNS look-ups one store's hostname verifications may cause per RATE_LIMIT_WINDOW_MS. */
+export const HOSTNAME_VERIFICATIONS_PER_WINDOW = 20;
 
 const ACCESS = { 403: 'FORBIDDEN (not a member, or the role may not)', 404: 'STORE_NOT_FOUND' };
 /** Routes that change the store: refused while the platform has it suspended. */
@@ -72,6 +76,14 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
   );
 
   const resolver = new TxtResolver(ctx.config.hostnames.dnsServers);
+  // Each verification asks DNS: bounded per store. Only answers that reached the lookup count (200, 409),
+  // so a stranger's refused calls (401/403/404/423) cannot use up a store's verifications.
+  const verifyLimiter = redisLimiter(ctx, 'hostname-verify', {
+    limit: HOSTNAME_VERIFICATIONS_PER_WINDOW,
+    keyGenerator: (req) => String(req.params.id).toLowerCase(),
+    skipFailedRequests: true,
+    requestWasSuccessful: (_req, res) => res.statusCode === 200 || res.statusCode === 409,
+  });
   api.get('/:id/hostnames', { ...common, operationId: 'listStoreHostnames', summary: "The store's hostnames", params: StoreIdParams, response: z.object({ items: z.array(HostnameDto) }), errors: ACCESS }, ({ params, req }) =>
     hostnames.listHostnames(ctx, me(req), params.id),
   );
@@ -97,7 +109,8 @@ export function storesRoutes(ctx: AppContext): ApiRouter {
       summary: "Verify a claimed hostname: its TXT record _tenantry-challenge.<hostname> must hold the claim's value",
       params: HostnameParams,
       response: HostnameDto,
-      errors: { ...CHANGE, 404: 'STORE_NOT_FOUND | NOT_FOUND', 409: 'HOSTNAME_NOT_VERIFIED | HOSTNAME_TAKEN' },
+      errors: { ...CHANGE, 404: 'STORE_NOT_FOUND | NOT_FOUND', 409: 'HOSTNAME_NOT_VERIFIED | HOSTNAME_TAKEN', 429: 'RATE_LIMITED (per store, with Retry-After)' },
+      afterValidation: [verifyLimiter],
     },
     ({ params, req }) => hostnames.verifyHostname(ctx, resolver, me(req), params.id, params.hostname),
   );

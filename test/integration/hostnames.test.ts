@@ -2,6 +2,7 @@ import type { Express } from 'express';
 import request from 'supertest';
 import type { AppContext } from '../../src/app-context';
 import { issueMissingPlatformHostnames } from '../../src/stores/hostnames.service';
+import { HOSTNAME_VERIFICATIONS_PER_WINDOW } from '../../src/stores/stores.routes';
 import { registerUser } from '../helpers/app';
 import { claimHostname, type TestDnsServer } from '../helpers/dns-server';
 import { countRows, eventually, startInstance } from '../helpers/fixtures';
@@ -249,5 +250,22 @@ describe('unknown hosts', () => {
     } finally {
       await limited.ctx.close();
     }
+  });
+});
+
+describe('verification requests', () => {
+  test('verifications are bounded per store (429 with Retry-After); a stranger\'s refused calls do not use them up', async () => {
+    const owner = await registerUser(t.app);
+    const stranger = await registerUser(t.app);
+    const store = await createActiveStore(t, { ownerId: owner.user.id });
+    await claim(owner, store.id, 'slow.verify.test').expect(201);
+    for (let i = 0; i < HOSTNAME_VERIFICATIONS_PER_WINDOW; i++) expectProblem(await verify(stranger, store.id, 'slow.verify.test'), 403, 'FORBIDDEN');
+    const asked = dns.asked.length;
+    for (let i = 0; i < HOSTNAME_VERIFICATIONS_PER_WINDOW; i++) expectProblem(await verify(owner, store.id, 'slow.verify.test'), 409, 'HOSTNAME_NOT_VERIFIED');
+    const limited = await verify(owner, store.id, 'slow.verify.test');
+    expectProblem(limited, 429, 'RATE_LIMITED');
+    expect(Number(limited.headers['retry-after'])).toBeGreaterThan(0);
+    // The refused call asked DNS nothing.
+    expect(dns.asked.length - asked).toBe(HOSTNAME_VERIFICATIONS_PER_WINDOW);
   });
 });

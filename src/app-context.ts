@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import type { Config } from './config';
 import type { ConnectionManager } from './db/connection-manager';
 import type { MasterDb } from './db/master';
-import type { RevocationList } from './auth/revocations';
+import type { RevocationList } from './db/revocations';
 import type { EventBus } from './lib/bus';
 import type { Encryptor } from './lib/crypto';
 import type { TokenSigner } from './lib/jwt';

@@ -4,7 +4,7 @@ import { ConnectionManager } from './db/connection-manager';
 import { openMasterDb, type MasterDb } from './db/master';
 import { runMigrations } from './db/migrate';
 import type { AppContext } from './app-context';
-import { RevocationList } from './auth/revocations';
+import { RevocationList } from './db/revocations';
 import { storefrontRefusal } from './stores/lifecycle';
 import { busChannel, EventBus } from './lib/bus';
 import { Encryptor } from './lib/crypto';

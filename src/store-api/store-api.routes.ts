@@ -1,11 +1,11 @@
 import { ipKeyGenerator } from 'express-rate-limit';
 import { z } from 'zod';
-import { loginLimiters, redisLimiter } from '../auth/auth.routes';
 import type { AppContext } from '../app-context';
 import { currentStoreId } from '../db/tenant-context';
 import { ApiRouter, type RouterDocs } from '../http/api-router';
 import { requireAuth } from '../http/authenticate';
 import { ListQuery, pageOf } from '../http/pagination';
+import { loginLimiters, redisLimiter } from '../http/rate-limit';
 import { ErrorCode, unauthenticated } from '../lib/errors';
 import { CreateOrderBody, OrderDto, OrderIdParams } from './orders.schemas';
 import * as orders from './orders.service';

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { Email, Password, PersonName } from '../auth/auth.schemas';
 import { registry } from '../http/openapi';
+import { Email, Password, PersonName } from '../http/schemas';
 
 export const StoreRegisterBody = z.strictObject({ email: Email, password: Password, name: PersonName });
 export const StoreLoginBody = z.strictObject({ email: Email, password: z.string().min(1).max(128) });

@@ -3,12 +3,12 @@ import { z } from 'zod';
 import type { AppContext } from '../app-context';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformClaims, requireAuth } from '../http/authenticate';
+import { redisLimiter } from '../http/rate-limit';
 import { ConnectDatabaseBody, ProvisioningJobDto, ProvisioningStatusDto } from '../provisioning/provisioning.schemas';
 import * as provisioning from '../provisioning/provisioning.service';
 import { CreateStoreBody, HostnameBody, HostnameDto, HostnameParams, ListStoresQuery, StoreDto, StoreIdParams, StoreListItemDto, StripeIntegrationDto, StripeKeysBody, UpdateStoreBody } from './stores.schemas';
 import * as stores from './stores.service';
 import * as hostnames from './hostnames.service';
-import { redisLimiter } from '../auth/auth.routes';
 import { TxtResolver } from './hostname-verification';
 
 /** DNS look-ups one store's hostname verifications may cause per RATE_LIMIT_WINDOW_MS. */

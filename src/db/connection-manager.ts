@@ -5,11 +5,14 @@ import { secretContext, type Encryptor } from '../lib/crypto';
 import { AppError, ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
 import type { StoreStatus } from '../models/master';
-import { BudgetTimeoutError, ClientErrorCode, ConnectionBudget } from './connection-budget';
+import { ClientErrorCode } from './budgeted-client';
+import { BudgetTimeoutError, ConnectionBudget } from './connection-budget';
 import { isConnectionFailure, PgCode, pgCode } from './errors';
 import { HostResolver, type HostResolverOptions } from './host-resolver';
 import type { MasterDb } from './master';
-import { TenantHandle, type HandleSettings, type TenantConnection } from './tenant-handle';
+import { currentReadMeter, type TenantGuard } from './tenant-context';
+import { TenantHandle, type HandleSettings } from './tenant-handle';
+import type { ConnectionSlots, TenantConnection } from './tenant-types';
 import { mustBePublic } from '../lib/network-guard';
 
 export interface ConnectionManagerOptions extends HostResolverOptions {
@@ -59,7 +62,7 @@ const TOO_SLOW = new Set<string>([PgCode.QUERY_CANCELED, PgCode.LOCK_NOT_AVAILAB
  * TENANT_CACHE_MAX) and few connections (pools of min 0 and TENANT_POOL_MAX, all under one
  * TENANT_CONNECTIONS_MAX cap). Failing tenants are fenced for a while so they cost the others nothing.
  */
-export class ConnectionManager {
+export class ConnectionManager implements TenantGuard {
   readonly budget: ConnectionBudget;
   private readonly handles: LRUCache<string, TenantHandle>;
   private readonly building = new Map<string, Promise<TenantHandle>>();
@@ -78,7 +81,7 @@ export class ConnectionManager {
     readonly options: ConnectionManagerOptions,
     private readonly refusalFor: StoreRefusal,
   ) {
-    this.budget = new ConnectionBudget(options.connectionsMax, options.acquireTimeoutMs, { ownerShare: options.ownerShare, maxReadBytes: options.maxReadBytes });
+    this.budget = new ConnectionBudget(options.connectionsMax, options.acquireTimeoutMs, { ownerShare: options.ownerShare });
     this.settings = {
       poolMax: options.poolMax,
       idleMs: options.idleMs,
@@ -87,6 +90,8 @@ export class ConnectionManager {
       statementTimeoutMs: options.statementTimeoutMs,
       lockTimeoutMs: options.lockTimeoutMs,
       idleInTransactionTimeoutMs: options.idleInTransactionTimeoutMs,
+      maxReadBytes: options.maxReadBytes,
+      readMeter: currentReadMeter,
     };
     this.handles = new LRUCache<string, TenantHandle>({
       max: options.cacheMax,
@@ -134,7 +139,7 @@ export class ConnectionManager {
     return pending;
   }
 
-  /** Run tenant work, turning a failing database into a fast 503 for this store only. */
+  /** Run tenant work, turning a failing database into a fast TENANT_UNAVAILABLE for this store only. */
   async guard<T>(handle: TenantHandle, work: () => Promise<T>): Promise<T> {
     try {
       return await work();
@@ -219,7 +224,7 @@ export class ConnectionManager {
     }
     // Credentials are decrypted here only, and live on inside the handle's Sequelize config.
     const connection = this.credentialsOf(storeId, rows[0].credentials as string);
-    const handle = new TenantHandle(storeId, rows[0].ownerId, connection, this.budget, { ...this.settings, publicOnly: mustBePublic(rows[0].mode, this.options) });
+    const handle = new TenantHandle(storeId, rows[0].ownerId, connection, this.slotsFor(connection), { ...this.settings, publicOnly: mustBePublic(rows[0].mode, this.options) });
     this.handles.set(storeId, handle);
     this.counters.builds++;
     this.counters.buildMsTotal += performance.now() - started;
@@ -227,8 +232,16 @@ export class ConnectionManager {
   }
 
   /**
+   * Where a handle's connections take their slots: one budget for every server today (TENANT_CONNECTIONS_MAX
+   * per instance). A budget per Postgres server would be chosen here, by the connection's host and port.
+   */
+  private slotsFor(_connection: TenantConnection): ConnectionSlots {
+    return this.budget;
+  }
+
+  /**
    * Credentials that do not decrypt (a key gone from ENCRYPTION_KEYS, a row tampered with or copied from
-   * another store) are the platform's fault, not the store's: logged, and this store alone answers 503.
+   * another store) are the platform's fault, not the store's: logged, and this store alone is unavailable.
    */
   private credentialsOf(storeId: string, ciphertext: string): TenantConnection {
     try {

@@ -3,18 +3,18 @@ import type { Transaction } from 'sequelize';
 import type pg from 'pg';
 import type { TokenClaims } from '../lib/jwt';
 import type { TenantModels } from '../models/tenant';
-import type { ConnectionManager } from './connection-manager';
 import type { TenantHandle } from './tenant-handle';
+import type { ReadMeter } from './tenant-types';
 
-/** Bytes one request has read from its store's database so far (see ConnectionBudget's read limit). */
-export interface ReadMeter {
-  bytes: number;
+/** What runs tenant work (the ConnectionManager): a failing database fails fast, for its store alone. */
+export interface TenantGuard {
+  guard<T>(handle: TenantHandle, work: () => Promise<T>): Promise<T>;
 }
 
 interface TenantScope {
   storeId: string;
   handle: TenantHandle;
-  manager: ConnectionManager;
+  manager: TenantGuard;
   auth?: TokenClaims;
   /** Given a fresh one by runInTenant unless the caller brings its own. */
   read?: ReadMeter;
@@ -47,7 +47,7 @@ export function currentStoreId(): string {
 
 /**
  * The current store's database. Every call goes through the ConnectionManager's guard, so a failing
- * database becomes a fast 503 for this store alone.
+ * database fails fast (TENANT_UNAVAILABLE) for this store alone.
  */
 export const tenantDb = {
   query<T extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<T[]> {

@@ -1,22 +1,15 @@
 import type pg from 'pg';
 import { DataTypes, Sequelize, type Options, type Transaction } from 'sequelize';
 import { initTenantModels, type TenantModels } from '../models/tenant';
-import type { BudgetHolder, ConnectionBudget } from './connection-budget';
 import { guardedStream } from '../lib/network-guard';
+import { budgetedPgModule, type ClientLimits } from './budgeted-client';
 import { pgPassword, pgSsl } from './tenant-pg-options';
+import type { BudgetHolder, ConnectionSlots, TenantConnection } from './tenant-types';
 
-/** How to reach one tenant database (decrypted from store_databases.credentials). */
-export interface TenantConnection {
-  host: string;
-  port: number;
-  database: string;
-  user: string;
-  password: string;
-  /** TLS: true verifies the server's certificate and name (verify-full); `rejectUnauthorized: false` does not (require). */
-  ssl?: boolean | { rejectUnauthorized: false };
-}
+export type { TenantConnection } from './tenant-types';
 
-export interface HandleSettings {
+/** A handle's pool and session settings; its clients' read limit and meter too (see budgeted-client). */
+export interface HandleSettings extends ClientLimits {
   poolMax: number;
   idleMs: number;
   acquireTimeoutMs: number;
@@ -73,7 +66,8 @@ interface SequelizePool {
 
 /**
  * One store's database: a Sequelize instance (models built on first use) whose pool draws its
- * connections from the process-wide budget. Hot reads borrow a raw pg connection from that same pool.
+ * connections from the slots it is given (the process-wide budget). Hot reads borrow a raw pg connection
+ * from that same pool.
  */
 /** Demand halves every this many ms without requests. */
 const DEMAND_HALF_LIFE_MS = 5000;
@@ -94,12 +88,12 @@ export class TenantHandle implements BudgetHolder {
     readonly storeId: string,
     readonly ownerId: string,
     connection: TenantConnection,
-    budget: ConnectionBudget,
+    slots: ConnectionSlots,
     settings: HandleSettings,
   ) {
     this.sequelize = new Sequelize({
       dialect: 'postgres',
-      dialectModule: budget.pgModuleFor(this),
+      dialectModule: budgetedPgModule(slots, this, settings),
       host: connection.host,
       port: connection.port,
       database: connection.database,

@@ -1,5 +1,5 @@
 import type { ConnectionOptions } from 'node:tls';
-import type { TenantConnection } from './tenant-handle';
+import type { TenantConnection } from './tenant-types';
 
 /**
  * The pg options that decide how a tenant connection authenticates, shared by the Sequelize handles and the

@@ -6,6 +6,7 @@ import type { RevocationList } from './db/revocations';
 import type { EventBus } from './lib/bus';
 import type { Encryptor } from './lib/crypto';
 import type { TokenSigner } from './lib/jwt';
+import type { Queues } from './queue/queues';
 
 /** Everything a request handler or a job needs, built once per process and passed down explicitly. */
 export interface AppContext {
@@ -19,6 +20,8 @@ export interface AppContext {
   revocations: RevocationList;
   /** The only owner of tenant database handles. */
   tenants: ConnectionManager;
+  /** Producer handles of the queues, closed with the context. */
+  queues: Queues;
   /** Prefix of every Redis key this process writes (rate limits, queues), so test runs cannot collide. */
   redisPrefix: string;
   close(): Promise<void>;

@@ -11,7 +11,7 @@ import { Encryptor } from './lib/crypto';
 import { TokenSigner } from './lib/jwt';
 import { logger, safeUrl } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
-import { closeQueues } from './queue/queues';
+import { Queues } from './queue/queues';
 import { closeAdminPools } from './provisioning/tenant-db';
 
 export interface ContextOptions {
@@ -90,10 +90,11 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
       encryptor,
       revocations,
       tenants,
+      queues: new Queues({ config, redisPrefix }),
       redisPrefix,
       async close() {
         revocations.stop();
-        await closeQueues(ctx);
+        await ctx.queues.close();
         await tenants.close();
         await closeAdminPools();
         await master.sequelize.close();

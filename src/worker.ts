@@ -9,7 +9,7 @@ import { processMaintenance } from './queue/maintenance';
 import { processProvisioning } from './provisioning/provisioning.service';
 import { processTenantMigrations } from './admin/admin.service';
 import { processCreditSync, requestCreditSync } from './credits/credit-sync';
-import { backoffStrategy, bullConnection, getQueue, QueueName, type JobPayloads } from './queue/queues';
+import { backoffStrategy, bullConnection, QueueName, type JobPayloads } from './queue/queues';
 
 export interface Workers {
   close(): Promise<void>;
@@ -46,7 +46,7 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
   // A store that has just got its database gets its credit cache built (its credits may predate it).
   workers.find((w) => w.name === QueueName.provisioning)?.on('completed', (job) => void requestCreditSync(ctx, (job.data as JobPayloads['provisioning']).storeId));
   await Promise.all(workers.map((w) => w.waitUntilReady()));
-  const maintenance = getQueue(ctx, QueueName.maintenance);
+  const maintenance = ctx.queues.get(QueueName.maintenance);
   await maintenance.upsertJobScheduler('prune-revoked-tokens', { every: 6 * 3600 * 1000 }, { name: 'prune-revoked-tokens', data: { task: 'prune-revoked-tokens' } });
   await maintenance.upsertJobScheduler('purge-deleted-stores', { every: 6 * 3600 * 1000 }, { name: 'purge-deleted-stores', data: { task: 'purge-deleted-stores' } });
   if (ctx.config.provisioning.warmPool > 0 && ctx.config.provisioning.templates) {

@@ -4,14 +4,14 @@ import { ExpressAdapter } from '@bull-board/express';
 import type { RequestHandler, Router } from 'express';
 import { z } from 'zod';
 import type { AppContext } from '../app-context';
-import { ledgerActorOf, adjustRouteSpec } from '../credits/credits.routes';
+import { AdjustBody, CreditChangeDto } from '../credits/credits.schemas';
 import { adjustCredits } from '../credits/credits.service';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
-import { platformClaims, requireAuth } from '../http/authenticate';
+import { platformActorOf, platformClaims, requireAuth } from '../http/authenticate';
 import { ListQuery } from '../http/pagination';
+import { StoreIdParams } from '../http/schemas';
 import { ErrorCode, fail } from '../lib/errors';
-import { getQueue, QueueName } from '../queue/queues';
-import { StoreIdParams } from '../stores/stores.schemas';
+import { QueueName } from '../queue/queues';
 import { adminPagesGuard, closeAdminSession, openAdminSession } from './admin-session';
 import * as admin from './admin.service';
 import { platformRoles } from './platform-admins';
@@ -50,8 +50,19 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
     { ...common, operationId: 'suspendStore', summary: 'Suspend a store (its routes answer 423)', params: StoreIdParams, errors: { ...common.errors, 404: 'STORE_NOT_FOUND' } },
     ({ params, req }) => admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, true),
   );
-  api.post('/stores/:id/credits/adjust', { ...common, operationId: 'adjustStoreCredits', ...adjustRouteSpec, errors: { ...common.errors, ...adjustRouteSpec.errors } }, ({ params, body, req }) =>
-    adjustCredits(ctx, ledgerActorOf(req), params.id, body),
+  api.post(
+    '/stores/:id/credits/adjust',
+    {
+      ...common,
+      operationId: 'adjustStoreCredits',
+      summary: "Adjust a store's credits up or down with a reason (never below 0)",
+      params: StoreIdParams,
+      body: AdjustBody,
+      status: 201,
+      response: CreditChangeDto,
+      errors: { ...common.errors, 402: 'INSUFFICIENT_CREDITS (the balance would go below 0)', 404: 'STORE_NOT_FOUND', 409: 'CONFLICT (the idempotency key was used for a different request)' },
+    },
+    ({ params, body, req }) => adjustCredits(ctx, platformActorOf(req), params.id, body),
   );
   api.post(
     '/stores/:id/resume',
@@ -76,6 +87,6 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
 export function queueBoard(ctx: AppContext): { path: string; guard: RequestHandler[]; router: Router } {
   const adapter = new ExpressAdapter();
   adapter.setBasePath('/admin/queues');
-  createBullBoard({ queues: Object.values(QueueName).map((name) => new BullMQAdapter(getQueue(ctx, name))), serverAdapter: adapter });
+  createBullBoard({ queues: Object.values(QueueName).map((name) => new BullMQAdapter(ctx.queues.get(name))), serverAdapter: adapter });
   return { path: '/admin/queues', guard: adminPagesGuard(ctx), router: adapter.getRouter() as Router };
 }

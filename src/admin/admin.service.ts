@@ -7,7 +7,7 @@ import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import type { TenantConnection } from '../db/tenant-handle';
-import { getQueue, QueueName } from '../queue/queues';
+import { QueueName } from '../queue/queues';
 import { statusOfItsDatabase } from '../stores/lifecycle';
 import { resumeBackgroundWork } from '../stores/stores.service';
 import { externalAccess, migrateTenant } from '../provisioning/tenant-db';
@@ -81,7 +81,7 @@ export async function setSuspended(ctx: AppContext, adminId: string, storeId: st
 }
 
 export async function startTenantMigrations(ctx: AppContext, adminId: string) {
-  const job = await getQueue(ctx, QueueName.tenantMigrations).add('migrate-all', { requestedBy: adminId }, { attempts: 1 });
+  const job = await ctx.queues.get(QueueName.tenantMigrations).add('migrate-all', { requestedBy: adminId }, { attempts: 1 });
   return { runId: job.id! };
 }
 
@@ -122,7 +122,7 @@ export async function processTenantMigrations(ctx: AppContext, job: Job, paralle
 }
 
 export async function tenantMigrationRun(ctx: AppContext, runId: string) {
-  const job = await getQueue(ctx, QueueName.tenantMigrations).getJob(runId);
+  const job = await ctx.queues.get(QueueName.tenantMigrations).getJob(runId);
   if (!job) throw fail(ErrorCode.NOT_FOUND, 'No such migration run');
   const state = await job.getState();
   const p = (job.returnvalue ?? job.progress ?? {}) as Partial<MigrationProgress>;

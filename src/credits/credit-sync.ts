@@ -3,7 +3,7 @@ import type { AppContext } from '../app-context';
 import type { TenantHandle } from '../db/tenant-handle';
 import { AppError } from '../lib/errors';
 import { logger } from '../lib/logger';
-import { creditSyncJobOptions, getQueue, QueueName } from '../queue/queues';
+import { creditSyncJobOptions, QueueName } from '../queue/queues';
 
 /**
  * The store's own database keeps a copy of its credits for its own screens: credit_balance_cache (one row)
@@ -26,7 +26,7 @@ const QUEUE_WAIT_MS = 1000;
  */
 export async function requestCreditSync(ctx: AppContext, storeId: string): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  const queued = getQueue(ctx, QueueName.creditSync).add('sync', { storeId }, creditSyncJobOptions(storeId, ctx.config.creditSyncDelayMs));
+  const queued = ctx.queues.get(QueueName.creditSync).add('sync', { storeId }, creditSyncJobOptions(storeId, ctx.config.creditSyncDelayMs));
   const gaveUp = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), QUEUE_WAIT_MS)));
   try {
     if ((await Promise.race([queued, gaveUp])) === 'timeout') {

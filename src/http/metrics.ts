@@ -4,7 +4,7 @@ import { Router, type RequestHandler } from 'express';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { AppContext } from '../app-context';
 import { logger } from '../lib/logger';
-import { getQueue, QueueName } from '../queue/queues';
+import { QueueName } from '../queue/queues';
 import type { AnsweredRequest } from './request-log';
 
 /**
@@ -174,7 +174,7 @@ function queueDepth(ctx: AppContext, registers: Registry[]): void {
         Object.values(QueueName).map(async (queue) => {
           try {
             // Queue connections retry forever while Redis is away: a scrape must not wait for them.
-            const counts = await withTimeout(getQueue(ctx, queue).getJobCounts(...QUEUE_STATES), QUEUE_COUNT_TIMEOUT_MS);
+            const counts = await withTimeout(ctx.queues.get(queue).getJobCounts(...QUEUE_STATES), QUEUE_COUNT_TIMEOUT_MS);
             for (const state of QUEUE_STATES) this.set({ queue, state }, counts[state] ?? 0);
           } catch (err) {
             logger.warn({ queue, err: (err as Error).message }, 'queue depth not readable; left out of this scrape');

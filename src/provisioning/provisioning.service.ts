@@ -13,7 +13,7 @@ import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import { PRIVATE_ADDRESS } from '../lib/network-guard';
-import { getQueue, provisioningJobId, QueueName, warmPoolRefillJobOptions } from '../queue/queues';
+import { provisioningJobId, QueueName, warmPoolRefillJobOptions } from '../queue/queues';
 import { refuseIfSuspended } from '../stores/lifecycle';
 import { requireStoreAccess } from '../stores/membership';
 import { issuePlatformHostname } from '../stores/hostnames.service';
@@ -104,7 +104,7 @@ async function checkExternalDatabase(ctx: AppContext, connection: TenantConnecti
 
 
 async function enqueue(ctx: AppContext, storeId: string): Promise<string> {
-  const queue = getQueue(ctx, QueueName.provisioning);
+  const queue = ctx.queues.get(QueueName.provisioning);
   const jobId = provisioningJobId(storeId);
   const existing = await queue.getJob(jobId);
   if (existing) {
@@ -211,7 +211,7 @@ export async function provisioningStatus(ctx: AppContext, userId: string, storeI
   const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin', 'staff']);
   // The job's state first, then the job and the row: a job ends only once its outcome (error, schema
   // version) is written to the row, so a finished state is never shown beside older attempts or row.
-  const queue = getQueue(ctx, QueueName.provisioning);
+  const queue = ctx.queues.get(QueueName.provisioning);
   const jobState = await queue.getJobState(provisioningJobId(storeId));
   const job = await queue.getJob(provisioningJobId(storeId));
   const db = await ctx.master.models.StoreDatabase.findByPk(storeId);
@@ -317,7 +317,7 @@ async function makeDatabase(ctx: AppContext, work: ProvisioningWork): Promise<bo
     template: template ?? undefined,
     claimWarm: warm ? (admin) => claimWarmDatabase(admin, target, ctx.config.provisioning.databasePrefix) : undefined,
   });
-  if (warm) await getQueue(ctx, QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' }, warmPoolRefillJobOptions(WARM_REFILL_DELAY_MS));
+  if (warm) await ctx.queues.get(QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' }, warmPoolRefillJobOptions(WARM_REFILL_DELAY_MS));
   return claimed;
 }
 

@@ -1,5 +1,5 @@
 import { Queue, type BackoffStrategy, type DefaultJobOptions, type JobsOptions, type QueueOptions } from 'bullmq';
-import type { AppContext } from '../app-context';
+import type { Config } from '../config';
 
 /** Every queue of Tenantry and the payload of its jobs. */
 export const QueueName = {
@@ -67,29 +67,33 @@ export const defaultJobOptions: DefaultJobOptions = {
   removeOnFail: { age: 7 * 24 * 3600 },
 };
 
+/** What queue and worker options are made from (an AppContext has both). */
+type QueueSettings = { config: Config; redisPrefix: string };
+
 /** BullMQ owns (and closes) connections made from these options. */
-export function bullConnection(ctx: AppContext) {
+export function bullConnection(ctx: { config: Config }) {
   return { url: ctx.config.redisUrl, maxRetriesPerRequest: null };
 }
 
-export function queueOptions(ctx: AppContext): QueueOptions {
+export function queueOptions(ctx: QueueSettings): QueueOptions {
   return { connection: bullConnection(ctx), prefix: `${ctx.redisPrefix}:bull`, defaultJobOptions };
 }
 
-const queues = new WeakMap<AppContext, Map<QueueName, Queue>>();
+/** The process's producer handles of the queues (one per name, opened on first use), held by the context. */
+export class Queues {
+  private readonly byName = new Map<QueueName, Queue>();
 
-/** The process's producer handle of a queue (one per context and name). */
-export function getQueue<N extends QueueName>(ctx: AppContext, name: N): Queue<JobPayloads[N]> {
-  let byName = queues.get(ctx);
-  if (!byName) queues.set(ctx, (byName = new Map()));
-  let q = byName.get(name);
-  if (!q) byName.set(name, (q = new Queue(name, queueOptions(ctx))));
-  return q as Queue<JobPayloads[N]>;
-}
+  constructor(private readonly settings: QueueSettings) {}
 
-export async function closeQueues(ctx: AppContext): Promise<void> {
-  const byName = queues.get(ctx);
-  if (!byName) return;
-  queues.delete(ctx);
-  await Promise.all([...byName.values()].map((q) => q.close()));
+  get<N extends QueueName>(name: N): Queue<JobPayloads[N]> {
+    let q = this.byName.get(name);
+    if (!q) this.byName.set(name, (q = new Queue(name, queueOptions(this.settings))));
+    return q as Queue<JobPayloads[N]>;
+  }
+
+  async close(): Promise<void> {
+    const queues = [...this.byName.values()];
+    this.byName.clear();
+    await Promise.all(queues.map((q) => q.close()));
+  }
 }

@@ -5,7 +5,7 @@ import request from 'supertest';
 import { ADMIN_SESSION_COOKIE, ADMIN_SESSION_TYP, adminSessionAudience, adminSessionKey } from '../../src/admin/admin-session';
 import { revokePlatformAdmin } from '../../src/admin/platform-admins';
 import type { AppContext } from '../../src/app-context';
-import { getQueue, QueueName } from '../../src/queue/queues';
+import { QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
 import { eventually } from '../helpers/fixtures';
@@ -171,7 +171,7 @@ describe('what the cookie is, and is not', () => {
 describe('changes through the board with the cookie (CSRF)', () => {
   const HOST = 'admin.example.test';
   const pause = (cookie: string) => api.put(`/admin/queues/api/queues/${QueueName.maintenance}/pause`).set('Host', HOST).set('Cookie', cookie);
-  const isPaused = () => getQueue(t.ctx, QueueName.maintenance).isPaused();
+  const isPaused = () => t.ctx.queues.get(QueueName.maintenance).isPaused();
 
   test('a foreign Origin, or none at all, is refused with 403 and changes nothing', async () => {
     const cookie = await openSession(admin.token);

@@ -5,7 +5,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
-import { getQueue, QueueName } from '../../src/queue/queues';
+import { QueueName } from '../../src/queue/queues';
 import { registerUser } from '../helpers/app';
 import { adminQuery, assertTestDatabase, urlFor } from '../helpers/db';
 import { countRows } from '../helpers/fixtures';
@@ -74,7 +74,7 @@ const base = `postgres://${role}:${PASSWORD}@127.0.0.1:5432/${used}`;
 async function expectNothingStored(id = storeId) {
   expect(await t.ctx.master.models.StoreDatabase.findByPk(id)).toBeNull();
   expect((await t.ctx.master.models.Store.findByPk(id, { rejectOnEmpty: true })).status).toBe('pending_database');
-  expect(await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${id}`)).toBeUndefined();
+  expect(await t.ctx.queues.get(QueueName.provisioning).getJob(`provision-${id}`)).toBeUndefined();
   expect(await countRows(t, 'audit_log', "store_id = :id AND action = 'store.database.connected'", { id })).toBe(0);
 }
 

@@ -5,7 +5,7 @@ import request from 'supertest';
 import { withClient } from '../../src/db/pg-client';
 import { ident } from '../../src/provisioning/tenant-db';
 import { SYNC_BATCH } from '../../src/credits/credit-sync';
-import { getQueue, QueueName } from '../../src/queue/queues';
+import { QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
 import { adminQuery, urlFor } from '../helpers/db';
@@ -116,13 +116,13 @@ test('a burst of concurrent spends shares a few syncs and ends in a cache that m
   expect(burst.every((r) => r.status === 201)).toBe(true);
   await expectCacheCatchesUp(store);
   // Nothing is left queued or running for this store; a later change must still start a new sync.
-  await eventually(async () => expect(await getQueue(t.ctx, QueueName.creditSync).getJobCounts('waiting', 'active', 'delayed')).toEqual({ waiting: 0, active: 0, delayed: 0 }), 10_000);
+  await eventually(async () => expect(await t.ctx.queues.get(QueueName.creditSync).getJobCounts('waiting', 'active', 'delayed')).toEqual({ waiting: 0, active: 0, delayed: 0 }), 10_000);
   await spend(store.id, 'sms', 1).expect(201);
   const copy = await expectCacheCatchesUp(store);
   expect(copy.balance).toBe(1000 - 120 - 5);
   expect(copy.rows).toHaveLength(42);
   // The 42 changes shared a few syncs.
-  const syncs = (await getQueue(t.ctx, QueueName.creditSync).getJobs(['completed'])).filter((j) => j.data.storeId === store.id);
+  const syncs = (await t.ctx.queues.get(QueueName.creditSync).getJobs(['completed'])).filter((j) => j.data.storeId === store.id);
   expect(syncs.length).toBeGreaterThan(0);
   expect(syncs.length).toBeLessThan(20);
 });
@@ -189,7 +189,7 @@ test('a store without a database yet keeps its credits in the master only: the s
   const storeId = (await insertStore(t, owner.user.id, { status: 'pending_database' })).id;
   await purchase(storeId, 20).expect(201);
   await spend(storeId, 'email', 1).expect(201);
-  const queue = getQueue(t.ctx, QueueName.creditSync);
+  const queue = t.ctx.queues.get(QueueName.creditSync);
   await eventually(async () => {
     const done = (await queue.getJobs(['completed'])).filter((j) => j.data.storeId === storeId);
     expect(done.length).toBeGreaterThan(0);

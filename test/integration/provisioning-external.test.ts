@@ -5,7 +5,7 @@ import type { TenantConnection } from '../../src/db/tenant-handle';
 import { secretContext } from '../../src/lib/crypto';
 import { migrationsDir } from '../../src/db/migrate';
 import { prepareTenant } from '../../src/provisioning/tenant-db';
-import { getQueue, QueueName } from '../../src/queue/queues';
+import { QueueName } from '../../src/queue/queues';
 import { registerUser } from '../helpers/app';
 import { adminQuery, assertTestDatabase, urlFor } from '../helpers/db';
 import { countRows } from '../helpers/fixtures';
@@ -66,7 +66,7 @@ const external = (fields: Partial<TenantConnection>) => ({ mode: 'external', hos
 async function expectNothingStored(storeId: string, token = owner.token) {
   expect(await t.ctx.master.models.StoreDatabase.findByPk(storeId)).toBeNull();
   expect((await t.ctx.master.models.Store.findByPk(storeId, { rejectOnEmpty: true })).status).toBe('pending_database');
-  expect(await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${storeId}`)).toBeUndefined();
+  expect(await t.ctx.queues.get(QueueName.provisioning).getJob(`provision-${storeId}`)).toBeUndefined();
   expect(await countRows(t, 'audit_log', "store_id = :id AND action = 'store.database.connected'", { id: storeId })).toBe(0);
   expectProblem(await api.get(`/api/stores/${storeId}/provisioning`).set(auth(token)), 404, 'NOT_FOUND');
 }
@@ -255,7 +255,7 @@ describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the p
       expect(res.text).not.toContain(PASSWORD);
     }
     expect(await t.ctx.master.models.StoreDatabase.findByPk(other)).toBeNull();
-    expect(await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${other}`)).toBeUndefined();
+    expect(await t.ctx.queues.get(QueueName.provisioning).getJob(`provision-${other}`)).toBeUndefined();
     // The same request is accepted where private networks are allowed (development, these tests).
     await request(t.app).post(`/api/stores/${other}/database`).set(auth(nosy.token)).send(external({ database: names.fresh })).expect(202);
   });

@@ -5,7 +5,7 @@ import { eventually } from '../helpers/fixtures';
 import { queryWith, storeConnection } from '../helpers/stores';
 import { useSuite } from '../helpers/suite';
 import { schemaDigest } from '../../src/db/migrate';
-import { getQueue, QueueName } from '../../src/queue/queues';
+import { QueueName } from '../../src/queue/queues';
 
 const POOL = 'tenantry_test_db_pool_';
 const poolDatabases = async () => (await adminQuery(`SELECT datname FROM pg_database WHERE starts_with(datname, '${POOL}') ORDER BY 1`)).rows.map((r) => r.datname as string);
@@ -83,7 +83,7 @@ test('a refill clears what an interrupted one or an older schema left behind', a
   await adminQuery(`CREATE DATABASE ${leftovers.olderSchema}`);
   await adminQuery(`CREATE ROLE ${leftovers.orphanRole} NOLOGIN`);
 
-  await getQueue(t.ctx, QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' });
+  await t.ctx.queues.get(QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' });
   await eventually(async () => {
     const { rows } = await adminQuery(
       `SELECT datname AS name FROM pg_database WHERE datname IN ('${leftovers.preparing}', '${leftovers.olderSchema}')

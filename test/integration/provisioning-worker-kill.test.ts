@@ -2,7 +2,7 @@ import { readdirSync } from 'node:fs';
 import pg from 'pg';
 import request from 'supertest';
 import { migrationsDir } from '../../src/db/migrate';
-import { getQueue, QueueName } from '../../src/queue/queues';
+import { QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
 import { adminQuery } from '../helpers/db';
@@ -81,7 +81,7 @@ test('a worker killed mid-job: a second worker process picks the job up and fini
     throw new Error(`${(err as Error).message}\nsecond worker output:\n${second.output()}`);
   }
   expect(done).toMatchObject({ state: 'completed', progress: 100, error: null, schemaVersion: 1 });
-  const job = await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${store.id}`);
+  const job = await t.ctx.queues.get(QueueName.provisioning).getJob(`provision-${store.id}`);
   expect(await job!.getState()).toBe('completed');
   expect(job!.returnvalue).toMatchObject({ schemaVersion: 1 });
   // Taken over from the dead worker (a stalled job), not failed and retried.
@@ -151,7 +151,7 @@ test('a store suspended while its provisioning job waited, then resumed, is prov
 /** Start a worker process, wait until it has finished the store's provisioning job, and return its result. */
 async function runJobInNewWorker(storeId: string): Promise<unknown> {
   const worker = spawnWorker(t);
-  const queue = getQueue(t.ctx, QueueName.provisioning);
+  const queue = t.ctx.queues.get(QueueName.provisioning);
   try {
     await eventually(async () => {
       const state = await queue.getJobState(`provision-${storeId}`);

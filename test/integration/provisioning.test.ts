@@ -1,6 +1,6 @@
 import request from 'supertest';
 import { claimHostname, type TestDnsServer } from '../helpers/dns-server';
-import { getQueue, QueueName } from '../../src/queue/queues';
+import { QueueName } from '../../src/queue/queues';
 import { registerUser } from '../helpers/app';
 import { adminQuery, TEST_SERVER_URL, urlFor } from '../helpers/db';
 import { countRows, eventually } from '../helpers/fixtures';
@@ -116,7 +116,7 @@ describe('managed databases', () => {
     expect(dbs.rows).toEqual([{ datname: conn.database }]);
     // The stored password is the one that works: the role was made (once) with it.
     expect(await queryWith(conn, 'SELECT count(*)::int AS n FROM users WHERE role = $1', ['admin'])).toEqual([{ n: 1 }]);
-    const jobs = await getQueue(t.ctx, QueueName.provisioning).getJobs(['completed', 'failed', 'active', 'waiting', 'delayed']);
+    const jobs = await t.ctx.queues.get(QueueName.provisioning).getJobs(['completed', 'failed', 'active', 'waiting', 'delayed']);
     expect(jobs.filter((j) => j.data.storeId === store.id).map((j) => j.id)).toEqual([`provision-${store.id}`]);
   });
 });
@@ -166,7 +166,7 @@ describe('provisioning answers', () => {
     expectProblem(await request(t.app).post(`/api/stores/${store.id}/database`).set(auth(staff.token)).send({ mode: 'managed' }), 403, 'FORBIDDEN');
     expectProblem(await request(t.app).post(`/api/stores/${store.id}/database`).set(auth(stranger.token)).send({ mode: 'managed' }), 403, 'FORBIDDEN');
     expect(await t.ctx.master.models.StoreDatabase.findByPk(store.id)).toBeNull();
-    expect(await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${store.id}`)).toBeUndefined();
+    expect(await t.ctx.queues.get(QueueName.provisioning).getJob(`provision-${store.id}`)).toBeUndefined();
 
     await request(t.app).post(`/api/stores/${store.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }).expect(202);
     const seen = await waitForProvisioning(t.app, staff.token, store.id);
@@ -186,7 +186,7 @@ describe('provisioning answers', () => {
     expect(wrongScheme.status).toBe(400);
     expect(wrongScheme.body).toMatchObject({ code: 'VALIDATION_FAILED', errors: [{ path: 'connectionString', message: expect.any(String) }] });
     expect(await t.ctx.master.models.StoreDatabase.findByPk(store.id)).toBeNull();
-    expect(await getQueue(t.ctx, QueueName.provisioning).getJob(`provision-${store.id}`)).toBeUndefined();
+    expect(await t.ctx.queues.get(QueueName.provisioning).getJob(`provision-${store.id}`)).toBeUndefined();
     expect((await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true })).status).toBe('pending_database');
   });
 });

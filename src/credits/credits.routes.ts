@@ -1,19 +1,14 @@
-import type { Request } from 'express';
 import type { AppContext } from '../app-context';
 import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
-import { platformClaims, requireAuth } from '../http/authenticate';
+import { platformActorOf, requireAuth } from '../http/authenticate';
 import { ListQuery } from '../http/pagination';
-import { StoreIdParams } from '../stores/stores.schemas';
-import { AdjustBody, CostsDto, CreditChangeDto, CreditsDto, PurchaseBody, PurchaseResultDto, SpendBody, WebhookAckDto } from './credits.schemas';
+import { StoreIdParams } from '../http/schemas';
+import { CostsDto, CreditChangeDto, CreditsDto, PurchaseBody, PurchaseResultDto, SpendBody, WebhookAckDto } from './credits.schemas';
 import * as credits from './credits.service';
-import type { LedgerActor } from './ledger';
 import { handleStripeWebhook, STRIPE_WEBHOOK_PATH, StripeEventBody, StripeWebhookHeaders } from './stripe-webhook';
 
 const ACCESS = { 403: 'FORBIDDEN (not a member, or the role may not)', 404: 'STORE_NOT_FOUND' };
 const KEY_REUSED = 'CONFLICT (the idempotency key was used for a different request)';
-
-/** The platform user acting and the request, for the ledger and the audit log. */
-export const ledgerActorOf = (req: Request): LedgerActor & { userId: string } => ({ userId: platformClaims(req.auth).sub, requestId: req.id === undefined ? null : String(req.id) });
 
 /**
  * Credits (master DB): a store's balance and ledger, purchases, spending, the price list, and Stripe's
@@ -40,7 +35,7 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
   stores.get(
     '/:id/credits',
     { ...common, operationId: 'getStoreCredits', summary: "The store's balance and its transactions, newest first (owner, admin, staff)", params: StoreIdParams, query: ListQuery, response: CreditsDto, errors: ACCESS },
-    ({ params, query, req }) => credits.getCredits(ctx, ledgerActorOf(req).userId, params.id, query),
+    ({ params, query, req }) => credits.getCredits(ctx, platformActorOf(req).userId, params.id, query),
   );
   stores.post(
     '/:id/credits/purchase',
@@ -54,7 +49,7 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
       response: PurchaseResultDto,
       errors: { ...ACCESS, 400: 'VALIDATION_FAILED (also: fewer credits than a card payment buys)', 409: KEY_REUSED },
     },
-    ({ params, body, req }) => credits.purchaseCredits(ctx, ledgerActorOf(req), params.id, body),
+    ({ params, body, req }) => credits.purchaseCredits(ctx, platformActorOf(req), params.id, body),
   );
   stores.post(
     '/:id/credits/spend',
@@ -68,7 +63,7 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
       response: CreditChangeDto,
       errors: { ...ACCESS, 400: 'VALIDATION_FAILED (also: unknown service)', 402: 'INSUFFICIENT_CREDITS (nothing changed)', 409: KEY_REUSED, 423: 'STORE_SUSPENDED' },
     },
-    ({ params, body, req }) => credits.spendCredits(ctx, ledgerActorOf(req), params.id, body),
+    ({ params, body, req }) => credits.spendCredits(ctx, platformActorOf(req), params.id, body),
   );
 
   // The price list is public: the onboarding wizard and pricing pages show it before anyone signs in.
@@ -93,13 +88,3 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
 
   return [stores, costs, webhooks];
 }
-
-/** The platform admin's route, mounted by admin.routes.ts behind its guard. */
-export const adjustRouteSpec = {
-  summary: "Adjust a store's credits up or down with a reason (never below 0)",
-  params: StoreIdParams,
-  body: AdjustBody,
-  status: 201,
-  response: CreditChangeDto,
-  errors: { 402: 'INSUFFICIENT_CREDITS (the balance would go below 0)', 404: 'STORE_NOT_FOUND', 409: KEY_REUSED },
-};

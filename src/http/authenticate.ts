@@ -1,4 +1,4 @@
-import type { RequestHandler } from 'express';
+import type { Request, RequestHandler } from 'express';
 import type { AppContext } from '../app-context';
 import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import { InvalidTokenError, type TokenClaims } from '../lib/jwt';
@@ -37,3 +37,6 @@ export function platformClaims(auth: TokenClaims | undefined) {
   if (!auth || auth.typ !== 'platform') throw unauthenticated();
   return auth;
 }
+
+/** The platform user acting and the request, for a ledger or an audit row. */
+export const platformActorOf = (req: Request): { userId: string; requestId: string | null } => ({ userId: platformClaims(req.auth).sub, requestId: req.id === undefined ? null : String(req.id) });

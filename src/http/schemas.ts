@@ -13,3 +13,5 @@ export const Email = z
 export const Password = z.string().min(8, 'must be at least 8 characters').max(128, 'must be at most 128 characters');
 export const PersonName = trimmedString(1, 200);
 export const Uuid = z.uuid({ message: 'must be a UUID' });
+/** The `:id` of a store's routes (stores, credits, admin). */
+export const StoreIdParams = z.object({ id: Uuid });

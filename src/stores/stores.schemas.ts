@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { StoreSummaryDto } from '../auth/auth.schemas';
 import { registry, trimmedString } from '../http/openapi';
+import { StoreIdParams } from '../http/schemas';
 
-export const StoreIdParams = z.object({ id: z.uuid({ message: 'must be a UUID' }) });
 export const Slug = z.string().regex(/^[a-z0-9-]{3,63}$/, 'must be 3–63 characters of a-z, 0-9 and -');
 export const CreateStoreBody = z.strictObject({ name: trimmedString(1, 200), slug: Slug });
 /** `{}` is a valid rename that changes nothing (API.md: `{ name? }`). */

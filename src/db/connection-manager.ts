@@ -214,8 +214,8 @@ export class ConnectionManager implements TenantGuard {
     const rows = await this.master.sequelize.query<StoreRecord>(
       `SELECT s.status, s.owner_id AS "ownerId", d.status AS "dbStatus", d.mode, d.credentials
          FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
-        WHERE s.id = :storeId`,
-      { replacements: { storeId }, type: QueryTypes.SELECT },
+        WHERE s.id = $1`,
+      { bind: [storeId], type: QueryTypes.SELECT },
     );
     const refusal = this.refusalFor(rows[0]);
     if (refusal) {

@@ -86,8 +86,8 @@ export class HostResolver {
 
   private async lookUp(hostname: string): Promise<string | null> {
     this.counters.misses++;
-    const rows = await this.master.sequelize.query<{ store_id: string }>("SELECT store_id FROM store_hostnames WHERE hostname = :hostname AND status = 'verified'", {
-      replacements: { hostname },
+    const rows = await this.master.sequelize.query<{ store_id: string }>("SELECT store_id FROM store_hostnames WHERE hostname = $1 AND status = 'verified'", {
+      bind: [hostname],
       type: QueryTypes.SELECT,
     });
     const storeId = rows[0]?.store_id ?? null;

@@ -20,7 +20,8 @@ import { admin, ADMIN_URL, benchConnection, databaseUrl, printTable, stableUuid,
 import { Encryptor, secretContext } from '../src/lib/crypto';
 import { TokenSigner } from '../src/lib/jwt';
 import { withClient } from '../src/db/pg-client';
-import { ensureTenantDatabase, ident, migrateTenant } from '../src/provisioning/tenant-db';
+import { AdminPools, ensureTenantDatabase, ident } from '../src/db/tenant-server-admin';
+import { migrateTenant } from '../src/provisioning/tenant-db';
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const PREFIX = 'tenantry_bench_credits';
@@ -51,7 +52,8 @@ async function dropTenants(): Promise<void> {
 async function prepareTenants(stores: number): Promise<void> {
   await dropTenants();
   const template = `${PREFIX}_tpl`;
-  await ensureTenantDatabase(ADMIN_URL, { database: template, role: ROLE, password: PASSWORD });
+  const pools = new AdminPools();
+  await ensureTenantDatabase(pools, ADMIN_URL, { database: template, role: ROLE, password: PASSWORD }).finally(() => pools.close());
   await migrateTenant(tenantConnection(template));
   await admin(`ALTER ROLE ${ident(ROLE)} CONNECTION LIMIT -1`);
   await withClient(ADMIN_URL, async (c) => {

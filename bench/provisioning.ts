@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Queue } from 'bullmq';
 import { runMigrations } from '../src/db/migrate';
 import { withClient } from '../src/db/pg-client';
-import { ident } from '../src/provisioning/tenant-db';
+import { ident } from '../src/db/tenant-server-admin';
 import { admin, cpuSeconds, databaseUrl, startServer, stopProcess } from './common';
 import { PORT } from './routing';
 

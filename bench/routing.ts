@@ -14,7 +14,8 @@ import { Encryptor, secretContext } from '../src/lib/crypto';
 import { admin, ADMIN_URL, benchConnection, databaseUrl, printTable, stableUuid, startServer, stopProcess, summarize, type Summary } from './common';
 import { runMigrations } from '../src/db/migrate';
 import { withClient } from '../src/db/pg-client';
-import { ensureTenantDatabase, ident, migrateTenant } from '../src/provisioning/tenant-db';
+import { AdminPools, ensureTenantDatabase, ident } from '../src/db/tenant-server-admin';
+import { migrateTenant } from '../src/provisioning/tenant-db';
 import { productListSql } from '../src/store-api/products.service';
 
 const PREFIX = 'tenantry_bench';
@@ -39,7 +40,8 @@ async function prepareTenants(stores: number): Promise<void> {
   const template = `${PREFIX}_tpl`;
   const exists = await admin('SELECT 1 FROM pg_database WHERE datname = $1', [template]);
   if (!exists.rowCount) {
-    await ensureTenantDatabase(ADMIN_URL, { database: template, role: ROLE, password: PASSWORD });
+    const pools = new AdminPools();
+    await ensureTenantDatabase(pools, ADMIN_URL, { database: template, role: ROLE, password: PASSWORD }).finally(() => pools.close());
     await migrateTenant(tenantConnection(template));
     await withClient(databaseUrl(template), async (c) => {
       await c.query(`INSERT INTO products (sku, name, description, price_cents, created_at)

@@ -3,6 +3,7 @@ import type { Config } from './config';
 import type { ConnectionManager } from './db/connection-manager';
 import type { MasterDb } from './db/master';
 import type { RevocationList } from './db/revocations';
+import type { AdminPools } from './db/tenant-server-admin';
 import type { EventBus } from './lib/bus';
 import type { Encryptor } from './lib/crypto';
 import type { TokenSigner } from './lib/jwt';
@@ -20,6 +21,8 @@ export interface AppContext {
   revocations: RevocationList;
   /** The only owner of tenant database handles. */
   tenants: ConnectionManager;
+  /** Pooled admin connections to the tenant servers (provisioning's role and database statements). */
+  adminPools: AdminPools;
   /** Producer handles of the queues, closed with the context. */
   queues: Queues;
   /** Prefix of every Redis key this process writes (rate limits, queues), so test runs cannot collide. */

@@ -5,6 +5,7 @@ import { openMasterDb, type MasterDb } from './db/master';
 import { runMigrations } from './db/migrate';
 import type { AppContext } from './app-context';
 import { RevocationList } from './db/revocations';
+import { AdminPools } from './db/tenant-server-admin';
 import { storefrontRefusal } from './stores/lifecycle';
 import { busChannel, EventBus } from './lib/bus';
 import { Encryptor } from './lib/crypto';
@@ -12,7 +13,6 @@ import { TokenSigner } from './lib/jwt';
 import { logger, safeUrl } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
 import { Queues } from './queue/queues';
-import { closeAdminPools } from './provisioning/tenant-db';
 
 export interface ContextOptions {
   config?: Config;
@@ -90,13 +90,14 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
       encryptor,
       revocations,
       tenants,
+      adminPools: new AdminPools(),
       queues: new Queues({ config, redisPrefix }),
       redisPrefix,
       async close() {
         revocations.stop();
         await ctx.queues.close();
         await tenants.close();
-        await closeAdminPools();
+        await ctx.adminPools.close();
         await master.sequelize.close();
         subscriber.disconnect();
         await redis.quit().catch(() => redis.disconnect());

@@ -9,6 +9,8 @@ import { migrationsDir } from '../db/migrate';
 import { pgCode, PgCode } from '../db/errors';
 import { withClient } from '../db/pg-client';
 import type { TenantConnection } from '../db/tenant-handle';
+import { ensureTenantDatabase } from '../db/tenant-server-admin';
+import { leastLoadedServer, serverByKey, tenantServers } from '../db/tenant-servers';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
@@ -20,8 +22,7 @@ import { issuePlatformHostname } from '../stores/hostnames.service';
 import { parseConnectionString, readHost } from './connection-string';
 import type { ConnectDatabaseInput, ProvisioningStatus } from './provisioning.schemas';
 import { claimWarmDatabase, ensureTemplate } from './templates';
-import { ensureTenantDatabase, externalAccess, prepareTenant, tenantPgConfig, type StoreSeed } from './tenant-db';
-import { leastLoadedServer, serverByKey, tenantServers } from './tenant-servers';
+import { externalAccess, prepareTenant, tenantPgConfig, type StoreSeed } from './tenant-db';
 
 /** The tables our tenant schema creates; anything else in an external database is someone else's. */
 function tenantTables(): Set<string> {
@@ -312,7 +313,7 @@ async function makeDatabase(ctx: AppContext, work: ProvisioningWork): Promise<bo
     : null;
   const warm = template !== null && ctx.config.provisioning.warmPool > 0;
   const target = { database: work.connection.database, role: work.connection.user, password: work.connection.password };
-  const { claimed } = await ensureTenantDatabase(server.adminUrl, {
+  const { claimed } = await ensureTenantDatabase(ctx.adminPools, server.adminUrl, {
     ...target,
     template: template ?? undefined,
     claimWarm: warm ? (admin) => claimWarmDatabase(admin, target, ctx.config.provisioning.databasePrefix) : undefined,

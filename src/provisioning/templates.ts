@@ -3,8 +3,8 @@ import type pg from 'pg';
 import { logger } from '../lib/logger';
 import { runMigrations, schemaDigest } from '../db/migrate';
 import { withClient } from '../db/pg-client';
-import { databaseOfRoleSql, handOverSql, ident, loginRoleSql } from './tenant-db';
-import type { TenantServer } from './tenant-servers';
+import { databaseOfRoleSql, handOverSql, ident, loginRoleSql } from '../db/tenant-server-admin';
+import type { TenantServer } from '../db/tenant-servers';
 
 /** Owns every object in a template; a new store database reassigns them to the store's own role. */
 export const TEMPLATE_OWNER = 'tenantry_template_owner';

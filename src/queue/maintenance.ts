@@ -2,7 +2,7 @@ import { Op } from 'sequelize';
 import type { AppContext } from '../app-context';
 import type { JobPayloads } from './queues';
 import { refillWarmPool } from '../provisioning/templates';
-import { tenantServers } from '../provisioning/tenant-servers';
+import { tenantServers } from '../db/tenant-servers';
 import { purgeDeletedStores } from '../stores/purge';
 
 /** Housekeeping that any one worker may do. */

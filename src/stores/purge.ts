@@ -4,9 +4,8 @@ import { audit } from '../db/audit';
 import type { TenantConnection } from '../db/tenant-handle';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
-import { withClient } from '../db/pg-client';
-import { ident } from '../provisioning/tenant-db';
-import { serverByKey } from '../provisioning/tenant-servers';
+import { dropTenantDatabase } from '../db/tenant-server-admin';
+import { serverByKey } from '../db/tenant-servers';
 import { RESTORE_WINDOW_DAYS } from './stores.service';
 
 /**
@@ -27,10 +26,7 @@ export async function purgeDeletedStores(ctx: AppContext): Promise<{ purged: num
     try {
       if (store.mode === 'managed' && store.server && store.credentials) {
         const { database, user } = ctx.encryptor.decryptJson<TenantConnection>(store.credentials, secretContext.storeCredentials(store.storeId));
-        await withClient(serverByKey(ctx, store.server).adminUrl, async (c) => {
-          await c.query(`DROP DATABASE IF EXISTS ${ident(database)} WITH (FORCE)`);
-          await c.query(`DROP ROLE IF EXISTS ${ident(user)}`);
-        });
+        await dropTenantDatabase(serverByKey(ctx, store.server).adminUrl, { database, role: user });
       }
       const hostnames = await ctx.master.sequelize.transaction(async (t) => {
         const { StoreDatabase, StoreHostname } = ctx.master.models;

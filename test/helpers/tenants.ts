@@ -3,7 +3,8 @@ import pg from 'pg';
 import type { TenantConnection } from '../../src/db/tenant-handle';
 import { secretContext } from '../../src/lib/crypto';
 import type { StoreStatus } from '../../src/models/master';
-import { ensureTenantDatabase, ident, migrateTenant, seedTenant } from '../../src/provisioning/tenant-db';
+import { ensureTenantDatabase, ident } from '../../src/db/tenant-server-admin';
+import { migrateTenant, seedTenant } from '../../src/provisioning/tenant-db';
 import type { TestApp } from './app';
 import type { SuiteResources } from './suite';
 import { adminQuery, assertTestDatabase, TEST_SERVER_URL } from './db';
@@ -34,7 +35,7 @@ export async function createActiveStore(
   const server = opts.server ?? TEST_SERVER_URL;
   const password = randomBytes(18).toString('base64url');
   made.push({ database, role, server });
-  await ensureTenantDatabase(server, { database, role, password });
+  await ensureTenantDatabase(t.ctx.adminPools, server, { database, role, password });
   const u = new URL(server);
   const connection: TenantConnection = { host: u.hostname, port: Number(u.port || 5432), database, user: role, password };
   const { schemaVersion } = await migrateTenant(connection);

@@ -4,7 +4,7 @@ import request from 'supertest';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../../src/app-context';
 import { secretContext } from '../../src/lib/crypto';
-import { ensureTenantDatabase } from '../../src/provisioning/tenant-db';
+import { ensureTenantDatabase } from '../../src/db/tenant-server-admin';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
 import { TEST_SERVER_URL } from '../helpers/db';
@@ -161,7 +161,7 @@ describe('tenant migrations', () => {
     const behind = await createStoreViaApi(t.app, admin.token, { name: 'Behind' });
     const name = `${t.ctx.config.provisioning.databasePrefix}${behind.id.replace(/-/g, '')}`;
     const password = randomUUID();
-    await ensureTenantDatabase(TEST_SERVER_URL, { database: name, role: name, password });
+    await ensureTenantDatabase(t.ctx.adminPools, TEST_SERVER_URL, { database: name, role: name, password });
     const server = new URL(TEST_SERVER_URL);
     const connection = { host: server.hostname, port: Number(server.port || 5432), database: name, user: name, password };
     await t.ctx.master.models.StoreDatabase.create({

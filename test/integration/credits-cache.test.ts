@@ -3,7 +3,7 @@ import type { Server } from 'node:http';
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
 import { withClient } from '../../src/db/pg-client';
-import { ident } from '../../src/provisioning/tenant-db';
+import { ident } from '../../src/db/tenant-server-admin';
 import { SYNC_BATCH } from '../../src/credits/credit-sync';
 import { QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';

@@ -2,7 +2,7 @@ import type { Server } from 'node:http';
 import net from 'node:net';
 import request from 'supertest';
 import { secretContext } from '../../src/lib/crypto';
-import { ident } from '../../src/provisioning/tenant-db';
+import { ident } from '../../src/db/tenant-server-admin';
 import { registerUser } from '../helpers/app';
 import { adminQuery } from '../helpers/db';
 import { expectProblem } from '../helpers/http';

@@ -5,10 +5,11 @@ import { createContext } from './context';
 import { instrumentWorker } from './http/metrics';
 import { logger } from './lib/logger';
 import { runProcess } from './lib/process-lifecycle';
-import { processMaintenance } from './queue/maintenance';
+import { requestCreditSync } from './queue/credit-sync-request';
+import { processMaintenance } from './maintenance';
 import { processProvisioning } from './provisioning/provisioning.service';
 import { processTenantMigrations } from './admin/admin.service';
-import { processCreditSync, requestCreditSync } from './credits/credit-sync';
+import { processCreditSync } from './credits/credit-sync';
 import { backoffStrategy, bullConnection, QueueName, type JobPayloads } from './queue/queues';
 
 export interface Workers {

@@ -4,8 +4,8 @@ import type { AppContext } from '../app-context';
 import { decodeCursor, toPage } from '../http/pagination';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import type { MemberRole, StoreStatus } from '../models/master';
+import { requestCreditSync } from '../queue/credit-sync-request';
 import { refuseIfSuspended } from '../stores/lifecycle';
-import { requestCreditSync } from './credit-sync';
 import { CREDIT_PRICE, MIN_STRIPE_PURCHASE, type AdjustInput, type PurchaseInput, type SpendInput } from './credits.schemas';
 import {
   applyChange,

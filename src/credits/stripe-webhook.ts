@@ -4,7 +4,7 @@ import { z } from 'zod';
 import type { AppContext } from '../app-context';
 import { ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
-import { requestCreditSync } from './credit-sync';
+import { requestCreditSync } from '../queue/credit-sync-request';
 import type { WebhookAck } from './credits.schemas';
 import { completePendingPurchase, type PendingPayment } from './ledger';
 

@@ -1,4 +1,4 @@
-import { processMaintenance } from '../../src/queue/maintenance';
+import { processMaintenance } from '../../src/maintenance';
 import { registerUser } from '../helpers/app';
 import { adminQuery } from '../helpers/db';
 import { useSuite } from '../helpers/suite';

@@ -1,11 +1,11 @@
 import { Op } from 'sequelize';
-import type { AppContext } from '../app-context';
-import type { JobPayloads } from './queues';
-import { refillWarmPool } from '../provisioning/templates';
-import { tenantServers } from '../db/tenant-servers';
-import { purgeDeletedStores } from '../stores/purge';
+import type { AppContext } from './app-context';
+import { tenantServers } from './db/tenant-servers';
+import { refillWarmPool } from './provisioning/templates';
+import type { JobPayloads } from './queue/queues';
+import { purgeDeletedStores } from './stores/purge';
 
-/** Housekeeping that any one worker may do. */
+/** Housekeeping that any one worker may do (the maintenance queue's processor, scheduled by the worker). */
 export async function processMaintenance(ctx: AppContext, data: JobPayloads['maintenance']): Promise<Record<string, number>> {
   switch (data.task) {
     case 'purge-deleted-stores':

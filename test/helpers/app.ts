@@ -7,7 +7,8 @@ import { loadConfig, type Config } from '../../src/config';
 import type { AppContext } from '../../src/app-context';
 import { createContext } from '../../src/context';
 import { startWorkers } from '../../src/worker';
-import { createTestDatabase, dropManagedDatabase, type TestDatabase } from './db';
+import { dropManagedDatabase, type TestDatabase } from './db';
+import { createMasterTestDatabase } from './master-template';
 import { Resources } from './teardown';
 
 export interface TestApp {
@@ -18,14 +19,14 @@ export interface TestApp {
 }
 
 /**
- * A whole application on its own freshly migrated master database and its own Redis key prefix.
+ * A whole application on its own master database (a copy of the migrated template) and its own Redis key prefix.
  * `env` overrides configuration keys for this suite only. When a step fails, what the earlier ones opened
  * is closed before the error is thrown; close() runs every step even when one fails.
  */
 export async function startTestApp(label: string, env: Record<string, string> = {}): Promise<TestApp> {
   const opened = new Resources();
   try {
-    const db = await createTestDatabase(label);
+    const db = await createMasterTestDatabase(label);
     opened.defer(`the master database ${db.name}`, () => db.drop());
     // Managed databases this suite provisioned, on whichever server they went to (read once the app is closed).
     opened.defer('the managed tenant databases', () => dropManagedDatabases(db.url));

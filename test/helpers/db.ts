@@ -31,11 +31,14 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-/** A uniquely named, empty database for one suite; dropped by drop(). */
-export async function createTestDatabase(label: string, server = TEST_SERVER_URL): Promise<TestDatabase> {
+/**
+ * A uniquely named database for one suite, empty or a copy of `template` (see master-template.ts); dropped
+ * by drop().
+ */
+export async function createTestDatabase(label: string, server = TEST_SERVER_URL, opts: { template?: string } = {}): Promise<TestDatabase> {
   const name = `tenantry_test_${label}_${randomBytes(4).toString('hex')}`.toLowerCase().replace(/[^a-z0-9_]/g, '_');
   assertTestDatabase(name);
-  await adminQuery(`CREATE DATABASE ${name}`, server);
+  await adminQuery(`CREATE DATABASE ${name}${opts.template ? ` TEMPLATE ${opts.template}` : ''}`, server);
   return {
     name,
     url: urlFor(name, server),

@@ -33,7 +33,7 @@ export async function startDnsServer(): Promise<TestDnsServer> {
       const values = records.get(name);
       if (!values) response.header.rcode = NXDOMAIN;
       else for (const data of values) response.answers.push({ name: question.name, type: Packet.TYPE.TXT, class: Packet.CLASS.IN, ttl: 1, data } as never);
-      send(response);
+      void send(response);
     },
   });
   const addresses = await server.listen({ udp: { port: 0, address: '127.0.0.1' } });

@@ -851,6 +851,47 @@ export interface components {
                 message: string;
             }[];
         };
+        StoreSummary: {
+            /** Format: uuid */
+            id: string;
+            name: string;
+            slug: string;
+            /** @enum {string} */
+            status: "pending_database" | "provisioning" | "active" | "provisioning_failed" | "suspended" | "deleted";
+            /** @enum {string} */
+            role: "owner" | "admin" | "staff";
+        };
+        StoreListItem: components["schemas"]["StoreSummary"] & {
+            /** @description Only in ?status=deleted: when the store was deleted */
+            deletedAt?: string;
+            /** @description Only in ?status=deleted: the last moment POST /api/stores/{id}/restore brings it back */
+            restorableUntil?: string;
+        };
+        Hostname: {
+            hostname: string;
+            /** @enum {string} */
+            kind: "platform" | "custom";
+            /** @enum {string} */
+            status: "pending" | "verified";
+            verification: {
+                /** @enum {string} */
+                type: "dns-txt";
+                name: string;
+                value: string;
+            } | null;
+            verifiedAt: string | null;
+            createdAt: string;
+        };
+        Store: components["schemas"]["StoreSummary"] & {
+            hostnames: string[];
+            database: {
+                /** @enum {string} */
+                mode: "managed" | "external";
+                status: string;
+                schemaVersion: number;
+            } | null;
+            createdAt: string;
+        };
         User: {
             /** Format: uuid */
             id: string;
@@ -866,16 +907,6 @@ export interface components {
                 address?: string;
             };
             createdAt: string;
-        };
-        StoreSummary: {
-            /** Format: uuid */
-            id: string;
-            name: string;
-            slug: string;
-            /** @enum {string} */
-            status: "pending_database" | "provisioning" | "active" | "provisioning_failed" | "suspended" | "deleted";
-            /** @enum {string} */
-            role: "owner" | "admin" | "staff";
         };
         CreditTransaction: {
             /** Format: uuid */
@@ -948,37 +979,6 @@ export interface components {
             slug: string;
             currency: string;
             timezone: string;
-        };
-        StoreListItem: components["schemas"]["StoreSummary"] & {
-            /** @description Only in ?status=deleted: when the store was deleted */
-            deletedAt?: string;
-            /** @description Only in ?status=deleted: the last moment POST /api/stores/{id}/restore brings it back */
-            restorableUntil?: string;
-        };
-        Hostname: {
-            hostname: string;
-            /** @enum {string} */
-            kind: "platform" | "custom";
-            /** @enum {string} */
-            status: "pending" | "verified";
-            verification: {
-                /** @enum {string} */
-                type: "dns-txt";
-                name: string;
-                value: string;
-            } | null;
-            verifiedAt: string | null;
-            createdAt: string;
-        };
-        Store: components["schemas"]["StoreSummary"] & {
-            hostnames: string[];
-            database: {
-                /** @enum {string} */
-                mode: "managed" | "external";
-                status: string;
-                schemaVersion: number;
-            } | null;
-            createdAt: string;
         };
     };
     responses: never;

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { registry, trimmedString } from '../http/openapi';
 import { Email, Password, PersonName, Uuid } from '../http/schemas';
+import { StoreSummaryDto } from '../stores/stores.schemas';
 
 export const RegisterBody = z.strictObject({ email: Email, password: Password, name: PersonName });
 export const LoginBody = z.strictObject({ email: Email, password: z.string().min(1).max(128) });
@@ -39,16 +40,6 @@ export const UserDto = registry.register(
     avatarUrl: z.string().nullable(),
     company: z.object({ name: z.string().optional(), vatId: z.string().optional(), address: z.string().optional() }),
     createdAt: z.string(),
-  }),
-);
-export const StoreSummaryDto = registry.register(
-  'StoreSummary',
-  z.object({
-    id: z.uuid(),
-    name: z.string(),
-    slug: z.string(),
-    status: z.enum(['pending_database', 'provisioning', 'active', 'provisioning_failed', 'suspended', 'deleted']),
-    role: z.enum(['owner', 'admin', 'staff']),
   }),
 );
 

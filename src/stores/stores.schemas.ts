@@ -1,5 +1,4 @@
 import { z } from 'zod';
-import { StoreSummaryDto } from '../auth/auth.schemas';
 import { registry, trimmedString } from '../http/openapi';
 import { StoreIdParams } from '../http/schemas';
 
@@ -9,6 +8,17 @@ export const CreateStoreBody = z.strictObject({ name: trimmedString(1, 200), slu
 export const UpdateStoreBody = z.strictObject({ name: trimmedString(1, 200).optional() });
 /** No status: the stores in use (the store dropdown). `deleted`: the owner's stores that can still be restored. */
 export const ListStoresQuery = z.strictObject({ status: z.enum(['deleted']).optional() });
+/** A store as its member sees it in lists (the sign-in answer, the store dropdown). */
+export const StoreSummaryDto = registry.register(
+  'StoreSummary',
+  z.object({
+    id: z.uuid(),
+    name: z.string(),
+    slug: z.string(),
+    status: z.enum(['pending_database', 'provisioning', 'active', 'provisioning_failed', 'suspended', 'deleted']),
+    role: z.enum(['owner', 'admin', 'staff']),
+  }),
+);
 export const StoreListItemDto = registry.register(
   'StoreListItem',
   StoreSummaryDto.extend({

@@ -77,8 +77,26 @@ const EnvSchema = z.object({
   TENANT_POOL_MAX: int(5, 1, 100),
   /** An idle tenant connection is closed after this many ms. */
   TENANT_IDLE_MS: int(10000, 100),
-  /** Most tenant connections open at once over all stores, per API instance. */
+  /** Most tenant connections one process (API instance or worker) opens on one Postgres server, whatever its lease there. */
   TENANT_CONNECTIONS_MAX: int(60, 1),
+  /**
+   * Connections of a managed tenant server kept out of the budget its processes share: provisioning's admin pools,
+   * migrations, operators (the master's own server also keeps MASTER_POOL_MAX per process out).
+   */
+  TENANT_SERVER_HEADROOM: int(12, 0),
+  /** Connections all processes together may open on an owner's external database server (its host:port). */
+  EXTERNAL_SERVER_CONNECTIONS: int(10, 1),
+  /** How often each server's budget (max_connections and the reserved slots) is read again (ms). */
+  TENANT_SERVER_BUDGET_REFRESH_MS: int(60_000, 1000),
+  /** Connections borrowed from a server's budget at a time. */
+  TENANT_LEASE_BLOCK: int(4, 1, 100),
+  /** How often a process renews its leases (ms); a process silent for TENANT_LEASE_TTL_MS loses them to the others. */
+  TENANT_LEASE_HEARTBEAT_MS: int(1000, 50),
+  TENANT_LEASE_TTL_MS: int(3000, 200),
+  /** Leased connections a process has not needed for this long are given back (ms). */
+  TENANT_LEASE_RETURN_MS: int(5000, 100),
+  /** Longest wait for Redis in a lease call; beyond, the process uses its static share (ms). */
+  TENANT_LEASE_REDIS_TIMEOUT_MS: int(250, 10, 10_000),
   /** How long a request waits for a tenant connection before failing with 503. */
   TENANT_ACQUIRE_TIMEOUT_MS: int(1500, 10),
   /** How long a failing tenant database is fenced off (fast 503s) before it is tried again. */
@@ -240,6 +258,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       ownerShare: e.TENANT_OWNER_SHARE / 100,
       maxReadBytes: e.TENANT_MAX_READ_BYTES,
       hostLookupsPerSecond: e.HOST_LOOKUPS_PER_SECOND,
+      serverHeadroom: e.TENANT_SERVER_HEADROOM,
+      externalServerConnections: e.EXTERNAL_SERVER_CONNECTIONS,
+      serverBudgetRefreshMs: e.TENANT_SERVER_BUDGET_REFRESH_MS,
+      leases: Object.freeze({
+        blockSize: e.TENANT_LEASE_BLOCK,
+        heartbeatMs: e.TENANT_LEASE_HEARTBEAT_MS,
+        ttlMs: e.TENANT_LEASE_TTL_MS,
+        returnAfterMs: e.TENANT_LEASE_RETURN_MS,
+        callTimeoutMs: e.TENANT_LEASE_REDIS_TIMEOUT_MS,
+      }),
     }),
     hostnames: Object.freeze({ storeDomain: e.STORE_DOMAIN, platform: e.PLATFORM_HOSTNAMES, dnsServers: e.DNS_SERVERS }),
     masterPoolMax: e.MASTER_POOL_MAX,

@@ -8,7 +8,7 @@ import type { MasterModels } from '../models/master';
 import { checkClaimableHostname, normaliseHostname, platformHostname } from './hostname-policy';
 import { challengeName, type TxtResolver } from './hostname-verification';
 import { requireStoreAccess } from './membership';
-import { planOf } from './stores.service';
+import { planOf } from './plans';
 
 /** Custom hostnames a store may hold when its plan sets no limit. */
 export const HOSTNAME_CEILING = 20;

@@ -10,6 +10,7 @@ import { queueProvisioning } from '../provisioning/provisioning.service';
 import { requestCreditSync } from '../queue/credit-sync-request';
 import { statusOfItsDatabase } from './lifecycle';
 import { listUserStores, requireStoreAccess } from './membership';
+import { planOf } from './plans';
 import type { CreateStoreInput, ListStoresInput, StripeKeysInput } from './stores.schemas';
 
 export const RESTORE_WINDOW_DAYS = 30;
@@ -29,12 +30,6 @@ async function toStoreDto(ctx: AppContext, store: StoreRow, role: MemberRole) {
     database: db ? { mode: db.mode, status: db.status, schemaVersion: db.schemaVersion } : null,
     createdAt: store.createdAt.toISOString(),
   };
-}
-
-/** The plan a user's stores count against: a live subscription's, else `free`. */
-export async function planOf(ctx: AppContext, userId: string, transaction?: Transaction) {
-  const sub = await ctx.master.models.Subscription.findOne({ where: { userId, status: ['active', 'past_due'] }, transaction });
-  return ctx.master.models.Plan.findByPk(sub?.planId ?? 'free', { rejectOnEmpty: true, transaction });
 }
 
 /**

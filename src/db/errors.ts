@@ -75,6 +75,14 @@ export function isConnectionFailure(err: unknown): boolean {
 }
 
 /**
+ * Whether the server refused a new session because it has no slot left: 53300, both "sorry, too many clients
+ * already" and "remaining connection slots are reserved for …". Overload of the server, not a failing database.
+ */
+export function isServerFull(err: unknown): boolean {
+  return pgCode(err) === PgCode.TOO_MANY_CONNECTIONS;
+}
+
+/**
  * The one place where database errors become API errors. Constraint names and SQL never reach the client.
  * Returns undefined for errors that are the server's own fault (they become 500).
  */

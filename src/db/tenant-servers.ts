@@ -34,8 +34,8 @@ export async function leastLoadedServer(ctx: AppContext): Promise<TenantServer> 
   const servers = tenantServers(ctx);
   if (servers.length === 1) return servers[0];
   const rows = await ctx.master.sequelize.query<{ server: string; n: number }>(
-    `SELECT server, count(*)::int AS n FROM store_databases WHERE mode = 'managed' AND server IN (:keys) GROUP BY server`,
-    { replacements: { keys: servers.map((s) => s.key) }, type: QueryTypes.SELECT },
+    `SELECT server, count(*)::int AS n FROM store_databases WHERE mode = 'managed' AND server = ANY($1::text[]) GROUP BY server`,
+    { bind: [servers.map((s) => s.key)], type: QueryTypes.SELECT },
   );
   const load = new Map(rows.map((r) => [r.server, r.n]));
   return servers.reduce((best, s) => ((load.get(s.key) ?? 0) < (load.get(best.key) ?? 0) ? s : best));

@@ -21,9 +21,9 @@ export async function onboarding(ctx: AppContext, auth: PlatformClaims) {
   const facts = storeId
     ? (
         await ctx.master.sequelize.query<{ payments: boolean; credits: boolean }>(
-          `SELECT EXISTS (SELECT 1 FROM store_integrations WHERE store_id = :storeId AND provider = 'stripe') AS payments,
-                  EXISTS (SELECT 1 FROM credit_transactions WHERE store_id = :storeId AND type = 'purchase' AND status = 'completed') AS credits`,
-          { replacements: { storeId }, type: QueryTypes.SELECT },
+          `SELECT EXISTS (SELECT 1 FROM store_integrations WHERE store_id = $1::uuid AND provider = 'stripe') AS payments,
+                  EXISTS (SELECT 1 FROM credit_transactions WHERE store_id = $1::uuid AND type = 'purchase' AND status = 'completed') AS credits`,
+          { bind: [storeId], type: QueryTypes.SELECT },
         )
       )[0]
     : { payments: false, credits: false };
@@ -47,9 +47,9 @@ export async function skipStep(ctx: AppContext, auth: PlatformClaims, stepId: st
   const storeId = activeStoreId(stores, auth.storeId);
   if (!storeId) throw fail(ErrorCode.CONFLICT, 'Create a store first: skipped steps belong to a store');
   await ctx.master.sequelize.query(
-    `UPDATE stores SET onboarding_skipped = array_append(onboarding_skipped, :step), updated_at = now()
-      WHERE id = :storeId AND NOT (:step = ANY(onboarding_skipped))`,
-    { replacements: { step: step.id, storeId } },
+    `UPDATE stores SET onboarding_skipped = array_append(onboarding_skipped, $1::text), updated_at = now()
+      WHERE id = $2::uuid AND NOT ($1::text = ANY(onboarding_skipped))`,
+    { bind: [step.id, storeId] },
   );
   return onboarding(ctx, auth);
 }

@@ -97,8 +97,8 @@ export async function verifyHostname(ctx: AppContext, resolver: TxtResolver, use
       const [count] = await StoreHostname.update({ status: 'verified', verifiedAt: new Date() }, { where: { storeId, hostname, status: 'pending' }, transaction: t });
       // Removed meanwhile (or verified by a concurrent call): answer with what is there now.
       if (count === 0) return StoreHostname.findOne({ where: { storeId, hostname }, transaction: t });
-      await ctx.master.sequelize.query('DELETE FROM store_hostnames WHERE hostname = :hostname AND store_id <> :storeId AND status = :pending', {
-        replacements: { hostname, storeId, pending: 'pending' },
+      await ctx.master.sequelize.query("DELETE FROM store_hostnames WHERE hostname = $1 AND store_id <> $2::uuid AND status = 'pending'", {
+        bind: [hostname, storeId],
         type: QueryTypes.DELETE,
         transaction: t,
       });
@@ -135,9 +135,9 @@ export async function issuePlatformHostname(ctx: AppContext, store: { id: string
   const hostname = platformHostname(store.slug, ctx.config.hostnames);
   await ctx.master.sequelize.query(
     `INSERT INTO store_hostnames (store_id, hostname, kind, status, verified_at)
-     VALUES (:storeId, :hostname, 'platform', 'verified', now())
+     VALUES ($1::uuid, $2, 'platform', 'verified', now())
      ON CONFLICT DO NOTHING`,
-    { replacements: { storeId: store.id, hostname }, type: QueryTypes.INSERT, transaction: t },
+    { bind: [store.id, hostname], type: QueryTypes.INSERT, transaction: t },
   );
   return hostname;
 }
@@ -149,13 +149,13 @@ export async function issuePlatformHostname(ctx: AppContext, store: { id: string
 export async function issueMissingPlatformHostnames(ctx: AppContext): Promise<string[]> {
   const rows = await ctx.master.sequelize.query<{ hostname: string }>(
     `INSERT INTO store_hostnames (store_id, hostname, kind, status, verified_at)
-     SELECT s.id, s.slug || '.' || :domain, 'platform', 'verified', now()
+     SELECT s.id, s.slug || '.' || $1::text, 'platform', 'verified', now()
        FROM stores s
       WHERE s.status IN ('active', 'suspended')
-        AND NOT EXISTS (SELECT 1 FROM store_hostnames h WHERE h.store_id = s.id AND h.kind = 'platform' AND h.hostname = s.slug || '.' || :domain)
+        AND NOT EXISTS (SELECT 1 FROM store_hostnames h WHERE h.store_id = s.id AND h.kind = 'platform' AND h.hostname = s.slug || '.' || $1::text)
      ON CONFLICT DO NOTHING
      RETURNING hostname`,
-    { replacements: { domain: ctx.config.hostnames.storeDomain }, type: QueryTypes.SELECT },
+    { bind: [ctx.config.hostnames.storeDomain], type: QueryTypes.SELECT },
   );
   const issued = rows.map((r) => r.hostname);
   await ctx.tenants.hostnamesChanged(issued);

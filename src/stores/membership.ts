@@ -17,9 +17,9 @@ export async function listUserStores(master: MasterDb, userId: string): Promise<
   return master.sequelize.query<StoreSummary>(
     `SELECT s.id, s.name, s.slug, s.status, m.role
        FROM store_members m JOIN stores s ON s.id = m.store_id
-      WHERE m.user_id = :userId AND s.status <> 'deleted'
+      WHERE m.user_id = $1::uuid AND s.status <> 'deleted'
       ORDER BY s.created_at, s.id`,
-    { replacements: { userId }, type: QueryTypes.SELECT },
+    { bind: [userId], type: QueryTypes.SELECT },
   );
 }
 
@@ -27,8 +27,8 @@ export async function listUserStores(master: MasterDb, userId: string): Promise<
 export async function memberRole(master: MasterDb, userId: string, storeId: string): Promise<MemberRole | null> {
   const rows = await master.sequelize.query<{ role: MemberRole }>(
     `SELECT m.role FROM store_members m JOIN stores s ON s.id = m.store_id
-      WHERE m.user_id = :userId AND m.store_id = :storeId AND s.status <> 'deleted'`,
-    { replacements: { userId, storeId }, type: QueryTypes.SELECT },
+      WHERE m.user_id = $1::uuid AND m.store_id = $2::uuid AND s.status <> 'deleted'`,
+    { bind: [userId, storeId], type: QueryTypes.SELECT },
   );
   return rows[0]?.role ?? null;
 }

@@ -17,9 +17,9 @@ export async function purgeDeletedStores(ctx: AppContext): Promise<{ purged: num
   const due = await ctx.master.sequelize.query<{ storeId: string; mode: string | null; server: string | null; credentials: string | null }>(
     `SELECT s.id AS "storeId", d.mode, d.server, d.credentials
        FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
-      WHERE s.status = 'deleted' AND s.deleted_at < now() - make_interval(days => :days)
+      WHERE s.status = 'deleted' AND s.deleted_at < now() - make_interval(days => $1::int)
         AND (d.store_id IS NOT NULL OR EXISTS (SELECT 1 FROM store_hostnames h WHERE h.store_id = s.id))`,
-    { replacements: { days: RESTORE_WINDOW_DAYS }, type: QueryTypes.SELECT },
+    { bind: [RESTORE_WINDOW_DAYS], type: QueryTypes.SELECT },
   );
   let purged = 0;
   for (const store of due) {

@@ -15,9 +15,14 @@ export function redisLimiter(ctx: AppContext, name: string, opts: Partial<Option
       sendCommand: (command: string, ...args: string[]) => ctx.redis.call(command, ...args) as never,
     }),
     handler: (req, _res, next, options) => {
-      const resetAt = (req as { rateLimit?: { resetTime?: Date } }).rateLimit?.resetTime?.getTime() ?? Date.now() + options.windowMs;
+      const resetAt =
+        (req as { rateLimit?: { resetTime?: Date } }).rateLimit?.resetTime?.getTime() ?? Date.now() + options.windowMs;
       const retryAfter = Math.max(1, Math.ceil((resetAt - Date.now()) / 1000));
-      next(fail(ErrorCode.RATE_LIMITED, 'Too many attempts; try again later', { headers: { 'Retry-After': String(retryAfter) } }));
+      next(
+        fail(ErrorCode.RATE_LIMITED, 'Too many attempts; try again later', {
+          headers: { 'Retry-After': String(retryAfter) },
+        }),
+      );
     },
     ...opts,
   });
@@ -31,9 +36,20 @@ export function redisLimiter(ctx: AppContext, name: string, opts: Partial<Option
 export function loginLimiters(ctx: AppContext, name: string, scope: () => string = () => ''): RequestHandler[] {
   const email = (req: Request) => (req.body as { email: string }).email;
   // Only a wrong e-mail or password counts: a 429, a 503 of busy hashing or a store outage is no guess.
-  const failuresOnly = { skipSuccessfulRequests: true, requestWasSuccessful: (_req: Request, res: Response) => res.statusCode !== 401 };
+  const failuresOnly = {
+    skipSuccessfulRequests: true,
+    requestWasSuccessful: (_req: Request, res: Response) => res.statusCode !== 401,
+  };
   return [
-    redisLimiter(ctx, name, { limit: ctx.config.rateLimit.loginMax, ...failuresOnly, keyGenerator: (req) => `${scope()}${ipKeyGenerator(req.ip ?? '')}:${email(req)}` }),
-    redisLimiter(ctx, `${name}-account`, { limit: ctx.config.rateLimit.accountMax, ...failuresOnly, keyGenerator: (req) => `${scope()}${email(req)}` }),
+    redisLimiter(ctx, name, {
+      limit: ctx.config.rateLimit.loginMax,
+      ...failuresOnly,
+      keyGenerator: (req) => `${scope()}${ipKeyGenerator(req.ip ?? '')}:${email(req)}`,
+    }),
+    redisLimiter(ctx, `${name}-account`, {
+      limit: ctx.config.rateLimit.accountMax,
+      ...failuresOnly,
+      keyGenerator: (req) => `${scope()}${email(req)}`,
+    }),
   ];
 }

@@ -15,7 +15,9 @@ const QUEUE_WAIT_MS = 1000;
  */
 export async function requestCreditSync(ctx: AppContext, storeId: string): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  const queued = ctx.queues.get(QueueName.creditSync).add('sync', { storeId }, creditSyncJobOptions(storeId, ctx.config.creditSyncDelayMs));
+  const queued = ctx.queues
+    .get(QueueName.creditSync)
+    .add('sync', { storeId }, creditSyncJobOptions(storeId, ctx.config.creditSyncDelayMs));
   const gaveUp = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), QUEUE_WAIT_MS)));
   try {
     if ((await Promise.race([queued, gaveUp])) === 'timeout') {

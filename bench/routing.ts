@@ -16,7 +16,7 @@ import { runMigrations } from '../src/db/migrate';
 import { withClient } from '../src/db/pg-client';
 import { AdminPools, ensureTenantDatabase, ident } from '../src/db/tenant-server-admin';
 import { migrateTenant } from '../src/provisioning/tenant-db';
-import { productListSql } from '../src/store-api/products.service';
+import { productListSql } from '../src/storefront/products.service';
 
 const PREFIX = 'tenantry_bench';
 const ROLE = `${PREFIX}_role`;

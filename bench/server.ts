@@ -14,8 +14,8 @@ import { ConnectionBudget } from '../src/db/connection-budget';
 import { runInTenant } from '../src/db/tenant-context';
 import { TenantHandle, type TenantConnection } from '../src/db/tenant-handle';
 import { ApiRouter } from '../src/http/api-router';
-import { ProductListQuery } from '../src/store-api/products.schemas';
-import { listProducts, productListSql, toProduct } from '../src/store-api/products.service';
+import { ProductListQuery } from '../src/storefront/products.schemas';
+import { listProducts, productListSql, toProduct } from '../src/storefront/products.service';
 import { toPage } from '../src/http/pagination';
 import { startWorkers } from '../src/worker';
 

@@ -13,7 +13,7 @@ import { healthRoutes } from './health/health.routes';
 import { creditsRoutes } from './credits/credits.routes';
 import { STRIPE_WEBHOOK_PATH, stripeWebhookBody } from './credits/stripe-webhook';
 import { metricsOf, metricsRoutes } from './http/metrics';
-import { storeApiRoutes } from './store-api/store-api.routes';
+import { storefrontRoutes } from './storefront/storefront.routes';
 import { storesRoutes } from './stores/stores.routes';
 import { onboardingRoutes } from './onboarding/onboarding.routes';
 import { adminRoutes, queueBoard, requirePlatformAdmin } from './admin/admin.routes';
@@ -24,7 +24,7 @@ import { adminLoginPage } from './admin/admin-session';
  * `npm run openapi` writes the document without starting anything.
  */
 export function apiRouters(ctx: AppContext): ApiRouter[] {
-  return [healthRoutes(ctx), authRoutes(ctx), storesRoutes(ctx), onboardingRoutes(ctx), adminRoutes(ctx), storeApiRoutes(ctx), ...creditsRoutes(ctx)];
+  return [healthRoutes(ctx), authRoutes(ctx), storesRoutes(ctx), onboardingRoutes(ctx), adminRoutes(ctx), storefrontRoutes(ctx), ...creditsRoutes(ctx)];
 }
 
 /** Builds the Express app (no listen): server.ts serves it, tests drive it with supertest. */

@@ -74,7 +74,7 @@ function buildProgram(): Command {
   return program;
 }
 
-buildProgram()
+void buildProgram()
   .parseAsync(process.argv)
   .then(
     () => 0,

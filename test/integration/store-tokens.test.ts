@@ -1,5 +1,5 @@
 import request from 'supertest';
-import { storeUserRoles } from '../../src/store-api/store-access';
+import { storeUserRoles } from '../../src/storefront/store-access';
 import { registerUser, uniqueEmail } from '../helpers/app';
 import { countRows, eventually, startInstance } from '../helpers/fixtures';
 import { expectNoLeaks, expectProblem, recordingClient, type RecordingClient } from '../helpers/http';

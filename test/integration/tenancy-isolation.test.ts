@@ -205,7 +205,7 @@ describe('which store a request goes to', () => {
     expect(afterMore.hits).toBeGreaterThanOrEqual(afterFirst.hits + 5);
   });
 
-  // BUG (src/store-api/resolve-tenant.ts): an upper-case X-Store-Id passes z.uuid() and is used verbatim as the
+  // BUG (src/storefront/resolve-tenant.ts): an upper-case X-Store-Id passes z.uuid() and is used verbatim as the
   // store id, so the token minted for it carries the upper-case id and no longer matches the store's host.
   test('an X-Store-Id in capitals names the same store: the token it gives out works with the store\'s host', async () => {
     const { B } = shops;
@@ -291,7 +291,7 @@ describe('stores that cannot be served', () => {
     expect((await call('get', '/api/store/info', { host: D }).expect(200)).body.id).toBe(d.id);
   });
 
-  // BUG (src/store-api/resolve-tenant.ts): the handle cached under the upper-case id is not dropped by
+  // BUG (src/storefront/resolve-tenant.ts): the handle cached under the upper-case id is not dropped by
   // invalidate(storeId), so a suspended store keeps serving through it.
   test('a suspended store is refused also when addressed by its id in capitals', async () => {
     const upper = d.id.toUpperCase();

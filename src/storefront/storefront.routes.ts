@@ -47,7 +47,7 @@ const TENANT_RESOLUTION: RouterDocs = {
 };
 
 /** The storefront and store-admin API: every route runs inside the store resolved from host, header or token. */
-export function storeApiRoutes(ctx: AppContext): ApiRouter {
+export function storefrontRoutes(ctx: AppContext): ApiRouter {
   const api = new ApiRouter('/api/store', TENANT_RESOLUTION);
   api.router.use(resolveTenant(ctx));
   const staff = requireStoreRole(ctx, ['admin', 'staff']);

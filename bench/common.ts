@@ -32,7 +32,11 @@ export function stableUuid(seed: string, i: number): string {
 /** bench/server.ts (the app plus the baselines) in a child process; resolves once it listens. */
 export function startServer(env: Record<string, string>): Promise<ChildProcess> {
   const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
-  const child = fork(path.join(__dirname, 'server.ts'), [], { execArgv: ['--import', 'tsx', ...profile], env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(path.join(__dirname, 'server.ts'), [], {
+    execArgv: ['--import', 'tsx', ...profile],
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   return new Promise((resolve, reject) => {
     child.once('message', () => resolve(child));
     child.once('exit', (code) => reject(new Error(`bench server exited with ${code}`)));
@@ -48,7 +52,8 @@ export async function stopProcess(child: ChildProcess): Promise<void> {
 /** A Markdown table, its columns padded to line up in a terminal. */
 export function printTable(head: string[], rows: (string | number)[][]): void {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
-  const line = (cells: (string | number)[]) => '| ' + cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ') + ' |';
+  const line = (cells: (string | number)[]) =>
+    '| ' + cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ') + ' |';
   console.log(line(head));
   console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
   for (const r of rows) console.log(line(r));
@@ -64,8 +69,24 @@ export interface Summary {
   non2xx: number;
 }
 
-export function summarize(name: string, r: { requests: { average: number }; latency: { p50: number; p99: number }; errors: number; timeouts: number; non2xx: number }): Summary {
-  return { name, rps: Math.round(r.requests.average), p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx };
+export function summarize(
+  name: string,
+  r: {
+    requests: { average: number };
+    latency: { p50: number; p99: number };
+    errors: number;
+    timeouts: number;
+    non2xx: number;
+  },
+): Summary {
+  return {
+    name,
+    rps: Math.round(r.requests.average),
+    p50: r.latency.p50,
+    p99: r.latency.p99,
+    errors: r.errors + r.timeouts,
+    non2xx: r.non2xx,
+  };
 }
 
 /**
@@ -82,7 +103,12 @@ export function cpuSeconds(nodePids: number[]): { postgres: number; redis: numbe
       const comm = text.slice(text.indexOf('(') + 1, text.lastIndexOf(')'));
       const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
       // fields after comm: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
-      return { comm, ppid: Number(f[1]), own: (Number(f[11]) + Number(f[12])) / tick, children: (Number(f[13]) + Number(f[14])) / tick };
+      return {
+        comm,
+        ppid: Number(f[1]),
+        own: (Number(f[11]) + Number(f[12])) / tick,
+        children: (Number(f[13]) + Number(f[14])) / tick,
+      };
     } catch {
       return undefined;
     }

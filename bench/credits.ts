@@ -16,7 +16,18 @@ import path from 'node:path';
 import autocannon from 'autocannon';
 import { Redis } from 'ioredis';
 import { runMigrations } from '../src/db/migrate';
-import { admin, ADMIN_URL, benchConnection, databaseUrl, printTable, stableUuid, startServer, stopProcess, summarize, type Summary } from './common';
+import {
+  admin,
+  ADMIN_URL,
+  benchConnection,
+  databaseUrl,
+  printTable,
+  stableUuid,
+  startServer,
+  stopProcess,
+  summarize,
+  type Summary,
+} from './common';
 import { Encryptor, secretContext } from '../src/lib/crypto';
 import { TokenSigner } from '../src/lib/jwt';
 import { withClient } from '../src/db/pg-client';
@@ -53,16 +64,22 @@ async function prepareTenants(stores: number): Promise<void> {
   await dropTenants();
   const template = `${PREFIX}_tpl`;
   const pools = new AdminPools();
-  await ensureTenantDatabase(pools, ADMIN_URL, { database: template, role: ROLE, password: PASSWORD }).finally(() => pools.close());
+  await ensureTenantDatabase(pools, ADMIN_URL, { database: template, role: ROLE, password: PASSWORD }).finally(() =>
+    pools.close(),
+  );
   await migrateTenant(tenantConnection(template));
   await admin(`ALTER ROLE ${ident(ROLE)} CONNECTION LIMIT -1`);
   await withClient(ADMIN_URL, async (c) => {
-    for (let i = 0; i < stores; i++) await c.query(`CREATE DATABASE ${ident(tenantDb(i))} TEMPLATE ${ident(template)} OWNER ${ident(ROLE)}`);
+    for (let i = 0; i < stores; i++)
+      await c.query(`CREATE DATABASE ${ident(tenantDb(i))} TEMPLATE ${ident(template)} OWNER ${ident(ROLE)}`);
   });
 }
 
 /** A fresh master: one owner, N active stores on those databases, each funded by one adjustment. */
-async function prepareMaster(stores: number, encryptor: Encryptor): Promise<{ url: string; ownerId: string; storeIds: string[] }> {
+async function prepareMaster(
+  stores: number,
+  encryptor: Encryptor,
+): Promise<{ url: string; ownerId: string; storeIds: string[] }> {
   const master = `${PREFIX}_master`;
   await admin(`DROP DATABASE IF EXISTS ${master} WITH (FORCE)`);
   await admin(`CREATE DATABASE ${master}`);
@@ -70,11 +87,21 @@ async function prepareMaster(stores: number, encryptor: Encryptor): Promise<{ ur
   await runMigrations('master', { connectionString: url });
   const storeIds = Array.from({ length: stores }, (_, i) => storeUuid(i));
   const ownerId = await withClient(url, async (c) => {
-    const { rows } = await c.query(`INSERT INTO users (email, password_hash, name) VALUES ('bench-credits@example.test', 'x', 'Bench') RETURNING id`);
+    const { rows } = await c.query(
+      `INSERT INTO users (email, password_hash, name) VALUES ('bench-credits@example.test', 'x', 'Bench') RETURNING id`,
+    );
     const owner = rows[0].id as string;
-    const creds = storeIds.map((id, i) => encryptor.encryptJson(tenantConnection(tenantDb(i)), secretContext.storeCredentials(id)));
-    await c.query(`INSERT INTO stores (id, name, slug, status, owner_id) SELECT id, 'Bench ' || n, 'bench-' || n, 'active', $2 FROM unnest($1::uuid[]) WITH ORDINALITY AS s(id, n)`, [storeIds, owner]);
-    await c.query(`INSERT INTO store_members (store_id, user_id, role) SELECT id, $2, 'owner' FROM unnest($1::uuid[]) AS s(id)`, [storeIds, owner]);
+    const creds = storeIds.map((id, i) =>
+      encryptor.encryptJson(tenantConnection(tenantDb(i)), secretContext.storeCredentials(id)),
+    );
+    await c.query(
+      `INSERT INTO stores (id, name, slug, status, owner_id) SELECT id, 'Bench ' || n, 'bench-' || n, 'active', $2 FROM unnest($1::uuid[]) WITH ORDINALITY AS s(id, n)`,
+      [storeIds, owner],
+    );
+    await c.query(
+      `INSERT INTO store_members (store_id, user_id, role) SELECT id, $2, 'owner' FROM unnest($1::uuid[]) AS s(id)`,
+      [storeIds, owner],
+    );
     await c.query(
       `INSERT INTO store_databases (store_id, mode, server, database_name, credentials, status, schema_version)
          SELECT id, 'managed', 'bench', 'bench', cred, 'ready', 1 FROM unnest($1::uuid[], $2::text[]) AS s(id, cred)`,
@@ -85,7 +112,10 @@ async function prepareMaster(stores: number, encryptor: Encryptor): Promise<{ ur
          SELECT id, 'adjustment', 'completed', $2, $2, 1, 'benchmark funds' FROM unnest($1::uuid[]) AS s(id)`,
       [storeIds, START_BALANCE],
     );
-    await c.query(`INSERT INTO credit_balances (store_id, balance, seq) SELECT id, $2, 1 FROM unnest($1::uuid[]) AS s(id)`, [storeIds, START_BALANCE]);
+    await c.query(
+      `INSERT INTO credit_balances (store_id, balance, seq) SELECT id, $2, 1 FROM unnest($1::uuid[]) AS s(id)`,
+      [storeIds, START_BALANCE],
+    );
     return owner;
   });
   return { url, ownerId, storeIds };
@@ -93,7 +123,11 @@ async function prepareMaster(stores: number, encryptor: Encryptor): Promise<{ ur
 
 /** `npm run worker` as its own process; ready once it says so. */
 function startWorker(env: Record<string, string>): Promise<ChildProcess> {
-  const child = fork(path.join(__dirname, '..', 'src', 'worker.ts'), [], { execArgv: ['--import', 'tsx'], env: { ...process.env, ...env, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const child = fork(path.join(__dirname, '..', 'src', 'worker.ts'), [], {
+    execArgv: ['--import', 'tsx'],
+    env: { ...process.env, ...env, LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+  });
   return new Promise((resolve, reject) => {
     let seen = '';
     let warnings = 0;
@@ -102,7 +136,8 @@ function startWorker(env: Record<string, string>): Promise<ChildProcess> {
       // Pass the worker's warnings and errors on (a few), so a failing sync is seen.
       for (const line of text.split('\n')) {
         if (/"level":(4|5|6)\d/.test(line) && warnings++ < 20) console.error(`  worker: ${line.slice(0, 300)}`);
-        if (process.env.BENCH_CREDITS_WORKER_LOG && /"level":(4|5|6)\d/.test(line)) appendFileSync(process.env.BENCH_CREDITS_WORKER_LOG, line + '\n');
+        if (process.env.BENCH_CREDITS_WORKER_LOG && /"level":(4|5|6)\d/.test(line))
+          appendFileSync(process.env.BENCH_CREDITS_WORKER_LOG, line + '\n');
       }
       seen += text;
       if (seen.includes('Tenantry worker running')) {
@@ -117,7 +152,14 @@ function startWorker(env: Record<string, string>): Promise<ChildProcess> {
 
 async function run(
   name: string,
-  opts: { duration: number; connections: number; token: string; method: 'GET' | 'POST'; path: () => string; body?: () => string },
+  opts: {
+    duration: number;
+    connections: number;
+    token: string;
+    method: 'GET' | 'POST';
+    path: () => string;
+    body?: () => string;
+  },
 ): Promise<Result> {
   const once = (duration: number) =>
     autocannon({
@@ -125,7 +167,12 @@ async function run(
       connections: opts.connections,
       duration,
       headers: { authorization: `Bearer ${opts.token}`, 'content-type': 'application/json' },
-      requests: [{ method: opts.method, setupRequest: (req) => ({ ...req, path: opts.path(), ...(opts.body ? { body: opts.body() } : {}) }) }],
+      requests: [
+        {
+          method: opts.method,
+          setupRequest: (req) => ({ ...req, path: opts.path(), ...(opts.body ? { body: opts.body() } : {}) }),
+        },
+      ],
     });
   const warm = await once(2);
   const r = await once(opts.duration);
@@ -137,7 +184,10 @@ async function run(
 }
 
 function printResults(results: Result[]): void {
-  printTable(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx'], results.map((r) => [r.name, r.rps, r.p50, r.p99, r.errors, r.non2xx]));
+  printTable(
+    ['scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx'],
+    results.map((r) => [r.name, r.rps, r.p50, r.p99, r.errors, r.non2xx]),
+  );
 }
 
 interface Invariant {
@@ -167,7 +217,11 @@ async function checkLedger(masterUrl: string): Promise<Invariant> {
 }
 
 /** Seconds until every store's tenant cache holds its master balance and all its ledger rows. */
-async function waitForCaches(masterUrl: string, storeIds: string[], timeoutMs = Number(process.env.BENCH_CREDITS_CACHE_WAIT_MS ?? 180_000)): Promise<{ seconds: number; behind: number }> {
+async function waitForCaches(
+  masterUrl: string,
+  storeIds: string[],
+  timeoutMs = Number(process.env.BENCH_CREDITS_CACHE_WAIT_MS ?? 180_000),
+): Promise<{ seconds: number; behind: number }> {
   const started = Date.now();
   const expected = new Map<string, { balance: string; seq: string }>();
   let pending = storeIds.map((id, i) => ({ id, db: tenantDb(i) }));
@@ -180,12 +234,15 @@ async function waitForCaches(masterUrl: string, storeIds: string[], timeoutMs = 
     const still: typeof pending = [];
     for (const s of pending) {
       const { rows } = await withClient(databaseUrl(s.db), (c) =>
-        c.query('SELECT (SELECT balance::text FROM credit_balance_cache) AS balance, (SELECT count(*)::text FROM credit_spending_log) AS n'),
+        c.query(
+          'SELECT (SELECT balance::text FROM credit_balance_cache) AS balance, (SELECT count(*)::text FROM credit_spending_log) AS n',
+        ),
       );
       const want = expected.get(s.id)!;
       if (rows[0].balance !== want.balance || rows[0].n !== want.seq) {
         still.push(s);
-        if (Date.now() - started > timeoutMs - 1000 && still.length <= 3) console.error(`  behind: ${s.id} master ${want.balance}/${want.seq} tenant ${rows[0].balance}/${rows[0].n}`);
+        if (Date.now() - started > timeoutMs - 1000 && still.length <= 3)
+          console.error(`  behind: ${s.id} master ${want.balance}/${want.seq} tenant ${rows[0].balance}/${rows[0].n}`);
       }
     }
     pending = still;
@@ -209,7 +266,12 @@ async function clearRedis(prefix: string): Promise<void> {
   }
 }
 
-export async function creditsBenchmark(opts: { stores: number; duration: number; connections: number; rounds: number }): Promise<void> {
+export async function creditsBenchmark(opts: {
+  stores: number;
+  duration: number;
+  connections: number;
+  rounds: number;
+}): Promise<void> {
   const keyB64 = randomBytes(32).toString('base64');
   const encryptor = new Encryptor([{ id: 'bench', key: Buffer.from(keyB64, 'base64') }]);
   const jwtSecret = randomBytes(32).toString('hex');
@@ -217,7 +279,12 @@ export async function creditsBenchmark(opts: { stores: number; duration: number;
   console.log(`preparing ${opts.stores} stores with their tenant databases…`);
   await prepareTenants(opts.stores);
   const { url: masterUrl, ownerId, storeIds } = await prepareMaster(opts.stores, encryptor);
-  const token = new TokenSigner({ secret: jwtSecret, expiresIn: '2h', issuer: 'tenantry', audience: 'tenantry-api' }).sign({ sub: ownerId, typ: 'platform', role: 'user', storeId: null }).token;
+  const token = new TokenSigner({
+    secret: jwtSecret,
+    expiresIn: '2h',
+    issuer: 'tenantry',
+    audience: 'tenantry-api',
+  }).sign({ sub: ownerId, typ: 'platform', role: 'user', storeId: null }).token;
 
   const env = {
     NODE_ENV: 'development',
@@ -242,19 +309,33 @@ export async function creditsBenchmark(opts: { stores: number; duration: number;
   });
   try {
     let n = 0;
-    const spendBody = () => JSON.stringify({ service: 'email', quantity: 1, idempotencyKey: `bench-${redisPrefix}-${n++}` });
+    const spendBody = () =>
+      JSON.stringify({ service: 'email', quantity: 1, idempotencyKey: `bench-${redisPrefix}-${n++}` });
     let next = 0;
     const common = { duration: opts.duration, connections: opts.connections, token };
     const scenarios: [string, Parameters<typeof run>[1]][] = [
       ['read, 1 store (GET credits)', { ...common, method: 'GET', path: () => `/api/stores/${storeIds[0]}/credits` }],
-      ['spend, 1 hot store', { ...common, method: 'POST', path: () => `/api/stores/${storeIds[0]}/credits/spend`, body: spendBody }],
-      [`spend, ${opts.stores} stores round-robin`, { ...common, method: 'POST', path: () => `/api/stores/${storeIds[next++ % storeIds.length]}/credits/spend`, body: spendBody }],
+      [
+        'spend, 1 hot store',
+        { ...common, method: 'POST', path: () => `/api/stores/${storeIds[0]}/credits/spend`, body: spendBody },
+      ],
+      [
+        `spend, ${opts.stores} stores round-robin`,
+        {
+          ...common,
+          method: 'POST',
+          path: () => `/api/stores/${storeIds[next++ % storeIds.length]}/credits/spend`,
+          body: spendBody,
+        },
+      ],
     ];
     const runs = new Map<string, Result[]>(scenarios.map(([name]) => [name, []]));
     for (let round = 1; round <= opts.rounds; round++) {
       for (const [name, scenario] of scenarios) {
         const r = await run(name, scenario);
-        console.log(`  round ${round}: ${name}: ${r.rps} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms, errors ${r.errors}, non-2xx ${r.non2xx}`);
+        console.log(
+          `  round ${round}: ${name}: ${r.rps} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms, errors ${r.errors}, non-2xx ${r.non2xx}`,
+        );
         runs.get(name)!.push(r);
       }
     }
@@ -268,7 +349,9 @@ export async function creditsBenchmark(opts: { stores: number; duration: number;
     console.log();
     printResults(results);
     const [read, hot, spread] = results;
-    console.log(`\nspend 1 hot store / read = ${(hot.rps / read.rps).toFixed(2)}   spend ${opts.stores} stores / read = ${(spread.rps / read.rps).toFixed(2)}`);
+    console.log(
+      `\nspend 1 hot store / read = ${(hot.rps / read.rps).toFixed(2)}   spend ${opts.stores} stores / read = ${(spread.rps / read.rps).toFixed(2)}`,
+    );
 
     const caches = await waitForCaches(masterUrl, storeIds);
     const inv = await checkLedger(masterUrl);
@@ -276,13 +359,20 @@ export async function creditsBenchmark(opts: { stores: number; duration: number;
     const cutOff = hot.cutOff + spread.cutOff;
     // Every 201 is one row; a request autocannon stopped waiting for may have been done all the same.
     const rowsMatch = inv.spendRows >= spend201 && inv.spendRows <= spend201 + cutOff;
-    const exact = inv.balanceMismatches === 0 && inv.seqMismatches === 0 && inv.negativeRows === 0 && rowsMatch && caches.behind === 0;
+    const exact =
+      inv.balanceMismatches === 0 &&
+      inv.seqMismatches === 0 &&
+      inv.negativeRows === 0 &&
+      rowsMatch &&
+      caches.behind === 0;
     console.log(
       `\nledger check over ${inv.stores} stores: balance = sum of completed rows ${inv.balanceMismatches === 0 ? 'everywhere' : `NOT in ${inv.balanceMismatches}`}, ` +
         `seq dense ${inv.seqMismatches === 0 ? 'everywhere' : `NOT in ${inv.seqMismatches}`}, negative rows ${inv.negativeRows}, lowest balance ${inv.minBalance}; ` +
         `${inv.spendRows} spend rows for ${spend201} answers 201 + ${cutOff} requests cut off unanswered when a run stopped`,
     );
-    console.log(`tenant caches: ${caches.behind === 0 ? `all ${storeIds.length} caught up` : `${caches.behind} still behind`} ${caches.seconds} s after the load`);
+    console.log(
+      `tenant caches: ${caches.behind === 0 ? `all ${storeIds.length} caught up` : `${caches.behind} still behind`} ${caches.seconds} s after the load`,
+    );
     console.log(exact ? 'INVARIANT HOLDS' : 'INVARIANT BROKEN');
   } finally {
     await Promise.all([stopProcess(api), stopProcess(worker)]);

@@ -33,7 +33,10 @@ async function api(path: string, init: { method?: string; token?: string; body?:
 
 /** Medians over the measured stores' jobs: time queued, then each step the job reports (its result's `steps`). */
 async function jobTimings(redisPrefix: string, storeIds: string[]): Promise<Record<string, number>> {
-  const queue = new Queue('provisioning', { connection: { url: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379' }, prefix: `${redisPrefix}:bull` });
+  const queue = new Queue('provisioning', {
+    connection: { url: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379' },
+    prefix: `${redisPrefix}:bull`,
+  });
   try {
     const jobs = await Promise.all(storeIds.map((id) => queue.getJob(`provision-${id}`)));
     const series = new Map<string, number[]>();
@@ -43,7 +46,17 @@ async function jobTimings(redisPrefix: string, storeIds: string[]): Promise<Reco
       add('queued', job.processedOn - job.timestamp);
       for (const [step, ms] of Object.entries((job.returnvalue?.steps ?? {}) as Record<string, number>)) add(step, ms);
     }
-    return Object.fromEntries([...series].map(([name, v]) => [name, Math.round(pct(v.sort((a, b) => a - b), 50))]));
+    return Object.fromEntries(
+      [...series].map(([name, v]) => [
+        name,
+        Math.round(
+          pct(
+            v.sort((a, b) => a - b),
+            50,
+          ),
+        ),
+      ]),
+    );
   } finally {
     await queue.close();
   }
@@ -74,19 +87,32 @@ async function batch(label: string, stores: number, templates: boolean, warmPool
   const server = await startServer(env);
   // `npm run worker` processes beside the API, as a deployment would run them.
   const workers = Array.from({ length: workerProcesses }, () =>
-    fork(path.join(__dirname, '../src/worker.ts'), [], { execArgv: ['--import', 'tsx'], env: { ...process.env, ...env }, stdio: 'inherit' }),
+    fork(path.join(__dirname, '../src/worker.ts'), [], {
+      execArgv: ['--import', 'tsx'],
+      env: { ...process.env, ...env },
+      stdio: 'inherit',
+    }),
   );
   try {
-    const { token, user } = await api('/api/auth/register', { method: 'POST', body: { email: 'owner@bench.test', password: 'bench-password-1', name: 'Bench' } });
-    await withClient(masterUrl, (c) => c.query(`INSERT INTO subscriptions (user_id, plan_id) VALUES ($1, 'agency')`, [user.id]));
+    const { token, user } = await api('/api/auth/register', {
+      method: 'POST',
+      body: { email: 'owner@bench.test', password: 'bench-password-1', name: 'Bench' },
+    });
+    await withClient(masterUrl, (c) =>
+      c.query(`INSERT INTO subscriptions (user_id, plan_id) VALUES ($1, 'agency')`, [user.id]),
+    );
     const ids: string[] = [];
-    for (let i = 0; i <= stores; i++) ids.push((await api('/api/stores', { method: 'POST', token, body: { name: `Bench ${i}`, slug: `bench-p-${i}` } })).id);
+    for (let i = 0; i <= stores; i++)
+      ids.push(
+        (await api('/api/stores', { method: 'POST', token, body: { name: `Bench ${i}`, slug: `bench-p-${i}` } })).id,
+      );
     const active = async (storeIds: string[]) =>
       withClient(masterUrl, async (c) => {
         const done = new Map<string, number>();
         const deadline = Date.now() + 180_000;
         while (done.size < storeIds.length) {
-          if (Date.now() > deadline) throw new Error(`only ${done.size} of ${storeIds.length} stores became active within 180 s`);
+          if (Date.now() > deadline)
+            throw new Error(`only ${done.size} of ${storeIds.length} stores became active within 180 s`);
           const { rows } = await c.query(`SELECT id, status FROM stores WHERE id = ANY($1)`, [storeIds]);
           for (const r of rows) {
             if (r.status === 'provisioning_failed') throw new Error(`store ${r.id} failed to provision`);
@@ -100,7 +126,9 @@ async function batch(label: string, stores: number, templates: boolean, warmPool
       // Let the worker fill the pool before the clock starts: that is its steady state.
       const deadline = Date.now() + 300_000;
       for (;;) {
-        const { rows } = await admin(`SELECT count(*)::int AS n FROM pg_database WHERE starts_with(datname, '${PREFIX}_db_pool_')`);
+        const { rows } = await admin(
+          `SELECT count(*)::int AS n FROM pg_database WHERE starts_with(datname, '${PREFIX}_db_pool_')`,
+        );
         if (rows[0].n >= warmPool) break;
         if (Date.now() > deadline) throw new Error('the warm pool did not fill');
         await new Promise((r) => setTimeout(r, 250));
@@ -131,7 +159,12 @@ async function batch(label: string, stores: number, templates: boolean, warmPool
     const done = await finished;
     const total = performance.now() - t0;
     const cpuAfter = cpuSeconds(nodePids);
-    const cpu = cpuBefore && cpuAfter ? (['postgres', 'node', 'redis'] as const).map((k) => `${k} ${(cpuAfter[k] - cpuBefore[k]).toFixed(2)} s`).join(', ') : 'not measured';
+    const cpu =
+      cpuBefore && cpuAfter
+        ? (['postgres', 'node', 'redis'] as const)
+            .map((k) => `${k} ${(cpuAfter[k] - cpuBefore[k]).toFixed(2)} s`)
+            .join(', ')
+        : 'not measured';
     const times = measured.map((id) => done.get(id)! - startedAt.get(id)!).sort((a, b) => a - b);
     return {
       label,
@@ -157,8 +190,10 @@ async function batch(label: string, stores: number, templates: boolean, warmPool
 const BATCHES = {
   baseline: (stores: number) => batch('empty + migrations (TENANT_TEMPLATES=off, baseline)', stores, false),
   template: (stores: number) => batch('copied from the template (TENANT_WARM_POOL=0)', stores, true),
-  warm: (stores: number) => batch(`taken from a warm pool of ${stores + 10} (TENANT_WARM_POOL=${stores + 10})`, stores, true, stores + 10),
-  'warm-worker': (stores: number) => batch(`warm pool, the worker in its own process (npm run worker)`, stores, true, stores + 10, 1),
+  warm: (stores: number) =>
+    batch(`taken from a warm pool of ${stores + 10} (TENANT_WARM_POOL=${stores + 10})`, stores, true, stores + 10),
+  'warm-worker': (stores: number) =>
+    batch(`warm pool, the worker in its own process (npm run worker)`, stores, true, stores + 10, 1),
 };
 
 export async function provisioningBenchmark(opts: { stores: number; batches?: string[] }) {
@@ -168,13 +203,25 @@ export async function provisioningBenchmark(opts: { stores: number; batches?: st
   console.log(`${opts.stores} managed stores connected at once; connect request → store active, in ms:`);
   console.log('| databases made | one store alone | 202 answered, p50 | active, p50 | p95 | max | all active |');
   console.log('|---|---|---|---|---|---|---|');
-  for (const r of results.values()) console.log(`| ${r.label} | ${r.warmMs} | ${r.accepted50} | ${r.p50} | ${r.p95} | ${r.max} | ${r.totalMs} |`);
+  for (const r of results.values())
+    console.log(`| ${r.label} | ${r.warmMs} | ${r.accepted50} | ${r.p50} | ${r.p95} | ${r.max} | ${r.totalMs} |`);
   const plain = results.get('baseline');
-  const ratios = (['template', 'warm'] as const).filter((n) => plain && results.has(n)).map((n) => `${n} / baseline = ${(results.get(n)!.p50 / plain!.p50).toFixed(2)}`);
-  const p50s = (['template', 'warm'] as const).filter((n) => results.has(n)).map((n) => `${n} ${results.get(n)!.p50} ms`);
+  const ratios = (['template', 'warm'] as const)
+    .filter((n) => plain && results.has(n))
+    .map((n) => `${n} / baseline = ${(results.get(n)!.p50 / plain!.p50).toFixed(2)}`);
+  const p50s = (['template', 'warm'] as const)
+    .filter((n) => results.has(n))
+    .map((n) => `${n} ${results.get(n)!.p50} ms`);
   console.log(`\np50 ${ratios.join(', ')} (target p50 < 300 ms: ${p50s.join(', ')})`);
-  console.log('\nwhere a job\'s time goes (medians, ms):');
-  for (const r of results.values()) console.log(`  ${r.label}: ${Object.entries(r.jobs).map(([k, v]) => `${k} ${v}`).join(', ')}`);
-  console.log(`\nCPU used from the first connect request until all were active (two cores: at most ${'2 × wall time'}):`);
+  console.log("\nwhere a job's time goes (medians, ms):");
+  for (const r of results.values())
+    console.log(
+      `  ${r.label}: ${Object.entries(r.jobs)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}`,
+    );
+  console.log(
+    `\nCPU used from the first connect request until all were active (two cores: at most ${'2 × wall time'}):`,
+  );
   for (const r of results.values()) console.log(`  ${r.label}: ${r.cpu}, wall ${(r.totalMs / 1000).toFixed(2)} s`);
 }

@@ -11,7 +11,18 @@ import { randomBytes } from 'node:crypto';
 import autocannon from 'autocannon';
 import pg from 'pg';
 import { Encryptor, secretContext } from '../src/lib/crypto';
-import { admin, ADMIN_URL, benchConnection, databaseUrl, printTable, stableUuid, startServer, stopProcess, summarize, type Summary } from './common';
+import {
+  admin,
+  ADMIN_URL,
+  benchConnection,
+  databaseUrl,
+  printTable,
+  stableUuid,
+  startServer,
+  stopProcess,
+  summarize,
+  type Summary,
+} from './common';
 import { runMigrations } from '../src/db/migrate';
 import { withClient } from '../src/db/pg-client';
 import { AdminPools, ensureTenantDatabase, ident } from '../src/db/tenant-server-admin';
@@ -29,7 +40,6 @@ export interface ScenarioResult extends Summary {
   peakServerConnections: number;
 }
 
-
 const tenantConnection = (database: string) => benchConnection(database, { user: ROLE, password: PASSWORD });
 
 /** A stable UUID per store index, so re-runs reuse the databases made before. */
@@ -41,7 +51,9 @@ async function prepareTenants(stores: number): Promise<void> {
   const exists = await admin('SELECT 1 FROM pg_database WHERE datname = $1', [template]);
   if (!exists.rowCount) {
     const pools = new AdminPools();
-    await ensureTenantDatabase(pools, ADMIN_URL, { database: template, role: ROLE, password: PASSWORD }).finally(() => pools.close());
+    await ensureTenantDatabase(pools, ADMIN_URL, { database: template, role: ROLE, password: PASSWORD }).finally(() =>
+      pools.close(),
+    );
     await migrateTenant(tenantConnection(template));
     await withClient(databaseUrl(template), async (c) => {
       await c.query(`INSERT INTO products (sku, name, description, price_cents, created_at)
@@ -52,13 +64,20 @@ async function prepareTenants(stores: number): Promise<void> {
   }
   // All bench stores share one role; per-store roles keep their own limit in real use.
   await admin(`ALTER ROLE ${ident(ROLE)} CONNECTION LIMIT -1`);
-  const have = new Set((await admin(`SELECT datname FROM pg_database WHERE datname LIKE '${PREFIX}_t_%'`)).rows.map((r) => r.datname as string));
-  const missing = Array.from({ length: stores }, (_, i) => `${PREFIX}_t_${String(i).padStart(4, '0')}`).filter((d) => !have.has(d));
+  const have = new Set(
+    (await admin(`SELECT datname FROM pg_database WHERE datname LIKE '${PREFIX}_t_%'`)).rows.map(
+      (r) => r.datname as string,
+    ),
+  );
+  const missing = Array.from({ length: stores }, (_, i) => `${PREFIX}_t_${String(i).padStart(4, '0')}`).filter(
+    (d) => !have.has(d),
+  );
   if (missing.length) console.log(`creating ${missing.length} tenant databases from the template…`);
   const started = Date.now();
   // Sequential: CREATE DATABASE … TEMPLATE needs the template to have no other session.
   await withClient(ADMIN_URL, async (c) => {
-    for (const d of missing) await c.query(`CREATE DATABASE ${ident(d)} TEMPLATE ${ident(template)} OWNER ${ident(ROLE)}`);
+    for (const d of missing)
+      await c.query(`CREATE DATABASE ${ident(d)} TEMPLATE ${ident(template)} OWNER ${ident(ROLE)}`);
   });
   if (missing.length) console.log(`  done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
@@ -71,10 +90,17 @@ async function prepareMaster(stores: number, encryptor: Encryptor): Promise<stri
   const url = databaseUrl(master);
   await runMigrations('master', { connectionString: url });
   await withClient(url, async (c) => {
-    const { rows } = await c.query(`INSERT INTO users (email, password_hash, name) VALUES ('bench@example.test', 'x', 'Bench') RETURNING id`);
+    const { rows } = await c.query(
+      `INSERT INTO users (email, password_hash, name) VALUES ('bench@example.test', 'x', 'Bench') RETURNING id`,
+    );
     const owner = rows[0].id as string;
     const ids = Array.from({ length: stores }, (_, i) => storeUuid(i));
-    const creds = ids.map((id, i) => encryptor.encryptJson(tenantConnection(`${PREFIX}_t_${String(i).padStart(4, '0')}`), secretContext.storeCredentials(id)));
+    const creds = ids.map((id, i) =>
+      encryptor.encryptJson(
+        tenantConnection(`${PREFIX}_t_${String(i).padStart(4, '0')}`),
+        secretContext.storeCredentials(id),
+      ),
+    );
     await c.query(
       `INSERT INTO stores (id, name, slug, status, owner_id)
          SELECT id, 'Bench ' || n, 'bench-' || n, 'active', $2 FROM unnest($1::uuid[]) WITH ORDINALITY AS s(id, n)`,
@@ -104,18 +130,23 @@ async function connectionOpenRate(stores: number): Promise<{ sameDb: number; fre
   const measure = async (database: (i: number) => string, query: boolean) => {
     let next = 0;
     const t = performance.now();
-    await Promise.all(Array.from({ length: 8 }, async () => {
-      while (next < n) {
-        const c = new pg.Client(tenantConnection(database(next++)));
-        await c.connect();
-        if (query) await c.query(productListSql({ includeInactive: false, after: null }, [21]), [21]);
-        await c.end();
-      }
-    }));
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next < n) {
+          const c = new pg.Client(tenantConnection(database(next++)));
+          await c.connect();
+          if (query) await c.query(productListSql({ includeInactive: false, after: null }, [21]), [21]);
+          await c.end();
+        }
+      }),
+    );
     return Math.round(n / ((performance.now() - t) / 1000));
   };
   const db = (i: number) => `${PREFIX}_t_${String(i % stores).padStart(4, '0')}`;
-  return { sameDb: await measure(() => db(0), false), freshDbWithQuery: await measure((i) => db(stores - 1 - i), true) };
+  return {
+    sameDb: await measure(() => db(0), false),
+    freshDbWithQuery: await measure((i) => db(stores - 1 - i), true),
+  };
 }
 
 /** Zipf(s) over n items: returns a sampler of 0-based ranks. */
@@ -203,24 +234,47 @@ export function bestOf(runs: ScenarioResult[]): ScenarioResult {
   const best = runs.reduce((a, b) => (b.rps > a.rps ? b : a));
   const total = (k: 'errors' | 'non2xx') => runs.reduce((sum, r) => sum + r[k], 0);
   const peak = (k: 'peakTenantConnections' | 'peakServerConnections') => Math.max(...runs.map((r) => r[k]));
-  return { ...best, errors: total('errors'), non2xx: total('non2xx'), peakTenantConnections: peak('peakTenantConnections'), peakServerConnections: peak('peakServerConnections') };
+  return {
+    ...best,
+    errors: total('errors'),
+    non2xx: total('non2xx'),
+    peakTenantConnections: peak('peakTenantConnections'),
+    peakServerConnections: peak('peakServerConnections'),
+  };
 }
 
 function printResults(results: ScenarioResult[]): void {
   printTable(
     ['scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx', 'peak tenant conns', 'peak server conns'],
-    results.map((r) => [r.name, r.rps, r.p50, r.p99, r.errors, r.non2xx, r.peakTenantConnections, r.peakServerConnections]),
+    results.map((r) => [
+      r.name,
+      r.rps,
+      r.p50,
+      r.p99,
+      r.errors,
+      r.non2xx,
+      r.peakTenantConnections,
+      r.peakServerConnections,
+    ]),
   );
 }
 
-export async function routingBenchmark(opts: { stores: number; duration: number; connections: number; rounds: number; scenarios?: number[] }): Promise<void> {
+export async function routingBenchmark(opts: {
+  stores: number;
+  duration: number;
+  connections: number;
+  rounds: number;
+  scenarios?: number[];
+}): Promise<void> {
   const keys = `bench:${randomBytes(32).toString('base64')}`;
   const encryptor = new Encryptor([{ id: 'bench', key: Buffer.from(keys.slice(6), 'base64') }]);
   await prepareTenants(opts.stores);
   const masterUrl = await prepareMaster(opts.stores, encryptor);
   const firstDb = `${PREFIX}_t_0000`;
   const openRate = await connectionOpenRate(opts.stores);
-  console.log(`connections this machine opens (8 at a time): ${openRate.sameDb}/s to one database; ${openRate.freshDbWithQuery}/s to a different database each, with the first query`);
+  console.log(
+    `connections this machine opens (8 at a time): ${openRate.sameDb}/s to one database; ${openRate.freshDbWithQuery}/s to a different database each, with the first query`,
+  );
 
   const server = await startServer({
     NODE_ENV: 'development',
@@ -246,8 +300,14 @@ export async function routingBenchmark(opts: { stores: number; duration: number;
       ['raw (fixed pg pool)', { ...common, path: '/bench/raw' }],
       ['untenanted (fixed handle)', { ...common, path: '/bench/untenanted' }],
       ['routed, 1 hot store', { ...common, path: '/api/store/products', host: () => 's0.bench.test' }],
-      [`${opts.stores} stores, Zipf s=1.1`, { ...common, path: '/api/store/products', host: () => `s${zipf()}.bench.test` }],
-      [`${opts.stores} stores, round-robin`, { ...common, path: '/api/store/products', host: () => `s${next++ % opts.stores}.bench.test` }],
+      [
+        `${opts.stores} stores, Zipf s=1.1`,
+        { ...common, path: '/api/store/products', host: () => `s${zipf()}.bench.test` },
+      ],
+      [
+        `${opts.stores} stores, round-robin`,
+        { ...common, path: '/api/store/products', host: () => `s${next++ % opts.stores}.bench.test` },
+      ],
     ];
     // Rounds alternate the scenarios so that a noisy moment on this shared machine does not favour one;
     // each scenario keeps its best round.
@@ -257,7 +317,8 @@ export async function routingBenchmark(opts: { stores: number; duration: number;
       for (const [name, scenario] of chosen) {
         const r = await runScenario(name, scenario);
         console.log(`  round ${round}: ${name}: ${r.rps} req/s, p99 ${r.p99} ms, errors ${r.errors + r.non2xx}`);
-        if (process.env.BENCH_VERBOSE) console.log('   ', JSON.stringify(await (await fetch(`http://127.0.0.1:${PORT}/bench/pools`)).json()));
+        if (process.env.BENCH_VERBOSE)
+          console.log('   ', JSON.stringify(await (await fetch(`http://127.0.0.1:${PORT}/bench/pools`)).json()));
         runs.get(name)!.push(r);
       }
     }
@@ -271,8 +332,12 @@ export async function routingBenchmark(opts: { stores: number; duration: number;
     const ratio = (a: number, b: number) => (a / b).toFixed(2);
     console.log(`\nrouted / untenanted = ${ratio(routed.rps, untenanted.rps)}  (target ≥ 0.95)`);
     console.log(`routed / raw        = ${ratio(routed.rps, raw.rps)}  (target ≥ 0.80)`);
-    console.log(`Zipf / routed       = ${ratio(zipfR.rps, routed.rps)}  (target ≥ 0.60), errors ${zipfR.errors + zipfR.non2xx}, peak tenant conns ${zipfR.peakTenantConnections} (cap ${CONNECTIONS_MAX})`);
-    console.log(`round-robin / connection+first-query rate = ${ratio(rr.rps, openRate.freshDbWithQuery)} (${rr.rps} vs ${openRate.freshDbWithQuery}/s; connect-only ${openRate.sameDb}/s), errors ${rr.errors + rr.non2xx}, peak tenant conns ${rr.peakTenantConnections}`);
+    console.log(
+      `Zipf / routed       = ${ratio(zipfR.rps, routed.rps)}  (target ≥ 0.60), errors ${zipfR.errors + zipfR.non2xx}, peak tenant conns ${zipfR.peakTenantConnections} (cap ${CONNECTIONS_MAX})`,
+    );
+    console.log(
+      `round-robin / connection+first-query rate = ${ratio(rr.rps, openRate.freshDbWithQuery)} (${rr.rps} vs ${openRate.freshDbWithQuery}/s; connect-only ${openRate.sameDb}/s), errors ${rr.errors + rr.non2xx}, peak tenant conns ${rr.peakTenantConnections}`,
+    );
   } finally {
     await stopProcess(server);
   }

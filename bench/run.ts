@@ -27,15 +27,29 @@ async function main() {
   const want = (name: string) => !values.only || values.only.split(',').includes(name);
   if (want('routing')) {
     console.log('\n## Routing\n');
-    await routingBenchmark({ stores: Number(values.stores), duration: Number(values.duration), connections: Number(values.connections), rounds: Number(values.rounds), scenarios: values.scenarios?.split(',').map(Number) });
+    await routingBenchmark({
+      stores: Number(values.stores),
+      duration: Number(values.duration),
+      connections: Number(values.connections),
+      rounds: Number(values.rounds),
+      scenarios: values.scenarios?.split(',').map(Number),
+    });
   }
   if (want('provisioning')) {
     console.log('\n## Provisioning\n');
-    await provisioningBenchmark({ stores: Number(values['provision-stores']), batches: values['provision-batches']?.split(',') });
+    await provisioningBenchmark({
+      stores: Number(values['provision-stores']),
+      batches: values['provision-batches']?.split(','),
+    });
   }
   if (want('credits')) {
     console.log('\n## Credits\n');
-    await creditsBenchmark({ stores: Number(values['credit-stores']), duration: Number(values.duration), connections: Number(values.connections), rounds: Number(values.rounds) });
+    await creditsBenchmark({
+      stores: Number(values['credit-stores']),
+      duration: Number(values.duration),
+      connections: Number(values.connections),
+      rounds: Number(values.rounds),
+    });
   }
 }
 

@@ -27,11 +27,21 @@ async function main() {
   const { poolMax, idleMs, acquireTimeoutMs } = config.tenant;
 
   const rawPool = new pg.Pool({ ...connection, max: poolMax, idleTimeoutMillis: idleMs });
-  const fixed = new TenantHandle(storeId, storeId, connection, new ConnectionBudget(poolMax, acquireTimeoutMs), { poolMax, idleMs, acquireTimeoutMs, connectTimeoutMs: 1000 });
+  const fixed = new TenantHandle(storeId, storeId, connection, new ConnectionBudget(poolMax, acquireTimeoutMs), {
+    poolMax,
+    idleMs,
+    acquireTimeoutMs,
+    connectTimeoutMs: 1000,
+  });
 
   const untenanted = new ApiRouter('/bench');
-  untenanted.get('/untenanted', { operationId: 'benchUntenanted', summary: 'benchmark baseline', query: ProductListQuery }, ({ query }) =>
-    runInTenant({ storeId, handle: fixed, manager: ctx.tenants }, () => listProducts({ limit: query.limit, cursor: query.cursor, includeInactive: false })),
+  untenanted.get(
+    '/untenanted',
+    { operationId: 'benchUntenanted', summary: 'benchmark baseline', query: ProductListQuery },
+    ({ query }) =>
+      runInTenant({ storeId, handle: fixed, manager: ctx.tenants }, () =>
+        listProducts({ limit: query.limit, cursor: query.cursor, includeInactive: false }),
+      ),
   );
 
   const outer = express();

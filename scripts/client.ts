@@ -50,7 +50,9 @@ async function main() {
   }
   const stale = files.filter(({ file, text }) => read(file) !== text);
   if (stale.length) {
-    console.error(`The typed client is not up to date with the routes: ${stale.map((f) => name(f.file)).join(', ')}. Run \`npm run client\` and commit the result.`);
+    console.error(
+      `The typed client is not up to date with the routes: ${stale.map((f) => name(f.file)).join(', ')}. Run \`npm run client\` and commit the result.`,
+    );
     process.exitCode = 1;
     return;
   }

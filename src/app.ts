@@ -24,7 +24,15 @@ import { adminLoginPage } from './admin/admin-session';
  * `npm run openapi` writes the document without starting anything.
  */
 export function apiRouters(ctx: AppContext): ApiRouter[] {
-  return [healthRoutes(ctx), authRoutes(ctx), storesRoutes(ctx), onboardingRoutes(ctx), adminRoutes(ctx), storefrontRoutes(ctx), ...creditsRoutes(ctx)];
+  return [
+    healthRoutes(ctx),
+    authRoutes(ctx),
+    storesRoutes(ctx),
+    onboardingRoutes(ctx),
+    adminRoutes(ctx),
+    storefrontRoutes(ctx),
+    ...creditsRoutes(ctx),
+  ];
 }
 
 /** Builds the Express app (no listen): server.ts serves it, tests drive it with supertest. */
@@ -61,7 +69,12 @@ export function createApp(ctx: AppContext, options: { extraRouters?: ApiRouter[]
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument());
   });
-  app.use('/docs', routeBase('/docs'), swaggerUi.serve, swaggerUi.setup(undefined, { swaggerOptions: { url: '/openapi.json' } }));
+  app.use(
+    '/docs',
+    routeBase('/docs'),
+    swaggerUi.serve,
+    swaggerUi.setup(undefined, { swaggerOptions: { url: '/openapi.json' } }),
+  );
 
   app.use(notFoundHandler);
   app.use(problemHandler);

@@ -1,6 +1,11 @@
 import os from 'node:os';
 import { Command } from 'commander';
-import { grantPlatformAdmin, revokePlatformAdmin, type PlatformAdminDeps, type RoleChange } from './admin/platform-admins';
+import {
+  grantPlatformAdmin,
+  revokePlatformAdmin,
+  type PlatformAdminDeps,
+  type RoleChange,
+} from './admin/platform-admins';
 import { config } from './config';
 import { prepareMaster } from './context';
 import { openMasterDb, type MasterDb } from './db/master';
@@ -48,15 +53,23 @@ function operator(): string {
 
 function report(change: RoleChange): void {
   const admin = change.role === 'platform_admin';
-  if (change.changed) console.log(admin ? `${change.email} is now a platform admin.` : `${change.email} is no longer a platform admin.`);
-  else console.log(admin ? `${change.email} is already a platform admin.` : `${change.email} is not a platform admin; nothing to revoke.`);
+  if (change.changed)
+    console.log(admin ? `${change.email} is now a platform admin.` : `${change.email} is no longer a platform admin.`);
+  else
+    console.log(
+      admin
+        ? `${change.email} is already a platform admin.`
+        : `${change.email} is not a platform admin; nothing to revoke.`,
+    );
 }
 
 function buildProgram(): Command {
   const program = new Command();
   program
     .name('tenantry')
-    .description('Operator commands of a Tenantry deployment (same configuration as the server: .env, DATABASE_URL, REDIS_URL, REDIS_PREFIX).')
+    .description(
+      'Operator commands of a Tenantry deployment (same configuration as the server: .env, DATABASE_URL, REDIS_URL, REDIS_PREFIX).',
+    )
     .option('--verbose', 'show the server log lines (master DB start-up, migrations)')
     .hook('preAction', (cmd) => {
       logger.level = cmd.opts<{ verbose?: boolean }>().verbose ? config.logLevel : 'warn';
@@ -68,9 +81,11 @@ function buildProgram(): Command {
     .action(async (email: string) => report(await withPlatform((deps) => grantPlatformAdmin(deps, email, operator()))));
   program
     .command('admin:revoke')
-    .description("take the platform admin role from an account (its tokens lose admin access at once)")
+    .description('take the platform admin role from an account (its tokens lose admin access at once)')
     .argument('<email>', "the account's e-mail")
-    .action(async (email: string) => report(await withPlatform((deps) => revokePlatformAdmin(deps, email, operator()))));
+    .action(async (email: string) =>
+      report(await withPlatform((deps) => revokePlatformAdmin(deps, email, operator()))),
+    );
   return program;
 }
 

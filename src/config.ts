@@ -9,11 +9,17 @@ import { z } from 'zod';
  */
 
 const bool = z.enum(['on', 'off', 'true', 'false', '1', '0']).transform((v) => ['on', 'true', '1'].includes(v));
-const int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max).default(def);
+const int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce.number().int().min(min).max(max).default(def);
 const list = z
   .string()
   .default('')
-  .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean));
+  .transform((s) =>
+    s
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean),
+  );
 
 const EnvSchema = z.object({
   /** HTTP port of the API. */
@@ -31,13 +37,19 @@ const EnvSchema = z.object({
    * Default: one per master database — `tenantry` with DATABASE_URL (every instance of a deployment agrees,
    * wherever it runs), `tenantry:<hash of DATA_DIR>` with the embedded master (two clones never mix).
    */
-  REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:_-]{1,64}$/).optional(),
+  REDIS_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9:_-]{1,64}$/)
+    .optional(),
   /** Admin URLs of the Postgres servers that hold managed tenant databases; default: the master's server. */
   TENANT_SERVERS: list,
   /** Run the queue worker inside the API process. */
   WORKER: bool.default(true),
   /** Prefix of the names of managed tenant databases and their roles (the store id follows). */
-  TENANT_DB_PREFIX: z.string().regex(/^[a-z][a-z0-9_]{0,30}$/).default('tenant_'),
+  TENANT_DB_PREFIX: z
+    .string()
+    .regex(/^[a-z][a-z0-9_]{0,30}$/)
+    .default('tenant_'),
   /** Create managed databases from a template holding the current tenant schema (off: create empty and migrate). */
   TENANT_TEMPLATES: bool.default(true),
   /** Ready-made empty store databases kept on each tenant server (0: none); a new store claims one at once. */
@@ -49,7 +61,10 @@ const EnvSchema = z.object({
   /** A job whose worker stopped renewing its lock this long ago is handed to another worker. */
   WORKER_LOCK_MS: int(30000, 1000),
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
-  JWT_EXPIRES_IN: z.string().regex(/^\d+[smhd]?$/, 'a number of seconds or e.g. 15m, 12h, 7d').default('7d'),
+  JWT_EXPIRES_IN: z
+    .string()
+    .regex(/^\d+[smhd]?$/, 'a number of seconds or e.g. 15m, 12h, 7d')
+    .default('7d'),
   JWT_ISSUER: z.string().default('tenantry'),
   JWT_AUDIENCE: z.string().default('tenantry-api'),
   /** Comma-separated `keyId:base64key` (32-byte keys), newest first; older keys still decrypt. */
@@ -60,7 +75,8 @@ const EnvSchema = z.object({
       // Checked here so a bad key is reported together with every other problem.
       if (!value) return;
       try {
-        if (parseEncryptionKeys(value).length === 0) issue.addIssue({ code: 'custom', message: 'needs at least one keyId:base64key' });
+        if (parseEncryptionKeys(value).length === 0)
+          issue.addIssue({ code: 'custom', message: 'needs at least one keyId:base64key' });
       } catch (err) {
         issue.addIssue({ code: 'custom', message: (err as Error).message.replace(/^ENCRYPTION_KEYS: /, '') });
       }
@@ -121,7 +137,10 @@ const EnvSchema = z.object({
     .string()
     .default('localhost')
     .transform((d) => d.trim().toLowerCase().replace(/\.$/, ''))
-    .refine((d) => /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(d), 'must be a DNS name such as shops.example.com'),
+    .refine(
+      (d) => /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(d),
+      'must be a DNS name such as shops.example.com',
+    ),
   /** The API's own public hostnames: never resolved to a store, never claimable (nor their subdomains). */
   PLATFORM_HOSTNAMES: list.transform((l) => l.map((h) => h.toLowerCase().replace(/\.$/, ''))),
   /** DNS servers (`ip` or `ip:port`) that hostname verification asks; default: the system's. */
@@ -134,7 +153,10 @@ const EnvSchema = z.object({
    */
   METRICS_TOKEN: z
     .string()
-    .regex(/^[A-Za-z0-9._~+/=-]{32,512}$/, 'must be 32 to 512 characters of A-Z a-z 0-9 . _ ~ + / = - (e.g. openssl rand -hex 32)')
+    .regex(
+      /^[A-Za-z0-9._~+/=-]{32,512}$/,
+      'must be 32 to 512 characters of A-Z a-z 0-9 . _ ~ + / = - (e.g. openssl rand -hex 32)',
+    )
     .optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   BCRYPT_ROUNDS: int(12, 4, 15),
@@ -236,9 +258,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     redisPrefix: e.REDIS_PREFIX ?? defaultRedisPrefix(e.DATABASE_URL, e.DATA_DIR),
     tenantServers: e.TENANT_SERVERS,
     worker: e.WORKER,
-    provisioning: Object.freeze({ concurrency: e.PROVISIONING_CONCURRENCY, attempts: e.PROVISIONING_ATTEMPTS, databasePrefix: e.TENANT_DB_PREFIX, templates: e.TENANT_TEMPLATES, warmPool: e.TENANT_WARM_POOL }),
+    provisioning: Object.freeze({
+      concurrency: e.PROVISIONING_CONCURRENCY,
+      attempts: e.PROVISIONING_ATTEMPTS,
+      databasePrefix: e.TENANT_DB_PREFIX,
+      templates: e.TENANT_TEMPLATES,
+      warmPool: e.TENANT_WARM_POOL,
+    }),
     workerLockMs: e.WORKER_LOCK_MS,
-    jwt: Object.freeze({ secret: jwtSecret, expiresIn: e.JWT_EXPIRES_IN, issuer: e.JWT_ISSUER, audience: e.JWT_AUDIENCE }),
+    jwt: Object.freeze({
+      secret: jwtSecret,
+      expiresIn: e.JWT_EXPIRES_IN,
+      issuer: e.JWT_ISSUER,
+      audience: e.JWT_AUDIENCE,
+    }),
     encryptionKeys: parseEncryptionKeys(encryptionKeys),
     paymentsProvider: e.PAYMENTS_PROVIDER,
     stripeWebhookSecret: e.STRIPE_WEBHOOK_SECRET,
@@ -269,7 +302,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
         callTimeoutMs: e.TENANT_LEASE_REDIS_TIMEOUT_MS,
       }),
     }),
-    hostnames: Object.freeze({ storeDomain: e.STORE_DOMAIN, platform: e.PLATFORM_HOSTNAMES, dnsServers: e.DNS_SERVERS }),
+    hostnames: Object.freeze({
+      storeDomain: e.STORE_DOMAIN,
+      platform: e.PLATFORM_HOSTNAMES,
+      dnsServers: e.DNS_SERVERS,
+    }),
     masterPoolMax: e.MASTER_POOL_MAX,
     corsOrigins: e.CORS_ORIGINS,
     metricsToken: e.METRICS_TOKEN,

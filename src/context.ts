@@ -25,20 +25,41 @@ export interface ContextOptions {
  * Resolve the master database (starting the embedded one if none is configured) and migrate it. The
  * command line passes `reuseRunningEmbedded`: the embedded server the API already runs is used as it is.
  */
-export async function prepareMaster(config: Config, masterUrl?: string, opts: { reuseRunningEmbedded?: boolean } = {}): Promise<{ url: string; embedded?: EmbeddedServer }> {
+export async function prepareMaster(
+  config: Config,
+  masterUrl?: string,
+  opts: { reuseRunningEmbedded?: boolean } = {},
+): Promise<{ url: string; embedded?: EmbeddedServer }> {
   let embedded: EmbeddedServer | undefined;
   let url = masterUrl ?? config.databaseUrl;
   if (!url) {
-    logger.info({ port: config.embeddedPgPort }, 'DATABASE_URL is not set: starting the embedded Postgres under %s', config.dataDir);
+    logger.info(
+      { port: config.embeddedPgPort },
+      'DATABASE_URL is not set: starting the embedded Postgres under %s',
+      config.dataDir,
+    );
     const started = await startEmbeddedPostgres(config.dataDir, config.embeddedPgPort, {
       reuseRunning: opts.reuseRunningEmbedded,
       // Only to move a cluster created by an older version (whose password this was) to its own secret.
       legacyPassword: config.jwt.secret.slice(0, 24),
       notify: (message) => logger.info(message),
-      serverLog: (line) => (/\b(ERROR|FATAL|PANIC):/.test(line) ? logger.warn : logger.debug).call(logger, { embeddedPostgres: true }, line),
+      serverLog: (line) =>
+        (/\b(ERROR|FATAL|PANIC):/.test(line) ? logger.warn : logger.debug).call(
+          logger,
+          { embeddedPostgres: true },
+          line,
+        ),
     });
-    embedded = started.pid === undefined ? started : { ...started, stop: () => started.stop().then(() => logger.info({ postgresPid: started.pid }, 'embedded Postgres stopped')) };
-    if (started.pid !== undefined) logger.info({ postgresPid: started.pid, dataDirectory: started.databaseDir }, 'embedded Postgres running');
+    embedded =
+      started.pid === undefined
+        ? started
+        : {
+            ...started,
+            stop: () =>
+              started.stop().then(() => logger.info({ postgresPid: started.pid }, 'embedded Postgres stopped')),
+          };
+    if (started.pid !== undefined)
+      logger.info({ postgresPid: started.pid, dataDirectory: started.databaseDir }, 'embedded Postgres running');
     url = embedded.url;
   }
   try {

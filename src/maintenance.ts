@@ -6,13 +6,19 @@ import type { JobPayloads } from './queue/queues';
 import { purgeDeletedStores } from './stores/purge';
 
 /** Housekeeping that any one worker may do (the maintenance queue's processor, scheduled by the worker). */
-export async function processMaintenance(ctx: AppContext, data: JobPayloads['maintenance']): Promise<Record<string, number>> {
+export async function processMaintenance(
+  ctx: AppContext,
+  data: JobPayloads['maintenance'],
+): Promise<Record<string, number>> {
   switch (data.task) {
     case 'purge-deleted-stores':
       return purgeDeletedStores(ctx);
     case 'refill-warm-pool': {
       let created = 0;
-      for (const server of tenantServers(ctx)) created += (await refillWarmPool(server, ctx.config.provisioning.warmPool, ctx.config.provisioning.databasePrefix)).created;
+      for (const server of tenantServers(ctx))
+        created += (
+          await refillWarmPool(server, ctx.config.provisioning.warmPool, ctx.config.provisioning.databasePrefix)
+        ).created;
       return { created };
     }
     case 'prune-revoked-tokens': {

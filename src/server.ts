@@ -22,18 +22,29 @@ async function start(parts: Parts, stopping: () => boolean): Promise<void> {
   const ctx = (parts.ctx = await createContext());
   if (stopping()) return;
   const issued = await issueMissingPlatformHostnames(ctx);
-  if (issued.length) logger.info({ count: issued.length }, 'issued <slug>.%s hostnames to active stores that had none', config.hostnames.storeDomain);
+  if (issued.length)
+    logger.info(
+      { count: issued.length },
+      'issued <slug>.%s hostnames to active stores that had none',
+      config.hostnames.storeDomain,
+    );
   if (config.worker) parts.workers = await startWorkers(ctx);
   if (stopping()) return;
   parts.server = await listen(createServer(createApp(ctx)), config.port);
   parts.server.keepAliveTimeout = 65_000;
-  logger.info(`Tenantry is listening on http://localhost:${config.port} (docs: http://localhost:${config.port}/docs)${parts.workers ? ', worker running' : ''}`);
+  logger.info(
+    `Tenantry is listening on http://localhost:${config.port} (docs: http://localhost:${config.port}/docs)${parts.workers ? ', worker running' : ''}`,
+  );
 }
 
 function listen(server: Server, port: number): Promise<Server> {
   return new Promise((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
-      reject(err.code === 'EADDRINUSE' ? new Error(`Port ${port} is taken by another program: stop it, or set PORT to a free port.`) : err);
+      reject(
+        err.code === 'EADDRINUSE'
+          ? new Error(`Port ${port} is taken by another program: stop it, or set PORT to a free port.`)
+          : err,
+      );
     });
     server.listen(port, () => resolve(server));
   });

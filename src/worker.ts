@@ -17,10 +17,15 @@ export interface Workers {
 }
 
 /** Each queue's processor: a plain async function calling services. */
-function processors(ctx: AppContext): { [N in QueueName]: { processor: Processor<JobPayloads[N]>; concurrency: number } } {
+function processors(ctx: AppContext): {
+  [N in QueueName]: { processor: Processor<JobPayloads[N]>; concurrency: number };
+} {
   return {
     maintenance: { processor: (job) => processMaintenance(ctx, job.data), concurrency: 1 },
-    provisioning: { processor: (job) => processProvisioning(ctx, job), concurrency: ctx.config.provisioning.concurrency },
+    provisioning: {
+      processor: (job) => processProvisioning(ctx, job),
+      concurrency: ctx.config.provisioning.concurrency,
+    },
     'tenant-migrations': { processor: (job) => processTenantMigrations(ctx, job), concurrency: 1 },
     'credit-sync': { processor: (job) => processCreditSync(ctx, job.data), concurrency: 4 },
   };
@@ -38,21 +43,37 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
       stalledInterval: Math.max(500, Math.floor(ctx.config.workerLockMs / 2)),
       settings: { backoffStrategy },
     });
-    w.on('failed', (job, err) => logger.warn({ queue: name, jobId: job?.id, attempt: job?.attemptsMade, err: err.message }, 'job failed'));
+    w.on('failed', (job, err) =>
+      logger.warn({ queue: name, jobId: job?.id, attempt: job?.attemptsMade, err: err.message }, 'job failed'),
+    );
     w.on('error', (err) => logger.error({ queue: name, err: err.message }, 'worker error'));
     // Job durations and outcomes, published on this process's /metrics (when it serves the API too).
     instrumentWorker(ctx, w);
     return w;
   });
   // A store that has just got its database gets its credit cache built (its credits may predate it).
-  workers.find((w) => w.name === QueueName.provisioning)?.on('completed', (job) => void requestCreditSync(ctx, (job.data as JobPayloads['provisioning']).storeId));
+  workers
+    .find((w) => w.name === QueueName.provisioning)
+    ?.on('completed', (job) => void requestCreditSync(ctx, (job.data as JobPayloads['provisioning']).storeId));
   await Promise.all(workers.map((w) => w.waitUntilReady()));
   const maintenance = ctx.queues.get(QueueName.maintenance);
-  await maintenance.upsertJobScheduler('prune-revoked-tokens', { every: 6 * 3600 * 1000 }, { name: 'prune-revoked-tokens', data: { task: 'prune-revoked-tokens' } });
-  await maintenance.upsertJobScheduler('purge-deleted-stores', { every: 6 * 3600 * 1000 }, { name: 'purge-deleted-stores', data: { task: 'purge-deleted-stores' } });
+  await maintenance.upsertJobScheduler(
+    'prune-revoked-tokens',
+    { every: 6 * 3600 * 1000 },
+    { name: 'prune-revoked-tokens', data: { task: 'prune-revoked-tokens' } },
+  );
+  await maintenance.upsertJobScheduler(
+    'purge-deleted-stores',
+    { every: 6 * 3600 * 1000 },
+    { name: 'purge-deleted-stores', data: { task: 'purge-deleted-stores' } },
+  );
   if (ctx.config.provisioning.warmPool > 0 && ctx.config.provisioning.templates) {
     // Claims trigger a refill at once; this also tops the pool up after a restart or a lost job.
-    await maintenance.upsertJobScheduler('refill-warm-pool', { every: 60_000 }, { name: 'refill-warm-pool', data: { task: 'refill-warm-pool' } });
+    await maintenance.upsertJobScheduler(
+      'refill-warm-pool',
+      { every: 60_000 },
+      { name: 'refill-warm-pool', data: { task: 'refill-warm-pool' } },
+    );
   }
   return {
     async close() {

@@ -28,7 +28,11 @@ export interface TenantryClientOptions {
 }
 
 export function createTenantryClient(baseUrl: string, options: TenantryClientOptions = {}): TenantryClient {
-  const client = createClient<paths>({ baseUrl, headers: options.headers, ...(options.fetch ? { fetch: options.fetch } : {}) });
+  const client = createClient<paths>({
+    baseUrl,
+    headers: options.headers,
+    ...(options.fetch ? { fetch: options.fetch } : {}),
+  });
   const { token } = options;
   if (token) {
     client.use({

@@ -74,11 +74,20 @@ class AdminSessions {
   private verify(token: string): AdminSessionClaims | undefined {
     let p: Partial<AdminSessionClaims> & Record<string, unknown>;
     try {
-      p = jwt.verify(token, this.key, { algorithms: [JWT_ALGORITHM], issuer: this.settings.issuer, audience: adminSessionAudience(this.settings) }) as typeof p;
+      p = jwt.verify(token, this.key, {
+        algorithms: [JWT_ALGORITHM],
+        issuer: this.settings.issuer,
+        audience: adminSessionAudience(this.settings),
+      }) as typeof p;
     } catch {
       return undefined;
     }
-    const ok = p.typ === ADMIN_SESSION_TYP && typeof p.sub === 'string' && typeof p.sid === 'string' && typeof p.jti === 'string' && typeof p.exp === 'number';
+    const ok =
+      p.typ === ADMIN_SESSION_TYP &&
+      typeof p.sub === 'string' &&
+      typeof p.sid === 'string' &&
+      typeof p.jti === 'string' &&
+      typeof p.exp === 'number';
     if (!ok || this.ctx.revocations.isRevoked(p.sid!) || this.ctx.revocations.isRevoked(p.jti!)) return undefined;
     return p as AdminSessionClaims;
   }
@@ -90,7 +99,13 @@ function cookieValues(header: string | undefined, name: string): string[] {
   const values: string[] = [];
   for (const part of header.split(';')) {
     const eq = part.indexOf('=');
-    if (eq > 0 && part.slice(0, eq).trim() === name) values.push(part.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1'));
+    if (eq > 0 && part.slice(0, eq).trim() === name)
+      values.push(
+        part
+          .slice(eq + 1)
+          .trim()
+          .replace(/^"(.*)"$/, '$1'),
+      );
   }
   return values;
 }
@@ -154,13 +169,17 @@ export function adminPagesGuard(ctx: AppContext): RequestHandler[] {
       const session = sessions(ctx).fromCookies(req.headers.cookie);
       if (!session) throw unauthenticated('Sign in at /admin/login, or send a platform admin token');
       if (!SAFE_METHODS.has(req.method) && !fromOwnPages(req)) {
-        throw fail(ErrorCode.FORBIDDEN, 'A change made with the admin session cookie must come from the admin pages of this site (Origin)');
+        throw fail(
+          ErrorCode.FORBIDDEN,
+          'A change made with the admin session cookie must come from the admin pages of this site (Origin)',
+        );
       }
       adminUser.set(req, session.sub);
       next();
     },
     async (req, _res, next) => {
-      if (!(await roles.isPlatformAdmin(adminUser.get(req)!))) throw fail(ErrorCode.FORBIDDEN, 'Platform administrators only');
+      if (!(await roles.isPlatformAdmin(adminUser.get(req)!)))
+        throw fail(ErrorCode.FORBIDDEN, 'Platform administrators only');
       next();
     },
   ];

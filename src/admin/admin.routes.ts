@@ -26,7 +26,8 @@ export function requirePlatformAdmin(ctx: AppContext): RequestHandler[] {
   return [
     requireAuth(ctx, 'platform'),
     async (req, _res, next) => {
-      if (!(await roles.isPlatformAdmin(platformClaims(req.auth).sub))) throw fail(ErrorCode.FORBIDDEN, 'Platform administrators only');
+      if (!(await roles.isPlatformAdmin(platformClaims(req.auth).sub)))
+        throw fail(ErrorCode.FORBIDDEN, 'Platform administrators only');
       next();
     },
   ];
@@ -34,20 +35,56 @@ export function requirePlatformAdmin(ctx: AppContext): RequestHandler[] {
 
 export function adminRoutes(ctx: AppContext): ApiRouter {
   const api = new ApiRouter('/api/admin', { securedErrors: { 403: WRONG_TOKEN } });
-  const common = { tags: ['platform admin'], secured: true, middleware: requirePlatformAdmin(ctx), errors: { 403: 'FORBIDDEN (not a platform admin)' } };
-  api.get('/tenants', { ...common, operationId: 'listTenants', summary: 'Every store with its database and pool state', query: ListQuery }, ({ query }) => admin.listStoresWithDatabases(ctx, query));
-  api.get('/pools', { ...common, operationId: 'getPoolStats', summary: "The connection manager's state" }, () => ctx.tenants.stats());
-  api.post('/tenants/migrate', { ...common, operationId: 'startTenantMigration', summary: 'Migrate every active tenant database to the newest schema', status: 202, response: z.object({ runId: z.string() }) }, ({ req }) =>
-    admin.startTenantMigrations(ctx, platformClaims(req.auth).sub),
+  const common = {
+    tags: ['platform admin'],
+    secured: true,
+    middleware: requirePlatformAdmin(ctx),
+    errors: { 403: 'FORBIDDEN (not a platform admin)' },
+  };
+  api.get(
+    '/tenants',
+    {
+      ...common,
+      operationId: 'listTenants',
+      summary: 'Every store with its database and pool state',
+      query: ListQuery,
+    },
+    ({ query }) => admin.listStoresWithDatabases(ctx, query),
+  );
+  api.get('/pools', { ...common, operationId: 'getPoolStats', summary: "The connection manager's state" }, () =>
+    ctx.tenants.stats(),
+  );
+  api.post(
+    '/tenants/migrate',
+    {
+      ...common,
+      operationId: 'startTenantMigration',
+      summary: 'Migrate every active tenant database to the newest schema',
+      status: 202,
+      response: z.object({ runId: z.string() }),
+    },
+    ({ req }) => admin.startTenantMigrations(ctx, platformClaims(req.auth).sub),
   );
   api.get(
     '/tenants/migrate/:runId',
-    { ...common, operationId: 'getTenantMigrationRun', summary: 'Progress of a migration run', params: z.object({ runId: z.string().max(100) }), errors: { ...common.errors, 404: 'NOT_FOUND (no such run)' } },
+    {
+      ...common,
+      operationId: 'getTenantMigrationRun',
+      summary: 'Progress of a migration run',
+      params: z.object({ runId: z.string().max(100) }),
+      errors: { ...common.errors, 404: 'NOT_FOUND (no such run)' },
+    },
     ({ params }) => admin.tenantMigrationRun(ctx, params.runId),
   );
   api.post(
     '/stores/:id/suspend',
-    { ...common, operationId: 'suspendStore', summary: 'Suspend a store (its routes answer 423)', params: StoreIdParams, errors: { ...common.errors, 404: 'STORE_NOT_FOUND' } },
+    {
+      ...common,
+      operationId: 'suspendStore',
+      summary: 'Suspend a store (its routes answer 423)',
+      params: StoreIdParams,
+      errors: { ...common.errors, 404: 'STORE_NOT_FOUND' },
+    },
     ({ params, req }) => admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, true),
   );
   api.post(
@@ -60,13 +97,24 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
       body: AdjustBody,
       status: 201,
       response: CreditChangeDto,
-      errors: { ...common.errors, 402: 'INSUFFICIENT_CREDITS (the balance would go below 0)', 404: 'STORE_NOT_FOUND', 409: 'CONFLICT (the idempotency key was used for a different request)' },
+      errors: {
+        ...common.errors,
+        402: 'INSUFFICIENT_CREDITS (the balance would go below 0)',
+        404: 'STORE_NOT_FOUND',
+        409: 'CONFLICT (the idempotency key was used for a different request)',
+      },
     },
     ({ params, body, req }) => adjustCredits(ctx, platformActorOf(req), params.id, body),
   );
   api.post(
     '/stores/:id/resume',
-    { ...common, operationId: 'resumeStore', summary: 'Resume a suspended store', params: StoreIdParams, errors: { ...common.errors, 404: 'STORE_NOT_FOUND', 409: 'CONFLICT (not suspended)' } },
+    {
+      ...common,
+      operationId: 'resumeStore',
+      summary: 'Resume a suspended store',
+      params: StoreIdParams,
+      errors: { ...common.errors, 404: 'STORE_NOT_FOUND', 409: 'CONFLICT (not suspended)' },
+    },
     ({ params, req }) => admin.setSuspended(ctx, platformClaims(req.auth).sub, params.id, false),
   );
   api.post(
@@ -74,12 +122,22 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
     {
       ...common,
       operationId: 'createAdminSession',
-      summary: 'Open a browser session of the admin pages (/admin/queues): a 15-minute HttpOnly, SameSite=Strict cookie for /admin',
+      summary:
+        'Open a browser session of the admin pages (/admin/queues): a 15-minute HttpOnly, SameSite=Strict cookie for /admin',
       response: z.object({ expiresAt: z.string() }),
     },
     ({ req, res }) => openAdminSession(ctx, req, res),
   );
-  api.delete('/session', { tags: common.tags, operationId: 'deleteAdminSession', summary: 'Close the browser session of the admin pages (clears its cookie)', status: 204 }, ({ res }) => closeAdminSession(ctx, res));
+  api.delete(
+    '/session',
+    {
+      tags: common.tags,
+      operationId: 'deleteAdminSession',
+      summary: 'Close the browser session of the admin pages (clears its cookie)',
+      status: 204,
+    },
+    ({ res }) => closeAdminSession(ctx, res),
+  );
   return api;
 }
 
@@ -87,6 +145,9 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
 export function queueBoard(ctx: AppContext): { path: string; guard: RequestHandler[]; router: Router } {
   const adapter = new ExpressAdapter();
   adapter.setBasePath('/admin/queues');
-  createBullBoard({ queues: Object.values(QueueName).map((name) => new BullMQAdapter(ctx.queues.get(name))), serverAdapter: adapter });
+  createBullBoard({
+    queues: Object.values(QueueName).map((name) => new BullMQAdapter(ctx.queues.get(name))),
+    serverAdapter: adapter,
+  });
   return { path: '/admin/queues', guard: adminPagesGuard(ctx), router: adapter.getRouter() as Router };
 }

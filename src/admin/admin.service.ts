@@ -44,7 +44,9 @@ export async function listStoresWithDatabases(ctx: AppContext, opts: { limit: nu
     slug: r.slug,
     status: r.status,
     createdAt: new Date(r.createdAt).toISOString(),
-    database: r.mode ? { mode: r.mode, server: r.server, status: r.dbStatus, schemaVersion: r.schemaVersion, lastError: r.lastError } : null,
+    database: r.mode
+      ? { mode: r.mode, server: r.server, status: r.dbStatus, schemaVersion: r.schemaVersion, lastError: r.lastError }
+      : null,
     pool: ctx.tenants.peek(r.id),
   }));
 }
@@ -65,13 +67,23 @@ export async function setSuspended(ctx: AppContext, adminId: string, storeId: st
     const deleted = row.status === 'deleted';
     if (suspend) {
       if (!row.suspendedAt || row.status !== (deleted ? 'deleted' : 'suspended')) {
-        await row.update({ status: deleted ? 'deleted' : 'suspended', suspendedAt: row.suspendedAt ?? new Date() }, { transaction: t });
+        await row.update(
+          { status: deleted ? 'deleted' : 'suspended', suspendedAt: row.suspendedAt ?? new Date() },
+          { transaction: t },
+        );
       }
     } else {
-      if (row.status !== 'suspended' && !(deleted && row.suspendedAt)) throw fail(ErrorCode.CONFLICT, 'This store is not suspended');
+      if (row.status !== 'suspended' && !(deleted && row.suspendedAt))
+        throw fail(ErrorCode.CONFLICT, 'This store is not suspended');
       await row.update({ status: deleted ? 'deleted' : dbStatus!, suspendedAt: null }, { transaction: t });
     }
-    await audit(ctx.master, t, { actorUserId: adminId, storeId, action: suspend ? 'store.suspended' : 'store.resumed', targetType: 'store', targetId: storeId });
+    await audit(ctx.master, t, {
+      actorUserId: adminId,
+      storeId,
+      action: suspend ? 'store.suspended' : 'store.resumed',
+      targetType: 'store',
+      targetId: storeId,
+    });
     return row;
   });
   if (!suspend) await resumeBackgroundWork(ctx, storeId, store.status);
@@ -81,7 +93,9 @@ export async function setSuspended(ctx: AppContext, adminId: string, storeId: st
 }
 
 export async function startTenantMigrations(ctx: AppContext, adminId: string) {
-  const job = await ctx.queues.get(QueueName.tenantMigrations).add('migrate-all', { requestedBy: adminId }, { attempts: 1 });
+  const job = await ctx.queues
+    .get(QueueName.tenantMigrations)
+    .add('migrate-all', { requestedBy: adminId }, { attempts: 1 });
   return { runId: job.id! };
 }
 
@@ -105,7 +119,10 @@ export async function processTenantMigrations(ctx: AppContext, job: Job, paralle
     while (next < rows.length) {
       const { storeId, credentials, mode } = rows[next++];
       try {
-        const connection = ctx.encryptor.decryptJson<TenantConnection>(credentials, secretContext.storeCredentials(storeId));
+        const connection = ctx.encryptor.decryptJson<TenantConnection>(
+          credentials,
+          secretContext.storeCredentials(storeId),
+        );
         const { applied, schemaVersion } = await migrateTenant(connection, externalAccess(ctx, mode));
         await ctx.master.models.StoreDatabase.update({ schemaVersion }, { where: { storeId } });
         if (applied.length) progress.migrated++;
@@ -126,5 +143,12 @@ export async function tenantMigrationRun(ctx: AppContext, runId: string) {
   if (!job) throw fail(ErrorCode.NOT_FOUND, 'No such migration run');
   const state = await job.getState();
   const p = (job.returnvalue ?? job.progress ?? {}) as Partial<MigrationProgress>;
-  return { runId, state, total: p.total ?? 0, done: p.done ?? 0, migrated: p.migrated ?? 0, failures: p.failures ?? [] };
+  return {
+    runId,
+    state,
+    total: p.total ?? 0,
+    done: p.done ?? 0,
+    migrated: p.migrated ?? 0,
+    failures: p.failures ?? [],
+  };
 }

@@ -27,14 +27,21 @@ export interface RoleChange {
   changed: boolean;
 }
 
-export const grantPlatformAdmin = (deps: PlatformAdminDeps, email: string, actor: string) => setPlatformRole(deps, email, 'platform_admin', actor);
-export const revokePlatformAdmin = (deps: PlatformAdminDeps, email: string, actor: string) => setPlatformRole(deps, email, 'user', actor);
+export const grantPlatformAdmin = (deps: PlatformAdminDeps, email: string, actor: string) =>
+  setPlatformRole(deps, email, 'platform_admin', actor);
+export const revokePlatformAdmin = (deps: PlatformAdminDeps, email: string, actor: string) =>
+  setPlatformRole(deps, email, 'user', actor);
 
 /**
  * Give an existing account this role, with an audit_log row (`actor` says who did it, e.g. the operator's
  * login), then tell every instance to forget the role it cached. Unknown e-mail → 404.
  */
-async function setPlatformRole(deps: PlatformAdminDeps, rawEmail: string, role: PlatformRole, actor: string): Promise<RoleChange> {
+async function setPlatformRole(
+  deps: PlatformAdminDeps,
+  rawEmail: string,
+  role: PlatformRole,
+  actor: string,
+): Promise<RoleChange> {
   const email = rawEmail.trim().toLowerCase();
   const { User } = deps.master.models;
   const result = await deps.master.sequelize.transaction(async (t) => {

@@ -45,7 +45,11 @@ export const UserDto = registry.register(
 
 export const AuthResult = z.object({ user: UserDto, token: z.string() });
 export const LoginResult = AuthResult.extend({ stores: z.array(StoreSummaryDto) });
-export const MeResult = z.object({ user: UserDto, stores: z.array(StoreSummaryDto), activeStoreId: z.uuid().nullable() });
+export const MeResult = z.object({
+  user: UserDto,
+  stores: z.array(StoreSummaryDto),
+  activeStoreId: z.uuid().nullable(),
+});
 
 export type RegisterInput = z.infer<typeof RegisterBody>;
 export type LoginInput = z.infer<typeof LoginBody>;

@@ -31,8 +31,17 @@ export async function register(ctx: AppContext, input: RegisterInput, requestId?
   // Never an admin by registering: only the operator's `tenantry admin:grant` makes one.
   const user: PlatformUser = await ctx.master.sequelize
     .transaction(async (t) => {
-      const created = await ctx.master.models.User.create({ email: input.email, passwordHash, name: input.name, role: 'user' }, { transaction: t });
-      await audit(ctx.master, t, { actorUserId: created.id, action: 'user.registered', targetType: 'user', targetId: created.id, requestId });
+      const created = await ctx.master.models.User.create(
+        { email: input.email, passwordHash, name: input.name, role: 'user' },
+        { transaction: t },
+      );
+      await audit(ctx.master, t, {
+        actorUserId: created.id,
+        action: 'user.registered',
+        targetType: 'user',
+        targetId: created.id,
+        requestId,
+      });
       return created;
     })
     .catch(rethrowTaken('An account with this e-mail already exists'));
@@ -92,6 +101,7 @@ export async function updateProfile(ctx: AppContext, userId: string, input: Prof
 
 export async function switchStore(ctx: AppContext, userId: string, storeId: string) {
   const user = await findUser(ctx, userId);
-  if (!(await memberRole(ctx.master, userId, storeId))) throw fail(ErrorCode.FORBIDDEN, 'You are not a member of this store');
+  if (!(await memberRole(ctx.master, userId, storeId)))
+    throw fail(ErrorCode.FORBIDDEN, 'You are not a member of this store');
   return { token: platformToken(ctx, user, storeId) };
 }

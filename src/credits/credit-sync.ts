@@ -57,7 +57,10 @@ export async function processCreditSync(ctx: AppContext, { storeId }: { storeId:
     let have = await copiedUpTo(handle, head);
     if (have > target) {
       // Rows the ledger does not have (someone else wrote into the copy): copy everything again.
-      logger.warn({ storeId, have, target }, 'the tenant credit log holds more than the master ledger; copying the ledger again in full');
+      logger.warn(
+        { storeId, have, target },
+        'the tenant credit log holds more than the master ledger; copying the ledger again in full',
+      );
       have = 0;
     }
     let copied = 0;

@@ -3,7 +3,15 @@ import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
 import { platformActorOf, requireAuth } from '../http/authenticate';
 import { ListQuery } from '../http/pagination';
 import { StoreIdParams } from '../http/schemas';
-import { CostsDto, CreditChangeDto, CreditsDto, PurchaseBody, PurchaseResultDto, SpendBody, WebhookAckDto } from './credits.schemas';
+import {
+  CostsDto,
+  CreditChangeDto,
+  CreditsDto,
+  PurchaseBody,
+  PurchaseResultDto,
+  SpendBody,
+  WebhookAckDto,
+} from './credits.schemas';
 import * as credits from './credits.service';
 import { handleStripeWebhook, STRIPE_WEBHOOK_PATH, StripeEventBody, StripeWebhookHeaders } from './stripe-webhook';
 
@@ -34,7 +42,15 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
   const common = { tags, secured: true, middleware: [requireAuth(ctx, 'platform')] };
   stores.get(
     '/:id/credits',
-    { ...common, operationId: 'getStoreCredits', summary: "The store's balance and its transactions, newest first (owner, admin, staff)", params: StoreIdParams, query: ListQuery, response: CreditsDto, errors: ACCESS },
+    {
+      ...common,
+      operationId: 'getStoreCredits',
+      summary: "The store's balance and its transactions, newest first (owner, admin, staff)",
+      params: StoreIdParams,
+      query: ListQuery,
+      response: CreditsDto,
+      errors: ACCESS,
+    },
     ({ params, query, req }) => credits.getCredits(ctx, platformActorOf(req).userId, params.id, query),
   );
   stores.post(
@@ -42,7 +58,8 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
     {
       ...common,
       operationId: 'purchaseCredits',
-      summary: 'Buy credits (owner, admin): completed at once with the manual provider, pending until the Stripe webhook with stripe',
+      summary:
+        'Buy credits (owner, admin): completed at once with the manual provider, pending until the Stripe webhook with stripe',
       params: StoreIdParams,
       body: PurchaseBody,
       status: 201,
@@ -61,14 +78,29 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
       body: SpendBody,
       status: 201,
       response: CreditChangeDto,
-      errors: { ...ACCESS, 400: 'VALIDATION_FAILED (also: unknown service)', 402: 'INSUFFICIENT_CREDITS (nothing changed)', 409: KEY_REUSED, 423: 'STORE_SUSPENDED' },
+      errors: {
+        ...ACCESS,
+        400: 'VALIDATION_FAILED (also: unknown service)',
+        402: 'INSUFFICIENT_CREDITS (nothing changed)',
+        409: KEY_REUSED,
+        423: 'STORE_SUSPENDED',
+      },
     },
     ({ params, body, req }) => credits.spendCredits(ctx, platformActorOf(req), params.id, body),
   );
 
   // The price list is public: the onboarding wizard and pricing pages show it before anyone signs in.
   const costs = new ApiRouter('/api/credits');
-  costs.get('/costs', { tags, operationId: 'listCreditCosts', summary: 'What every service costs in credits, and what a credit costs', response: CostsDto }, () => credits.listCosts(ctx));
+  costs.get(
+    '/costs',
+    {
+      tags,
+      operationId: 'listCreditCosts',
+      summary: 'What every service costs in credits, and what a credit costs',
+      response: CostsDto,
+    },
+    () => credits.listCosts(ctx),
+  );
 
   const webhooks = new ApiRouter(STRIPE_WEBHOOK_PATH.replace(/\/stripe$/, ''));
   webhooks.post(
@@ -76,14 +108,21 @@ export function creditsRoutes(ctx: AppContext): ApiRouter[] {
     {
       tags,
       operationId: 'receiveStripeWebhook',
-      summary: 'Stripe webhook (signed with STRIPE_WEBHOOK_SECRET): a succeeded payment completes its pending purchase once; anything else is acknowledged and ignored',
-      description: 'Called by Stripe, not by clients. The signature covers the exact bytes sent, so the body is read raw, whatever its Content-Type.',
+      summary:
+        'Stripe webhook (signed with STRIPE_WEBHOOK_SECRET): a succeeded payment completes its pending purchase once; anything else is acknowledged and ignored',
+      description:
+        'Called by Stripe, not by clients. The signature covers the exact bytes sent, so the body is read raw, whatever its Content-Type.',
       headers: StripeWebhookHeaders,
-      rawBody: { contentType: 'application/json', schema: StripeEventBody, description: 'A Stripe event, exactly as Stripe sent and signed it' },
+      rawBody: {
+        contentType: 'application/json',
+        schema: StripeEventBody,
+        description: 'A Stripe event, exactly as Stripe sent and signed it',
+      },
       response: WebhookAckDto,
       errors: { 400: 'VALIDATION_FAILED (missing or bad Stripe-Signature, or no body) | MALFORMED_JSON' },
     },
-    ({ req }) => handleStripeWebhook(ctx, req.body, req.headers['stripe-signature'], req.id === undefined ? null : String(req.id)),
+    ({ req }) =>
+      handleStripeWebhook(ctx, req.body, req.headers['stripe-signature'], req.id === undefined ? null : String(req.id)),
   );
 
   return [stores, costs, webhooks];

@@ -23,7 +23,9 @@ export const PurchaseBody = z.strictObject({
     .int()
     .min(1)
     .max(MAX_PURCHASE)
-    .describe(`Credits to buy (1 credit = 1 euro cent); card payments (PAYMENTS_PROVIDER=stripe) buy at least ${MIN_STRIPE_PURCHASE}, fewer → 400`),
+    .describe(
+      `Credits to buy (1 credit = 1 euro cent); card payments (PAYMENTS_PROVIDER=stripe) buy at least ${MIN_STRIPE_PURCHASE}, fewer → 400`,
+    ),
   idempotencyKey: IdempotencyKey,
 });
 export const SpendBody = z.strictObject({
@@ -32,7 +34,9 @@ export const SpendBody = z.strictObject({
     .regex(/^[a-z0-9_.-]{1,64}$/, 'must be a service of GET /api/credits/costs')
     // A pattern, not an enum: the price list is a table of the master DB (service_credit_costs, whose CHECK
     // this is) and changes without a release.
-    .describe('A service of GET /api/credits/costs (a table that changes without a new API version, hence no enum): another name → 400'),
+    .describe(
+      'A service of GET /api/credits/costs (a table that changes without a new API version, hence no enum): another name → 400',
+    ),
   quantity: z.number().int().min(1).max(MAX_QUANTITY),
   idempotencyKey: IdempotencyKey,
 });
@@ -67,7 +71,12 @@ export const CreditTransactionDto = registry.register(
 
 export const CreditChangeDto = z.object({
   transaction: CreditTransactionDto,
-  balance: z.number().int().describe("The store's balance right after this transaction (for a pending purchase: the balance now, which it has not changed yet)"),
+  balance: z
+    .number()
+    .int()
+    .describe(
+      "The store's balance right after this transaction (for a pending purchase: the balance now, which it has not changed yet)",
+    ),
 });
 
 export const PaymentDto = z.object({
@@ -75,7 +84,9 @@ export const PaymentDto = z.object({
   reference: z
     .string()
     .nullable()
-    .describe('Stripe: put it in the PaymentIntent or Checkout Session metadata as `tenantry_reference`; the webhook completes the purchase by it'),
+    .describe(
+      'Stripe: put it in the PaymentIntent or Checkout Session metadata as `tenantry_reference`; the webhook completes the purchase by it',
+    ),
   amountCents: z.number().int(),
   currency: z.string(),
   status: z.enum(['pending', 'succeeded', 'failed', 'refunded']),

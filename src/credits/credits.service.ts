@@ -6,7 +6,13 @@ import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import type { MemberRole, StoreStatus } from '../models/master';
 import { requestCreditSync } from '../queue/credit-sync-request';
 import { refuseIfSuspended } from '../stores/lifecycle';
-import { CREDIT_PRICE, MIN_STRIPE_PURCHASE, type AdjustInput, type PurchaseInput, type SpendInput } from './credits.schemas';
+import {
+  CREDIT_PRICE,
+  MIN_STRIPE_PURCHASE,
+  type AdjustInput,
+  type PurchaseInput,
+  type SpendInput,
+} from './credits.schemas';
 import {
   applyChange,
   createPendingPurchase,
@@ -28,7 +34,8 @@ export const CREDIT_ROLES = {
 } as const satisfies Record<string, readonly MemberRole[]>;
 
 const insufficient = () => fail(ErrorCode.INSUFFICIENT_CREDITS, 'The store does not have enough credits for this');
-const keyReused = () => fail(ErrorCode.CONFLICT, 'This idempotency key was already used for a different request on this store');
+const keyReused = () =>
+  fail(ErrorCode.CONFLICT, 'This idempotency key was already used for a different request on this store');
 
 interface Access {
   status: StoreStatus;
@@ -41,7 +48,13 @@ interface Access {
  * The caller's access to a store's credits, and (for a spend) the service's price, in one query: this is on
  * every spend's path. Missing or deleted store → 404 STORE_NOT_FOUND; not a member or a role not allowed → 403.
  */
-async function requireCreditAccess(ctx: AppContext, storeId: string, userId: string, roles: readonly MemberRole[], service: string | null = null): Promise<Access> {
+async function requireCreditAccess(
+  ctx: AppContext,
+  storeId: string,
+  userId: string,
+  roles: readonly MemberRole[],
+  service: string | null = null,
+): Promise<Access> {
   const rows = await ctx.master.sequelize.query<Access>(
     `SELECT s.status, m.role, c.cost_per_unit AS "costPerUnit", c.active AS "serviceActive"
        FROM stores s
@@ -53,7 +66,8 @@ async function requireCreditAccess(ctx: AppContext, storeId: string, userId: str
   const access = rows[0];
   if (!access || access.status === 'deleted') throw noSuchStore();
   if (!access.role) throw fail(ErrorCode.FORBIDDEN, 'You are not a member of this store');
-  if (!roles.includes(access.role)) throw fail(ErrorCode.FORBIDDEN, `This needs one of these store roles: ${roles.join(', ')}`);
+  if (!roles.includes(access.role))
+    throw fail(ErrorCode.FORBIDDEN, `This needs one of these store roles: ${roles.join(', ')}`);
   return access;
 }
 
@@ -67,7 +81,13 @@ function changeDto(row: LedgerRow, balanceNow?: number) {
  * (a repeat, or a concurrent twin that won the race), that transaction is the answer — provided it was the
  * same request; else the change was refused for want of credits.
  */
-async function settle(ctx: AppContext, storeId: string, key: string | null | undefined, outcome: Exclude<ChangeOutcome, { kind: 'applied' }>, sameRequest: (row: LedgerRow) => boolean) {
+async function settle(
+  ctx: AppContext,
+  storeId: string,
+  key: string | null | undefined,
+  outcome: Exclude<ChangeOutcome, { kind: 'applied' }>,
+  sameRequest: (row: LedgerRow) => boolean,
+) {
   const first = key ? await findByIdempotencyKey(ctx, storeId, key) : null;
   if (first) {
     if (!sameRequest(first)) throw keyReused();
@@ -91,40 +111,75 @@ async function replay(ctx: AppContext, storeId: string, row: LedgerRow) {
   return changeDto(row, await balanceShown(ctx, storeId, row));
 }
 
-export async function getCredits(ctx: AppContext, userId: string, storeId: string, page: { limit: number; cursor?: string }) {
+export async function getCredits(
+  ctx: AppContext,
+  userId: string,
+  storeId: string,
+  page: { limit: number; cursor?: string },
+) {
   const after = decodeCursor(page.cursor);
   await requireCreditAccess(ctx, storeId, userId, CREDIT_ROLES.read);
-  const [balance, rows] = await Promise.all([currentBalance(ctx, storeId), listTransactions(ctx, storeId, page.limit, after)]);
+  const [balance, rows] = await Promise.all([
+    currentBalance(ctx, storeId),
+    listTransactions(ctx, storeId, page.limit, after),
+  ]);
   return { balance, transactions: toPage(rows, page.limit, toTransactionDto) };
 }
 
 /** The price list: every active service and what one unit of it costs, and what a credit costs. */
 export async function listCosts(ctx: AppContext) {
-  const rows = await ctx.master.models.ServiceCreditCost.findAll({ where: { active: true }, order: [['service', 'ASC']], raw: true });
-  return { items: rows.map((r) => ({ service: r.service, costPerUnit: r.costPerUnit, description: r.description })), creditPrice: { ...CREDIT_PRICE } };
+  const rows = await ctx.master.models.ServiceCreditCost.findAll({
+    where: { active: true },
+    order: [['service', 'ASC']],
+    raw: true,
+  });
+  return {
+    items: rows.map((r) => ({ service: r.service, costPerUnit: r.costPerUnit, description: r.description })),
+    creditPrice: { ...CREDIT_PRICE },
+  };
 }
 
 /**
  * Spend credits on a service: quantity × the service's cost per unit, taken only if the balance covers it
  * (else 402 and nothing changes). Counted in usage_metrics and the audit log in the same statement.
  */
-export async function spendCredits(ctx: AppContext, actor: LedgerActor & { userId: string }, storeId: string, input: SpendInput) {
+export async function spendCredits(
+  ctx: AppContext,
+  actor: LedgerActor & { userId: string },
+  storeId: string,
+  input: SpendInput,
+) {
   const access = await requireCreditAccess(ctx, storeId, actor.userId, CREDIT_ROLES.spend, input.service);
   refuseIfSuspended(access);
   if (access.costPerUnit === null || !access.serviceActive) {
-    throw fail(ErrorCode.VALIDATION_FAILED, 'The request body is not valid', { errors: [{ path: 'service', message: 'is not a service of GET /api/credits/costs' }] });
+    throw fail(ErrorCode.VALIDATION_FAILED, 'The request body is not valid', {
+      errors: [{ path: 'service', message: 'is not a service of GET /api/credits/costs' }],
+    });
   }
   const price = input.quantity * access.costPerUnit;
   const outcome = await applyChange(
     ctx,
-    { storeId, type: 'spend', amount: -price, service: input.service, quantity: input.quantity, idempotencyKey: input.idempotencyKey },
+    {
+      storeId,
+      type: 'spend',
+      amount: -price,
+      service: input.service,
+      quantity: input.quantity,
+      idempotencyKey: input.idempotencyKey,
+    },
     actor,
   );
   if (outcome.kind === 'applied') {
     await requestCreditSync(ctx, storeId);
     return changeDto(outcome.row);
   }
-  const first = await settle(ctx, storeId, input.idempotencyKey, outcome, (r) => r.type === 'spend' && r.service === input.service && r.quantity === input.quantity);
+  const first = await settle(
+    ctx,
+    storeId,
+    input.idempotencyKey,
+    outcome,
+    (r) => r.type === 'spend' && r.service === input.service && r.quantity === input.quantity,
+  );
   return replay(ctx, storeId, first);
 }
 
@@ -132,14 +187,23 @@ export async function spendCredits(ctx: AppContext, actor: LedgerActor & { userI
  * Buy credits. `manual` (development) completes at once; `stripe` records a pending purchase and hands back
  * the payment reference that the signed webhook will carry when the payment succeeds.
  */
-export async function purchaseCredits(ctx: AppContext, actor: LedgerActor & { userId: string }, storeId: string, input: PurchaseInput) {
+export async function purchaseCredits(
+  ctx: AppContext,
+  actor: LedgerActor & { userId: string },
+  storeId: string,
+  input: PurchaseInput,
+) {
   await requireCreditAccess(ctx, storeId, actor.userId, CREDIT_ROLES.purchase);
   const amountCents = input.amount * CREDIT_PRICE.amountCents;
   const sameRequest = (r: LedgerRow) => r.type === 'purchase' && Number(r.amount) === input.amount;
 
   if (ctx.config.paymentsProvider === 'manual') {
     const payment = { provider: 'manual' as const, amountCents, currency: CREDIT_PRICE.currency };
-    const outcome = await applyChange(ctx, { storeId, type: 'purchase', amount: input.amount, idempotencyKey: input.idempotencyKey, payment }, actor);
+    const outcome = await applyChange(
+      ctx,
+      { storeId, type: 'purchase', amount: input.amount, idempotencyKey: input.idempotencyKey, payment },
+      actor,
+    );
     if (outcome.kind === 'applied') {
       await requestCreditSync(ctx, storeId);
       return purchaseDto(outcome.row);
@@ -156,10 +220,16 @@ export async function purchaseCredits(ctx: AppContext, actor: LedgerActor & { us
   const reference = `tnry_pay_${randomBytes(12).toString('hex')}`;
   const created = await createPendingPurchase(
     ctx,
-    { storeId, amount: input.amount, idempotencyKey: input.idempotencyKey, payment: { provider: 'stripe', reference, amountCents, currency: CREDIT_PRICE.currency } },
+    {
+      storeId,
+      amount: input.amount,
+      idempotencyKey: input.idempotencyKey,
+      payment: { provider: 'stripe', reference, amountCents, currency: CREDIT_PRICE.currency },
+    },
     actor,
   );
-  const row = created.kind === 'created' ? created.row : await settle(ctx, storeId, input.idempotencyKey, created, sameRequest);
+  const row =
+    created.kind === 'created' ? created.row : await settle(ctx, storeId, input.idempotencyKey, created, sameRequest);
   return purchaseDto(row, await balanceShown(ctx, storeId, row));
 }
 
@@ -171,14 +241,29 @@ function purchaseDto(row: LedgerRow, balanceNow?: number) {
  * A platform admin's correction, up or down. It may not take the balance below 0 (402 INSUFFICIENT_CREDITS,
  * like a spend). An optional idempotency key makes a retried request safe.
  */
-export async function adjustCredits(ctx: AppContext, actor: LedgerActor & { userId: string }, storeId: string, input: AdjustInput) {
+export async function adjustCredits(
+  ctx: AppContext,
+  actor: LedgerActor & { userId: string },
+  storeId: string,
+  input: AdjustInput,
+) {
   const store = await ctx.master.models.Store.findByPk(storeId, { attributes: ['id', 'status'] });
   if (!store || store.status === 'deleted') throw noSuchStore();
-  const outcome = await applyChange(ctx, { storeId, type: 'adjustment', amount: input.amount, reason: input.reason, idempotencyKey: input.idempotencyKey }, actor);
+  const outcome = await applyChange(
+    ctx,
+    { storeId, type: 'adjustment', amount: input.amount, reason: input.reason, idempotencyKey: input.idempotencyKey },
+    actor,
+  );
   if (outcome.kind === 'applied') {
     await requestCreditSync(ctx, storeId);
     return changeDto(outcome.row);
   }
-  const first = await settle(ctx, storeId, input.idempotencyKey, outcome, (r) => r.type === 'adjustment' && Number(r.amount) === input.amount && r.reason === input.reason);
+  const first = await settle(
+    ctx,
+    storeId,
+    input.idempotencyKey,
+    outcome,
+    (r) => r.type === 'adjustment' && Number(r.amount) === input.amount && r.reason === input.reason,
+  );
   return replay(ctx, storeId, first);
 }

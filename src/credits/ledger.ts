@@ -172,7 +172,12 @@ export async function applyChange(ctx: AppContext, input: ChangeInput, actor: Le
  */
 export async function createPendingPurchase(
   ctx: AppContext,
-  input: { storeId: string; amount: number; idempotencyKey: string; payment: { provider: 'stripe'; reference: string; amountCents: number; currency: string } },
+  input: {
+    storeId: string;
+    amount: number;
+    idempotencyKey: string;
+    payment: { provider: 'stripe'; reference: string; amountCents: number; currency: string };
+  },
   actor: LedgerActor,
 ): Promise<{ kind: 'created'; row: LedgerRow } | { kind: 'duplicate-key' }> {
   const sql = `
@@ -196,7 +201,17 @@ export async function createPendingPurchase(
   const p = input.payment;
   try {
     const rows = await ctx.master.sequelize.query<LedgerRow>(sql, {
-      bind: [input.storeId, input.amount, input.idempotencyKey, actor.userId, p.provider, p.reference, p.amountCents, p.currency, actor.requestId],
+      bind: [
+        input.storeId,
+        input.amount,
+        input.idempotencyKey,
+        actor.userId,
+        p.provider,
+        p.reference,
+        p.amountCents,
+        p.currency,
+        actor.requestId,
+      ],
       type: QueryTypes.SELECT,
     });
     return { kind: 'created', row: rows[0] };
@@ -218,10 +233,13 @@ export async function findByIdempotencyKey(ctx: AppContext, storeId: string, key
 }
 
 export async function currentBalance(ctx: AppContext, storeId: string): Promise<number> {
-  const rows = await ctx.master.sequelize.query<{ balance: string }>('SELECT balance::text AS balance FROM credit_balances WHERE store_id = $1::uuid', {
-    bind: [storeId],
-    type: QueryTypes.SELECT,
-  });
+  const rows = await ctx.master.sequelize.query<{ balance: string }>(
+    'SELECT balance::text AS balance FROM credit_balances WHERE store_id = $1::uuid',
+    {
+      bind: [storeId],
+      type: QueryTypes.SELECT,
+    },
+  );
   return rows.length ? Number(rows[0].balance) : 0;
 }
 
@@ -257,7 +275,11 @@ export type PurchaseOutcome =
   | { kind: 'rejected'; reason: string; storeId: string };
 
 /** The provider's payment, locked: a second delivery of the same event waits here. */
-async function lockPayment(q: InTransaction, provider: 'stripe', reference: string): Promise<PendingPayment | undefined> {
+async function lockPayment(
+  q: InTransaction,
+  provider: 'stripe',
+  reference: string,
+): Promise<PendingPayment | undefined> {
   const [payment] = await q<PendingPayment>(
     `SELECT id AS "billingId", store_id AS "storeId", status, amount_cents AS "amountCents", currency, credit_transaction_id AS "creditTransactionId"
        FROM billing_transactions WHERE provider = $1::text AND provider_ref = $2::text FOR UPDATE`,
@@ -267,7 +289,12 @@ async function lockPayment(q: InTransaction, provider: 'stripe', reference: stri
 }
 
 /** Why the payment was refused, in the audit log; the purchase stays pending. */
-async function recordRejection(q: InTransaction, payment: PendingPayment, reason: string, audit: Record<string, unknown>): Promise<void> {
+async function recordRejection(
+  q: InTransaction,
+  payment: PendingPayment,
+  reason: string,
+  audit: Record<string, unknown>,
+): Promise<void> {
   await q(
     `INSERT INTO audit_log (store_id, action, target_type, target_id, data) VALUES ($1::uuid, 'credits.purchase.payment_rejected', 'credit_transaction', $2::text, $3::jsonb) RETURNING id`,
     [payment.storeId, payment.creditTransactionId, JSON.stringify({ ...audit, reason })],
@@ -276,14 +303,20 @@ async function recordRejection(q: InTransaction, payment: PendingPayment, reason
 
 /** The purchase's ledger row, locked, while it is still pending: its amount, or undefined. */
 async function lockPendingCredit(q: InTransaction, creditTransactionId: string): Promise<string | undefined> {
-  const [tx] = await q<{ amount: string }>(`SELECT amount::text AS amount FROM credit_transactions WHERE id = $1::uuid AND status = 'pending' FOR UPDATE`, [
-    creditTransactionId,
-  ]);
+  const [tx] = await q<{ amount: string }>(
+    `SELECT amount::text AS amount FROM credit_transactions WHERE id = $1::uuid AND status = 'pending' FOR UPDATE`,
+    [creditTransactionId],
+  );
   return tx?.amount;
 }
 
 /** Balance credited, ledger row completed (taking its seq), payment succeeded and audited, in one statement. */
-async function credit(q: InTransaction, payment: PendingPayment, amount: string, audit: Record<string, unknown>): Promise<LedgerRow> {
+async function credit(
+  q: InTransaction,
+  payment: PendingPayment,
+  amount: string,
+  audit: Record<string, unknown>,
+): Promise<LedgerRow> {
   const [bal] = await q<{ balance: string; seq: string }>(CREDIT_BALANCE, [payment.storeId, amount]);
   const [row] = await q<LedgerRow>(
     `WITH tx AS (
@@ -314,7 +347,8 @@ export async function completePendingPurchase(
   audit: Record<string, unknown>,
 ): Promise<PurchaseOutcome> {
   return ctx.master.sequelize.transaction(async (t: Transaction): Promise<PurchaseOutcome> => {
-    const q: InTransaction = (sql, bind) => ctx.master.sequelize.query(sql, { bind, type: QueryTypes.SELECT, transaction: t });
+    const q: InTransaction = (sql, bind) =>
+      ctx.master.sequelize.query(sql, { bind, type: QueryTypes.SELECT, transaction: t });
     const payment = await lockPayment(q, provider, reference);
     if (!payment || !payment.creditTransactionId) return { kind: 'unknown' };
     if (payment.status !== 'pending') return { kind: 'not-pending', status: payment.status };

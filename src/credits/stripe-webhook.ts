@@ -15,12 +15,18 @@ export const stripeWebhookBody = express.raw({ type: () => true, limit: '100kb' 
 
 /** For the document: what the webhook reads of a request (the handler below checks it, on the raw bytes). */
 export const StripeWebhookHeaders = z.object({
-  'Stripe-Signature': z.string().openapi({ description: 'Stripe\'s signature of the body: `t=<timestamp>,v1=<HMAC-SHA256>` with the endpoint\'s secret' }),
+  'Stripe-Signature': z.string().openapi({
+    description: "Stripe's signature of the body: `t=<timestamp>,v1=<HMAC-SHA256>` with the endpoint's secret",
+  }),
 });
 export const StripeEventBody = z
   .looseObject({
     id: z.string(),
-    type: z.string().describe('payment_intent.succeeded, checkout.session.completed and checkout.session.async_payment_succeeded are acted on'),
+    type: z
+      .string()
+      .describe(
+        'payment_intent.succeeded, checkout.session.completed and checkout.session.async_payment_succeeded are acted on',
+      ),
     data: z.looseObject({ object: z.looseObject({}).describe('The PaymentIntent or Checkout Session') }),
   })
   .describe('A Stripe event (https://docs.stripe.com/api/events/object); fields not listed are ignored');
@@ -29,7 +35,11 @@ export const StripeEventBody = z
 export const REFERENCE_KEY = 'tenantry_reference';
 
 /** Events that mean "this payment succeeded". */
-const PAID_EVENTS = new Set(['payment_intent.succeeded', 'checkout.session.completed', 'checkout.session.async_payment_succeeded']);
+const PAID_EVENTS = new Set([
+  'payment_intent.succeeded',
+  'checkout.session.completed',
+  'checkout.session.async_payment_succeeded',
+]);
 
 /** The parts of a PaymentIntent or Checkout Session we read; everything else is ignored. */
 const PaymentObject = z.object({
@@ -52,7 +62,12 @@ const ignored = (reason: string): WebhookAck => ({ received: true, ignored: true
  * Everything else — other event types, a reference we do not know, a repeat — is acknowledged with 200 and
  * `ignored: true`: Stripe retries every non-2xx answer for days, and retrying cannot make these succeed.
  */
-export async function handleStripeWebhook(ctx: AppContext, rawBody: unknown, signature: string | string[] | undefined, requestId: string | null = null): Promise<WebhookAck> {
+export async function handleStripeWebhook(
+  ctx: AppContext,
+  rawBody: unknown,
+  signature: string | string[] | undefined,
+  requestId: string | null = null,
+): Promise<WebhookAck> {
   const secret = ctx.config.stripeWebhookSecret;
   if (!secret) throw badSignature('Stripe webhooks are not configured on this server');
   if (typeof signature !== 'string' || !signature) throw badSignature('The Stripe-Signature header is missing');
@@ -69,17 +84,25 @@ export async function handleStripeWebhook(ctx: AppContext, rawBody: unknown, sig
   const parsed = PaymentObject.safeParse(event.data?.object);
   if (!parsed.success) return ignored('the event does not carry a payment object');
   const paid = parsed.data;
-  if (paid.object === 'checkout.session' && paid.payment_status !== 'paid') return ignored('the checkout session is not paid yet');
+  if (paid.object === 'checkout.session' && paid.payment_status !== 'paid')
+    return ignored('the checkout session is not paid yet');
   const reference = paid.metadata?.[REFERENCE_KEY] ?? paid.client_reference_id ?? paid.id;
   const amountCents = paid.amount_received ?? paid.amount_total ?? null;
   const currency = paid.currency?.toUpperCase() ?? null;
 
   // A payment for less (or in another currency) than the purchase asked for completes nothing.
   const check = (p: PendingPayment) =>
-    (amountCents !== null && amountCents < p.amountCents) || (currency !== null && currency !== p.currency.trim().toUpperCase())
+    (amountCents !== null && amountCents < p.amountCents) ||
+    (currency !== null && currency !== p.currency.trim().toUpperCase())
       ? `paid ${amountCents} ${currency}, expected ${p.amountCents} ${p.currency.trim()}`
       : null;
-  const outcome = await completePendingPurchase(ctx, 'stripe', reference, check, { provider: 'stripe', eventId: event.id, eventType: event.type, reference, requestId });
+  const outcome = await completePendingPurchase(ctx, 'stripe', reference, check, {
+    provider: 'stripe',
+    eventId: event.id,
+    eventType: event.type,
+    reference,
+    requestId,
+  });
   switch (outcome.kind) {
     case 'completed':
       await requestCreditSync(ctx, outcome.row.storeId);
@@ -90,7 +113,10 @@ export async function handleStripeWebhook(ctx: AppContext, rawBody: unknown, sig
     case 'not-pending':
       return ignored(`this payment was already processed (${outcome.status})`);
     case 'rejected':
-      logger.warn({ eventId: event.id, reference, storeId: outcome.storeId, reason: outcome.reason }, 'Stripe payment does not match its purchase; not completed');
+      logger.warn(
+        { eventId: event.id, reference, storeId: outcome.storeId, reason: outcome.reason },
+        'Stripe payment does not match its purchase; not completed',
+      );
       return ignored(`the payment does not match the purchase (${outcome.reason})`);
   }
 }

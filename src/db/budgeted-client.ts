@@ -64,13 +64,17 @@ export function budgetedPgModule(slots: ConnectionSlots, holder: BudgetHolder, l
         return this as pg.Client;
       });
       if (!callback) return connected;
-      connected.then((client) => callback(null, client), (err: Error) => callback(err));
+      connected.then(
+        (client) => callback(null, client),
+        (err: Error) => callback(err),
+      );
     }
 
     // pg's query() has a dozen overloads (hence `any`); the forms Sequelize and TenantHandle use come here.
     override query(config: unknown, values?: unknown, callback?: unknown): any {
       const meter = limit > 0 ? (currentReadMeter() ?? { bytes: 0 }) : undefined;
-      const cb = (typeof values === 'function' ? values : typeof callback === 'function' ? callback : undefined) as Callback | undefined;
+      const cb = (typeof values === 'function' ? values : typeof callback === 'function' ? callback : undefined) as
+        Callback | undefined;
       if (meter && meter.bytes > limit) {
         // An earlier query of this request went over the limit: nothing more is sent for it.
         const err = new ReadLimitError(limit);
@@ -78,7 +82,8 @@ export function budgetedPgModule(slots: ConnectionSlots, holder: BudgetHolder, l
         return Promise.reject(err);
       }
       this.meter = meter;
-      if (typeof (config as { submit?: unknown }).submit === 'function') return send.call(this, config, values, callback);
+      if (typeof (config as { submit?: unknown }).submit === 'function')
+        return send.call(this, config, values, callback);
       if (cb) {
         const done: Callback = (err, result) => {
           const failure = this.outcome(err, meter);

@@ -55,7 +55,12 @@ interface StoreRecord extends StoreState {
 }
 
 /** Errors of a database that answers, but too slowly: the server's own timeouts and ours. */
-const TOO_SLOW = new Set<string>([PgCode.QUERY_CANCELED, PgCode.LOCK_NOT_AVAILABLE, PgCode.IDLE_IN_TRANSACTION_TIMEOUT, ClientErrorCode.QUERY_TIMEOUT]);
+const TOO_SLOW = new Set<string>([
+  PgCode.QUERY_CANCELED,
+  PgCode.LOCK_NOT_AVAILABLE,
+  PgCode.IDLE_IN_TRANSACTION_TIMEOUT,
+  ClientErrorCode.QUERY_TIMEOUT,
+]);
 
 /**
  * The only owner of tenant database handles. Two budgets: many cheap cached handles (an LRU of
@@ -81,7 +86,9 @@ export class ConnectionManager implements TenantGuard {
     readonly options: ConnectionManagerOptions,
     private readonly refusalFor: StoreRefusal,
   ) {
-    this.budget = new ConnectionBudget(options.connectionsMax, options.acquireTimeoutMs, { ownerShare: options.ownerShare });
+    this.budget = new ConnectionBudget(options.connectionsMax, options.acquireTimeoutMs, {
+      ownerShare: options.ownerShare,
+    });
     this.settings = {
       poolMax: options.poolMax,
       idleMs: options.idleMs,
@@ -97,7 +104,11 @@ export class ConnectionManager implements TenantGuard {
       max: options.cacheMax,
       dispose: (handle, _key, reason) => {
         if (reason === 'evict') this.counters.evictions++;
-        void handle.close().catch((err: Error) => logger.warn({ storeId: handle.storeId, err: err.message }, 'closing a tenant handle failed'));
+        void handle
+          .close()
+          .catch((err: Error) =>
+            logger.warn({ storeId: handle.storeId, err: err.message }, 'closing a tenant handle failed'),
+          );
       },
     });
     this.refusals = new LRUCache({ max: 10_000, ttl: options.statusTtlMs ?? 2000 });
@@ -185,7 +196,9 @@ export class ConnectionManager implements TenantGuard {
       builds: this.counters.builds,
       avgBuildMs: this.counters.builds ? +(this.counters.buildMsTotal / this.counters.builds).toFixed(2) : 0,
       hostCache: this.hosts.stats(),
-      fenced: [...this.fences.entries()].filter(([, f]) => f.until > now).map(([storeId, f]) => ({ storeId, until: new Date(f.until).toISOString(), reason: f.reason })),
+      fenced: [...this.fences.entries()]
+        .filter(([, f]) => f.until > now)
+        .map(([storeId, f]) => ({ storeId, until: new Date(f.until).toISOString(), reason: f.reason })),
       fencesTotal: this.counters.fenced,
       perStore,
     };
@@ -224,7 +237,10 @@ export class ConnectionManager implements TenantGuard {
     }
     // Credentials are decrypted here only, and live on inside the handle's Sequelize config.
     const connection = this.credentialsOf(storeId, rows[0].credentials as string);
-    const handle = new TenantHandle(storeId, rows[0].ownerId, connection, this.slotsFor(connection), { ...this.settings, publicOnly: mustBePublic(rows[0].mode, this.options) });
+    const handle = new TenantHandle(storeId, rows[0].ownerId, connection, this.slotsFor(connection), {
+      ...this.settings,
+      publicOnly: mustBePublic(rows[0].mode, this.options),
+    });
     this.handles.set(storeId, handle);
     this.counters.builds++;
     this.counters.buildMsTotal += performance.now() - started;
@@ -248,7 +264,9 @@ export class ConnectionManager implements TenantGuard {
       return this.encryptor.decryptJson<TenantConnection>(ciphertext, secretContext.storeCredentials(storeId));
     } catch (err) {
       logger.error({ storeId, err: (err as Error).message }, 'the credentials of this store do not decrypt');
-      const refusal = fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", { retryAfterSeconds: Math.ceil(this.options.fenceMs / 1000) });
+      const refusal = fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", {
+        retryAfterSeconds: Math.ceil(this.options.fenceMs / 1000),
+      });
       this.refusals.set(storeId, refusal);
       throw refusal;
     }
@@ -263,20 +281,31 @@ export class ConnectionManager implements TenantGuard {
       this.fences.delete(storeId);
       return;
     }
-    throw fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", { retryAfterSeconds: Math.ceil(left / 1000) });
+    throw fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", {
+      retryAfterSeconds: Math.ceil(left / 1000),
+    });
   }
 
   private classify(storeId: string, err: unknown): unknown {
     if (err instanceof AppError) return err;
-    const budgetFull = err instanceof ConnectionAcquireTimeoutError || err instanceof BudgetTimeoutError || (err as { parent?: unknown }).parent instanceof BudgetTimeoutError;
+    const budgetFull =
+      err instanceof ConnectionAcquireTimeoutError ||
+      err instanceof BudgetTimeoutError ||
+      (err as { parent?: unknown }).parent instanceof BudgetTimeoutError;
     if (budgetFull) {
       // Every slot is busy: the instance is overloaded, the store is not at fault — no fence.
       return fail(ErrorCode.TENANT_UNAVAILABLE, 'The server is busy; try again shortly', { retryAfterSeconds: 1 });
     }
     // The database is alive, only slow, locked or too talkative: this request fails, the store is not fenced.
     const code = pgCode(err);
-    if (code === ClientErrorCode.READ_LIMIT) return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database returned more data than allowed", { retryAfterSeconds: 1 });
-    if (code && TOO_SLOW.has(code)) return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database did not answer in time; try again shortly", { retryAfterSeconds: 1 });
+    if (code === ClientErrorCode.READ_LIMIT)
+      return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database returned more data than allowed", {
+        retryAfterSeconds: 1,
+      });
+    if (code && TOO_SLOW.has(code))
+      return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database did not answer in time; try again shortly", {
+        retryAfterSeconds: 1,
+      });
     if (!isConnectionFailure(err)) return err;
     const reason = (err as Error).message;
     this.fences.set(storeId, { until: Date.now() + this.options.fenceMs, reason });
@@ -284,6 +313,8 @@ export class ConnectionManager implements TenantGuard {
     // Connections to a failed database are useless; drop the pool, keep nothing half-broken.
     this.handles.delete(storeId);
     logger.warn({ storeId, reason }, 'tenant database failed; fenced');
-    return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", { retryAfterSeconds: Math.ceil(this.options.fenceMs / 1000) });
+    return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database is not reachable right now", {
+      retryAfterSeconds: Math.ceil(this.options.fenceMs / 1000),
+    });
   }
 }

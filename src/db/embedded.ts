@@ -1,8 +1,28 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readlinkSync,
+  rmdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { Client } from 'pg';
-import { initCluster, LocalPostgresError, makeTraversable, reachable, runnableBinaries, serverUser, SHARED_ROOT, startServer, type ServerUser } from './local-postgres';
+import {
+  initCluster,
+  LocalPostgresError,
+  makeTraversable,
+  reachable,
+  runnableBinaries,
+  serverUser,
+  SHARED_ROOT,
+  startServer,
+  type ServerUser,
+} from './local-postgres';
 
 /**
  * The zero-configuration master database: a real Postgres server from the binaries of the
@@ -35,7 +55,8 @@ export interface EmbeddedOptions {
 const SECRET_FILE = 'embedded-pg.secret';
 const PG_INVALID_PASSWORD = '28P01';
 
-const embeddedUrl = (port: number, password: string) => `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/tenantry`;
+const embeddedUrl = (port: number, password: string) =>
+  `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/tenantry`;
 const secretPath = (dataDir: string) => path.join(path.resolve(dataDir), SECRET_FILE);
 
 function readSecret(dataDir: string): string | undefined {
@@ -74,10 +95,21 @@ export function embeddedPostgresUrl(dataDir: string, port: number): string | und
 const isBadPassword = (err: unknown) => (err as { code?: string }).code === PG_INVALID_PASSWORD;
 
 /** A connection as `postgres` with the first of these passwords the server accepts. */
-async function logIn(port: number, database: string, passwords: string[]): Promise<{ client: Client; password: string }> {
+async function logIn(
+  port: number,
+  database: string,
+  passwords: string[],
+): Promise<{ client: Client; password: string }> {
   let refused: unknown;
   for (const password of passwords) {
-    const client = new Client({ host: '127.0.0.1', port, user: 'postgres', password, database, connectionTimeoutMillis: 3000 });
+    const client = new Client({
+      host: '127.0.0.1',
+      port,
+      user: 'postgres',
+      password,
+      database,
+      connectionTimeoutMillis: 3000,
+    });
     try {
       await client.connect();
       return { client, password };
@@ -96,7 +128,11 @@ async function logIn(port: number, database: string, passwords: string[]): Promi
  * stop() leaves it running. A server not yet moved to its own secret is reached with the legacy password
  * and left as it is: changing the password under the running API would lock its new connections out.
  */
-async function runningEmbeddedPostgres(dataDir: string, port: number, legacyPassword?: string): Promise<EmbeddedServer | null> {
+async function runningEmbeddedPostgres(
+  dataDir: string,
+  port: number,
+  legacyPassword?: string,
+): Promise<EmbeddedServer | null> {
   const passwords = [readSecret(dataDir), legacyPassword].filter((p): p is string => !!p);
   try {
     const { client, password } = await logIn(port, 'tenantry', passwords);
@@ -104,7 +140,9 @@ async function runningEmbeddedPostgres(dataDir: string, port: number, legacyPass
     return { url: embeddedUrl(port, password), stop: async () => {} };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ECONNREFUSED') return null;
-    throw new Error(`A server answers on EMBEDDED_PG_PORT ${port} but is not this deployment's embedded Postgres (${(err as Error).message}); set DATABASE_URL or another EMBEDDED_PG_PORT`);
+    throw new Error(
+      `A server answers on EMBEDDED_PG_PORT ${port} but is not this deployment's embedded Postgres (${(err as Error).message}); set DATABASE_URL or another EMBEDDED_PG_PORT`,
+    );
   }
 }
 
@@ -143,11 +181,17 @@ function clusterDirectory(dataDir: string, user: ServerUser | undefined, notify:
   makeTraversable(home);
   writeFileSync(path.join(home, 'DATA_DIR'), `${dataDir}\n`);
   symlinkSync(path.join(home, 'pg'), link);
-  notify(`the user \`${user!.name}\` the embedded Postgres runs as cannot enter ${dataDir}: its cluster lives in ${path.join(home, 'pg')} (${link} links there)`);
+  notify(
+    `the user \`${user!.name}\` the embedded Postgres runs as cannot enter ${dataDir}: its cluster lives in ${path.join(home, 'pg')} (${link} links there)`,
+  );
   return path.join(home, 'pg');
 }
 
-export async function startEmbeddedPostgres(dataDir: string, port: number, opts: EmbeddedOptions = {}): Promise<EmbeddedServer> {
+export async function startEmbeddedPostgres(
+  dataDir: string,
+  port: number,
+  opts: EmbeddedOptions = {},
+): Promise<EmbeddedServer> {
   if (opts.reuseRunning) {
     const running = await runningEmbeddedPostgres(dataDir, port, opts.legacyPassword);
     if (running) return running;
@@ -164,7 +208,9 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, opts:
   const server = await startServer(bin, databaseDir, port, user, { onLog: opts.serverLog });
   try {
     // A cluster of an older version still has the legacy password; one whose move was cut short may too.
-    const passwords = fresh ? [secret] : [...(hadSecret ? [secret] : []), ...(opts.legacyPassword ? [opts.legacyPassword] : [])];
+    const passwords = fresh
+      ? [secret]
+      : [...(hadSecret ? [secret] : []), ...(opts.legacyPassword ? [opts.legacyPassword] : [])];
     const { client, password } = await logIn(port, 'postgres', passwords).catch((err) => {
       if (!isBadPassword(err)) throw err;
       // Never used: the next start must again see a cluster waiting to be moved, not a lost secret.
@@ -188,7 +234,9 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, opts:
 function refusedError(databaseDir: string, secretFile: string, hadSecret: boolean): Error {
   const startOver = `or delete ${databaseDir} to start over (its data is lost)`;
   if (hadSecret) {
-    return new Error(`The embedded Postgres in ${databaseDir} refuses the password in ${secretFile} (and the legacy one from JWT_SECRET): restore that file from a backup, ${startOver}.`);
+    return new Error(
+      `The embedded Postgres in ${databaseDir} refuses the password in ${secretFile} (and the legacy one from JWT_SECRET): restore that file from a backup, ${startOver}.`,
+    );
   }
   return new Error(
     `The embedded Postgres in ${databaseDir} was created before its password moved to ${secretFile}: its password is the first 24 characters ` +

@@ -1,4 +1,11 @@
-import { BaseError, ConnectionError, ForeignKeyConstraintError, TimeoutError, UniqueConstraintError, ValidationError } from 'sequelize';
+import {
+  BaseError,
+  ConnectionError,
+  ForeignKeyConstraintError,
+  TimeoutError,
+  UniqueConstraintError,
+  ValidationError,
+} from 'sequelize';
 import { AppError, ErrorCode, fail } from '../lib/errors';
 
 /** Postgres SQLSTATE codes we answer for. */
@@ -69,7 +76,16 @@ export const pgCode = (err: unknown): string | undefined => nestedField(err, 'co
 export function isConnectionFailure(err: unknown): boolean {
   if (err instanceof ConnectionError || err instanceof TimeoutError) return true;
   const code = pgCode(err);
-  if (code && (CONNECTION_ERRNOS.has(code) || code.startsWith('08') || code.startsWith('28') || code.startsWith('57P') || code === PgCode.INVALID_CATALOG_NAME || code === PgCode.TOO_MANY_CONNECTIONS)) return true;
+  if (
+    code &&
+    (CONNECTION_ERRNOS.has(code) ||
+      code.startsWith('08') ||
+      code.startsWith('28') ||
+      code.startsWith('57P') ||
+      code === PgCode.INVALID_CATALOG_NAME ||
+      code === PgCode.TOO_MANY_CONNECTIONS)
+  )
+    return true;
   const message = (err as Error)?.message ?? '';
   return /Connection terminated|timeout expired|connect ETIMEDOUT/i.test(message);
 }
@@ -94,14 +110,20 @@ export function mapDatabaseError(err: unknown): AppError | undefined {
   if (err instanceof ForeignKeyConstraintError || pgCode(err) === PgCode.FOREIGN_KEY_VIOLATION) {
     return fail(ErrorCode.CONFLICT, 'The request refers to something that does not exist or is still in use');
   }
-  if (err instanceof ValidationError || pgCode(err) === PgCode.CHECK_VIOLATION || pgCode(err) === PgCode.NOT_NULL_VIOLATION) {
+  if (
+    err instanceof ValidationError ||
+    pgCode(err) === PgCode.CHECK_VIOLATION ||
+    pgCode(err) === PgCode.NOT_NULL_VIOLATION
+  ) {
     return fail(ErrorCode.VALIDATION_FAILED, 'The request breaks a rule of the data');
   }
   if (pgCode(err) === PgCode.INVALID_TEXT_REPRESENTATION) {
     return fail(ErrorCode.VALIDATION_FAILED, 'A value has the wrong format');
   }
   if (isConnectionFailure(err)) {
-    return fail(ErrorCode.SERVICE_UNAVAILABLE, 'A database is not reachable right now', { headers: { 'Retry-After': '5' } });
+    return fail(ErrorCode.SERVICE_UNAVAILABLE, 'A database is not reachable right now', {
+      headers: { 'Retry-After': '5' },
+    });
   }
   return undefined;
 }

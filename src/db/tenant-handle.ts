@@ -36,7 +36,8 @@ function sessionLimits(settings: HandleSettings): Record<string, number> {
     limits.query_timeout = settings.statementTimeoutMs + QUERY_TIMEOUT_MARGIN_MS;
   }
   if (settings.lockTimeoutMs) limits.lock_timeout = settings.lockTimeoutMs;
-  if (settings.idleInTransactionTimeoutMs) limits.idle_in_transaction_session_timeout = settings.idleInTransactionTimeoutMs;
+  if (settings.idleInTransactionTimeoutMs)
+    limits.idle_in_transaction_session_timeout = settings.idleInTransactionTimeoutMs;
   return limits;
 }
 
@@ -106,7 +107,13 @@ export class TenantHandle implements BudgetHolder {
       // timestamptz values carry their offset, so the session time zone does not matter: skipping
       // Sequelize's SET TIME ZONE saves a round trip on every new connection.
       keepDefaultTimezone: true,
-      pool: { max: settings.poolMax, min: 0, idle: settings.idleMs, evict: Math.min(1000, settings.idleMs), acquire: settings.acquireTimeoutMs },
+      pool: {
+        max: settings.poolMax,
+        min: 0,
+        idle: settings.idleMs,
+        evict: Math.min(1000, settings.idleMs),
+        acquire: settings.acquireTimeoutMs,
+      },
       dialectOptions: {
         ssl: pgSsl(connection.ssl),
         connectionTimeoutMillis: settings.connectTimeoutMs,
@@ -189,7 +196,14 @@ export class TenantHandle implements BudgetHolder {
 
   stats() {
     const pool = this.connectionManager.pool;
-    return { open: this.open, inUse: pool.using, idle: pool.available, waiting: pool.waiting, leases: this.leases, lastUsed: new Date(this.lastUsed).toISOString() };
+    return {
+      open: this.open,
+      inUse: pool.using,
+      idle: pool.available,
+      waiting: pool.waiting,
+      leases: this.leases,
+      lastUsed: new Date(this.lastUsed).toISOString(),
+    };
   }
 
   /** Close once no request holds the handle any more and no query is running. */

@@ -24,7 +24,13 @@ export class AdminPools {
   async withAdmin<T>(adminUrl: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
     let pool = this.pools.get(adminUrl);
     if (!pool) {
-      pool = new pg.Pool({ connectionString: adminUrl, max: ADMIN_POOL_MAX, idleTimeoutMillis: 5000, connectionTimeoutMillis: 5000, allowExitOnIdle: true });
+      pool = new pg.Pool({
+        connectionString: adminUrl,
+        max: ADMIN_POOL_MAX,
+        idleTimeoutMillis: 5000,
+        connectionTimeoutMillis: 5000,
+        allowExitOnIdle: true,
+      });
       pool.on('error', () => {}); // an idle connection lost: the pool replaces it
       this.pools.set(adminUrl, pool);
     }
@@ -70,7 +76,9 @@ export async function ensureTenantDatabase(
   },
 ): Promise<{ claimed: boolean }> {
   return pools.withAdmin(adminUrl, async (client) => {
-    const { rows: [found] } = await client.query<{ role: boolean; db: boolean }>(
+    const {
+      rows: [found],
+    } = await client.query<{ role: boolean; db: boolean }>(
       'SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS role, EXISTS (SELECT 1 FROM pg_database WHERE datname = $2) AS db',
       [target.role, target.database],
     );

@@ -6,7 +6,11 @@ import { Problem, registry } from './openapi';
 type Method = 'get' | 'post' | 'put' | 'patch' | 'delete';
 type Infer<T> = T extends ZodType ? z.infer<T> : undefined;
 
-export interface RouteSpec<B extends ZodType | undefined, P extends ZodType | undefined, Q extends ZodType | undefined> {
+export interface RouteSpec<
+  B extends ZodType | undefined,
+  P extends ZodType | undefined,
+  Q extends ZodType | undefined,
+> {
   /**
    * The operation's name in the OpenAPI document, which generated clients name their methods after: stable
    * (renaming it breaks every client), camelCase, unique across the API.
@@ -73,7 +77,9 @@ const UNKNOWN = {
 export function fieldErrors(error: z.ZodError, unknown = UNKNOWN.other): FieldError[] {
   const at = (path: PropertyKey[]) => path.map(String).join('.') || '(root)';
   return error.issues.flatMap((i) =>
-    i.code === 'unrecognized_keys' ? i.keys.map((key) => ({ path: at([...i.path, key]), message: unknown(key) })) : [{ path: at(i.path), message: i.message }],
+    i.code === 'unrecognized_keys'
+      ? i.keys.map((key) => ({ path: at([...i.path, key]), message: unknown(key) }))
+      : [{ path: at(i.path), message: i.message }],
   );
 }
 
@@ -115,7 +121,9 @@ export function mergeErrors(...sources: (Record<number, string> | undefined)[]):
       merged.set(Number(status), parts);
     }
   }
-  return Object.fromEntries([...merged].sort(([a], [b]) => a - b).map(([status, parts]) => [status, [...parts.values()].join(' | ')]));
+  return Object.fromEntries(
+    [...merged].sort(([a], [b]) => a - b).map(([status, parts]) => [status, [...parts.values()].join(' | ')]),
+  );
 }
 
 /** What a store token sent to a platform route (requireAuth(ctx, 'platform')) gets. */
@@ -149,7 +157,11 @@ export class ApiRouter {
   delete = this.method('delete');
 
   private method(method: Method) {
-    return <B extends ZodType | undefined = undefined, P extends ZodType | undefined = undefined, Q extends ZodType | undefined = undefined>(
+    return <
+      B extends ZodType | undefined = undefined,
+      P extends ZodType | undefined = undefined,
+      Q extends ZodType | undefined = undefined,
+    >(
       path: string,
       spec: RouteSpec<B, P, Q>,
       handler: (input: RouteInput<Infer<B>, Infer<P>, Infer<Q>>) => Promise<unknown> | unknown,
@@ -183,7 +195,11 @@ export class ApiRouter {
     };
   }
 
-  private document(method: Method, path: string, spec: RouteSpec<ZodType | undefined, ZodType | undefined, ZodType | undefined>) {
+  private document(
+    method: Method,
+    path: string,
+    spec: RouteSpec<ZodType | undefined, ZodType | undefined, ZodType | undefined>,
+  ) {
     const problem = { content: { 'application/problem+json': { schema: Problem } } };
     const status = spec.status ?? 200;
     const errors = mergeErrors(
@@ -191,13 +207,18 @@ export class ApiRouter {
       { 400: ErrorCode.VALIDATION_FAILED },
       spec.body ? BODY_ERRORS : undefined,
       spec.rawBody ? { 413: BODY_ERRORS[413] } : undefined,
-      spec.secured === true ? { 401: `${ErrorCode.UNAUTHENTICATED} (missing, invalid, expired or revoked token)` } : undefined,
-      spec.secured === 'optional' ? { 401: `${ErrorCode.UNAUTHENTICATED} (a token was sent and is invalid, expired or revoked)` } : undefined,
+      spec.secured === true
+        ? { 401: `${ErrorCode.UNAUTHENTICATED} (missing, invalid, expired or revoked token)` }
+        : undefined,
+      spec.secured === 'optional'
+        ? { 401: `${ErrorCode.UNAUTHENTICATED} (a token was sent and is invalid, expired or revoked)` }
+        : undefined,
       this.docs.errors,
       spec.secured === true ? this.docs.securedErrors : undefined,
       spec.errors,
     );
-    const headers = this.docs.headers || spec.headers ? z.object({ ...this.docs.headers?.shape, ...spec.headers?.shape }) : undefined;
+    const headers =
+      this.docs.headers || spec.headers ? z.object({ ...this.docs.headers?.shape, ...spec.headers?.shape }) : undefined;
     const description = [spec.description, this.docs.description].filter(Boolean).join('\n\n');
     registry.registerPath({
       method,
@@ -213,7 +234,11 @@ export class ApiRouter {
         body: spec.body
           ? { required: true, content: { 'application/json': { schema: spec.body } } }
           : spec.rawBody
-            ? { required: true, description: spec.rawBody.description, content: { [spec.rawBody.contentType]: { schema: spec.rawBody.schema } } }
+            ? {
+                required: true,
+                description: spec.rawBody.description,
+                content: { [spec.rawBody.contentType]: { schema: spec.rawBody.schema } },
+              }
             : undefined,
         params: spec.params as never,
         query: spec.query as never,
@@ -226,7 +251,10 @@ export class ApiRouter {
         },
         ...Object.fromEntries(Object.entries(errors).map(([code, description]) => [code, { description, ...problem }])),
         ...Object.fromEntries(
-          Object.entries(spec.otherResponses ?? {}).map(([code, { description, schema }]) => [code, { description, content: { 'application/json': { schema } } }]),
+          Object.entries(spec.otherResponses ?? {}).map(([code, { description, schema }]) => [
+            code,
+            { description, content: { 'application/json': { schema } } },
+          ]),
         ),
       },
     });
@@ -250,17 +278,25 @@ const anyOf = (paths: string[]) => new RegExp(`^(?:${paths.map(pathSource).join(
  * ApiRouter). Every request goes through it: two pattern tests, the route-by-route look-up only for a 405.
  */
 export function methodNotAllowed(routers: ApiRouter[]): RequestHandler {
-  const routes = routers.flatMap((r) => r.routes.map((route) => ({ method: route.method.toUpperCase(), path: r.basePath + route.path })));
+  const routes = routers.flatMap((r) =>
+    r.routes.map((route) => ({ method: route.method.toUpperCase(), path: r.basePath + route.path })),
+  );
   const known = anyOf(routes.map((r) => r.path));
   const byMethod = new Map<string, RegExp>();
-  for (const method of new Set(routes.map((r) => r.method))) byMethod.set(method, anyOf(routes.filter((r) => r.method === method).map((r) => r.path)));
+  for (const method of new Set(routes.map((r) => r.method)))
+    byMethod.set(method, anyOf(routes.filter((r) => r.method === method).map((r) => r.path)));
   const answers = (method: string, path: string) => byMethod.get(method)?.test(path) === true;
 
   return (req, _res, next) => {
-    if (!known.test(req.path) || answers(req.method, req.path) || (req.method === 'HEAD' && answers('GET', req.path))) return next();
+    if (!known.test(req.path) || answers(req.method, req.path) || (req.method === 'HEAD' && answers('GET', req.path)))
+      return next();
     const allowed = [...byMethod.keys()].filter((method) => answers(method, req.path));
     if (allowed.includes('GET')) allowed.push('HEAD');
     const allow = allowed.sort().join(', ');
-    next(fail(ErrorCode.METHOD_NOT_ALLOWED, `${req.method} is not a method of ${req.path}; it answers ${allow}`, { headers: { Allow: allow } }));
+    next(
+      fail(ErrorCode.METHOD_NOT_ALLOWED, `${req.method} is not a method of ${req.path}; it answers ${allow}`, {
+        headers: { Allow: allow },
+      }),
+    );
   };
 }

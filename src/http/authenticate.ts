@@ -39,4 +39,7 @@ export function platformClaims(auth: TokenClaims | undefined) {
 }
 
 /** The platform user acting and the request, for a ledger or an audit row. */
-export const platformActorOf = (req: Request): { userId: string; requestId: string | null } => ({ userId: platformClaims(req.auth).sub, requestId: req.id === undefined ? null : String(req.id) });
+export const platformActorOf = (req: Request): { userId: string; requestId: string | null } => ({
+  userId: platformClaims(req.auth).sub,
+  requestId: req.id === undefined ? null : String(req.id),
+});

@@ -16,5 +16,10 @@ function carriesBody(headers: { 'content-length'?: string; 'transfer-encoding'?:
  */
 export const requireJsonBody: RequestHandler = (req, _res, next) => {
   if (req.body !== undefined || !carriesBody(req.headers)) return next();
-  next(fail(ErrorCode.UNSUPPORTED_MEDIA_TYPE, 'This API reads JSON request bodies only: send the body as JSON with Content-Type: application/json'));
+  next(
+    fail(
+      ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+      'This API reads JSON request bodies only: send the body as JSON with Content-Type: application/json',
+    ),
+  );
 };

@@ -19,7 +19,9 @@ export const Problem = registry.register(
       code: z.string().describe('Stable, upper snake case: what clients switch on (listed with each response)'),
       detail: z.string().describe('For people: what went wrong and, where it helps, what to do'),
       errors: z
-        .array(z.object({ path: z.string().describe('The field, dotted (`company.name`), or (root)'), message: z.string() }))
+        .array(
+          z.object({ path: z.string().describe('The field, dotted (`company.name`), or (root)'), message: z.string() }),
+        )
         .optional()
         .describe('Only for VALIDATION_FAILED: every problem found'),
     })
@@ -64,19 +66,21 @@ function withUuidPatterns<T>(node: T): T {
 let cached: unknown;
 /** The document served at /openapi.json (and written by \`npm run openapi\` for the generated client). */
 export function openApiDocument(): unknown {
-  cached ??= withUuidPatterns(new OpenApiGeneratorV31(registry.definitions).generateDocument({
-    openapi: '3.1.0',
-    info: {
-      title: 'Tenantry API',
-      version: '1.0.0',
-      description: DESCRIPTION,
-      // Not an open-source licence: the API and this document are the operator's.
-      license: { name: 'Proprietary', identifier: 'LicenseRef-Proprietary' },
-    },
-    // Relative: the document describes the server that serves it, whatever its public name.
-    servers: [{ url: '/', description: 'The server that serves this document' }],
-    // The default of every operation; public ones say `security: []`.
-    security: [{ bearer: [] }],
-  }));
+  cached ??= withUuidPatterns(
+    new OpenApiGeneratorV31(registry.definitions).generateDocument({
+      openapi: '3.1.0',
+      info: {
+        title: 'Tenantry API',
+        version: '1.0.0',
+        description: DESCRIPTION,
+        // Not an open-source licence: the API and this document are the operator's.
+        license: { name: 'Proprietary', identifier: 'LicenseRef-Proprietary' },
+      },
+      // Relative: the document describes the server that serves it, whatever its public name.
+      servers: [{ url: '/', description: 'The server that serves this document' }],
+      // The default of every operation; public ones say `security: []`.
+      security: [{ bearer: [] }],
+    }),
+  );
   return cached;
 }

@@ -18,7 +18,8 @@ export interface Page<T> {
   nextCursor: string | null;
 }
 
-export const pageOf = <T extends z.ZodType>(item: T) => z.object({ items: z.array(item), nextCursor: z.string().nullable() });
+export const pageOf = <T extends z.ZodType>(item: T) =>
+  z.object({ items: z.array(item), nextCursor: z.string().nullable() });
 
 /** Keyset position: the sort timestamp (as Postgres printed it, full precision) and the row id. */
 export interface Position {
@@ -34,7 +35,8 @@ export function decodeCursor(cursor: string | undefined): Position | null {
   if (!cursor) return null;
   try {
     const [ts, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown[];
-    if (typeof ts === 'string' && typeof id === 'string' && !Number.isNaN(Date.parse(ts)) && /^[0-9a-f-]{36}$/.test(id)) return { ts, id };
+    if (typeof ts === 'string' && typeof id === 'string' && !Number.isNaN(Date.parse(ts)) && /^[0-9a-f-]{36}$/.test(id))
+      return { ts, id };
   } catch {
     // fall through
   }
@@ -51,7 +53,11 @@ export function olderThan(alias: string, after: Position, values: unknown[]): st
 }
 
 /** Given limit+1 rows fetched in order, the page and the cursor of the next one. */
-export function toPage<R extends { cursorTs: string; id: string }, T>(rows: R[], limit: number, map: (r: R) => T): Page<T> {
+export function toPage<R extends { cursorTs: string; id: string }, T>(
+  rows: R[],
+  limit: number,
+  map: (r: R) => T,
+): Page<T> {
   const more = rows.length > limit;
   const slice = more ? rows.slice(0, limit) : rows;
   const last = slice[slice.length - 1];

@@ -39,7 +39,8 @@ function fromBodyParser(err: { type?: string; status?: number }): AppError | und
 
 /** Express's own refusal of a path parameter that is not valid percent-encoding (a URIError, status 400). */
 function fromRouter(err: { status?: number }): AppError | undefined {
-  if (err instanceof URIError && err.status === 400) return fail(ErrorCode.VALIDATION_FAILED, 'The request path is not valid URL encoding');
+  if (err instanceof URIError && err.status === 400)
+    return fail(ErrorCode.VALIDATION_FAILED, 'The request path is not valid URL encoding');
   return undefined;
 }
 
@@ -55,5 +56,8 @@ export const problemHandler: ErrorRequestHandler = (err, req, res, next) => {
   // answered without a stack trace in the log; only unknown errors are logged as errors.
   if (known) return sendProblem(res, known);
   logger.error({ err, reqId: req.id }, 'unhandled error');
-  sendProblem(res, fail(ErrorCode.INTERNAL, 'Something went wrong on our side; the request id identifies it in our logs'));
+  sendProblem(
+    res,
+    fail(ErrorCode.INTERNAL, 'Something went wrong on our side; the request id identifies it in our logs'),
+  );
 };

@@ -63,7 +63,8 @@ export class Encryptor {
 
   decrypt(ciphertext: string, context: SecretContext): string {
     const parts = ciphertext.split('.');
-    if (parts.length !== 5 || (parts[0] !== 'v1' && parts[0] !== 'v2')) throw new DecryptionError('not a ciphertext of this format');
+    if (parts.length !== 5 || (parts[0] !== 'v1' && parts[0] !== 'v2'))
+      throw new DecryptionError('not a ciphertext of this format');
     const [version, id, iv, tag, data] = parts;
     const key = this.byId.get(id);
     if (!key) throw new DecryptionError(`no decryption key "${id}" is configured`);
@@ -73,7 +74,9 @@ export class Encryptor {
       decipher.setAuthTag(Buffer.from(tag, 'base64url'));
       return Buffer.concat([decipher.update(Buffer.from(data, 'base64url')), decipher.final()]).toString('utf8');
     } catch (err) {
-      throw new DecryptionError(`the ciphertext does not authenticate (tampered with, another key, or stored elsewhere): ${(err as Error).message}`);
+      throw new DecryptionError(
+        `the ciphertext does not authenticate (tampered with, another key, or stored elsewhere): ${(err as Error).message}`,
+      );
     }
   }
 

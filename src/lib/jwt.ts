@@ -39,7 +39,9 @@ export class TokenSigner {
     const jti = randomUUID();
     const token = jwt.sign({ ...claims }, this.key, {
       algorithm: JWT_ALGORITHM,
-      expiresIn: (/^\d+$/.test(this.settings.expiresIn) ? Number(this.settings.expiresIn) : this.settings.expiresIn) as SignOptions['expiresIn'],
+      expiresIn: (/^\d+$/.test(this.settings.expiresIn)
+        ? Number(this.settings.expiresIn)
+        : this.settings.expiresIn) as SignOptions['expiresIn'],
       issuer: this.settings.issuer,
       audience: this.settings.audience,
       jwtid: jti,
@@ -64,8 +66,12 @@ export class TokenSigner {
       typeof p.sub === 'string' &&
       typeof p.jti === 'string' &&
       typeof p.exp === 'number' &&
-      ((p.typ === 'platform' && (p.role === 'user' || p.role === 'platform_admin') && (p.storeId === null || typeof p.storeId === 'string')) ||
-        (p.typ === 'store' && ['admin', 'staff', 'customer'].includes(p.role as string) && typeof p.storeId === 'string'));
+      ((p.typ === 'platform' &&
+        (p.role === 'user' || p.role === 'platform_admin') &&
+        (p.storeId === null || typeof p.storeId === 'string')) ||
+        (p.typ === 'store' &&
+          ['admin', 'staff', 'customer'].includes(p.role as string) &&
+          typeof p.storeId === 'string'));
     if (!ok) throw new InvalidTokenError('token claims are not of a known kind');
     return p as TokenClaims;
   }

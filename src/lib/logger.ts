@@ -41,7 +41,9 @@ export const logger = pino(
     redact: { paths: redactPaths, censor: '[redacted]' },
     base: { service: 'tenantry' },
   },
-  readable ? pretty({ sync: true, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service' }) : pino.destination({ dest: 1, sync: true }),
+  readable
+    ? pretty({ sync: true, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service' })
+    : pino.destination({ dest: 1, sync: true }),
 );
 
 /** Strip credentials from a connection URL before it is shown anywhere. */

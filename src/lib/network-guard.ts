@@ -76,10 +76,16 @@ export function isPublicAddress(ip: string): boolean {
 export const PRIVATE_ADDRESS = 'EPRIVATEADDRESS';
 
 const refusal = (host: string) =>
-  Object.assign(new Error(`${host} is not a public address; external databases must be reachable on the internet`), { code: PRIVATE_ADDRESS });
+  Object.assign(new Error(`${host} is not a public address; external databases must be reachable on the internet`), {
+    code: PRIVATE_ADDRESS,
+  });
 
 /** dns.lookup, failing when any address of the name is not public. */
-function publicLookup(hostname: string, options: dns.LookupOptions, callback: (err: NodeJS.ErrnoException | null, address?: string | LookupAddress[], family?: number) => void): void {
+function publicLookup(
+  hostname: string,
+  options: dns.LookupOptions,
+  callback: (err: NodeJS.ErrnoException | null, address?: string | LookupAddress[], family?: number) => void,
+): void {
   dns.lookup(hostname, { ...options, all: true }, (err, addresses) => {
     if (err) return callback(err);
     if (!addresses.length || addresses.some((a) => !isPublicAddress(a.address))) return callback(refusal(hostname));
@@ -114,4 +120,5 @@ export const mustBePublic = (mode: string | null | undefined, policy: { external
   mode === 'external' && policy.externalPublicOnly === true;
 
 /** The pg client options that apply `mustBePublic`: its socket, or nothing. */
-export const guardedStream = (publicOnly: boolean): { stream?: typeof publicOnlySocket } => (publicOnly ? { stream: publicOnlySocket } : {});
+export const guardedStream = (publicOnly: boolean): { stream?: typeof publicOnlySocket } =>
+  publicOnly ? { stream: publicOnlySocket } : {};

@@ -15,7 +15,8 @@ const SCHEME = 'bcrypt-sha256:';
  * A keyed digest rather than a bare SHA-256: the bcrypt input then matches no unsalted SHA-256 leaked from
  * another site. Base64 so the input never holds a NUL byte (where bcrypt would stop reading).
  */
-const digest = (password: string) => createHmac('sha256', 'tenantry password v1').update(password, 'utf8').digest('base64');
+const digest = (password: string) =>
+  createHmac('sha256', 'tenantry password v1').update(password, 'utf8').digest('base64');
 
 let rounds = config.bcryptRounds;
 /** bcrypt takes a core for its whole run: bounded so that a flood of logins cannot starve store requests. */
@@ -37,7 +38,9 @@ async function inSlot<T>(task: () => Promise<T>): Promise<T> {
     return await slots.run(task);
   } catch (err) {
     if (err instanceof QueueFullError) {
-      throw fail(ErrorCode.SERVICE_UNAVAILABLE, 'Too many sign-ins are being checked right now; try again shortly', { retryAfterSeconds: Math.max(1, Math.ceil(err.retryAfterMs / 1000)) });
+      throw fail(ErrorCode.SERVICE_UNAVAILABLE, 'Too many sign-ins are being checked right now; try again shortly', {
+        retryAfterSeconds: Math.max(1, Math.ceil(err.retryAfterMs / 1000)),
+      });
     }
     throw err;
   }
@@ -54,7 +57,8 @@ function compareNow(password: string, hash: string): Promise<boolean> {
 export const hashPassword = (password: string): Promise<string> => inSlot(() => hashNow(password));
 
 /** Checks either scheme. 503 SERVICE_UNAVAILABLE (with Retry-After) when hashing is saturated. */
-export const verifyPassword = (password: string, hash: string): Promise<boolean> => inSlot(() => compareNow(password, hash));
+export const verifyPassword = (password: string, hash: string): Promise<boolean> =>
+  inSlot(() => compareNow(password, hash));
 
 /** Compare against a fixed hash so that an unknown e-mail costs as much time as a wrong password. */
 export function burnPasswordCheck(password: string): Promise<void> {

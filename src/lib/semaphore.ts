@@ -22,7 +22,8 @@ export class Semaphore {
     readonly concurrency: number,
     readonly queueMax: number,
   ) {
-    if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError('concurrency must be a positive integer');
+    if (!Number.isInteger(concurrency) || concurrency < 1)
+      throw new RangeError('concurrency must be a positive integer');
     if (!Number.isInteger(queueMax) || queueMax < 0) throw new RangeError('queueMax must be a non-negative integer');
   }
 

@@ -15,7 +15,10 @@ export type StepId = (typeof STEPS)[number]['id'];
 
 /** The wizard's state for the caller's active store (the token's store, else the newest one). */
 export async function onboarding(ctx: AppContext, auth: PlatformClaims) {
-  const [user, stores] = await Promise.all([ctx.master.models.User.findByPk(auth.sub, { rejectOnEmpty: true }), listUserStores(ctx.master, auth.sub)]);
+  const [user, stores] = await Promise.all([
+    ctx.master.models.User.findByPk(auth.sub, { rejectOnEmpty: true }),
+    listUserStores(ctx.master, auth.sub),
+  ]);
   const storeId = activeStoreId(stores, auth.storeId);
   const store = storeId ? await ctx.master.models.Store.findByPk(storeId) : null;
   const facts = storeId
@@ -35,7 +38,12 @@ export async function onboarding(ctx: AppContext, auth: PlatformClaims) {
     profile: !!user.phone && !!user.company?.name,
   };
   const skipped = new Set(store?.onboardingSkipped ?? []);
-  const steps = STEPS.map((s) => ({ id: s.id, required: s.required, done: done[s.id], skipped: !done[s.id] && skipped.has(s.id) }));
+  const steps = STEPS.map((s) => ({
+    id: s.id,
+    required: s.required,
+    done: done[s.id],
+    skipped: !done[s.id] && skipped.has(s.id),
+  }));
   return { complete: steps.every((s) => s.done || s.skipped), storeId, steps };
 }
 

@@ -11,7 +11,8 @@ const LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?';
  * At most 253 characters (a trailing dot aside) before `end`; the last label starts with a letter, so that no
  * spelling of an IPv4 address (127.1, 0x7f000001) matches.
  */
-const dnsName = (end: string) => `(?=[A-Za-z0-9.-]{1,253}\\.?${end})(?:${LABEL}\\.)*[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.?`;
+const dnsName = (end: string) =>
+  `(?=[A-Za-z0-9.-]{1,253}\\.?${end})(?:${LABEL}\\.)*[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.?`;
 const OCTET = '(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])';
 const IPV4 = `${OCTET}(?:\\.${OCTET}){3}`;
 const H16 = '[0-9A-Fa-f]{1,4}';

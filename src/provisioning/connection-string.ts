@@ -79,7 +79,8 @@ export function parseConnectionString(text: string): ParsedConnectionString {
   } catch {
     return refuse('is not a valid URL (scheme://user:password@host:port/database)');
   }
-  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') return refuse('must use the scheme postgres or postgresql');
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:')
+    return refuse('must use the scheme postgres or postgresql');
   if (!url.hostname) return refuse('must name a host (Unix sockets are not supported)');
   const host = readHost(url.hostname);
   if (!host) return refuse('must name one host: a DNS name, an IPv4 address (a.b.c.d) or an IPv6 address in brackets');
@@ -90,8 +91,10 @@ export function parseConnectionString(text: string): ParsedConnectionString {
   const password = decode(url.password);
   const path = /^\/([^/]*)$/.exec(url.pathname);
   const database = path ? decode(path[1]) : '';
-  if (user === undefined || password === undefined || database === undefined) return refuse('has a malformed percent-encoding');
-  if ([user, password, database].some(hasControlCharacters)) return refuse('must not contain control characters, encoded or not');
+  if (user === undefined || password === undefined || database === undefined)
+    return refuse('has a malformed percent-encoding');
+  if ([user, password, database].some(hasControlCharacters))
+    return refuse('must not contain control characters, encoded or not');
   if (!user) return refuse('must name a user');
   if (user.length > MAX_NAME) return refuse(`must have a user of at most ${MAX_NAME} characters`);
   if (password.length > MAX_PASSWORD) return refuse(`must have a password of at most ${MAX_PASSWORD} characters`);
@@ -100,12 +103,14 @@ export function parseConnectionString(text: string): ParsedConnectionString {
   if (database.length > MAX_NAME) return refuse(`must have a database name of at most ${MAX_NAME} characters`);
 
   const params = [...url.searchParams];
-  if (params.some(([key, value]) => hasControlCharacters(key) || hasControlCharacters(value))) return refuse('must not contain control characters, encoded or not');
+  if (params.some(([key, value]) => hasControlCharacters(key) || hasControlCharacters(value)))
+    return refuse('must not contain control characters, encoded or not');
   const other = params.find(([key]) => key !== 'sslmode');
   if (other) return refuse(`may have no parameter but sslmode (found ${JSON.stringify(other[0].slice(0, 40))})`);
   if (params.length > 1) return refuse('may give sslmode only once');
   const sslmode = params.length ? params[0][1] : 'disable';
-  if (!(SSL_MODES as readonly string[]).includes(sslmode)) return refuse(`must have an sslmode of ${SSL_MODES.join(', ')}`);
+  if (!(SSL_MODES as readonly string[]).includes(sslmode))
+    return refuse(`must have an sslmode of ${SSL_MODES.join(', ')}`);
 
   return { ok: true, connection: { host, port, database, user, password, sslmode: sslmode as SslMode } };
 }

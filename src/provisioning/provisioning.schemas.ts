@@ -8,7 +8,10 @@ const Host = z
   .trim()
   .min(1)
   .max(253)
-  .refine((h) => readHost(h, { bareIpv6: true }) !== undefined, 'must be a DNS name, an IPv4 address (a.b.c.d) or an IPv6 address')
+  .refine(
+    (h) => readHost(h, { bareIpv6: true }) !== undefined,
+    'must be a DNS name, an IPv4 address (a.b.c.d) or an IPv6 address',
+  )
   .openapi({ pattern: HOST_PATTERN, maxLength: 253 });
 const NoControl = z
   .string()

@@ -29,7 +29,8 @@ function tenantTables(): Set<string> {
   const dir = migrationsDir('tenant');
   const names = new Set(['migrations']);
   for (const f of readdirSync(dir).filter((f) => f.endsWith('.sql'))) {
-    for (const m of readFileSync(path.join(dir, f), 'utf8').matchAll(/CREATE TABLE (?:IF NOT EXISTS )?(\w+)/gi)) names.add(m[1]);
+    for (const m of readFileSync(path.join(dir, f), 'utf8').matchAll(/CREATE TABLE (?:IF NOT EXISTS )?(\w+)/gi))
+      names.add(m[1]);
   }
   return names;
 }
@@ -39,14 +40,23 @@ function externalConnection(input: Extract<ConnectDatabaseInput, { mode: 'extern
     const parsed = parseConnectionString(input.connectionString);
     // The body's schema refuses these already; this keeps the service safe on its own.
     if (!parsed.ok) {
-      throw fail(ErrorCode.VALIDATION_FAILED, 'The connection string is not valid', { errors: [{ path: 'connectionString', message: parsed.reason }] });
+      throw fail(ErrorCode.VALIDATION_FAILED, 'The connection string is not valid', {
+        errors: [{ path: 'connectionString', message: parsed.reason }],
+      });
     }
     const { sslmode, ...c } = parsed.connection;
     return { ...c, ssl: sslmode === 'require' ? { rejectUnauthorized: false } : sslmode === 'verify-full' };
   }
   // The form's `ssl: true` is verify-full.
   const host = readHost(input.host, { bareIpv6: true }) ?? input.host;
-  return { host, port: input.port, database: input.database, user: input.user, password: input.password, ssl: input.ssl === true };
+  return {
+    host,
+    port: input.port,
+    database: input.database,
+    user: input.user,
+    password: input.password,
+    ssl: input.ssl === true,
+  };
 }
 
 /**
@@ -55,7 +65,11 @@ function externalConnection(input: Extract<ConnectDatabaseInput, { mode: 'extern
  * row written by seedWith naming this store and no other. Anything else may be another store's database.
  * The marker is read defensively: its table may lack the column, hold any number of rows or be slow.
  */
-async function isOwnTenantSchema(client: pg.Client, relations: { schema: string; name: string; kind: string }[], storeId: string): Promise<boolean> {
+async function isOwnTenantSchema(
+  client: pg.Client,
+  relations: { schema: string; name: string; kind: string }[],
+  storeId: string,
+): Promise<boolean> {
   const ours = tenantTables();
   if (!relations.some((r) => r.name === 'stores')) return false;
   if (!relations.every((r) => r.schema === 'public' && r.kind === 'r' && ours.has(r.name))) return false;
@@ -73,7 +87,12 @@ async function isOwnTenantSchema(client: pg.Client, relations: { schema: string;
  * own Tenantry schema.
  */
 async function checkExternalDatabase(ctx: AppContext, connection: TenantConnection, storeId: string): Promise<void> {
-  const config = { ...tenantPgConfig(connection, externalAccess(ctx)), connectionTimeoutMillis: 3000, query_timeout: 3000, statement_timeout: 3000 };
+  const config = {
+    ...tenantPgConfig(connection, externalAccess(ctx)),
+    connectionTimeoutMillis: 3000,
+    query_timeout: 3000,
+    statement_timeout: 3000,
+  };
   await withClient(
     config,
     async (client) => {
@@ -87,13 +106,19 @@ async function checkExternalDatabase(ctx: AppContext, connection: TenantConnecti
         [tenantTables().size + 1],
       );
       if (rows.length && !(await isOwnTenantSchema(client, rows, storeId))) {
-        throw fail(ErrorCode.DATABASE_NOT_EMPTY, "The database already holds tables, and they are not this store's own Tenantry schema; give it an empty database");
+        throw fail(
+          ErrorCode.DATABASE_NOT_EMPTY,
+          "The database already holds tables, and they are not this store's own Tenantry schema; give it an empty database",
+        );
       }
     },
     (err) => {
       const code = pgCode(err);
       if (code === PRIVATE_ADDRESS) {
-        throw fail(ErrorCode.DATABASE_UNREACHABLE, 'The database is on a private network address, which this platform does not connect to; give an address reachable on the internet');
+        throw fail(
+          ErrorCode.DATABASE_UNREACHABLE,
+          'The database is on a private network address, which this platform does not connect to; give an address reachable on the internet',
+        );
       }
       if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION) {
         throw fail(ErrorCode.DATABASE_AUTH_FAILED, 'The database rejected these credentials');
@@ -102,7 +127,6 @@ async function checkExternalDatabase(ctx: AppContext, connection: TenantConnecti
     },
   );
 }
-
 
 async function enqueue(ctx: AppContext, storeId: string): Promise<string> {
   const queue = ctx.queues.get(QueueName.provisioning);
@@ -124,20 +148,42 @@ async function enqueue(ctx: AppContext, storeId: string): Promise<string> {
 export const queueProvisioning = (ctx: AppContext, storeId: string): Promise<string> => enqueue(ctx, storeId);
 
 /** Where the job will make a managed store's database: a new one, or the one a failed attempt began. */
-async function managedConnection(ctx: AppContext, storeId: string): Promise<{ connection: TenantConnection; server: string }> {
+async function managedConnection(
+  ctx: AppContext,
+  storeId: string,
+): Promise<{ connection: TenantConnection; server: string }> {
   const previous = await ctx.master.models.StoreDatabase.findByPk(storeId);
   if (previous?.mode === 'managed' && previous.server && tenantServers(ctx).some((s) => s.key === previous.server)) {
     // A failed earlier attempt: finish that database rather than leave it orphaned. (Unless its server
     // was taken out of TENANT_SERVERS: the job could never reach it again, so pick a configured one.)
-    return { connection: ctx.encryptor.decryptJson<TenantConnection>(previous.credentials, secretContext.storeCredentials(storeId)), server: previous.server };
+    return {
+      connection: ctx.encryptor.decryptJson<TenantConnection>(
+        previous.credentials,
+        secretContext.storeCredentials(storeId),
+      ),
+      server: previous.server,
+    };
   }
   const target = await leastLoadedServer(ctx);
   const name = `${ctx.config.provisioning.databasePrefix}${storeId.replace(/-/g, '')}`;
-  return { connection: { host: target.host, port: target.port, database: name, user: name, password: randomBytes(24).toString('base64url') }, server: target.key };
+  return {
+    connection: {
+      host: target.host,
+      port: target.port,
+      database: name,
+      user: name,
+      password: randomBytes(24).toString('base64url'),
+    },
+    server: target.key,
+  };
 }
 
 /** The store's own database, once it is reachable and holds nothing but this store's schema. */
-async function checkedExternalConnection(ctx: AppContext, storeId: string, input: Extract<ConnectDatabaseInput, { mode: 'external' }>): Promise<{ connection: TenantConnection; server: null }> {
+async function checkedExternalConnection(
+  ctx: AppContext,
+  storeId: string,
+  input: Extract<ConnectDatabaseInput, { mode: 'external' }>,
+): Promise<{ connection: TenantConnection; server: null }> {
   const connection = externalConnection(input);
   await checkExternalDatabase(ctx, connection, storeId);
   return { connection, server: null };
@@ -148,7 +194,13 @@ async function checkedExternalConnection(ctx: AppContext, storeId: string, input
  * Nothing changes when the store moved on meanwhile: another call queued it already, or it was suspended
  * while the credentials were being checked (moving it to provisioning would lift the suspension).
  */
-async function recordConnection(ctx: AppContext, userId: string, storeId: string, mode: ConnectDatabaseInput['mode'], { connection, server }: { connection: TenantConnection; server: string | null }): Promise<void> {
+async function recordConnection(
+  ctx: AppContext,
+  userId: string,
+  storeId: string,
+  mode: ConnectDatabaseInput['mode'],
+  { connection, server }: { connection: TenantConnection; server: string | null },
+): Promise<void> {
   const { StoreDatabase, Store } = ctx.master.models;
   await ctx.master.sequelize.transaction(async (t) => {
     const locked = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
@@ -170,7 +222,14 @@ async function recordConnection(ctx: AppContext, userId: string, storeId: string
       { transaction: t },
     );
     await locked.update({ status: 'provisioning' }, { transaction: t });
-    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.database.connected', targetType: 'store', targetId: storeId, data: { mode } });
+    await audit(ctx.master, t, {
+      actorUserId: userId,
+      storeId,
+      action: 'store.database.connected',
+      targetType: 'store',
+      targetId: storeId,
+      data: { mode },
+    });
   });
 }
 
@@ -184,7 +243,10 @@ export async function connectDatabase(ctx: AppContext, userId: string, storeId: 
   const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   if (store.status === 'active') throw alreadyProvisioned();
   if (store.status !== 'provisioning') {
-    const target = input.mode === 'managed' ? await managedConnection(ctx, storeId) : await checkedExternalConnection(ctx, storeId, input);
+    const target =
+      input.mode === 'managed'
+        ? await managedConnection(ctx, storeId)
+        : await checkedExternalConnection(ctx, storeId, input);
     await recordConnection(ctx, userId, storeId, input.mode, target);
   }
   return { jobId: await enqueue(ctx, storeId), status: 'queued' as const };
@@ -195,7 +257,8 @@ export async function retryProvisioning(ctx: AppContext, userId: string, storeId
   const { Store, StoreDatabase } = ctx.master.models;
   await ctx.master.sequelize.transaction(async (t) => {
     const store = await Store.findByPk(storeId, { transaction: t, lock: t.LOCK.UPDATE });
-    if (store?.status !== 'provisioning_failed') throw fail(ErrorCode.CONFLICT, 'Only a store whose provisioning failed can be retried');
+    if (store?.status !== 'provisioning_failed')
+      throw fail(ErrorCode.CONFLICT, 'Only a store whose provisioning failed can be retried');
     await StoreDatabase.update({ status: 'provisioning', lastError: null }, { where: { storeId }, transaction: t });
     await store.update({ status: 'provisioning' }, { transaction: t });
   });
@@ -208,7 +271,11 @@ const JOB_STATES: Record<string, ProvisioningStatus['state']> = {
   failed: 'failed',
 };
 
-export async function provisioningStatus(ctx: AppContext, userId: string, storeId: string): Promise<ProvisioningStatus> {
+export async function provisioningStatus(
+  ctx: AppContext,
+  userId: string,
+  storeId: string,
+): Promise<ProvisioningStatus> {
   const { store } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin', 'staff']);
   // The job's state first, then the job and the row: a job ends only once its outcome (error, schema
   // version) is written to the row, so a finished state is never shown beside older attempts or row.
@@ -240,9 +307,12 @@ export async function provisioningStatus(ctx: AppContext, userId: string, storeI
 /** What a client may see of a failure: its kind, never hosts, SQL or credentials. */
 function describeFailure(err: unknown, step: string): string {
   const code = pgCode(err);
-  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH') return `${step}: the database server could not be reached`;
-  if (code === PRIVATE_ADDRESS) return `${step}: the database is on a private network address, which this platform does not connect to`;
-  if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION) return `${step}: the database server rejected the credentials`;
+  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH')
+    return `${step}: the database server could not be reached`;
+  if (code === PRIVATE_ADDRESS)
+    return `${step}: the database is on a private network address, which this platform does not connect to`;
+  if (code === PgCode.INVALID_PASSWORD || code === PgCode.INVALID_AUTHORIZATION)
+    return `${step}: the database server rejected the credentials`;
   if (/timeout/i.test((err as Error)?.message ?? '')) return `${step}: the database server did not answer in time`;
   return `${step}: failed${code ? ` (SQLSTATE ${code})` : ''}`;
 }
@@ -294,7 +364,9 @@ async function loadWork(ctx: AppContext, storeId: string): Promise<ProvisioningW
     connection: ctx.encryptor.decryptJson<TenantConnection>(db.credentials, secretContext.storeCredentials(storeId)),
     seed: {
       store: { id: store.id, name: store.name, slug: store.slug },
-      owner: owner ? { platformUserId: owner.id, email: owner.email, name: owner.name, passwordHash: owner.passwordHash } : undefined,
+      owner: owner
+        ? { platformUserId: owner.id, email: owner.email, name: owner.name, passwordHash: owner.passwordHash }
+        : undefined,
     },
   };
 }
@@ -307,7 +379,10 @@ async function makeDatabase(ctx: AppContext, work: ProvisioningWork): Promise<bo
   const server = serverByKey(ctx, work.server!);
   const template = ctx.config.provisioning.templates
     ? await ensureTemplate(server).catch((err: Error) => {
-        logger.warn({ server: server.key, err: err.message }, 'no tenant template; creating the database empty and migrating it');
+        logger.warn(
+          { server: server.key, err: err.message },
+          'no tenant template; creating the database empty and migrating it',
+        );
         return null;
       })
     : null;
@@ -318,7 +393,10 @@ async function makeDatabase(ctx: AppContext, work: ProvisioningWork): Promise<bo
     template: template ?? undefined,
     claimWarm: warm ? (admin) => claimWarmDatabase(admin, target, ctx.config.provisioning.databasePrefix) : undefined,
   });
-  if (warm) await ctx.queues.get(QueueName.maintenance).add('refill-warm-pool', { task: 'refill-warm-pool' }, warmPoolRefillJobOptions(WARM_REFILL_DELAY_MS));
+  if (warm)
+    await ctx.queues
+      .get(QueueName.maintenance)
+      .add('refill-warm-pool', { task: 'refill-warm-pool' }, warmPoolRefillJobOptions(WARM_REFILL_DELAY_MS));
   return claimed;
 }
 
@@ -327,7 +405,8 @@ async function migrate(ctx: AppContext, work: ProvisioningWork, claimed: boolean
   if (work.mode === 'managed') {
     const u = new URL(serverByKey(ctx, work.server!).adminUrl);
     u.pathname = `/${work.connection.database}`;
-    return (await prepareTenant(u.toString(), work.seed, { asRole: work.connection.user, prepared: claimed })).schemaVersion;
+    return (await prepareTenant(u.toString(), work.seed, { asRole: work.connection.user, prepared: claimed }))
+      .schemaVersion;
   }
   return (await prepareTenant(tenantPgConfig(work.connection, externalAccess(ctx)), work.seed)).schemaVersion;
 }
@@ -339,7 +418,10 @@ async function migrate(ctx: AppContext, work: ProvisioningWork, claimed: boolean
 async function activate(ctx: AppContext, store: ProvisioningWork['store'], schemaVersion: number): Promise<void> {
   const { Store, StoreDatabase } = ctx.master.models;
   const hostname = await ctx.master.sequelize.transaction(async (t) => {
-    await StoreDatabase.update({ status: 'ready', schemaVersion, lastError: null }, { where: { storeId: store.id }, transaction: t });
+    await StoreDatabase.update(
+      { status: 'ready', schemaVersion, lastError: null },
+      { where: { storeId: store.id }, transaction: t },
+    );
     await Store.update({ status: 'active' }, { where: { id: store.id, status: 'provisioning' }, transaction: t });
     return issuePlatformHostname(ctx, store, t);
   });
@@ -348,15 +430,30 @@ async function activate(ctx: AppContext, store: ProvisioningWork['store'], schem
 }
 
 /** The failure, as a client may see it, on the database row; the store fails with the last attempt. */
-async function recordFailure(ctx: AppContext, job: Job<{ storeId: string }>, step: string, err: unknown): Promise<void> {
+async function recordFailure(
+  ctx: AppContext,
+  job: Job<{ storeId: string }>,
+  step: string,
+  err: unknown,
+): Promise<void> {
   const { storeId } = job.data;
   const { Store, StoreDatabase } = ctx.master.models;
   const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
   const message = describeFailure(err, step);
-  logger.warn({ storeId, step, attempt: job.attemptsMade + 1, err: (err as Error).message }, 'provisioning step failed');
+  logger.warn(
+    { storeId, step, attempt: job.attemptsMade + 1, err: (err as Error).message },
+    'provisioning step failed',
+  );
   await ctx.master.sequelize.transaction(async (t) => {
-    await StoreDatabase.update({ lastError: message, ...(lastAttempt ? { status: 'failed' as const } : {}) }, { where: { storeId }, transaction: t });
-    if (lastAttempt) await Store.update({ status: 'provisioning_failed' }, { where: { id: storeId, status: 'provisioning' }, transaction: t });
+    await StoreDatabase.update(
+      { lastError: message, ...(lastAttempt ? { status: 'failed' as const } : {}) },
+      { where: { storeId }, transaction: t },
+    );
+    if (lastAttempt)
+      await Store.update(
+        { status: 'provisioning_failed' },
+        { where: { id: storeId, status: 'provisioning' }, transaction: t },
+      );
   });
 }
 

@@ -51,8 +51,12 @@ async function buildTemplate(server: TenantServer, name: string): Promise<string
       await client.query(`ALTER DATABASE ${ident(building)} RENAME TO ${ident(name)}`);
       logger.info({ server: server.key, template: name }, 'tenant template built');
       // Older templates describe an older schema: nothing will copy them again.
-      const old = await client.query(`SELECT datname FROM pg_database WHERE datname LIKE '${TEMPLATE_PREFIX}%' AND datname <> $1 AND datname NOT LIKE '%_building'`, [name]);
-      for (const { datname } of old.rows) await client.query(`DROP DATABASE IF EXISTS ${ident(datname)}`).catch(() => {});
+      const old = await client.query(
+        `SELECT datname FROM pg_database WHERE datname LIKE '${TEMPLATE_PREFIX}%' AND datname <> $1 AND datname NOT LIKE '%_building'`,
+        [name],
+      );
+      for (const { datname } of old.rows)
+        await client.query(`DROP DATABASE IF EXISTS ${ident(datname)}`).catch(() => {});
     } finally {
       await client.query('SELECT pg_advisory_unlock($1)', [LOCK_KEY]);
     }
@@ -65,7 +69,8 @@ async function buildTemplate(server: TenantServer, name: string): Promise<string
  * NOLOGIN role of the same name; it is prepared under a `…prep_…` name and renamed when complete, so a
  * half-prepared one is never claimed.
  */
-const warmName = (dbPrefix: string, stage: 'pool' | 'prep', id = '') => `${dbPrefix}${stage}_${schemaDigest('tenant')}_${id}`;
+const warmName = (dbPrefix: string, stage: 'pool' | 'prep', id = '') =>
+  `${dbPrefix}${stage}_${schemaDigest('tenant')}_${id}`;
 const REFILL_LOCK_KEY = 748_213_902;
 
 /**
@@ -74,10 +79,16 @@ const REFILL_LOCK_KEY = 748_213_902;
  * password. Leftovers are dropped first: databases of an older schema, unfinished preparations, and roles
  * whose database is gone. One refill per server at a time (another worker's is simply left to finish).
  */
-export async function refillWarmPool(server: TenantServer, target: number, dbPrefix: string): Promise<{ created: number; dropped: number }> {
+export async function refillWarmPool(
+  server: TenantServer,
+  target: number,
+  dbPrefix: string,
+): Promise<{ created: number; dropped: number }> {
   const template = await ensureTemplate(server);
   return withClient(server.adminUrl, async (client) => {
-    const { rows: [lock] } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [REFILL_LOCK_KEY]);
+    const {
+      rows: [lock],
+    } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [REFILL_LOCK_KEY]);
     if (!lock.ok) return { created: 0, dropped: 0 };
     try {
       const { rows } = await client.query<{ datname: string; ready: boolean }>(
@@ -87,13 +98,17 @@ export async function refillWarmPool(server: TenantServer, target: number, dbPre
       );
       let dropped = 0;
       for (const { datname } of rows.filter((r) => !r.ready)) {
-        await client.query(`DROP DATABASE IF EXISTS ${ident(datname)} WITH (FORCE)`).then(() => dropped++, () => {});
+        await client.query(`DROP DATABASE IF EXISTS ${ident(datname)} WITH (FORCE)`).then(
+          () => dropped++,
+          () => {},
+        );
       }
       const orphans = await client.query<{ rolname: string }>(
         `SELECT rolname FROM pg_roles r WHERE starts_with(rolname, $1 || 'pool_') AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = r.rolname)`,
         [dbPrefix],
       );
-      for (const { rolname } of orphans.rows) await client.query(`DROP ROLE IF EXISTS ${ident(rolname)}`).catch(() => {});
+      for (const { rolname } of orphans.rows)
+        await client.query(`DROP ROLE IF EXISTS ${ident(rolname)}`).catch(() => {});
       let have = rows.filter((r) => r.ready).length;
       let created = 0;
       for (; have < target; have++, created++) await prepareWarmDatabase(server, client, template, dbPrefix);
@@ -104,7 +119,12 @@ export async function refillWarmPool(server: TenantServer, target: number, dbPre
   });
 }
 
-async function prepareWarmDatabase(server: TenantServer, client: pg.Client, template: string, dbPrefix: string): Promise<void> {
+async function prepareWarmDatabase(
+  server: TenantServer,
+  client: pg.Client,
+  template: string,
+  dbPrefix: string,
+): Promise<void> {
   const id = randomBytes(6).toString('hex');
   const [name, preparing] = [warmName(dbPrefix, 'pool', id), warmName(dbPrefix, 'prep', id)];
   await client.query(`CREATE ROLE ${ident(name)} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE`);
@@ -123,7 +143,11 @@ async function prepareWarmDatabase(server: TenantServer, client: pg.Client, temp
  * other tries the next), and a crash leaves either a warm database or a finished one. Returns false when
  * the pool is empty.
  */
-export async function claimWarmDatabase(admin: pg.ClientBase, target: { database: string; role: string; password: string }, dbPrefix: string): Promise<boolean> {
+export async function claimWarmDatabase(
+  admin: pg.ClientBase,
+  target: { database: string; role: string; password: string },
+  dbPrefix: string,
+): Promise<boolean> {
   const { rows } = await admin.query<{ datname: string }>(
     `SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND pg_get_userbyid(datdba) = datname ORDER BY random()`,
     [warmName(dbPrefix, 'pool')],

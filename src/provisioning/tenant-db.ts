@@ -8,7 +8,9 @@ import { handOverSql, ident } from '../db/tenant-server-admin';
 import { guardedStream, mustBePublic } from '../lib/network-guard';
 
 /** How a store database in this mode may be reached (see mustBePublic). */
-export const externalAccess = (ctx: AppContext, mode: string = 'external') => ({ publicOnly: mustBePublic(mode, ctx.config.tenant) });
+export const externalAccess = (ctx: AppContext, mode: string = 'external') => ({
+  publicOnly: mustBePublic(mode, ctx.config.tenant),
+});
 
 /** `publicOnly`: an owner's external database, which may then be reached on public addresses only. */
 export function tenantPgConfig(c: TenantConnection, { publicOnly }: { publicOnly: boolean }): pg.ClientConfig {
@@ -44,7 +46,9 @@ export async function prepareTenant(
   return withClient(config, async (client) => {
     if (opts.asRole && opts.prepared) {
       // Copied from the template of the current schema digest: checking its version is enough.
-      const [, version] = (await client.query(`SET ROLE ${ident(opts.asRole)}; SELECT coalesce(max(id), 0)::int AS v FROM migrations`)) as unknown as pg.QueryResult<{ v: number }>[];
+      const [, version] = (await client.query(
+        `SET ROLE ${ident(opts.asRole)}; SELECT coalesce(max(id), 0)::int AS v FROM migrations`,
+      )) as unknown as pg.QueryResult<{ v: number }>[];
       if (version.rows[0].v === latestSchemaVersion('tenant')) {
         await seedWith(client, seed);
         return { applied: [], schemaVersion: version.rows[0].v };
@@ -65,7 +69,11 @@ export function migrateTenant(connection: TenantConnection, opts = { publicOnly:
 }
 
 /** Write the store's own row and its first admin (the owner) into its database. Idempotent. */
-export async function seedTenant(connection: TenantConnection, store: StoreSeed['store'], owner?: StoreSeed['owner']): Promise<void> {
+export async function seedTenant(
+  connection: TenantConnection,
+  store: StoreSeed['store'],
+  owner?: StoreSeed['owner'],
+): Promise<void> {
   await withClient(tenantPgConfig(connection, { publicOnly: false }), (client) => seedWith(client, { store, owner }));
 }
 
@@ -80,6 +88,14 @@ async function seedWith(client: pg.ClientBase, { store, owner }: StoreSeed): Pro
      INSERT INTO users (email, password_hash, name, role, platform_user_id)
      SELECT $4, $5, $6, 'admin', $7 FROM store WHERE $4::text IS NOT NULL
      ON CONFLICT DO NOTHING`,
-    [store.id, store.name, store.slug, owner?.email ?? null, owner?.passwordHash ?? null, owner?.name ?? null, owner?.platformUserId ?? null],
+    [
+      store.id,
+      store.name,
+      store.slug,
+      owner?.email ?? null,
+      owner?.passwordHash ?? null,
+      owner?.name ?? null,
+      owner?.platformUserId ?? null,
+    ],
   );
 }

@@ -3,7 +3,12 @@ import { registry } from '../http/openapi';
 
 export const CreateOrderBody = z.strictObject({
   items: z
-    .array(z.strictObject({ productId: z.uuid({ message: 'must be a UUID' }), quantity: z.number().int().min(1).max(10_000) }))
+    .array(
+      z.strictObject({
+        productId: z.uuid({ message: 'must be a UUID' }),
+        quantity: z.number().int().min(1).max(10_000),
+      }),
+    )
     .min(1, 'an order needs at least one item')
     .max(100),
 });

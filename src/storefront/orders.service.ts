@@ -52,7 +52,8 @@ interface LockedProduct {
  * nothing changes.
  */
 export async function placeOrder(input: CreateOrderInput, actor: StoreActor): Promise<Order> {
-  if (actor.kind !== 'store_user' || actor.role !== 'customer') throw fail(ErrorCode.FORBIDDEN, 'Orders are placed by customers of the store');
+  if (actor.kind !== 'store_user' || actor.role !== 'customer')
+    throw fail(ErrorCode.FORBIDDEN, 'Orders are placed by customers of the store');
   const wanted = new Map<string, number>();
   for (const { productId, quantity } of input.items) wanted.set(productId, (wanted.get(productId) ?? 0) + quantity);
   const ids = [...wanted.keys()].sort();
@@ -72,14 +73,25 @@ export async function placeOrder(input: CreateOrderInput, actor: StoreActor): Pr
     if (missing.length) throw fail(ErrorCode.NOT_FOUND, `No such product: ${missing.join(', ')}`);
     const short = products.filter((p) => p.stock < (wanted.get(p.id) ?? 0));
     if (short.length) {
-      throw fail(ErrorCode.OUT_OF_STOCK, `Not enough stock for: ${short.map((p) => `${p.sku} (${p.stock} left)`).join(', ')}`);
+      throw fail(
+        ErrorCode.OUT_OF_STOCK,
+        `Not enough stock for: ${short.map((p) => `${p.sku} (${p.stock} left)`).join(', ')}`,
+      );
     }
     const currencies = new Set(products.map((p) => p.currency));
-    if (currencies.size > 1) throw fail(ErrorCode.VALIDATION_FAILED, 'All products of one order must have the same currency');
+    if (currencies.size > 1)
+      throw fail(ErrorCode.VALIDATION_FAILED, 'All products of one order must have the same currency');
 
     const lines = products.map((p) => {
       const quantity = wanted.get(p.id)!;
-      return { productId: p.id, sku: p.sku, name: p.name, quantity, unitPriceCents: p.priceCents, lineTotalCents: quantity * p.priceCents };
+      return {
+        productId: p.id,
+        sku: p.sku,
+        name: p.name,
+        quantity,
+        unitPriceCents: p.priceCents,
+        lineTotalCents: quantity * p.priceCents,
+      };
     });
     const subtotal = lines.reduce((sum, l) => sum + l.lineTotalCents, 0);
     await sequelize.query(
@@ -87,9 +99,25 @@ export async function placeOrder(input: CreateOrderInput, actor: StoreActor): Pr
          FROM unnest($1::uuid[], $2::int[]) AS w(id, qty) WHERE i.product_id = w.id`,
       { bind: [lines.map((l) => l.productId), lines.map((l) => l.quantity)], transaction: t },
     );
-    const order = await m.Order.create({ customerId: actor.id, currency: [...currencies][0], subtotalCents: subtotal, totalCents: subtotal }, { transaction: t });
-    await m.OrderItem.bulkCreate(lines.map((l) => ({ ...l, orderId: order.id })), { transaction: t });
-    await m.AuditLog.create({ actorId: actor.id, actorType: actor.kind, action: 'order.placed', targetType: 'order', targetId: order.id, data: { totalCents: subtotal } }, { transaction: t });
+    const order = await m.Order.create(
+      { customerId: actor.id, currency: [...currencies][0], subtotalCents: subtotal, totalCents: subtotal },
+      { transaction: t },
+    );
+    await m.OrderItem.bulkCreate(
+      lines.map((l) => ({ ...l, orderId: order.id })),
+      { transaction: t },
+    );
+    await m.AuditLog.create(
+      {
+        actorId: actor.id,
+        actorType: actor.kind,
+        action: 'order.placed',
+        targetType: 'order',
+        targetId: order.id,
+        data: { totalCents: subtotal },
+      },
+      { transaction: t },
+    );
     return order.id;
   });
   return getOrder(orderId, actor);
@@ -116,6 +144,7 @@ export async function getOrder(id: string, actor: StoreActor): Promise<Order> {
   const rows = await tenantDb.query<OrderRow>(`${SELECT_ORDER} WHERE o.id = $1`, [id]);
   const row = rows[0];
   // Another customer's order is as absent as a missing one.
-  if (!row || (actor.role === 'customer' && row.customerId !== actor.id)) throw fail(ErrorCode.NOT_FOUND, 'No such order');
+  if (!row || (actor.role === 'customer' && row.customerId !== actor.id))
+    throw fail(ErrorCode.NOT_FOUND, 'No such order');
   return toOrder(row);
 }

@@ -55,10 +55,17 @@ export function productListSql(opts: { includeInactive: boolean; after: Position
 }
 
 /** The catalogue: plain rows straight from pg (this is the hottest read path). */
-export async function listProducts(opts: { limit: number; cursor?: string; includeInactive: boolean }): Promise<Page<Product>> {
+export async function listProducts(opts: {
+  limit: number;
+  cursor?: string;
+  includeInactive: boolean;
+}): Promise<Page<Product>> {
   const after = decodeCursor(opts.cursor);
   const values: unknown[] = [opts.limit + 1];
-  const rows = await tenantDb.query<ProductRow>(productListSql({ includeInactive: opts.includeInactive, after }, values), values);
+  const rows = await tenantDb.query<ProductRow>(
+    productListSql({ includeInactive: opts.includeInactive, after }, values),
+    values,
+  );
   return toPage(rows, opts.limit, toProduct);
 }
 
@@ -70,7 +77,11 @@ export async function getProduct(id: string, actor?: StoreActor): Promise<Produc
 }
 
 async function readInTransaction(t: Transaction, m: TenantModels, id: string): Promise<Product> {
-  const rows = await m.Product.sequelize!.query<ProductRow>(`${SELECT_PRODUCT} WHERE p.id = $1`, { bind: [id], type: QueryTypes.SELECT, transaction: t });
+  const rows = await m.Product.sequelize!.query<ProductRow>(`${SELECT_PRODUCT} WHERE p.id = $1`, {
+    bind: [id],
+    type: QueryTypes.SELECT,
+    transaction: t,
+  });
   return toProduct(rows[0]);
 }
 
@@ -82,7 +93,16 @@ export async function createProduct(input: CreateProductInput, actor: StoreActor
       const { stock = 0, ...fields } = input;
       const product = await m.Product.create(fields, { transaction: t });
       await m.Inventory.create({ productId: product.id, stock }, { transaction: t });
-      await m.AuditLog.create({ actorId: actor.id, actorType: actor.kind, action: 'product.created', targetType: 'product', targetId: product.id }, { transaction: t });
+      await m.AuditLog.create(
+        {
+          actorId: actor.id,
+          actorType: actor.kind,
+          action: 'product.created',
+          targetType: 'product',
+          targetId: product.id,
+        },
+        { transaction: t },
+      );
       return readInTransaction(t, m, product.id);
     })
     .catch(skuTaken);
@@ -96,7 +116,17 @@ export async function updateProduct(id: string, input: UpdateProductInput, actor
       const { stock, ...fields } = input;
       if (Object.keys(fields).length) await product.update(fields, { transaction: t });
       if (stock !== undefined) await m.Inventory.upsert({ productId: id, stock }, { transaction: t });
-      await m.AuditLog.create({ actorId: actor.id, actorType: actor.kind, action: 'product.updated', targetType: 'product', targetId: id, data: { fields: Object.keys(input) } }, { transaction: t });
+      await m.AuditLog.create(
+        {
+          actorId: actor.id,
+          actorType: actor.kind,
+          action: 'product.updated',
+          targetType: 'product',
+          targetId: id,
+          data: { fields: Object.keys(input) },
+        },
+        { transaction: t },
+      );
       return readInTransaction(t, m, id);
     })
     .catch(skuTaken);
@@ -105,9 +135,15 @@ export async function updateProduct(id: string, input: UpdateProductInput, actor
 /** Soft delete: the row stays for the orders that name it. */
 export async function deleteProduct(id: string, actor: StoreActor): Promise<void> {
   await tenantDb.transaction(async (t, m) => {
-    const [count] = await m.Product.update({ deletedAt: new Date(), active: false }, { where: { id, deletedAt: null }, transaction: t });
+    const [count] = await m.Product.update(
+      { deletedAt: new Date(), active: false },
+      { where: { id, deletedAt: null }, transaction: t },
+    );
     if (count === 0) throw fail(ErrorCode.NOT_FOUND, 'No such product');
-    await m.AuditLog.create({ actorId: actor.id, actorType: actor.kind, action: 'product.deleted', targetType: 'product', targetId: id }, { transaction: t });
+    await m.AuditLog.create(
+      { actorId: actor.id, actorType: actor.kind, action: 'product.deleted', targetType: 'product', targetId: id },
+      { transaction: t },
+    );
   });
 }
 
@@ -123,7 +159,10 @@ export async function restoreProduct(id: string, actor: StoreActor): Promise<Pro
       if (!product) throw fail(ErrorCode.NOT_FOUND, 'No such product');
       if (product.deletedAt === null) throw fail(ErrorCode.CONFLICT, 'This product is not deleted');
       await product.update({ deletedAt: null }, { transaction: t });
-      await m.AuditLog.create({ actorId: actor.id, actorType: actor.kind, action: 'product.restored', targetType: 'product', targetId: id }, { transaction: t });
+      await m.AuditLog.create(
+        { actorId: actor.id, actorType: actor.kind, action: 'product.restored', targetType: 'product', targetId: id },
+        { transaction: t },
+      );
       return readInTransaction(t, m, id);
     })
     .catch(skuTaken);

@@ -64,7 +64,8 @@ export function requireStoreRole(ctx: AppContext, roles: StoreRole[]): RequestHa
     if (!req.auth) throw unauthenticated();
     const actor = await resolveActor(ctx, req.auth);
     if (!actor) throw fail(ErrorCode.FORBIDDEN, 'You are not a member of this store');
-    if (!roles.includes(actor.role)) throw fail(ErrorCode.FORBIDDEN, `This needs one of these roles: ${roles.join(', ')}`);
+    if (!roles.includes(actor.role))
+      throw fail(ErrorCode.FORBIDDEN, `This needs one of these roles: ${roles.join(', ')}`);
     res.locals.actor = actor;
     next();
   };

@@ -4,11 +4,22 @@ import { Email, Password, PersonName } from '../http/schemas';
 
 export const StoreRegisterBody = z.strictObject({ email: Email, password: Password, name: PersonName });
 export const StoreLoginBody = z.strictObject({ email: Email, password: z.string().min(1).max(128) });
-export const CreateStaffBody = z.strictObject({ email: Email, name: PersonName, password: Password, role: z.enum(['admin', 'staff']) });
+export const CreateStaffBody = z.strictObject({
+  email: Email,
+  name: PersonName,
+  password: Password,
+  role: z.enum(['admin', 'staff']),
+});
 
 export const StoreUserDto = registry.register(
   'StoreUser',
-  z.object({ id: z.uuid(), email: z.string(), name: z.string(), role: z.enum(['admin', 'staff', 'customer']), createdAt: z.string() }),
+  z.object({
+    id: z.uuid(),
+    email: z.string(),
+    name: z.string(),
+    role: z.enum(['admin', 'staff', 'customer']),
+    createdAt: z.string(),
+  }),
 );
 export const StoreAuthResult = z.object({ user: StoreUserDto, token: z.string() });
 export const CustomerDto = registry.register(

@@ -17,7 +17,13 @@ interface StoreUserRow {
   createdAt: Date | string;
 }
 
-const toStoreUser = (u: StoreUserRow): StoreUser => ({ id: u.id, email: u.email, name: u.name, role: u.role, createdAt: new Date(u.createdAt).toISOString() });
+const toStoreUser = (u: StoreUserRow): StoreUser => ({
+  id: u.id,
+  email: u.email,
+  name: u.name,
+  role: u.role,
+  createdAt: new Date(u.createdAt).toISOString(),
+});
 
 function storeToken(ctx: AppContext, user: StoreUser): string {
   const claims: StoreClaims = { sub: user.id, typ: 'store', role: user.role, storeId: currentStoreId() };
@@ -26,14 +32,27 @@ function storeToken(ctx: AppContext, user: StoreUser): string {
 
 const emailTaken = rethrowTaken('This store already has a user with this e-mail');
 
-async function createUser(input: { email: string; password: string; name: string; role: StoreUser['role'] }, actor: StoreActor | null): Promise<StoreUser> {
+async function createUser(
+  input: { email: string; password: string; name: string; role: StoreUser['role'] },
+  actor: StoreActor | null,
+): Promise<StoreUser> {
   const passwordHash = await hashPassword(input.password);
   return tenantDb
     .transaction(async (t, m) => {
-      const user = await m.User.create({ email: input.email, passwordHash, name: input.name, role: input.role }, { transaction: t });
+      const user = await m.User.create(
+        { email: input.email, passwordHash, name: input.name, role: input.role },
+        { transaction: t },
+      );
       if (input.role === 'customer') await m.Customer.create({ userId: user.id }, { transaction: t });
       await m.AuditLog.create(
-        { actorId: actor?.id ?? user.id, actorType: actor?.kind ?? 'store_user', action: `user.created`, targetType: 'user', targetId: user.id, data: { role: input.role } },
+        {
+          actorId: actor?.id ?? user.id,
+          actorType: actor?.kind ?? 'store_user',
+          action: `user.created`,
+          targetType: 'user',
+          targetId: user.id,
+          data: { role: input.role },
+        },
         { transaction: t },
       );
       return toStoreUser(user);
@@ -59,13 +78,20 @@ export async function loginStoreUser(ctx: AppContext, input: StoreLoginInput) {
   }
   const upgraded = await upgradedHash(input.password, row.passwordHash!);
   // Conditional on the old hash, so a password changed meanwhile is not overwritten.
-  if (upgraded) await tenantDb.query('UPDATE users SET password_hash = $1, updated_at = now() WHERE id = $2 AND password_hash = $3', [upgraded, row.id, row.passwordHash]);
+  if (upgraded)
+    await tenantDb.query(
+      'UPDATE users SET password_hash = $1, updated_at = now() WHERE id = $2 AND password_hash = $3',
+      [upgraded, row.id, row.passwordHash],
+    );
   const user = toStoreUser(row);
   return { user, token: storeToken(ctx, user) };
 }
 
 export async function storeMe(userId: string) {
-  const rows = await tenantDb.query<StoreUserRow>('SELECT id, email, name, role, created_at AS "createdAt" FROM users WHERE id = $1', [userId]);
+  const rows = await tenantDb.query<StoreUserRow>(
+    'SELECT id, email, name, role, created_at AS "createdAt" FROM users WHERE id = $1',
+    [userId],
+  );
   // The token outlived its user: as good as revoked.
   if (!rows[0]) throw unauthenticated('The account no longer exists');
   return { user: toStoreUser(rows[0]) };
@@ -80,19 +106,28 @@ export async function createStaff(input: CreateStaffInput, actor: StoreActor) {
   return { user: await createUser(input, actor) };
 }
 
-export async function listCustomers(opts: { limit: number; cursor?: string }): Promise<Page<StoreUser & { phone: string | null; marketingOptIn: boolean }>> {
+export async function listCustomers(opts: {
+  limit: number;
+  cursor?: string;
+}): Promise<Page<StoreUser & { phone: string | null; marketingOptIn: boolean }>> {
   const after = decodeCursor(opts.cursor);
   const values: unknown[] = [opts.limit + 1];
   let where = `u.role = 'customer'`;
   if (after) where += ` AND ${olderThan('u', after, values)}`;
-  const rows = await tenantDb.query<StoreUserRow & { cursorTs: string; phone: string | null; marketingOptIn: boolean | null }>(
+  const rows = await tenantDb.query<
+    StoreUserRow & { cursorTs: string; phone: string | null; marketingOptIn: boolean | null }
+  >(
     `SELECT u.id, u.email, u.name, u.role, u.created_at AS "createdAt", u.created_at::text AS "cursorTs",
             c.phone, c.marketing_opt_in AS "marketingOptIn"
        FROM users u LEFT JOIN customers c ON c.user_id = u.id
       WHERE ${where} ORDER BY u.created_at DESC, u.id DESC LIMIT $1`,
     values,
   );
-  return toPage(rows, opts.limit, (r) => ({ ...toStoreUser(r), phone: r.phone ?? null, marketingOptIn: r.marketingOptIn ?? false }));
+  return toPage(rows, opts.limit, (r) => ({
+    ...toStoreUser(r),
+    phone: r.phone ?? null,
+    marketingOptIn: r.marketingOptIn ?? false,
+  }));
 }
 
 export async function storeInfo() {

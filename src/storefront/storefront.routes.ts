@@ -9,11 +9,25 @@ import { loginLimiters, redisLimiter } from '../http/rate-limit';
 import { ErrorCode, unauthenticated } from '../lib/errors';
 import { CreateOrderBody, OrderDto, OrderIdParams } from './orders.schemas';
 import * as orders from './orders.service';
-import { CreateProductBody, ProductDto, ProductIdParams, ProductListQuery, UpdateProductBody } from './products.schemas';
+import {
+  CreateProductBody,
+  ProductDto,
+  ProductIdParams,
+  ProductListQuery,
+  UpdateProductBody,
+} from './products.schemas';
 import * as products from './products.service';
 import { resolveTenant } from './resolve-tenant';
 import { storeActorOf, identifyActor, requireStoreRole, type StoreActor } from './store-access';
-import { CreateStaffBody, CustomerDto, StoreAuthResult, StoreInfoDto, StoreLoginBody, StoreRegisterBody, StoreUserDto } from './store-users.schemas';
+import {
+  CreateStaffBody,
+  CustomerDto,
+  StoreAuthResult,
+  StoreInfoDto,
+  StoreLoginBody,
+  StoreRegisterBody,
+  StoreUserDto,
+} from './store-users.schemas';
 import * as users from './store-users.service';
 
 const TENANT_ERRORS = {
@@ -34,10 +48,9 @@ const TENANT_RESOLUTION: RouterDocs = {
     "token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no " +
     'store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.',
   headers: z.object({
-    'X-Store-Id': z
-      .uuid({ message: 'must be a UUID' })
-      .optional()
-      .openapi({ description: "The store addressed, when the host does not name one (the API's own hostname, an IP address)" }),
+    'X-Store-Id': z.uuid({ message: 'must be a UUID' }).optional().openapi({
+      description: "The store addressed, when the host does not name one (the API's own hostname, an IP address)",
+    }),
   }),
   errors: {
     ...TENANT_ERRORS,
@@ -62,47 +75,153 @@ export function storefrontRoutes(ctx: AppContext): ApiRouter {
 
   api.post(
     '/auth/register',
-    { operationId: 'storeRegister', summary: 'A shopper signs up to this store', tags: ['store auth'], body: StoreRegisterBody, status: 201, response: StoreAuthResult, afterValidation: [registerLimit], errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN | STORE_NOT_READY', 429: 'RATE_LIMITED', 503: hashingBusy } },
+    {
+      operationId: 'storeRegister',
+      summary: 'A shopper signs up to this store',
+      tags: ['store auth'],
+      body: StoreRegisterBody,
+      status: 201,
+      response: StoreAuthResult,
+      afterValidation: [registerLimit],
+      errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN | STORE_NOT_READY', 429: 'RATE_LIMITED', 503: hashingBusy },
+    },
     ({ body }) => users.registerCustomer(ctx, body),
   );
   api.post(
     '/auth/login',
-    { operationId: 'storeLogin', summary: 'A store user signs in (store token)', tags: ['store auth'], body: StoreLoginBody, response: StoreAuthResult, afterValidation: loginLimiters(ctx, 'store-login', () => `${currentStoreId()}:`), errors: { ...TENANT_ERRORS, 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED', 503: hashingBusy } },
+    {
+      operationId: 'storeLogin',
+      summary: 'A store user signs in (store token)',
+      tags: ['store auth'],
+      body: StoreLoginBody,
+      response: StoreAuthResult,
+      afterValidation: loginLimiters(ctx, 'store-login', () => `${currentStoreId()}:`),
+      errors: { ...TENANT_ERRORS, 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED', 503: hashingBusy },
+    },
     ({ body }) => users.loginStoreUser(ctx, body),
   );
-  api.get('/auth/me', { operationId: 'storeMe', summary: 'The signed-in store user', tags: ['store auth'], secured: true, middleware: [storeToken], response: z.object({ user: StoreUserDto }), errors: { ...TENANT_ERRORS, 403: STORE_TOKEN_ONLY } }, ({ req }) => {
-    if (!req.auth) throw unauthenticated();
-    return users.storeMe(req.auth.sub);
-  });
-  api.post('/auth/logout', { operationId: 'storeLogout', summary: 'Revoke this store token everywhere', tags: ['store auth'], secured: true, middleware: [storeToken], status: 204, errors: { ...TENANT_ERRORS, 403: `${STORE_TOKEN_ONLY} | ${ErrorCode.TENANT_MISMATCH}` } }, async ({ req }) => {
-    if (!req.auth) throw unauthenticated();
-    await users.logoutStoreUser(ctx, req.auth);
-  });
-  api.get('/info', { operationId: 'getStoreInfo', summary: "The store's public profile", tags: ['storefront'], response: StoreInfoDto, errors: TENANT_ERRORS }, () => users.storeInfo());
+  api.get(
+    '/auth/me',
+    {
+      operationId: 'storeMe',
+      summary: 'The signed-in store user',
+      tags: ['store auth'],
+      secured: true,
+      middleware: [storeToken],
+      response: z.object({ user: StoreUserDto }),
+      errors: { ...TENANT_ERRORS, 403: STORE_TOKEN_ONLY },
+    },
+    ({ req }) => {
+      if (!req.auth) throw unauthenticated();
+      return users.storeMe(req.auth.sub);
+    },
+  );
+  api.post(
+    '/auth/logout',
+    {
+      operationId: 'storeLogout',
+      summary: 'Revoke this store token everywhere',
+      tags: ['store auth'],
+      secured: true,
+      middleware: [storeToken],
+      status: 204,
+      errors: { ...TENANT_ERRORS, 403: `${STORE_TOKEN_ONLY} | ${ErrorCode.TENANT_MISMATCH}` },
+    },
+    async ({ req }) => {
+      if (!req.auth) throw unauthenticated();
+      await users.logoutStoreUser(ctx, req.auth);
+    },
+  );
+  api.get(
+    '/info',
+    {
+      operationId: 'getStoreInfo',
+      summary: "The store's public profile",
+      tags: ['storefront'],
+      response: StoreInfoDto,
+      errors: TENANT_ERRORS,
+    },
+    () => users.storeInfo(),
+  );
 
-  const optionalActor = (res: Parameters<typeof storeActorOf>[0]): StoreActor | undefined => res.locals.actor as StoreActor | undefined;
+  const optionalActor = (res: Parameters<typeof storeActorOf>[0]): StoreActor | undefined =>
+    res.locals.actor as StoreActor | undefined;
   const maybeStaff = identifyActor(ctx);
   api.get(
     '/products',
-    { operationId: 'listProducts', summary: 'The catalogue (public; staff may include inactive products)', tags: ['products'], secured: 'optional', query: ProductListQuery, response: pageOf(ProductDto), errors: TENANT_ERRORS, middleware: [maybeStaff] },
-    ({ query, res }) => products.listProducts({ limit: query.limit, cursor: query.cursor, includeInactive: query.includeInactive === 'true' && products.canSeeInactive(optionalActor(res)) }),
+    {
+      operationId: 'listProducts',
+      summary: 'The catalogue (public; staff may include inactive products)',
+      tags: ['products'],
+      secured: 'optional',
+      query: ProductListQuery,
+      response: pageOf(ProductDto),
+      errors: TENANT_ERRORS,
+      middleware: [maybeStaff],
+    },
+    ({ query, res }) =>
+      products.listProducts({
+        limit: query.limit,
+        cursor: query.cursor,
+        includeInactive: query.includeInactive === 'true' && products.canSeeInactive(optionalActor(res)),
+      }),
   );
-  api.get('/products/:id', { operationId: 'getProduct', summary: 'One product (an inactive one only for staff)', tags: ['products'], secured: 'optional', params: ProductIdParams, response: ProductDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND | STORE_NOT_FOUND' }, middleware: [maybeStaff] }, ({ params, res }) =>
-    products.getProduct(params.id, optionalActor(res)),
+  api.get(
+    '/products/:id',
+    {
+      operationId: 'getProduct',
+      summary: 'One product (an inactive one only for staff)',
+      tags: ['products'],
+      secured: 'optional',
+      params: ProductIdParams,
+      response: ProductDto,
+      errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND | STORE_NOT_FOUND' },
+      middleware: [maybeStaff],
+    },
+    ({ params, res }) => products.getProduct(params.id, optionalActor(res)),
   );
   api.post(
     '/products',
-    { operationId: 'createProduct', summary: 'Add a product', tags: ['products'], secured: true, middleware: [staff], body: CreateProductBody, status: 201, response: ProductDto, errors: { ...TENANT_ERRORS, 409: 'SKU_TAKEN | STORE_NOT_READY' } },
+    {
+      operationId: 'createProduct',
+      summary: 'Add a product',
+      tags: ['products'],
+      secured: true,
+      middleware: [staff],
+      body: CreateProductBody,
+      status: 201,
+      response: ProductDto,
+      errors: { ...TENANT_ERRORS, 409: 'SKU_TAKEN | STORE_NOT_READY' },
+    },
     ({ body, res }) => products.createProduct(body, storeActorOf(res)),
   );
   api.patch(
     '/products/:id',
-    { operationId: 'updateProduct', summary: 'Change a product (at least one field)', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, body: UpdateProductBody, response: ProductDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND', 409: 'SKU_TAKEN' } },
+    {
+      operationId: 'updateProduct',
+      summary: 'Change a product (at least one field)',
+      tags: ['products'],
+      secured: true,
+      middleware: [staff],
+      params: ProductIdParams,
+      body: UpdateProductBody,
+      response: ProductDto,
+      errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND', 409: 'SKU_TAKEN' },
+    },
     ({ params, body, res }) => products.updateProduct(params.id, body, storeActorOf(res)),
   );
   api.delete(
     '/products/:id',
-    { operationId: 'deleteProduct', summary: 'Remove a product (soft)', tags: ['products'], secured: true, middleware: [staff], params: ProductIdParams, status: 204, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } },
+    {
+      operationId: 'deleteProduct',
+      summary: 'Remove a product (soft)',
+      tags: ['products'],
+      secured: true,
+      middleware: [staff],
+      params: ProductIdParams,
+      status: 204,
+      errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' },
+    },
     ({ params, res }) => products.deleteProduct(params.id, storeActorOf(res)),
   );
   api.post(
@@ -115,31 +234,92 @@ export function storefrontRoutes(ctx: AppContext): ApiRouter {
       middleware: [staff],
       params: ProductIdParams,
       response: ProductDto,
-      errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND | STORE_NOT_FOUND', 409: 'CONFLICT (not removed) | SKU_TAKEN (a live product has its SKU) | STORE_NOT_READY' },
+      errors: {
+        ...TENANT_ERRORS,
+        404: 'NOT_FOUND | STORE_NOT_FOUND',
+        409: 'CONFLICT (not removed) | SKU_TAKEN (a live product has its SKU) | STORE_NOT_READY',
+      },
     },
     ({ params, res }) => products.restoreProduct(params.id, storeActorOf(res)),
   );
 
-  api.get('/customers', { operationId: 'listCustomers', summary: "The store's customers", tags: ['people'], secured: true, middleware: [staff], query: ListQuery, response: pageOf(CustomerDto), errors: TENANT_ERRORS }, ({ query }) =>
-    users.listCustomers(query),
+  api.get(
+    '/customers',
+    {
+      operationId: 'listCustomers',
+      summary: "The store's customers",
+      tags: ['people'],
+      secured: true,
+      middleware: [staff],
+      query: ListQuery,
+      response: pageOf(CustomerDto),
+      errors: TENANT_ERRORS,
+    },
+    ({ query }) => users.listCustomers(query),
   );
   api.post(
     '/staff',
-    { operationId: 'createStaff', summary: 'Add an admin or staff member', tags: ['people'], secured: true, middleware: [admin], body: CreateStaffBody, status: 201, response: z.object({ user: StoreUserDto }), errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN' } },
+    {
+      operationId: 'createStaff',
+      summary: 'Add an admin or staff member',
+      tags: ['people'],
+      secured: true,
+      middleware: [admin],
+      body: CreateStaffBody,
+      status: 201,
+      response: z.object({ user: StoreUserDto }),
+      errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN' },
+    },
     ({ body, res }) => users.createStaff(body, storeActorOf(res)),
   );
 
   api.post(
     '/orders',
-    { operationId: 'placeOrder', summary: 'Place an order (customer)', tags: ['orders'], secured: true, middleware: [anyone], body: CreateOrderBody, status: 201, response: OrderDto, errors: { ...TENANT_ERRORS, 400: 'VALIDATION_FAILED (also: products of different currencies)', 404: 'NOT_FOUND (product)', 409: 'OUT_OF_STOCK' } },
+    {
+      operationId: 'placeOrder',
+      summary: 'Place an order (customer)',
+      tags: ['orders'],
+      secured: true,
+      middleware: [anyone],
+      body: CreateOrderBody,
+      status: 201,
+      response: OrderDto,
+      errors: {
+        ...TENANT_ERRORS,
+        400: 'VALIDATION_FAILED (also: products of different currencies)',
+        404: 'NOT_FOUND (product)',
+        409: 'OUT_OF_STOCK',
+      },
+    },
     ({ body, res }) => orders.placeOrder(body, storeActorOf(res)),
   );
-  api.get('/orders', { operationId: 'listOrders', summary: 'Orders: a customer sees their own, staff see all', tags: ['orders'], secured: true, middleware: [anyone], query: ListQuery, response: pageOf(OrderDto), errors: TENANT_ERRORS }, ({ query, res }) =>
-    orders.listOrders(storeActorOf(res), query),
+  api.get(
+    '/orders',
+    {
+      operationId: 'listOrders',
+      summary: 'Orders: a customer sees their own, staff see all',
+      tags: ['orders'],
+      secured: true,
+      middleware: [anyone],
+      query: ListQuery,
+      response: pageOf(OrderDto),
+      errors: TENANT_ERRORS,
+    },
+    ({ query, res }) => orders.listOrders(storeActorOf(res), query),
   );
-  api.get('/orders/:id', { operationId: 'getOrder', summary: 'One order', tags: ['orders'], secured: true, middleware: [anyone], params: OrderIdParams, response: OrderDto, errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' } }, ({ params, res }) =>
-    orders.getOrder(params.id, storeActorOf(res)),
+  api.get(
+    '/orders/:id',
+    {
+      operationId: 'getOrder',
+      summary: 'One order',
+      tags: ['orders'],
+      secured: true,
+      middleware: [anyone],
+      params: OrderIdParams,
+      response: OrderDto,
+      errors: { ...TENANT_ERRORS, 404: 'NOT_FOUND' },
+    },
+    ({ params, res }) => orders.getOrder(params.id, storeActorOf(res)),
   );
   return api;
 }
-

@@ -13,7 +13,8 @@ export interface HostnamePolicy {
   platform: readonly string[];
 }
 
-export type HostnameVerdict = { ok: true; hostname: string } | { ok: false; reason: 'invalid' | 'not_allowed'; detail: string };
+export type HostnameVerdict =
+  { ok: true; hostname: string } | { ok: false; reason: 'invalid' | 'not_allowed'; detail: string };
 
 const DNS_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$/;
 
@@ -51,15 +52,35 @@ const isUnder = (h: string, domain: string) => h === domain || h.endsWith(`.${do
 /** Check a hostname a store wants to claim: normalised, a valid multi-label DNS name, not reserved. */
 export function checkClaimableHostname(raw: string, policy: HostnamePolicy): HostnameVerdict {
   const h = normaliseHostname(raw);
-  if (isIpLiteral(h)) return { ok: false, reason: 'not_allowed', detail: 'IP addresses cannot be store hostnames; use a DNS name' };
-  if (!/^[a-z0-9.-]+$/.test(h)) return { ok: false, reason: 'invalid', detail: 'must be a DNS name such as shop.example.com (no scheme, port or path)' };
+  if (isIpLiteral(h))
+    return { ok: false, reason: 'not_allowed', detail: 'IP addresses cannot be store hostnames; use a DNS name' };
+  if (!/^[a-z0-9.-]+$/.test(h))
+    return {
+      ok: false,
+      reason: 'invalid',
+      detail: 'must be a DNS name such as shop.example.com (no scheme, port or path)',
+    };
   if (!h.includes('.') || isUnder(h, 'localhost')) {
     return { ok: false, reason: 'not_allowed', detail: 'localhost and single-label names cannot be store hostnames' };
   }
-  if (!DNS_NAME.test(h)) return { ok: false, reason: 'invalid', detail: 'must be a DNS name such as shop.example.com (labels of 1–63 letters, digits and inner hyphens)' };
-  if (policy.platform.some((p) => isUnder(h, p))) return { ok: false, reason: 'not_allowed', detail: "the platform's own hostnames and their subdomains cannot be claimed" };
+  if (!DNS_NAME.test(h))
+    return {
+      ok: false,
+      reason: 'invalid',
+      detail: 'must be a DNS name such as shop.example.com (labels of 1–63 letters, digits and inner hyphens)',
+    };
+  if (policy.platform.some((p) => isUnder(h, p)))
+    return {
+      ok: false,
+      reason: 'not_allowed',
+      detail: "the platform's own hostnames and their subdomains cannot be claimed",
+    };
   if (isUnder(h, policy.storeDomain)) {
-    return { ok: false, reason: 'not_allowed', detail: `names under ${policy.storeDomain} are issued by the platform (every store has <slug>.${policy.storeDomain})` };
+    return {
+      ok: false,
+      reason: 'not_allowed',
+      detail: `names under ${policy.storeDomain} are issued by the platform (every store has <slug>.${policy.storeDomain})`,
+    };
   }
   return { ok: true, hostname: h };
 }
@@ -77,4 +98,5 @@ export function routableHost(hostname: string | undefined, policy: HostnamePolic
 }
 
 /** The hostname the platform issues to a store. */
-export const platformHostname = (slug: string, policy: Pick<HostnamePolicy, 'storeDomain'>) => `${slug}.${policy.storeDomain}`;
+export const platformHostname = (slug: string, policy: Pick<HostnamePolicy, 'storeDomain'>) =>
+  `${slug}.${policy.storeDomain}`;

@@ -24,7 +24,10 @@ export class TxtResolver {
     try {
       const records = await this.resolver.resolveTxt(name);
       // A TXT record may come in several character-strings: together they are one value.
-      return { found: true, values: records.slice(0, MAX_VALUES).map((chunks) => chunks.join('').slice(0, MAX_VALUE_LENGTH)) };
+      return {
+        found: true,
+        values: records.slice(0, MAX_VALUES).map((chunks) => chunks.join('').slice(0, MAX_VALUE_LENGTH)),
+      };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'error';
       const reason =

@@ -20,7 +20,10 @@ function toHostnameDto(h: HostnameRow) {
     hostname: h.hostname,
     kind: h.kind,
     status: h.status,
-    verification: h.status === 'pending' && h.verificationToken ? { type: 'dns-txt' as const, name: challengeName(h.hostname), value: h.verificationToken } : null,
+    verification:
+      h.status === 'pending' && h.verificationToken
+        ? { type: 'dns-txt' as const, name: challengeName(h.hostname), value: h.verificationToken }
+        : null,
     verifiedAt: h.verifiedAt ? h.verifiedAt.toISOString() : null,
     createdAt: h.createdAt.toISOString(),
   };
@@ -43,7 +46,10 @@ export async function addHostname(ctx: AppContext, userId: string, storeId: stri
   await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   const verdict = checkClaimableHostname(requested, ctx.config.hostnames);
   if (!verdict.ok) {
-    if (verdict.reason === 'invalid') throw fail(ErrorCode.VALIDATION_FAILED, 'The request body is not valid', { errors: [{ path: 'hostname', message: verdict.detail }] });
+    if (verdict.reason === 'invalid')
+      throw fail(ErrorCode.VALIDATION_FAILED, 'The request body is not valid', {
+        errors: [{ path: 'hostname', message: verdict.detail }],
+      });
     throw fail(ErrorCode.HOSTNAME_NOT_ALLOWED, `This hostname cannot be claimed: ${verdict.detail}`);
   }
   const hostname = verdict.hostname;
@@ -56,8 +62,17 @@ export async function addHostname(ctx: AppContext, userId: string, storeId: stri
     const holder = await StoreHostname.findOne({ where: { hostname, status: 'verified' }, transaction: t });
     if (holder) throw taken();
     await requireRoomForHostname(ctx, store.ownerId, storeId, t);
-    const added = await StoreHostname.create({ storeId, hostname, kind: 'custom', status: 'pending', verificationToken: randomBytes(16).toString('hex') }, { transaction: t });
-    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.hostname.added', targetType: 'hostname', targetId: hostname });
+    const added = await StoreHostname.create(
+      { storeId, hostname, kind: 'custom', status: 'pending', verificationToken: randomBytes(16).toString('hex') },
+      { transaction: t },
+    );
+    await audit(ctx.master, t, {
+      actorUserId: userId,
+      storeId,
+      action: 'store.hostname.added',
+      targetType: 'hostname',
+      targetId: hostname,
+    });
     return added;
   });
   return toHostnameDto(row);
@@ -68,7 +83,10 @@ async function requireRoomForHostname(ctx: AppContext, ownerId: string, storeId:
   const limit = plan.maxHostnames ?? HOSTNAME_CEILING;
   const count = await ctx.master.models.StoreHostname.count({ where: { storeId, kind: 'custom' }, transaction: t });
   if (count >= limit) {
-    throw fail(ErrorCode.PLAN_LIMIT_REACHED, `The ${plan.name} plan allows ${limit} custom hostname(s) per store (this store has ${count}); remove one or upgrade`);
+    throw fail(
+      ErrorCode.PLAN_LIMIT_REACHED,
+      `The ${plan.name} plan allows ${limit} custom hostname(s) per store (this store has ${count}); remove one or upgrade`,
+    );
   }
 }
 
@@ -76,7 +94,13 @@ async function requireRoomForHostname(ctx: AppContext, ownerId: string, storeId:
  * Prove a pending hostname: the TXT record `_tenantry-challenge.<hostname>` must hold its token. Once
  * verified it routes to this store, and other stores' pending claims on it are dropped.
  */
-export async function verifyHostname(ctx: AppContext, resolver: TxtResolver, userId: string, storeId: string, requested: string) {
+export async function verifyHostname(
+  ctx: AppContext,
+  resolver: TxtResolver,
+  userId: string,
+  storeId: string,
+  requested: string,
+) {
   await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
   const hostname = normaliseHostname(requested);
   const { StoreHostname } = ctx.master.models;
@@ -88,21 +112,38 @@ export async function verifyHostname(ctx: AppContext, resolver: TxtResolver, use
 
   const lookup = await resolver.lookup(challengeName(hostname));
   if (!lookup.found || !lookup.values.includes(claim.verificationToken!)) {
-    const found = lookup.found ? `found ${lookup.values.map((v) => JSON.stringify(v)).join(', ') || 'an empty record'}` : lookup.reason;
-    throw fail(ErrorCode.HOSTNAME_NOT_VERIFIED, `The TXT record ${challengeName(hostname)} must hold "${claim.verificationToken}"; ${found}`);
+    const found = lookup.found
+      ? `found ${lookup.values.map((v) => JSON.stringify(v)).join(', ') || 'an empty record'}`
+      : lookup.reason;
+    throw fail(
+      ErrorCode.HOSTNAME_NOT_VERIFIED,
+      `The TXT record ${challengeName(hostname)} must hold "${claim.verificationToken}"; ${found}`,
+    );
   }
 
   const verified = await ctx.master.sequelize
     .transaction(async (t) => {
-      const [count] = await StoreHostname.update({ status: 'verified', verifiedAt: new Date() }, { where: { storeId, hostname, status: 'pending' }, transaction: t });
+      const [count] = await StoreHostname.update(
+        { status: 'verified', verifiedAt: new Date() },
+        { where: { storeId, hostname, status: 'pending' }, transaction: t },
+      );
       // Removed meanwhile (or verified by a concurrent call): answer with what is there now.
       if (count === 0) return StoreHostname.findOne({ where: { storeId, hostname }, transaction: t });
-      await ctx.master.sequelize.query("DELETE FROM store_hostnames WHERE hostname = $1 AND store_id <> $2::uuid AND status = 'pending'", {
-        bind: [hostname, storeId],
-        type: QueryTypes.DELETE,
-        transaction: t,
+      await ctx.master.sequelize.query(
+        "DELETE FROM store_hostnames WHERE hostname = $1 AND store_id <> $2::uuid AND status = 'pending'",
+        {
+          bind: [hostname, storeId],
+          type: QueryTypes.DELETE,
+          transaction: t,
+        },
+      );
+      await audit(ctx.master, t, {
+        actorUserId: userId,
+        storeId,
+        action: 'store.hostname.verified',
+        targetType: 'hostname',
+        targetId: hostname,
       });
-      await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.hostname.verified', targetType: 'hostname', targetId: hostname });
       return StoreHostname.findOne({ where: { storeId, hostname }, transaction: t });
     })
     // A verified name is one store's at most (a partial unique index): losing that race is HOSTNAME_TAKEN.
@@ -119,10 +160,17 @@ export async function removeHostname(ctx: AppContext, userId: string, storeId: s
   const { StoreHostname } = ctx.master.models;
   const row = await StoreHostname.findOne({ where: { storeId, hostname } });
   if (!row) throw fail(ErrorCode.NOT_FOUND, 'This store has no such hostname');
-  if (row.kind === 'platform') throw fail(ErrorCode.HOSTNAME_NOT_ALLOWED, 'The hostname the platform issued to this store cannot be removed');
+  if (row.kind === 'platform')
+    throw fail(ErrorCode.HOSTNAME_NOT_ALLOWED, 'The hostname the platform issued to this store cannot be removed');
   await ctx.master.sequelize.transaction(async (t) => {
     await row.destroy({ transaction: t });
-    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.hostname.removed', targetType: 'hostname', targetId: hostname });
+    await audit(ctx.master, t, {
+      actorUserId: userId,
+      storeId,
+      action: 'store.hostname.removed',
+      targetType: 'hostname',
+      targetId: hostname,
+    });
   });
   if (row.status === 'verified') await ctx.tenants.hostnamesChanged([hostname]);
 }
@@ -131,7 +179,11 @@ export async function removeHostname(ctx: AppContext, userId: string, storeId: s
  * Give a store its `<slug>.<STORE_DOMAIN>` (verified: the platform owns that domain). Idempotent; run in
  * the transaction that makes the store active.
  */
-export async function issuePlatformHostname(ctx: AppContext, store: { id: string; slug: string }, t: Transaction): Promise<string> {
+export async function issuePlatformHostname(
+  ctx: AppContext,
+  store: { id: string; slug: string },
+  t: Transaction,
+): Promise<string> {
   const hostname = platformHostname(store.slug, ctx.config.hostnames);
   await ctx.master.sequelize.query(
     `INSERT INTO store_hostnames (store_id, hostname, kind, status, verified_at)

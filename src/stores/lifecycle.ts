@@ -22,7 +22,11 @@ export function storefrontRefusal(store: StoreState | undefined): Error | undefi
  * could lift it or act around it (423 STORE_SUSPENDED). Only a platform admin's resume ends it.
  */
 export function refuseIfSuspended(store: { status: StoreStatus }): void {
-  if (store.status === 'suspended') throw fail(ErrorCode.STORE_SUSPENDED, 'This store is suspended by the platform; only a platform administrator can resume it');
+  if (store.status === 'suspended')
+    throw fail(
+      ErrorCode.STORE_SUSPENDED,
+      'This store is suspended by the platform; only a platform administrator can resume it',
+    );
 }
 
 /** The status a store returns to when a deletion or suspension is lifted: wherever its database stands. */

@@ -58,7 +58,8 @@ export async function requireStoreAccess(
   if (!store || (store.status === 'deleted' && !opts.allowDeleted)) throw noSuchStore();
   const member = await master.models.StoreMember.findOne({ where: { storeId, userId } });
   if (!member) throw fail(ErrorCode.FORBIDDEN, 'You are not a member of this store');
-  if (!roles.includes(member.role)) throw fail(ErrorCode.FORBIDDEN, `This needs one of these store roles: ${roles.join(', ')}`);
+  if (!roles.includes(member.role))
+    throw fail(ErrorCode.FORBIDDEN, `This needs one of these store roles: ${roles.join(', ')}`);
   // After the membership checks: an outsider learns nothing about the store's state.
   if (opts.notSuspended) refuseIfSuspended(store);
   return { store, role: member.role };

@@ -14,7 +14,12 @@ import { RESTORE_WINDOW_DAYS } from './stores.service';
  * stays, deleted, for the ledger and the audit trail.
  */
 export async function purgeDeletedStores(ctx: AppContext): Promise<{ purged: number }> {
-  const due = await ctx.master.sequelize.query<{ storeId: string; mode: string | null; server: string | null; credentials: string | null }>(
+  const due = await ctx.master.sequelize.query<{
+    storeId: string;
+    mode: string | null;
+    server: string | null;
+    credentials: string | null;
+  }>(
     `SELECT s.id AS "storeId", d.mode, d.server, d.credentials
        FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
       WHERE s.status = 'deleted' AND s.deleted_at < now() - make_interval(days => $1::int)
@@ -25,7 +30,10 @@ export async function purgeDeletedStores(ctx: AppContext): Promise<{ purged: num
   for (const store of due) {
     try {
       if (store.mode === 'managed' && store.server && store.credentials) {
-        const { database, user } = ctx.encryptor.decryptJson<TenantConnection>(store.credentials, secretContext.storeCredentials(store.storeId));
+        const { database, user } = ctx.encryptor.decryptJson<TenantConnection>(
+          store.credentials,
+          secretContext.storeCredentials(store.storeId),
+        );
         await dropTenantDatabase(serverByKey(ctx, store.server).adminUrl, { database, role: user });
       }
       const hostnames = await ctx.master.sequelize.transaction(async (t) => {
@@ -33,7 +41,14 @@ export async function purgeDeletedStores(ctx: AppContext): Promise<{ purged: num
         const released = await StoreHostname.findAll({ where: { storeId: store.storeId }, transaction: t });
         await StoreHostname.destroy({ where: { storeId: store.storeId }, transaction: t });
         await StoreDatabase.destroy({ where: { storeId: store.storeId }, transaction: t });
-        await audit(ctx.master, t, { actorUserId: null, storeId: store.storeId, action: 'store.purged', targetType: 'store', targetId: store.storeId, data: { mode: store.mode } });
+        await audit(ctx.master, t, {
+          actorUserId: null,
+          storeId: store.storeId,
+          action: 'store.purged',
+          targetType: 'store',
+          targetId: store.storeId,
+          data: { mode: store.mode },
+        });
         return released.map((h) => h.hostname);
       });
       await ctx.tenants.hostnamesChanged(hostnames);

@@ -40,9 +40,18 @@ async function requireRoomForStore(ctx: AppContext, userId: string, t: Transacti
   const { User, Store } = ctx.master.models;
   await User.findByPk(userId, { transaction: t, lock: t.LOCK.UPDATE, rejectOnEmpty: true });
   const plan = await planOf(ctx, userId, t);
-  const owned = await Store.count({ where: { ownerId: userId, status: ['pending_database', 'provisioning', 'active', 'provisioning_failed', 'suspended'] }, transaction: t });
+  const owned = await Store.count({
+    where: {
+      ownerId: userId,
+      status: ['pending_database', 'provisioning', 'active', 'provisioning_failed', 'suspended'],
+    },
+    transaction: t,
+  });
   if (owned >= plan.maxStores) {
-    throw fail(ErrorCode.PLAN_LIMIT_REACHED, `The ${plan.name} plan allows ${plan.maxStores} store(s); upgrade to add more`);
+    throw fail(
+      ErrorCode.PLAN_LIMIT_REACHED,
+      `The ${plan.name} plan allows ${plan.maxStores} store(s); upgrade to add more`,
+    );
   }
 }
 
@@ -56,12 +65,19 @@ export async function createStore(ctx: AppContext, userId: string, input: Create
       // (requireRoomForStore takes it again), so that of one owner's creations at once the later one sees
       // the earlier one's slug; between owners the unique index decides. A deleted store keeps its slug.
       await User.findByPk(userId, { transaction: t, lock: t.LOCK.UPDATE, rejectOnEmpty: true });
-      if (await Store.findOne({ where: { slug: input.slug }, attributes: ['id'], transaction: t })) throw fail(ErrorCode.SLUG_TAKEN, SLUG_IN_USE);
+      if (await Store.findOne({ where: { slug: input.slug }, attributes: ['id'], transaction: t }))
+        throw fail(ErrorCode.SLUG_TAKEN, SLUG_IN_USE);
       await requireRoomForStore(ctx, userId, t);
       const s = await Store.create({ name: input.name, slug: input.slug, ownerId: userId }, { transaction: t });
       await StoreMember.create({ storeId: s.id, userId, role: 'owner' }, { transaction: t });
       await CreditBalance.create({ storeId: s.id }, { transaction: t });
-      await audit(ctx.master, t, { actorUserId: userId, storeId: s.id, action: 'store.created', targetType: 'store', targetId: s.id });
+      await audit(ctx.master, t, {
+        actorUserId: userId,
+        storeId: s.id,
+        action: 'store.created',
+        targetType: 'store',
+        targetId: s.id,
+      });
       return s;
     })
     .catch(rethrowTaken(SLUG_IN_USE));
@@ -100,11 +116,20 @@ export async function getStore(ctx: AppContext, userId: string, storeId: string)
 }
 
 export async function renameStore(ctx: AppContext, userId: string, storeId: string, name: string | undefined) {
-  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
+  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], {
+    notSuspended: true,
+  });
   if (name !== undefined && name !== store.name) {
     await ctx.master.sequelize.transaction(async (t) => {
       await store.update({ name }, { transaction: t });
-      await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.renamed', targetType: 'store', targetId: storeId, data: { name } });
+      await audit(ctx.master, t, {
+        actorUserId: userId,
+        storeId,
+        action: 'store.renamed',
+        targetType: 'store',
+        targetId: storeId,
+        data: { name },
+      });
     });
     if (store.status === 'active') await renameInTenant(ctx, storeId, name);
   }
@@ -118,9 +143,14 @@ export async function renameStore(ctx: AppContext, userId: string, storeId: stri
 async function renameInTenant(ctx: AppContext, storeId: string, name: string) {
   try {
     const handle = await ctx.tenants.forStore(storeId);
-    await ctx.tenants.guard(handle, () => handle.query('UPDATE stores SET name = $1, updated_at = now() WHERE id = $2', [name, storeId]));
+    await ctx.tenants.guard(handle, () =>
+      handle.query('UPDATE stores SET name = $1, updated_at = now() WHERE id = $2', [name, storeId]),
+    );
   } catch (err) {
-    logger.warn({ storeId, err: (err as Error).message }, "store renamed in the master; its database's copy of the name is stale");
+    logger.warn(
+      { storeId, err: (err as Error).message },
+      "store renamed in the master; its database's copy of the name is stale",
+    );
   }
 }
 
@@ -130,14 +160,27 @@ export async function deleteStore(ctx: AppContext, userId: string, storeId: stri
   await ctx.master.sequelize.transaction(async (t) => {
     // suspended_at is left as it is: a suspension made meanwhile outlives the deletion (see restoreStore).
     await store.update({ status: 'deleted', deletedAt: new Date() }, { transaction: t });
-    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.deleted', targetType: 'store', targetId: storeId });
+    await audit(ctx.master, t, {
+      actorUserId: userId,
+      storeId,
+      action: 'store.deleted',
+      targetType: 'store',
+      targetId: storeId,
+    });
   });
   await ctx.tenants.invalidate(storeId);
-  return { id: storeId, status: 'deleted' as const, restorableUntil: new Date(store.deletedAt!.getTime() + RESTORE_WINDOW_DAYS * 86400_000).toISOString() };
+  return {
+    id: storeId,
+    status: 'deleted' as const,
+    restorableUntil: new Date(store.deletedAt!.getTime() + RESTORE_WINDOW_DAYS * 86400_000).toISOString(),
+  };
 }
 
 export async function restoreStore(ctx: AppContext, userId: string, storeId: string) {
-  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner'], { allowDeleted: true, notSuspended: true });
+  const { store, role } = await requireStoreAccess(ctx.master, storeId, userId, ['owner'], {
+    allowDeleted: true,
+    notSuspended: true,
+  });
   if (store.status !== 'deleted') throw fail(ErrorCode.CONFLICT, 'This store is not deleted');
   if (Date.now() - store.deletedAt!.getTime() > RESTORE_WINDOW_DAYS * 86400_000) {
     throw fail(ErrorCode.CONFLICT, `Stores can be restored for ${RESTORE_WINDOW_DAYS} days after deletion`);
@@ -151,7 +194,13 @@ export async function restoreStore(ctx: AppContext, userId: string, storeId: str
     if (store.status !== 'deleted') throw fail(ErrorCode.CONFLICT, 'This store is not deleted');
     const restored: StoreStatus = store.suspendedAt ? 'suspended' : dbStatus;
     await store.update({ status: restored, deletedAt: null }, { transaction: t });
-    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.restored', targetType: 'store', targetId: storeId });
+    await audit(ctx.master, t, {
+      actorUserId: userId,
+      storeId,
+      action: 'store.restored',
+      targetType: 'store',
+      targetId: storeId,
+    });
     return restored;
   });
   await resumeBackgroundWork(ctx, storeId, status);
@@ -170,12 +219,32 @@ export async function resumeBackgroundWork(ctx: AppContext, storeId: string, sta
 
 export async function putStripeKeys(ctx: AppContext, userId: string, storeId: string, input: StripeKeysInput) {
   await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
-  const publicConfig = { publishableKey: input.publishableKey, secretKeyLast4: input.secretKey.slice(-4), hasWebhookSecret: !!input.webhookSecret };
-  const secrets = ctx.encryptor.encryptJson({ secretKey: input.secretKey, webhookSecret: input.webhookSecret ?? null }, secretContext.storeIntegration(storeId, 'stripe'));
+  const publicConfig = {
+    publishableKey: input.publishableKey,
+    secretKeyLast4: input.secretKey.slice(-4),
+    hasWebhookSecret: !!input.webhookSecret,
+  };
+  const secrets = ctx.encryptor.encryptJson(
+    { secretKey: input.secretKey, webhookSecret: input.webhookSecret ?? null },
+    secretContext.storeIntegration(storeId, 'stripe'),
+  );
   const configuredAt = new Date();
   await ctx.master.sequelize.transaction(async (t) => {
-    await ctx.master.models.StoreIntegration.upsert({ storeId, provider: 'stripe', publicConfig, secrets, configuredAt }, { transaction: t });
-    await audit(ctx.master, t, { actorUserId: userId, storeId, action: 'store.integration.stripe.configured', targetType: 'integration', targetId: 'stripe' });
+    await ctx.master.models.StoreIntegration.upsert(
+      { storeId, provider: 'stripe', publicConfig, secrets, configuredAt },
+      { transaction: t },
+    );
+    await audit(ctx.master, t, {
+      actorUserId: userId,
+      storeId,
+      action: 'store.integration.stripe.configured',
+      targetType: 'integration',
+      targetId: 'stripe',
+    });
   });
-  return { publishableKey: input.publishableKey, secretKeyLast4: publicConfig.secretKeyLast4, configuredAt: configuredAt.toISOString() };
+  return {
+    publishableKey: input.publishableKey,
+    secretKeyLast4: publicConfig.secretKeyLast4,
+    configuredAt: configuredAt.toISOString(),
+  };
 }

@@ -31,7 +31,11 @@ export async function startTestApp(label: string, env: Record<string, string> = 
     // Managed databases this suite provisioned, on whichever server they went to (read once the app is closed).
     opened.defer('the managed tenant databases', () => dropManagedDatabases(db.url));
     const config: Config = loadConfig({ ...process.env, ...env });
-    const ctx = await createContext({ config, masterUrl: db.url, redisPrefix: `test:${randomBytes(4).toString('hex')}` });
+    const ctx = await createContext({
+      config,
+      masterUrl: db.url,
+      redisPrefix: `test:${randomBytes(4).toString('hex')}`,
+    });
     opened.defer('the app context', () => ctx.close());
     const app = createApp(ctx);
     // Suites that need the queue worker ask for it with WORKER=on.
@@ -51,7 +55,11 @@ async function dropManagedDatabases(masterUrl: string): Promise<void> {
   await client.connect();
   let rows: { server: string; database_name: string }[];
   try {
-    rows = (await client.query<{ server: string; database_name: string }>(`SELECT server, database_name FROM store_databases WHERE mode = 'managed' AND database_name IS NOT NULL`)).rows;
+    rows = (
+      await client.query<{ server: string; database_name: string }>(
+        `SELECT server, database_name FROM store_databases WHERE mode = 'managed' AND database_name IS NOT NULL`,
+      )
+    ).rows;
   } catch {
     rows = []; // Not migrated (the context failed to start): nothing was provisioned.
   } finally {
@@ -64,8 +72,15 @@ let seq = 0;
 export const uniqueEmail = (prefix = 'user') => `${prefix}-${Date.now().toString(36)}-${++seq}@example.test`;
 
 /** Register a platform account through the API; returns its token and user. */
-export async function registerUser(app: Express, overrides: Partial<{ email: string; password: string; name: string }> = {}) {
+export async function registerUser(
+  app: Express,
+  overrides: Partial<{ email: string; password: string; name: string }> = {},
+) {
   const body = { email: uniqueEmail(), password: 'correct-horse-1', name: 'Test User', ...overrides };
   const res = await request(app).post('/api/auth/register').send(body).expect(201);
-  return { token: res.body.token as string, user: res.body.user as { id: string; email: string }, password: body.password };
+  return {
+    token: res.body.token as string,
+    user: res.body.user as { id: string; email: string },
+    password: body.password,
+  };
 }

@@ -22,7 +22,8 @@ export async function adminQuery(sql: string, server = TEST_SERVER_URL): Promise
 
 /** Refuse to touch a database whose name does not say it is a test database. */
 export function assertTestDatabase(name: string): void {
-  if (!/test/.test(name) || !/^[a-z0-9_]+$/.test(name)) throw new Error(`refusing to use "${name}": not a test database name`);
+  if (!/test/.test(name) || !/^[a-z0-9_]+$/.test(name))
+    throw new Error(`refusing to use "${name}": not a test database name`);
 }
 
 export interface TestDatabase {
@@ -35,7 +36,11 @@ export interface TestDatabase {
  * A uniquely named database for one suite, empty or a copy of `template` (see master-template.ts); dropped
  * by drop().
  */
-export async function createTestDatabase(label: string, server = TEST_SERVER_URL, opts: { template?: string } = {}): Promise<TestDatabase> {
+export async function createTestDatabase(
+  label: string,
+  server = TEST_SERVER_URL,
+  opts: { template?: string } = {},
+): Promise<TestDatabase> {
   const name = `tenantry_test_${label}_${randomBytes(4).toString('hex')}`.toLowerCase().replace(/[^a-z0-9_]/g, '_');
   assertTestDatabase(name);
   await adminQuery(`CREATE DATABASE ${name}${opts.template ? ` TEMPLATE ${opts.template}` : ''}`, server);

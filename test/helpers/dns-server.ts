@@ -32,7 +32,15 @@ export async function startDnsServer(): Promise<TestDnsServer> {
       asked.push(name);
       const values = records.get(name);
       if (!values) response.header.rcode = NXDOMAIN;
-      else for (const data of values) response.answers.push({ name: question.name, type: Packet.TYPE.TXT, class: Packet.CLASS.IN, ttl: 1, data } as never);
+      else
+        for (const data of values)
+          response.answers.push({
+            name: question.name,
+            type: Packet.TYPE.TXT,
+            class: Packet.CLASS.IN,
+            ttl: 1,
+            data,
+          } as never);
       void send(response);
     },
   });
@@ -53,13 +61,21 @@ export async function startDnsServer(): Promise<TestDnsServer> {
  * Claim a hostname for a store through the API, publish its TXT record on the test DNS server and verify
  * it, as an owner would: afterwards the hostname routes to the store.
  */
-export async function claimHostname(app: Express, token: string, storeId: string, hostname: string, dns: TestDnsServer) {
+export async function claimHostname(
+  app: Express,
+  token: string,
+  storeId: string,
+  hostname: string,
+  dns: TestDnsServer,
+) {
   const headers = { Authorization: `Bearer ${token}` };
   const claim = await request(app).post(`/api/stores/${storeId}/hostnames`).set(headers).send({ hostname });
   if (claim.status !== 201) throw new Error(`claiming ${hostname} answered ${claim.status} ${claim.text}`);
   const { name, value } = claim.body.verification as { name: string; value: string };
   dns.setTxt(name, [value]);
-  const verified = await request(app).post(`/api/stores/${storeId}/hostnames/${encodeURIComponent(claim.body.hostname)}/verify`).set(headers);
+  const verified = await request(app)
+    .post(`/api/stores/${storeId}/hostnames/${encodeURIComponent(claim.body.hostname)}/verify`)
+    .set(headers);
   if (verified.status !== 200) throw new Error(`verifying ${hostname} answered ${verified.status} ${verified.text}`);
   return verified.body as { hostname: string; status: 'verified'; verifiedAt: string };
 }

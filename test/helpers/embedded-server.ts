@@ -44,11 +44,21 @@ export interface EmbeddedChild {
  * src/db/embedded.ts in a child process (see embedded-child.ts): `start` as the API starts it, `reuse` as
  * the command line does, or `legacy-init` to make a data directory the way versions before the secret file did.
  */
-export async function runEmbedded(mode: 'start' | 'reuse' | 'legacy-init', dataDir: string, port: number, password: string, timeoutMs = 60000): Promise<EmbeddedChild> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'test/helpers/embedded-child.ts', mode, dataDir, String(port), password], {
-    cwd: ROOT,
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+export async function runEmbedded(
+  mode: 'start' | 'reuse' | 'legacy-init',
+  dataDir: string,
+  port: number,
+  password: string,
+  timeoutMs = 60000,
+): Promise<EmbeddedChild> {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', 'test/helpers/embedded-child.ts', mode, dataDir, String(port), password],
+    {
+      cwd: ROOT,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    },
+  );
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const stop = async () => {
     child.stdin!.end();
@@ -71,7 +81,10 @@ export async function runEmbedded(mode: 'start' | 'reuse' | 'legacy-init', dataD
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   try {
     const line = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the embedded Postgres child did not answer in ${timeoutMs} ms: ${out}${err}`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`the embedded Postgres child did not answer in ${timeoutMs} ms: ${out}${err}`)),
+        timeoutMs,
+      );
       child.stdout!.on('data', (d: Buffer) => {
         out += d.toString();
         const end = out.indexOf('\n');

@@ -2,7 +2,8 @@
 process.env.NODE_ENV = 'test';
 process.env.LOG_LEVEL ??= 'silent';
 process.env.JWT_SECRET ??= 'test-secret-that-is-long-enough-for-hs256-0123456789';
-process.env.ENCRYPTION_KEYS ??= 'k2:' + Buffer.alloc(32, 2).toString('base64') + ',k1:' + Buffer.alloc(32, 1).toString('base64');
+process.env.ENCRYPTION_KEYS ??=
+  'k2:' + Buffer.alloc(32, 2).toString('base64') + ',k1:' + Buffer.alloc(32, 1).toString('base64');
 process.env.BCRYPT_ROUNDS ??= '4';
 process.env.RATE_LIMIT_REGISTER_MAX ??= '100000';
 process.env.RATE_LIMIT_LOGIN_MAX ??= '100000';

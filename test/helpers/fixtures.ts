@@ -32,18 +32,30 @@ export async function insertStore(
 }
 
 /** Another API instance on the same master DB and Redis, as a load balancer would run beside the first. */
-export async function startInstance(t: TestApp, env?: Record<string, string>, opts: { redisPrefix?: string } = {}): Promise<{ ctx: AppContext; app: Express }> {
+export async function startInstance(
+  t: TestApp,
+  env?: Record<string, string>,
+  opts: { redisPrefix?: string } = {},
+): Promise<{ ctx: AppContext; app: Express }> {
   const config = env ? loadConfig({ ...process.env, ...env }) : t.ctx.config;
   // Instances of one deployment share the master DB and the Redis prefix (queues, pub/sub, rate limits).
   const ctx = await createContext({ config, masterUrl: t.db.url, redisPrefix: opts.redisPrefix ?? t.ctx.redisPrefix });
   return { ctx, app: createApp(ctx) };
 }
 
-export async function countRows(t: TestApp, table: string, where = 'true', replacements: Record<string, unknown> = {}): Promise<number> {
-  const rows = await t.ctx.master.sequelize.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table} WHERE ${where}`, {
-    replacements,
-    type: QueryTypes.SELECT,
-  });
+export async function countRows(
+  t: TestApp,
+  table: string,
+  where = 'true',
+  replacements: Record<string, unknown> = {},
+): Promise<number> {
+  const rows = await t.ctx.master.sequelize.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM ${table} WHERE ${where}`,
+    {
+      replacements,
+      type: QueryTypes.SELECT,
+    },
+  );
   return rows[0].n;
 }
 

@@ -9,7 +9,10 @@ type Method = 'get' | 'post' | 'put' | 'patch' | 'delete' | 'options';
  */
 export function recordingClient(app: Express) {
   const responses: request.Response[] = [];
-  const call = (method: Method) => (path: string) => request(app)[method](path).on('response', (res: request.Response) => responses.push(res));
+  const call = (method: Method) => (path: string) =>
+    request(app)
+      [method](path)
+      .on('response', (res: request.Response) => responses.push(res));
   return {
     get: call('get'),
     post: call('post'),

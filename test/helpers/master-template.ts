@@ -62,7 +62,9 @@ export async function ensureMasterTemplate(server = TEST_SERVER_URL): Promise<st
 
 async function build(client: pg.Client, name: string, server: string): Promise<void> {
   // Whatever an interrupted build left: under the lock, nobody is building it now.
-  const { rows: left } = await client.query<{ datname: string }>(`SELECT datname FROM pg_database WHERE datname LIKE '${TEMPLATE_PREFIX}%\\_building'`);
+  const { rows: left } = await client.query<{ datname: string }>(
+    `SELECT datname FROM pg_database WHERE datname LIKE '${TEMPLATE_PREFIX}%\\_building'`,
+  );
   for (const { datname } of left) await client.query(`DROP DATABASE IF EXISTS ${datname} WITH (FORCE)`);
   const building = `${name}_building`;
   await client.query(`CREATE DATABASE ${building}`);

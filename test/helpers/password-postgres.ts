@@ -9,7 +9,13 @@
 import { appendFileSync, chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { initCluster, runnableBinaries, serverUser, startServer, type RunningPostgres } from '../../src/db/local-postgres';
+import {
+  initCluster,
+  runnableBinaries,
+  serverUser,
+  startServer,
+  type RunningPostgres,
+} from '../../src/db/local-postgres';
 
 const [port, password, settings] = [Number(process.argv[2]), process.argv[3], process.argv[4] ?? ''];
 const dir = mkdtempSync(path.join(os.tmpdir(), 'tenantry-test-pg-'));
@@ -34,7 +40,8 @@ async function main(): Promise<void> {
     const bin = runnableBinaries(user);
     const data = path.join(dir, 'data');
     await initCluster(bin, data, password, user);
-    for (const setting of settings.split(',').filter(Boolean)) appendFileSync(path.join(data, 'postgresql.auto.conf'), `${setting}\n`);
+    for (const setting of settings.split(',').filter(Boolean))
+      appendFileSync(path.join(data, 'postgresql.auto.conf'), `${setting}\n`);
     server = await startServer(bin, data, port, user);
     process.stdout.write('ready\n');
   } catch (err) {

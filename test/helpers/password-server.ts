@@ -15,16 +15,36 @@ export interface PasswordServer {
  * 127.0.0.1, in a child process. The system test servers use trust authentication, where no password
  * can be wrong.
  */
-export async function startPasswordServer(password: string, timeoutMs = 30000, settings: Record<string, string | number> = {}): Promise<PasswordServer> {
+export async function startPasswordServer(
+  password: string,
+  timeoutMs = 30000,
+  settings: Record<string, string | number> = {},
+): Promise<PasswordServer> {
   const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'password-postgres.ts'), String(port), password, Object.entries(settings).map(([k, v]) => `${k}=${v}`).join(',')], {
-    cwd: path.resolve(__dirname, '../..'),
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.join(__dirname, 'password-postgres.ts'),
+      String(port),
+      password,
+      Object.entries(settings)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(','),
+    ],
+    {
+      cwd: path.resolve(__dirname, '../..'),
+      stdio: ['pipe', 'pipe', 'pipe'],
+    },
+  );
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let out = '';
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the password-checking Postgres did not start in ${timeoutMs} ms: ${out}`)), timeoutMs);
+    const timer = setTimeout(
+      () => reject(new Error(`the password-checking Postgres did not start in ${timeoutMs} ms: ${out}`)),
+      timeoutMs,
+    );
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       if (out.includes('ready')) {

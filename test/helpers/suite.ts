@@ -64,8 +64,18 @@ function resources(r: Resources, checks: (() => unknown)[]): SuiteResources {
     defer: (name, close) => r.defer(name, close),
     open: (name, start, close) => r.open(name, start, close),
     dns: () => r.open('the DNS server', startDnsServer, (dns) => dns.close()),
-    proxy: (port, target) => r.open(`the TCP proxy on port ${port}`, () => startTcpProxy(port, target), (proxy) => proxy.close()),
-    passwordServer: (password) => r.open('the password-checking Postgres', () => startPasswordServer(password), (server) => server.stop()),
+    proxy: (port, target) =>
+      r.open(
+        `the TCP proxy on port ${port}`,
+        () => startTcpProxy(port, target),
+        (proxy) => proxy.close(),
+      ),
+    passwordServer: (password) =>
+      r.open(
+        'the password-checking Postgres',
+        () => startPasswordServer(password),
+        (server) => server.stop(),
+      ),
     pgClient: (config) =>
       r.open(
         'a Postgres client',
@@ -122,7 +132,8 @@ async function tearDown(r: Resources, checks: (() => unknown)[], runChecks: bool
     }
   }
   if (errors.length === 1) throw errors[0];
-  if (errors.length > 1) throw new AggregateError(errors, errors.map((e) => (e instanceof Error ? e.message : String(e))).join('\n\n'));
+  if (errors.length > 1)
+    throw new AggregateError(errors, errors.map((e) => (e instanceof Error ? e.message : String(e))).join('\n\n'));
 }
 
 /**
@@ -155,7 +166,11 @@ export function useSuite(label: string, env: Env | ((s: SuiteResources) => Env |
     r.defer('the test tenant databases', dropTestTenants);
     try {
       const settings = typeof env === 'function' ? await env(s) : env;
-      started = await r.open('the app', () => startTestApp(label, settings), (t) => t.close());
+      started = await r.open(
+        'the app',
+        () => startTestApp(label, settings),
+        (t) => t.close(),
+      );
     } catch (err) {
       failure = err;
       throw err;
@@ -165,7 +180,10 @@ export function useSuite(label: string, env: Env | ((s: SuiteResources) => Env |
 
   const app = (): TestApp => {
     if (started) return started;
-    const why = failure === undefined ? 'it has not started (yet)' : `its set-up failed: ${failure instanceof Error ? failure.message : String(failure)}`;
+    const why =
+      failure === undefined
+        ? 'it has not started (yet)'
+        : `its set-up failed: ${failure instanceof Error ? failure.message : String(failure)}`;
     throw new Error(`the "${label}" suite has no app: ${why}`);
   };
   return {

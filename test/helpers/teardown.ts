@@ -27,7 +27,13 @@ export class Resources {
   defer(name: string, close: () => unknown): void {
     let closing: Promise<void> | undefined;
     // Once only: a test may close something itself before tear-down comes to it.
-    this.closers.push({ name, close: () => (closing ??= Promise.resolve().then(close).then(() => {})) });
+    this.closers.push({
+      name,
+      close: () =>
+        (closing ??= Promise.resolve()
+          .then(close)
+          .then(() => {})),
+    });
   }
 
   /**

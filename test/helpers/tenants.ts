@@ -37,11 +37,22 @@ export async function createActiveStore(
   made.push({ database, role, server });
   await ensureTenantDatabase(t.ctx.adminPools, server, { database, role, password });
   const u = new URL(server);
-  const connection: TenantConnection = { host: u.hostname, port: Number(u.port || 5432), database, user: role, password };
+  const connection: TenantConnection = {
+    host: u.hostname,
+    port: Number(u.port || 5432),
+    database,
+    user: role,
+    password,
+  };
   const { schemaVersion } = await migrateTenant(connection);
 
   const m = t.ctx.master.models;
-  const store = await m.Store.create({ name: opts.name ?? `Store ${hex}`, slug, ownerId: opts.ownerId, status: 'active' });
+  const store = await m.Store.create({
+    name: opts.name ?? `Store ${hex}`,
+    slug,
+    ownerId: opts.ownerId,
+    status: 'active',
+  });
   await m.StoreMember.create({ storeId: store.id, userId: opts.ownerId, role: 'owner' });
   await m.StoreDatabase.create({
     storeId: store.id,
@@ -53,7 +64,8 @@ export async function createActiveStore(
     schemaVersion,
   });
   // As verification leaves them: these route.
-  for (const hostname of opts.hostnames ?? []) await m.StoreHostname.create({ hostname, storeId: store.id, status: 'verified', verifiedAt: new Date() });
+  for (const hostname of opts.hostnames ?? [])
+    await m.StoreHostname.create({ hostname, storeId: store.id, status: 'verified', verifiedAt: new Date() });
   await seedTenant(connection, { id: store.id, name: store.name, slug });
   return { id: store.id, slug, database, role, connection };
 }
@@ -84,7 +96,10 @@ export async function tenantQuery<R extends Record<string, unknown> = Record<str
 
 /** Change a store's status in the master DB and drop its cached state, as the stores service does. */
 export async function setStoreStatus(t: TestApp, storeId: string, status: StoreStatus): Promise<void> {
-  await t.ctx.master.models.Store.update({ status, deletedAt: status === 'deleted' ? new Date() : null }, { where: { id: storeId } });
+  await t.ctx.master.models.Store.update(
+    { status, deletedAt: status === 'deleted' ? new Date() : null },
+    { where: { id: storeId } },
+  );
   await t.ctx.tenants.invalidate(storeId);
 }
 
@@ -93,7 +108,11 @@ export async function setStoreStatus(t: TestApp, storeId: string, status: StoreS
  * as Postgres sees them (pg_stat_activity); `alsoSample` runs at each sample (e.g. to read the pool's stats).
  * Registered with the suite, so a failed test that never calls stop() still ends it.
  */
-export function sampleTenantConnections(suite: Pick<SuiteResources, 'defer'>, databases: string[], alsoSample?: () => void) {
+export function sampleTenantConnections(
+  suite: Pick<SuiteResources, 'defer'>,
+  databases: string[],
+  alsoSample?: () => void,
+) {
   const samples: number[] = [];
   let running = true;
   const client = new pg.Client({ connectionString: TEST_SERVER_URL });

@@ -2,7 +2,12 @@ import { randomUUID } from 'node:crypto';
 import type { Express } from 'express';
 import jwt, { type Secret } from 'jsonwebtoken';
 import request from 'supertest';
-import { ADMIN_SESSION_COOKIE, ADMIN_SESSION_TYP, adminSessionAudience, adminSessionKey } from '../../src/admin/admin-session';
+import {
+  ADMIN_SESSION_COOKIE,
+  ADMIN_SESSION_TYP,
+  adminSessionAudience,
+  adminSessionKey,
+} from '../../src/admin/admin-session';
 import { revokePlatformAdmin } from '../../src/admin/platform-admins';
 import type { AppContext } from '../../src/app-context';
 import { QueueName } from '../../src/queue/queues';
@@ -32,7 +37,9 @@ t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 /** Our cookie as a browser would send it back (`name=value`), from a Set-Cookie answer. */
 function sessionCookie(res: request.Response): string {
-  const set = ([] as string[]).concat(res.headers['set-cookie'] ?? []).find((c) => c.startsWith(`${ADMIN_SESSION_COOKIE}=`));
+  const set = ([] as string[])
+    .concat(res.headers['set-cookie'] ?? [])
+    .find((c) => c.startsWith(`${ADMIN_SESSION_COOKIE}=`));
   if (!set) throw new Error(`no session cookie in ${res.status} ${JSON.stringify(res.headers['set-cookie'])}`);
   return set.split(';')[0];
 }
@@ -64,17 +71,28 @@ describe('opening a session', () => {
     const expiresAt = Date.parse(res.body.expiresAt);
     expect(expiresAt - Date.now()).toBeGreaterThan(14 * 60_000);
     expect(expiresAt - Date.now()).toBeLessThanOrEqual(15 * 60_000);
-    const set = ([] as string[]).concat(res.headers['set-cookie']).find((c) => c.startsWith(`${ADMIN_SESSION_COOKIE}=`))!;
-    const attributes = set.split(';').slice(1).map((a) => a.trim().toLowerCase());
+    const set = ([] as string[])
+      .concat(res.headers['set-cookie'])
+      .find((c) => c.startsWith(`${ADMIN_SESSION_COOKIE}=`))!;
+    const attributes = set
+      .split(';')
+      .slice(1)
+      .map((a) => a.trim().toLowerCase());
     expect(attributes).toEqual(expect.arrayContaining(['path=/admin', 'httponly', 'samesite=strict']));
     expect(attributes.find((a) => a.startsWith('max-age='))).toMatch(/^max-age=(899|900)$/);
     expect(attributes).not.toContain('secure');
   });
 
   test('in production the cookie is Secure as well', async () => {
-    production = await t.instance({ NODE_ENV: 'production', PAYMENTS_PROVIDER: 'stripe', STRIPE_WEBHOOK_SECRET: 'whsec_test' });
+    production = await t.instance({
+      NODE_ENV: 'production',
+      PAYMENTS_PROVIDER: 'stripe',
+      STRIPE_WEBHOOK_SECRET: 'whsec_test',
+    });
     const res = await request(production.app).post('/api/admin/session').set(auth(admin.token)).expect(200);
-    const set = ([] as string[]).concat(res.headers['set-cookie']).find((c) => c.startsWith(`${ADMIN_SESSION_COOKIE}=`))!;
+    const set = ([] as string[])
+      .concat(res.headers['set-cookie'])
+      .find((c) => c.startsWith(`${ADMIN_SESSION_COOKIE}=`))!;
     expect(set.split(';').map((a) => a.trim().toLowerCase())).toContain('secure');
   });
 
@@ -86,7 +104,10 @@ describe('opening a session', () => {
   });
 
   test('the sign-in page flow: log in, open a session, then the board opens in the browser with the cookie alone', async () => {
-    const login = await api.post('/api/auth/login').send({ email: admin.user.email, password: admin.password }).expect(200);
+    const login = await api
+      .post('/api/auth/login')
+      .send({ email: admin.user.email, password: admin.password })
+      .expect(200);
     const cookie = await openSession(login.body.token);
     const board = await request(t.app).get('/admin/queues').set('Cookie', cookie).expect(200);
     expect(board.headers['content-type']).toMatch(/text\/html/);
@@ -124,7 +145,12 @@ describe('what the cookie is, and is not', () => {
 
   test("an admin's ordinary platform or store-style API token put in the cookie is refused with 401", async () => {
     expectProblem(await api.get('/admin/queues').set('Cookie', cookieWith(admin.token)), 401, 'UNAUTHENTICATED');
-    const storeLike = t.ctx.tokens.sign({ sub: admin.user.id, typ: 'store', role: 'admin', storeId: randomUUID() }).token;
+    const storeLike = t.ctx.tokens.sign({
+      sub: admin.user.id,
+      typ: 'store',
+      role: 'admin',
+      storeId: randomUUID(),
+    }).token;
     expectProblem(await api.get('/admin/queues').set('Cookie', cookieWith(storeLike)), 401, 'UNAUTHENTICATED');
   });
 
@@ -151,26 +177,36 @@ describe('what the cookie is, and is not', () => {
   });
 
   test('logging out the platform token the session came from ends the session', async () => {
-    const login = await api.post('/api/auth/login').send({ email: admin.user.email, password: admin.password }).expect(200);
+    const login = await api
+      .post('/api/auth/login')
+      .send({ email: admin.user.email, password: admin.password })
+      .expect(200);
     const cookie = await openSession(login.body.token);
     await request(t.app).get('/admin/queues').set('Cookie', cookie).expect(200);
     await api.post('/api/auth/logout').set(auth(login.body.token)).expect(204);
-    await eventually(async () => expectProblem(await api.get('/admin/queues').set('Cookie', cookie), 401, 'UNAUTHENTICATED'));
+    await eventually(async () =>
+      expectProblem(await api.get('/admin/queues').set('Cookie', cookie), 401, 'UNAUTHENTICATED'),
+    );
   });
 
   test('DELETE /api/admin/session makes the browser drop the cookie', async () => {
     const res = await api.delete('/api/admin/session').expect(204);
-    const set = ([] as string[]).concat(res.headers['set-cookie']).find((c) => c.startsWith(`${ADMIN_SESSION_COOKIE}=`))!;
+    const set = ([] as string[])
+      .concat(res.headers['set-cookie'])
+      .find((c) => c.startsWith(`${ADMIN_SESSION_COOKIE}=`))!;
     const attributes = set.split(';').map((a) => a.trim().toLowerCase());
     expect(attributes[0]).toBe(`${ADMIN_SESSION_COOKIE}=`);
     expect(attributes).toContain('path=/admin');
-    expect(Date.parse(attributes.find((a) => a.startsWith('expires='))!.slice('expires='.length))).toBeLessThan(Date.now());
+    expect(Date.parse(attributes.find((a) => a.startsWith('expires='))!.slice('expires='.length))).toBeLessThan(
+      Date.now(),
+    );
   });
 });
 
 describe('changes through the board with the cookie (CSRF)', () => {
   const HOST = 'admin.example.test';
-  const pause = (cookie: string) => api.put(`/admin/queues/api/queues/${QueueName.maintenance}/pause`).set('Host', HOST).set('Cookie', cookie);
+  const pause = (cookie: string) =>
+    api.put(`/admin/queues/api/queues/${QueueName.maintenance}/pause`).set('Host', HOST).set('Cookie', cookie);
   const isPaused = () => t.ctx.queues.get(QueueName.maintenance).isPaused();
 
   test('a foreign Origin, or none at all, is refused with 403 and changes nothing', async () => {

@@ -29,7 +29,10 @@ beforeAll(async () => {
   admin = await registerAdmin(t);
   owner = await registerUser(t.app);
   await t.ctx.master.models.Subscription.create({ userId: owner.user.id, planId: 'pro' });
-  const [a, b] = await Promise.all([provisionManagedStore(t.app, owner.token, { name: 'Admin A' }), provisionManagedStore(t.app, owner.token, { name: 'Admin B' })]);
+  const [a, b] = await Promise.all([
+    provisionManagedStore(t.app, owner.token, { name: 'Admin A' }),
+    provisionManagedStore(t.app, owner.token, { name: 'Admin B' }),
+  ]);
   // The hostname the platform issued when the database became active.
   shop = { id: a.id, host: `${a.slug}.localhost` };
   second = { id: b.id };
@@ -41,10 +44,15 @@ describe('platform admins', () => {
   test("an account is a platform_admin by the operator's grant (others are users), also after login", async () => {
     // Registered as a user, granted afterwards: the token from before the grant is an admin's now.
     expect(admin.user).toMatchObject({ role: 'user' });
-    expect((await t.ctx.master.models.User.findByPk(admin.user.id, { rejectOnEmpty: true })).role).toBe('platform_admin');
+    expect((await t.ctx.master.models.User.findByPk(admin.user.id, { rejectOnEmpty: true })).role).toBe(
+      'platform_admin',
+    );
     expect((await t.ctx.master.models.User.findByPk(owner.user.id, { rejectOnEmpty: true })).role).toBe('user');
     await api.get('/api/admin/pools').set(auth(admin.token)).expect(200);
-    const login = await api.post('/api/auth/login').send({ email: admin.user.email.toUpperCase(), password: admin.password }).expect(200);
+    const login = await api
+      .post('/api/auth/login')
+      .send({ email: admin.user.email.toUpperCase(), password: admin.password })
+      .expect(200);
     expect(login.body.user.role).toBe('platform_admin');
     admin.token = login.body.token;
   });
@@ -69,7 +77,12 @@ describe('views', () => {
   test('GET /api/admin/tenants lists every store, newest first, with its database state and server — never credentials', async () => {
     const res = await api.get('/api/admin/tenants').set(auth(admin.token)).expect(200);
     expect(res.body.nextCursor).toBeNull();
-    const items = res.body.items as { id: string; status: string; database: Record<string, unknown> | null; pool: unknown }[];
+    const items = res.body.items as {
+      id: string;
+      status: string;
+      database: Record<string, unknown> | null;
+      pool: unknown;
+    }[];
     expect(items).toHaveLength(3);
     // The pending store was made last; A and B were provisioned side by side.
     expect(items[0].id).toBe(pending.id);
@@ -78,9 +91,19 @@ describe('views', () => {
     expect(items.find((s) => s.id === shop.id)).toMatchObject({
       name: 'Admin A',
       status: 'active',
-      database: { mode: 'managed', server: `${server.hostname}:${server.port || 5432}`, status: 'ready', schemaVersion: 1, lastError: null },
+      database: {
+        mode: 'managed',
+        server: `${server.hostname}:${server.port || 5432}`,
+        status: 'ready',
+        schemaVersion: 1,
+        lastError: null,
+      },
     });
-    expect(items.find((s) => s.id === pending.id)).toMatchObject({ status: 'pending_database', database: null, pool: null });
+    expect(items.find((s) => s.id === pending.id)).toMatchObject({
+      status: 'pending_database',
+      database: null,
+      pool: null,
+    });
     const conn = await storeConnection(t, shop.id);
     expect(res.text).not.toContain(conn.password);
     expect(res.text).not.toContain('credentials');
@@ -88,7 +111,10 @@ describe('views', () => {
     // Paged with the API's cursors.
     const page1 = await api.get('/api/admin/tenants?limit=2').set(auth(admin.token)).expect(200);
     expect(page1.body.items).toHaveLength(2);
-    const page2 = await api.get(`/api/admin/tenants?limit=2&cursor=${page1.body.nextCursor}`).set(auth(admin.token)).expect(200);
+    const page2 = await api
+      .get(`/api/admin/tenants?limit=2&cursor=${page1.body.nextCursor}`)
+      .set(auth(admin.token))
+      .expect(200);
     expect([...page1.body.items, ...page2.body.items].map((s: { id: string }) => s.id)).toEqual(items.map((s) => s.id));
     expect(page2.body.nextCursor).toBeNull();
   });
@@ -125,33 +151,51 @@ describe('suspending a store', () => {
     expectProblem(await info(t.app), 423, 'STORE_SUSPENDED');
     // The other instance dropped its handle on the Redis message (delivery takes a moment, never a TTL).
     await eventually(async () => expectProblem(await info(other.app), 423, 'STORE_SUSPENDED'), 1000);
-    expectProblem(await request(t.app).get('/api/store/products').set('X-Store-Id', shop.id).set(auth(owner.token)), 423, 'STORE_SUSPENDED');
+    expectProblem(
+      await request(t.app).get('/api/store/products').set('X-Store-Id', shop.id).set(auth(owner.token)),
+      423,
+      'STORE_SUSPENDED',
+    );
     expect((await api.get(`/api/stores/${shop.id}`).set(auth(owner.token)).expect(200)).body.status).toBe('suspended');
     // Suspending twice changes nothing.
     await api.post(`/api/admin/stores/${shop.id}/suspend`).set(auth(admin.token)).expect(200);
 
     const resumed = await api.post(`/api/admin/stores/${shop.id}/resume`).set(auth(admin.token)).expect(200);
     expect(resumed.body).toEqual({ id: shop.id, status: 'active' });
-    expect(await t.ctx.master.models.Store.findByPk(shop.id, { rejectOnEmpty: true, raw: true })).toMatchObject({ status: 'active', suspendedAt: null });
+    expect(await t.ctx.master.models.Store.findByPk(shop.id, { rejectOnEmpty: true, raw: true })).toMatchObject({
+      status: 'active',
+      suspendedAt: null,
+    });
     await info(t.app).expect(200);
     await eventually(() => info(other.app).expect(200), 1000);
 
-    const actions = await t.ctx.master.sequelize.query<{ action: string }>(`SELECT action FROM audit_log WHERE store_id = :id AND actor_user_id = :a ORDER BY id`, {
-      replacements: { id: shop.id, a: admin.user.id },
-      type: QueryTypes.SELECT,
-    });
+    const actions = await t.ctx.master.sequelize.query<{ action: string }>(
+      `SELECT action FROM audit_log WHERE store_id = :id AND actor_user_id = :a ORDER BY id`,
+      {
+        replacements: { id: shop.id, a: admin.user.id },
+        type: QueryTypes.SELECT,
+      },
+    );
     expect(actions.map((a) => a.action)).toEqual(['store.suspended', 'store.suspended', 'store.resumed']);
   });
 
   test('a store that was never provisioned resumes to pending_database; resuming an unsuspended store is 409; an unknown store 404', async () => {
     await api.post(`/api/admin/stores/${pending.id}/suspend`).set(auth(admin.token)).expect(200);
-    expectProblem(await api.post(`/api/stores/${pending.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }), 423, 'STORE_SUSPENDED');
+    expectProblem(
+      await api.post(`/api/stores/${pending.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }),
+      423,
+      'STORE_SUSPENDED',
+    );
     expect(await t.ctx.master.models.StoreDatabase.findByPk(pending.id)).toBeNull();
     const resumed = await api.post(`/api/admin/stores/${pending.id}/resume`).set(auth(admin.token)).expect(200);
     expect(resumed.body).toEqual({ id: pending.id, status: 'pending_database' });
 
     expectProblem(await api.post(`/api/admin/stores/${second.id}/resume`).set(auth(admin.token)), 409, 'CONFLICT');
-    expectProblem(await api.post(`/api/admin/stores/${randomUUID()}/suspend`).set(auth(admin.token)), 404, 'STORE_NOT_FOUND');
+    expectProblem(
+      await api.post(`/api/admin/stores/${randomUUID()}/suspend`).set(auth(admin.token)),
+      404,
+      'STORE_NOT_FOUND',
+    );
   });
 });
 
@@ -163,7 +207,13 @@ describe('tenant migrations', () => {
     const password = randomUUID();
     await ensureTenantDatabase(t.ctx.adminPools, TEST_SERVER_URL, { database: name, role: name, password });
     const server = new URL(TEST_SERVER_URL);
-    const connection = { host: server.hostname, port: Number(server.port || 5432), database: name, user: name, password };
+    const connection = {
+      host: server.hostname,
+      port: Number(server.port || 5432),
+      database: name,
+      user: name,
+      password,
+    };
     await t.ctx.master.models.StoreDatabase.create({
       storeId: behind.id,
       mode: 'managed',
@@ -190,9 +240,18 @@ describe('tenant migrations', () => {
       if (res.body.state !== 'completed') throw new Error(`run is ${JSON.stringify(res.body)}`);
       return res.body;
     }, 20000);
-    expect(run).toEqual({ runId: started.body.runId, state: 'completed', total: active, done: active, migrated: 1, failures: [] });
+    expect(run).toEqual({
+      runId: started.body.runId,
+      state: 'completed',
+      total: active,
+      done: active,
+      migrated: 1,
+      failures: [],
+    });
 
-    expect((await t.ctx.master.models.StoreDatabase.findByPk(behind.id, { rejectOnEmpty: true })).schemaVersion).toBe(1);
+    expect((await t.ctx.master.models.StoreDatabase.findByPk(behind.id, { rejectOnEmpty: true })).schemaVersion).toBe(
+      1,
+    );
     expect(await queryWith(connection, 'SELECT id FROM migrations WHERE id > 0 ORDER BY id')).toEqual([{ id: 1 }]);
     expect((await t.ctx.master.models.StoreDatabase.findByPk(shop.id, { rejectOnEmpty: true })).schemaVersion).toBe(1);
 

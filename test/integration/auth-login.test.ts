@@ -1,7 +1,13 @@
 import { grantPlatformAdmin, revokePlatformAdmin } from '../../src/admin/platform-admins';
 import { registerUser, uniqueEmail } from '../helpers/app';
 import { insertStore } from '../helpers/fixtures';
-import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import {
+  expectNoLeaks,
+  expectProblem,
+  expectValidationErrors,
+  recordingClient,
+  type RecordingClient,
+} from '../helpers/http';
 import { useSuite } from '../helpers/suite';
 
 const t = useSuite('login');
@@ -15,14 +21,35 @@ describe('POST /api/auth/login', () => {
   test('returns 200 with the user, a platform token and no stores for a new account', async () => {
     const { user, password } = await registerUser(t.app);
     const res = await api.post('/api/auth/login').send({ email: user.email, password }).expect(200);
-    expect(res.body).toEqual({ user: expect.objectContaining({ id: user.id, email: user.email, role: 'user' }), token: expect.any(String), stores: [] });
-    expect(Object.keys(res.body.user).sort()).toEqual(['avatarUrl', 'company', 'createdAt', 'email', 'id', 'name', 'phone', 'role']);
-    expect(t.ctx.tokens.verify(res.body.token)).toMatchObject({ sub: user.id, typ: 'platform', role: 'user', storeId: null });
+    expect(res.body).toEqual({
+      user: expect.objectContaining({ id: user.id, email: user.email, role: 'user' }),
+      token: expect.any(String),
+      stores: [],
+    });
+    expect(Object.keys(res.body.user).sort()).toEqual([
+      'avatarUrl',
+      'company',
+      'createdAt',
+      'email',
+      'id',
+      'name',
+      'phone',
+      'role',
+    ]);
+    expect(t.ctx.tokens.verify(res.body.token)).toMatchObject({
+      sub: user.id,
+      typ: 'platform',
+      role: 'user',
+      storeId: null,
+    });
   });
 
   test('accepts the e-mail in any letter case and with surrounding spaces', async () => {
     const { user, password } = await registerUser(t.app);
-    const res = await api.post('/api/auth/login').send({ email: `  ${user.email.toUpperCase()} `, password }).expect(200);
+    const res = await api
+      .post('/api/auth/login')
+      .send({ email: `  ${user.email.toUpperCase()} `, password })
+      .expect(200);
     expect(res.body.user.id).toBe(user.id);
   });
 
@@ -46,7 +73,9 @@ describe('POST /api/auth/login', () => {
   test('answers a wrong password and an unknown e-mail identically with 401 INVALID_CREDENTIALS', async () => {
     const { user } = await registerUser(t.app);
     const wrongPassword = await api.post('/api/auth/login').send({ email: user.email, password: 'not-the-password' });
-    const unknownEmail = await api.post('/api/auth/login').send({ email: uniqueEmail('nobody'), password: 'not-the-password' });
+    const unknownEmail = await api
+      .post('/api/auth/login')
+      .send({ email: uniqueEmail('nobody'), password: 'not-the-password' });
     expectProblem(wrongPassword, 401, 'INVALID_CREDENTIALS');
     expectProblem(unknownEmail, 401, 'INVALID_CREDENTIALS');
     expect(unknownEmail.body).toEqual(wrongPassword.body);
@@ -59,14 +88,25 @@ describe('POST /api/auth/login', () => {
   test('refuses the password of another account', async () => {
     const a = await registerUser(t.app, { password: 'password-of-a' });
     const b = await registerUser(t.app, { password: 'password-of-b' });
-    expectProblem(await api.post('/api/auth/login').send({ email: a.user.email, password: b.password }), 401, 'INVALID_CREDENTIALS');
+    expectProblem(
+      await api.post('/api/auth/login').send({ email: a.user.email, password: b.password }),
+      401,
+      'INVALID_CREDENTIALS',
+    );
   });
 
   test('returns 400 for a missing password, an unknown field or wrong types', async () => {
     const { user } = await registerUser(t.app);
     expectValidationErrors(await api.post('/api/auth/login').send({ email: user.email }), ['password']);
-    expectProblem(await api.post('/api/auth/login').send({ email: user.email, password: 'x', remember: true }), 400, 'VALIDATION_FAILED');
-    expectValidationErrors(await api.post('/api/auth/login').send({ email: ['x'], password: 1 }), ['email', 'password']);
+    expectProblem(
+      await api.post('/api/auth/login').send({ email: user.email, password: 'x', remember: true }),
+      400,
+      'VALIDATION_FAILED',
+    );
+    expectValidationErrors(await api.post('/api/auth/login').send({ email: ['x'], password: 1 }), [
+      'email',
+      'password',
+    ]);
   });
 
   test("shows the role the master DB holds (the operator's grant or revocation) and never changes it", async () => {

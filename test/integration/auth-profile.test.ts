@@ -1,7 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { registerUser } from '../helpers/app';
 import { insertStore } from '../helpers/fixtures';
-import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import {
+  expectNoLeaks,
+  expectProblem,
+  expectValidationErrors,
+  recordingClient,
+  type RecordingClient,
+} from '../helpers/http';
 import { useSuite } from '../helpers/suite';
 
 const t = useSuite('profile');
@@ -52,15 +58,35 @@ describe('PATCH /api/auth/profile', () => {
 
   test('changes only the fields sent; company fields merge, and null clears a field', async () => {
     const { token, user } = await registerUser(t.app, { name: 'Unchanged Name' });
-    await api.patch('/api/auth/profile').set(bearer(token)).send({ phone: '+44 20 7946 0000', company: { name: 'Acme', vatId: 'GB1' } }).expect(200);
+    await api
+      .patch('/api/auth/profile')
+      .set(bearer(token))
+      .send({ phone: '+44 20 7946 0000', company: { name: 'Acme', vatId: 'GB1' } })
+      .expect(200);
 
-    const res = await api.patch('/api/auth/profile').set(bearer(token)).send({ company: { vatId: 'GB2', address: 'London' } }).expect(200);
-    expect(res.body.user).toMatchObject({ name: 'Unchanged Name', phone: '+44 20 7946 0000', company: { name: 'Acme', vatId: 'GB2', address: 'London' } });
+    const res = await api
+      .patch('/api/auth/profile')
+      .set(bearer(token))
+      .send({ company: { vatId: 'GB2', address: 'London' } })
+      .expect(200);
+    expect(res.body.user).toMatchObject({
+      name: 'Unchanged Name',
+      phone: '+44 20 7946 0000',
+      company: { name: 'Acme', vatId: 'GB2', address: 'London' },
+    });
 
-    const cleared = await api.patch('/api/auth/profile').set(bearer(token)).send({ phone: null, company: { name: null } }).expect(200);
+    const cleared = await api
+      .patch('/api/auth/profile')
+      .set(bearer(token))
+      .send({ phone: null, company: { name: null } })
+      .expect(200);
     expect(cleared.body.user).toMatchObject({ phone: null, company: { vatId: 'GB2', address: 'London' } });
     expect(cleared.body.user.company).not.toHaveProperty('name');
-    expect(await userRow(user.id)).toMatchObject({ name: 'Unchanged Name', phone: null, company: { vatId: 'GB2', address: 'London' } });
+    expect(await userRow(user.id)).toMatchObject({
+      name: 'Unchanged Name',
+      phone: null,
+      company: { vatId: 'GB2', address: 'London' },
+    });
   });
 
   test('an empty body changes nothing and returns the user', async () => {
@@ -74,8 +100,15 @@ describe('PATCH /api/auth/profile', () => {
     let userId: string;
     let before: Awaited<ReturnType<typeof userRow>>;
     beforeAll(async () => {
-      ({ token, user: { id: userId } } = await registerUser(t.app, { name: 'Original' }));
-      await api.patch('/api/auth/profile').set(bearer(token)).send({ phone: '+1 555 0100', company: { name: 'Before Ltd' } }).expect(200);
+      ({
+        token,
+        user: { id: userId },
+      } = await registerUser(t.app, { name: 'Original' }));
+      await api
+        .patch('/api/auth/profile')
+        .set(bearer(token))
+        .send({ phone: '+1 555 0100', company: { name: 'Before Ltd' } })
+        .expect(200);
       before = await userRow(userId);
     });
     afterEach(async () => {
@@ -83,12 +116,21 @@ describe('PATCH /api/auth/profile', () => {
     });
 
     test('returns 400 for a phone that is not a phone number', async () => {
-      expectValidationErrors(await api.patch('/api/auth/profile').set(bearer(token)).send({ name: 'New', phone: 'call me maybe' }), ['phone']);
+      expectValidationErrors(
+        await api.patch('/api/auth/profile').set(bearer(token)).send({ name: 'New', phone: 'call me maybe' }),
+        ['phone'],
+      );
     });
 
     test('returns 400 for an avatar URL that is not http(s)', async () => {
-      expectValidationErrors(await api.patch('/api/auth/profile').set(bearer(token)).send({ avatarUrl: 'javascript:alert(1)' }), ['avatarUrl']);
-      expectValidationErrors(await api.patch('/api/auth/profile').set(bearer(token)).send({ avatarUrl: 'ftp://example.test/a.png' }), ['avatarUrl']);
+      expectValidationErrors(
+        await api.patch('/api/auth/profile').set(bearer(token)).send({ avatarUrl: 'javascript:alert(1)' }),
+        ['avatarUrl'],
+      );
+      expectValidationErrors(
+        await api.patch('/api/auth/profile').set(bearer(token)).send({ avatarUrl: 'ftp://example.test/a.png' }),
+        ['avatarUrl'],
+      );
     });
 
     test('returns 400 for a blank name', async () => {
@@ -96,18 +138,38 @@ describe('PATCH /api/auth/profile', () => {
     });
 
     test('returns 400 for an unknown field, at the top or inside company', async () => {
-      expectProblem(await api.patch('/api/auth/profile').set(bearer(token)).send({ name: 'New', email: 'x@y.test' }), 400, 'VALIDATION_FAILED');
-      expectProblem(await api.patch('/api/auth/profile').set(bearer(token)).send({ company: { name: 'New', iban: 'DE00' } }), 400, 'VALIDATION_FAILED');
-      expectProblem(await api.patch('/api/auth/profile').set(bearer(token)).send({ role: 'platform_admin' }), 400, 'VALIDATION_FAILED');
+      expectProblem(
+        await api.patch('/api/auth/profile').set(bearer(token)).send({ name: 'New', email: 'x@y.test' }),
+        400,
+        'VALIDATION_FAILED',
+      );
+      expectProblem(
+        await api
+          .patch('/api/auth/profile')
+          .set(bearer(token))
+          .send({ company: { name: 'New', iban: 'DE00' } }),
+        400,
+        'VALIDATION_FAILED',
+      );
+      expectProblem(
+        await api.patch('/api/auth/profile').set(bearer(token)).send({ role: 'platform_admin' }),
+        400,
+        'VALIDATION_FAILED',
+      );
     });
 
     test('returns 400 naming every field of the wrong type', async () => {
-      const res = await api.patch('/api/auth/profile').set(bearer(token)).send({ name: 5, phone: true, company: { vatId: 7 } });
+      const res = await api
+        .patch('/api/auth/profile')
+        .set(bearer(token))
+        .send({ name: 5, phone: true, company: { vatId: 7 } });
       expectValidationErrors(res, ['name', 'phone', 'company.vatId']);
     });
 
     test('returns 400 when company is not an object', async () => {
-      expectValidationErrors(await api.patch('/api/auth/profile').set(bearer(token)).send({ company: 'Acme' }), ['company']);
+      expectValidationErrors(await api.patch('/api/auth/profile').set(bearer(token)).send({ company: 'Acme' }), [
+        'company',
+      ]);
     });
   });
 });
@@ -118,7 +180,12 @@ describe('POST /api/auth/switch-store', () => {
     const store = await insertStore(t, user.id, { role: 'staff' });
     const res = await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: store.id }).expect(200);
     expect(res.body).toEqual({ token: expect.any(String) });
-    expect(t.ctx.tokens.verify(res.body.token)).toMatchObject({ sub: user.id, typ: 'platform', role: 'user', storeId: store.id });
+    expect(t.ctx.tokens.verify(res.body.token)).toMatchObject({
+      sub: user.id,
+      typ: 'platform',
+      role: 'user',
+      storeId: store.id,
+    });
     const me = await api.get('/api/auth/me').set(bearer(res.body.token)).expect(200);
     expect(me.body.activeStoreId).toBe(store.id);
   });
@@ -127,24 +194,42 @@ describe('POST /api/auth/switch-store', () => {
     const { token } = await registerUser(t.app);
     const { user: owner } = await registerUser(t.app);
     const theirs = await insertStore(t, owner.id);
-    expectProblem(await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: theirs.id }), 403, 'FORBIDDEN');
+    expectProblem(
+      await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: theirs.id }),
+      403,
+      'FORBIDDEN',
+    );
   });
 
   test('returns 403 FORBIDDEN for a store that does not exist', async () => {
     const { token } = await registerUser(t.app);
-    expectProblem(await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: randomUUID() }), 403, 'FORBIDDEN');
+    expectProblem(
+      await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: randomUUID() }),
+      403,
+      'FORBIDDEN',
+    );
   });
 
   test('returns 403 FORBIDDEN for a deleted store the user was a member of', async () => {
     const { token, user } = await registerUser(t.app);
     const deleted = await insertStore(t, user.id, { status: 'deleted' });
-    expectProblem(await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: deleted.id }), 403, 'FORBIDDEN');
+    expectProblem(
+      await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: deleted.id }),
+      403,
+      'FORBIDDEN',
+    );
   });
 
   test('returns 400 for a storeId that is not a UUID, or a missing or extra field', async () => {
     const { token } = await registerUser(t.app);
-    expectValidationErrors(await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: 'my-shop' }), ['storeId']);
+    expectValidationErrors(await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: 'my-shop' }), [
+      'storeId',
+    ]);
     expectValidationErrors(await api.post('/api/auth/switch-store').set(bearer(token)).send({}), ['storeId']);
-    expectProblem(await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: randomUUID(), role: 'owner' }), 400, 'VALIDATION_FAILED');
+    expectProblem(
+      await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: randomUUID(), role: 'owner' }),
+      400,
+      'VALIDATION_FAILED',
+    );
   });
 });

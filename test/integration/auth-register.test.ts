@@ -2,7 +2,13 @@ import { QueryTypes } from 'sequelize';
 import { verifyPassword } from '../../src/lib/passwords';
 import { uniqueEmail } from '../helpers/app';
 import { countRows } from '../helpers/fixtures';
-import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import {
+  expectNoLeaks,
+  expectProblem,
+  expectValidationErrors,
+  recordingClient,
+  type RecordingClient,
+} from '../helpers/http';
 import { useSuite } from '../helpers/suite';
 
 const t = useSuite('register');
@@ -12,13 +18,24 @@ beforeAll(() => {
 });
 t.checkAtEnd(() => expectNoLeaks(api.responses));
 
-const body = (overrides: Record<string, unknown> = {}) => ({ email: uniqueEmail(), password: 'correct-horse-1', name: 'Ada Lovelace', ...overrides });
+const body = (overrides: Record<string, unknown> = {}) => ({
+  email: uniqueEmail(),
+  password: 'correct-horse-1',
+  name: 'Ada Lovelace',
+  ...overrides,
+});
 
 async function userRow(email: string) {
-  const rows = await t.ctx.master.sequelize.query<{ id: string; email: string; password_hash: string; name: string; role: string }>(
-    'SELECT id, email, password_hash, name, role FROM users WHERE lower(email) = lower(:email)',
-    { replacements: { email }, type: QueryTypes.SELECT },
-  );
+  const rows = await t.ctx.master.sequelize.query<{
+    id: string;
+    email: string;
+    password_hash: string;
+    name: string;
+    role: string;
+  }>('SELECT id, email, password_hash, name, role FROM users WHERE lower(email) = lower(:email)', {
+    replacements: { email },
+    type: QueryTypes.SELECT,
+  });
   return rows;
 }
 
@@ -46,7 +63,10 @@ describe('POST /api/auth/register', () => {
 
   test('stores the e-mail in lower case and the password as a (marked) bcrypt hash, never the password itself', async () => {
     const email = `Mixed.Case-${Date.now()}@Example.TEST`;
-    const res = await api.post('/api/auth/register').send(body({ email: `  ${email} `, password: 'my plain password' })).expect(201);
+    const res = await api
+      .post('/api/auth/register')
+      .send(body({ email: `  ${email} `, password: 'my plain password' }))
+      .expect(201);
     expect(res.body.user.email).toBe(email.toLowerCase());
 
     const [row] = await userRow(email);
@@ -62,15 +82,22 @@ describe('POST /api/auth/register', () => {
     const res = await api.post('/api/auth/register').set('X-Request-Id', 'register-req-42').send(body()).expect(201);
     expect(res.headers['x-request-id']).toBe('register-req-42');
     const rows = await t.ctx.master.models.AuditLog.findAll({ where: { actorUserId: res.body.user.id }, raw: true });
-    expect(rows).toEqual([expect.objectContaining({ action: 'user.registered', targetId: res.body.user.id, requestId: 'register-req-42' })]);
+    expect(rows).toEqual([
+      expect.objectContaining({ action: 'user.registered', targetId: res.body.user.id, requestId: 'register-req-42' }),
+    ]);
   });
 
   test('returns 409 EMAIL_TAKEN when the e-mail is taken, in any letter case, and keeps the first account', async () => {
     const email = uniqueEmail('taken');
-    await api.post('/api/auth/register').send(body({ email, name: 'First' })).expect(201);
+    await api
+      .post('/api/auth/register')
+      .send(body({ email, name: 'First' }))
+      .expect(201);
     const before = await countRows(t, 'users');
 
-    const res = await api.post('/api/auth/register').send(body({ email: email.toUpperCase(), name: 'Second', password: 'another-password' }));
+    const res = await api
+      .post('/api/auth/register')
+      .send(body({ email: email.toUpperCase(), name: 'Second', password: 'another-password' }));
     expectProblem(res, 409, 'EMAIL_TAKEN');
 
     expect(await countRows(t, 'users')).toBe(before);
@@ -87,7 +114,11 @@ describe('POST /api/auth/register', () => {
       api.post('/api/auth/register').send(body({ email: email.toUpperCase() })),
     ]);
     expect(results.map((r) => r.status).sort()).toEqual([201, 409]);
-    expectProblem(results.find((r) => r.status === 409)!, 409, 'EMAIL_TAKEN');
+    expectProblem(
+      results.find((r) => r.status === 409)!,
+      409,
+      'EMAIL_TAKEN',
+    );
     expect(await userRow(email)).toHaveLength(1);
   });
 
@@ -97,13 +128,23 @@ describe('POST /api/auth/register', () => {
       expect(res.body.user).toMatchObject({ email: email.toLowerCase(), role: 'user' });
       expect(t.ctx.tokens.verify(res.body.token)).toMatchObject({ role: 'user' });
       expect((await userRow(email))[0].role).toBe('user');
-      expectProblem(await api.get('/api/admin/tenants').set('Authorization', `Bearer ${res.body.token}`), 403, 'FORBIDDEN');
+      expectProblem(
+        await api.get('/api/admin/tenants').set('Authorization', `Bearer ${res.body.token}`),
+        403,
+        'FORBIDDEN',
+      );
     }
   });
 
   test('accepts passwords of exactly 8 and 128 characters', async () => {
-    await api.post('/api/auth/register').send(body({ password: '12345678' })).expect(201);
-    await api.post('/api/auth/register').send(body({ password: 'p'.repeat(128) })).expect(201);
+    await api
+      .post('/api/auth/register')
+      .send(body({ password: '12345678' }))
+      .expect(201);
+    await api
+      .post('/api/auth/register')
+      .send(body({ password: 'p'.repeat(128) }))
+      .expect(201);
   });
 
   describe('bad input gets 400 and changes nothing', () => {
@@ -122,7 +163,9 @@ describe('POST /api/auth/register', () => {
     });
 
     test('returns 400 when the password is longer than 128 characters', async () => {
-      expectValidationErrors(await api.post('/api/auth/register').send(body({ password: 'p'.repeat(129) })), ['password']);
+      expectValidationErrors(await api.post('/api/auth/register').send(body({ password: 'p'.repeat(129) })), [
+        'password',
+      ]);
     });
 
     test('returns 400 for an e-mail that is not one', async () => {
@@ -164,7 +207,10 @@ describe('POST /api/auth/register', () => {
     });
 
     test('returns 400 MALFORMED_JSON for a body that is not JSON', async () => {
-      const res = await api.post('/api/auth/register').set('Content-Type', 'application/json').send('{"email": "a@b.test", "password": ');
+      const res = await api
+        .post('/api/auth/register')
+        .set('Content-Type', 'application/json')
+        .send('{"email": "a@b.test", "password": ');
       expectProblem(res, 400, 'MALFORMED_JSON');
     });
 

@@ -18,14 +18,23 @@ const bearer = (token: string) => ({ Authorization: `Bearer ${token}` });
 const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
 
 /** A token with our secret and claims but whatever else the test wants (expiry, algorithm, issuer). */
-function craftToken(sub: string, payload: Record<string, unknown> = {}, options: jwt.SignOptions = {}, secret = t.ctx.config.jwt.secret) {
+function craftToken(
+  sub: string,
+  payload: Record<string, unknown> = {},
+  options: jwt.SignOptions = {},
+  secret = t.ctx.config.jwt.secret,
+) {
   const now = Math.floor(Date.now() / 1000);
-  return jwt.sign({ sub, typ: 'platform', role: 'user', storeId: null, jti: randomUUID(), iat: now, exp: now + 600, ...payload }, secret, {
-    algorithm: 'HS256',
-    issuer: t.ctx.config.jwt.issuer,
-    audience: t.ctx.config.jwt.audience,
-    ...options,
-  });
+  return jwt.sign(
+    { sub, typ: 'platform', role: 'user', storeId: null, jti: randomUUID(), iat: now, exp: now + 600, ...payload },
+    secret,
+    {
+      algorithm: 'HS256',
+      issuer: t.ctx.config.jwt.issuer,
+      audience: t.ctx.config.jwt.audience,
+      ...options,
+    },
+  );
 }
 
 describe('GET /api/auth/me', () => {
@@ -33,7 +42,16 @@ describe('GET /api/auth/me', () => {
     const { token, user } = await registerUser(t.app, { name: 'Grace Hopper' });
     const res = await api.get('/api/auth/me').set(bearer(token)).expect(200);
     expect(res.body).toEqual({
-      user: { id: user.id, email: user.email, name: 'Grace Hopper', role: 'user', phone: null, avatarUrl: null, company: {}, createdAt: expect.any(String) },
+      user: {
+        id: user.id,
+        email: user.email,
+        name: 'Grace Hopper',
+        role: 'user',
+        phone: null,
+        avatarUrl: null,
+        company: {},
+        createdAt: expect.any(String),
+      },
       stores: [],
       activeStoreId: null,
     });
@@ -53,7 +71,11 @@ describe('GET /api/auth/me', () => {
     const { token, user } = await registerUser(t.app);
     const older = await insertStore(t, user.id);
     await insertStore(t, user.id);
-    const switched = await api.post('/api/auth/switch-store').set(bearer(token)).send({ storeId: older.id }).expect(200);
+    const switched = await api
+      .post('/api/auth/switch-store')
+      .set(bearer(token))
+      .send({ storeId: older.id })
+      .expect(200);
     const res = await api.get('/api/auth/me').set(bearer(switched.body.token)).expect(200);
     expect(res.body.activeStoreId).toBe(older.id);
   });
@@ -70,14 +92,20 @@ describe('tokens on platform routes', () => {
   let token: string;
   let userId: string;
   beforeAll(async () => {
-    ({ token, user: { id: userId } } = await registerUser(t.app));
+    ({
+      token,
+      user: { id: userId },
+    } = await registerUser(t.app));
   });
 
   const routes: [string, (tok?: string) => request.Test][] = [
     ['GET /api/auth/me', (tok) => withAuth(api.get('/api/auth/me'), tok)],
     ['POST /api/auth/logout', (tok) => withAuth(api.post('/api/auth/logout'), tok)],
     ['PATCH /api/auth/profile', (tok) => withAuth(api.patch('/api/auth/profile'), tok).send({ name: 'Changed' })],
-    ['POST /api/auth/switch-store', (tok) => withAuth(api.post('/api/auth/switch-store'), tok).send({ storeId: randomUUID() })],
+    [
+      'POST /api/auth/switch-store',
+      (tok) => withAuth(api.post('/api/auth/switch-store'), tok).send({ storeId: randomUUID() }),
+    ],
   ];
   function withAuth(req: request.Test, tok?: string) {
     return tok === undefined ? req : req.set('Authorization', tok);
@@ -97,11 +125,19 @@ describe('tokens on platform routes', () => {
 
     test('returns 401 UNAUTHENTICATED for an expired token', async () => {
       const now = Math.floor(Date.now() / 1000);
-      expectProblem(await call(`Bearer ${craftToken(userId, { iat: now - 3600, exp: now - 1 })}`), 401, 'UNAUTHENTICATED');
+      expectProblem(
+        await call(`Bearer ${craftToken(userId, { iat: now - 3600, exp: now - 1 })}`),
+        401,
+        'UNAUTHENTICATED',
+      );
     });
 
     test('returns 401 UNAUTHENTICATED for a token signed with another secret, another algorithm or alg none', async () => {
-      expectProblem(await call(`Bearer ${craftToken(userId, {}, {}, 'some-other-secret-that-is-long-enough-000')}`), 401, 'UNAUTHENTICATED');
+      expectProblem(
+        await call(`Bearer ${craftToken(userId, {}, {}, 'some-other-secret-that-is-long-enough-000')}`),
+        401,
+        'UNAUTHENTICATED',
+      );
       expectProblem(await call(`Bearer ${craftToken(userId, {}, { algorithm: 'HS512' })}`), 401, 'UNAUTHENTICATED');
       const payload = jwt.decode(craftToken(userId)) as object;
       expectProblem(await call(`Bearer ${b64({ alg: 'none', typ: 'JWT' })}.${b64(payload)}.`), 401, 'UNAUTHENTICATED');
@@ -109,11 +145,20 @@ describe('tokens on platform routes', () => {
 
     test('returns 401 UNAUTHENTICATED for a token of another issuer or audience', async () => {
       expectProblem(await call(`Bearer ${craftToken(userId, {}, { issuer: 'elsewhere' })}`), 401, 'UNAUTHENTICATED');
-      expectProblem(await call(`Bearer ${craftToken(userId, {}, { audience: 'another-api' })}`), 401, 'UNAUTHENTICATED');
+      expectProblem(
+        await call(`Bearer ${craftToken(userId, {}, { audience: 'another-api' })}`),
+        401,
+        'UNAUTHENTICATED',
+      );
     });
 
     test('returns 403 WRONG_TOKEN_TYPE for a store token', async () => {
-      const storeToken = t.ctx.tokens.sign({ sub: randomUUID(), typ: 'store', role: 'admin', storeId: randomUUID() }).token;
+      const storeToken = t.ctx.tokens.sign({
+        sub: randomUUID(),
+        typ: 'store',
+        role: 'admin',
+        storeId: randomUUID(),
+      }).token;
       expectProblem(await call(`Bearer ${storeToken}`), 403, 'WRONG_TOKEN_TYPE');
     });
   });
@@ -138,7 +183,11 @@ describe('POST /api/auth/logout', () => {
 
     expectProblem(await api.get('/api/auth/me').set(bearer(token)), 401, 'UNAUTHENTICATED');
     expectProblem(await api.post('/api/auth/logout').set(bearer(token)), 401, 'UNAUTHENTICATED');
-    expectProblem(await api.patch('/api/auth/profile').set(bearer(token)).send({ name: 'After logout' }), 401, 'UNAUTHENTICATED');
+    expectProblem(
+      await api.patch('/api/auth/profile').set(bearer(token)).send({ name: 'After logout' }),
+      401,
+      'UNAUTHENTICATED',
+    );
     expect((await t.ctx.master.models.User.findByPk(user.id))?.name).not.toBe('After logout');
   });
 

@@ -9,7 +9,13 @@ import { QueueName } from '../../src/queue/queues';
 import { registerUser } from '../helpers/app';
 import { adminQuery, assertTestDatabase, urlFor } from '../helpers/db';
 import { countRows } from '../helpers/fixtures';
-import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import {
+  expectNoLeaks,
+  expectProblem,
+  expectValidationErrors,
+  recordingClient,
+  type RecordingClient,
+} from '../helpers/http';
 import type { PasswordServer } from '../helpers/password-server';
 import { auth, createStoreViaApi, queryWith } from '../helpers/stores';
 import { useSuite } from '../helpers/suite';
@@ -46,7 +52,11 @@ beforeAll(async () => {
   api = recordingClient(t.app);
   tmp = mkdtempSync(path.join(tmpdir(), 'tenantry-connstr-'));
   t.defer('the temporary folder', () => rmSync(tmp, { recursive: true, force: true }));
-  tlsServer = await t.open('the fake TLS Postgres', () => startFakeTlsPostgres(tmp), (server) => server.close());
+  tlsServer = await t.open(
+    'the fake TLS Postgres',
+    () => startFakeTlsPostgres(tmp),
+    (server) => server.close(),
+  );
   for (const n of [role, used]) assertTestDatabase(n);
   t.defer('the role and database made here', async () => {
     await adminQuery(`DROP DATABASE IF EXISTS ${used} WITH (FORCE)`);
@@ -57,7 +67,10 @@ beforeAll(async () => {
   await queryWith({ connectionString: urlFor(used) }, 'CREATE TABLE legacy_orders (id integer PRIMARY KEY)');
   // On the password-checking server: a role whose password has every character a URL gives meaning to.
   const admin = { host: checking.host, port: checking.port, user: checking.user, password: checking.password };
-  await queryWith({ ...admin, database: 'postgres' }, `CREATE ROLE ${special.role} LOGIN PASSWORD '${SPECIAL_PASSWORD.replace(/'/g, "''")}'`);
+  await queryWith(
+    { ...admin, database: 'postgres' },
+    `CREATE ROLE ${special.role} LOGIN PASSWORD '${SPECIAL_PASSWORD.replace(/'/g, "''")}'`,
+  );
   await queryWith({ ...admin, database: 'postgres' }, `CREATE DATABASE ${special.database}`);
   await queryWith({ ...admin, database: special.database }, 'CREATE TABLE legacy (id integer)');
 
@@ -66,7 +79,8 @@ beforeAll(async () => {
 });
 t.checkAtEnd(() => expectNoLeaks(api.responses));
 
-const connect = (body: object, id = storeId, token = owner.token) => api.post(`/api/stores/${id}/database`).set(auth(token)).send(body);
+const connect = (body: object, id = storeId, token = owner.token) =>
+  api.post(`/api/stores/${id}/database`).set(auth(token)).send(body);
 const withString = (connectionString: string) => ({ mode: 'external', connectionString });
 const base = `postgres://${role}:${PASSWORD}@127.0.0.1:5432/${used}`;
 
@@ -129,7 +143,11 @@ test('a FIFO named as a certificate is never opened: the answer is 400 at once, 
   execFileSync('mkfifo', [fifo]);
   // Opens the FIFO for writing after a while (blocking until someone reads it), then exits. Code that
   // opened it for reading would hang until then; while nobody does, this process keeps waiting.
-  const writer = spawn(process.execPath, ['-e', "setTimeout(() => { console.log('opening'); require('fs').closeSync(require('fs').openSync(process.argv[1], 'w')); }, 1500)", fifo]);
+  const writer = spawn(process.execPath, [
+    '-e',
+    "setTimeout(() => { console.log('opening'); require('fs').closeSync(require('fs').openSync(process.argv[1], 'w')); }, 1500)",
+    fifo,
+  ]);
   try {
     for (const param of ['sslrootcert', 'sslcert', 'sslkey']) {
       const started = Date.now();
@@ -153,7 +171,14 @@ test("an empty password stays empty: it is never filled in from the server's PGP
   const saved = { PGPASSFILE: process.env.PGPASSFILE, PGPASSWORD: process.env.PGPASSWORD };
   const bodies = [
     withString(`postgres://${checking.user}@${checking.host}:${checking.port}/postgres`),
-    { mode: 'external', host: checking.host, port: checking.port, database: 'postgres', user: checking.user, password: '' },
+    {
+      mode: 'external',
+      host: checking.host,
+      port: checking.port,
+      database: 'postgres',
+      user: checking.user,
+      password: '',
+    },
   ];
   try {
     for (const env of [{ PGPASSFILE: passfile }, { PGPASSWORD: checking.password }]) {
@@ -162,7 +187,10 @@ test("an empty password stays empty: it is never filled in from the server's PGP
       Object.assign(process.env, env);
       for (const body of bodies) {
         const res = await connect(body);
-        expect({ status: res.status, code: res.body.code }).toEqual({ status: 422, code: expect.stringMatching(/^DATABASE_(AUTH_FAILED|UNREACHABLE)$/) });
+        expect({ status: res.status, code: res.body.code }).toEqual({
+          status: 422,
+          code: expect.stringMatching(/^DATABASE_(AUTH_FAILED|UNREACHABLE)$/),
+        });
         expect(res.text).not.toContain(checking.password);
       }
     }
@@ -191,9 +219,19 @@ describe('good connection strings are accepted and used as written (they reach t
 
   test('a percent-encoded password with special characters is decoded exactly: the server that checks it lets it in', async () => {
     const at = `${checking.host}:${checking.port}/${special.database}`;
-    expectProblem(await connect(withString(`postgres://${special.role}:${encodeURIComponent(SPECIAL_PASSWORD)}@${at}`)), 422, 'DATABASE_NOT_EMPTY');
+    expectProblem(
+      await connect(withString(`postgres://${special.role}:${encodeURIComponent(SPECIAL_PASSWORD)}@${at}`)),
+      422,
+      'DATABASE_NOT_EMPTY',
+    );
     // One character off is refused, so it was the password that let it in.
-    expectProblem(await connect(withString(`postgres://${special.role}:${encodeURIComponent(SPECIAL_PASSWORD.slice(0, -1))}@${at}`)), 422, 'DATABASE_AUTH_FAILED');
+    expectProblem(
+      await connect(
+        withString(`postgres://${special.role}:${encodeURIComponent(SPECIAL_PASSWORD.slice(0, -1))}@${at}`),
+      ),
+      422,
+      'DATABASE_AUTH_FAILED',
+    );
     await expectNothingStored();
   });
 });
@@ -219,7 +257,19 @@ describe('sslmode decides the TLS of the connection', () => {
   test('verify-full (and ssl: true in the host/port form): an untrusted certificate is refused', async () => {
     const before = tlsServer.seen.tls;
     expectProblem(await connect(withString(`${at()}?sslmode=verify-full`)), 422, 'DATABASE_UNREACHABLE');
-    expectProblem(await connect({ mode: 'external', host: '127.0.0.1', port: tlsServer.port, database: 'shop', user: 'owner', password: 'secret', ssl: true }), 422, 'DATABASE_UNREACHABLE');
+    expectProblem(
+      await connect({
+        mode: 'external',
+        host: '127.0.0.1',
+        port: tlsServer.port,
+        database: 'shop',
+        user: 'owner',
+        password: 'secret',
+        ssl: true,
+      }),
+      422,
+      'DATABASE_UNREACHABLE',
+    );
     expect(tlsServer.seen.tls).toBe(before);
     await expectNothingStored();
   });
@@ -228,7 +278,10 @@ describe('sslmode decides the TLS of the connection', () => {
 function waitForOutput(child: ChildProcess, text: string, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`no "${text}" from the child in ${timeoutMs} ms: ${out}`)), timeoutMs);
+    const timer = setTimeout(
+      () => reject(new Error(`no "${text}" from the child in ${timeoutMs} ms: ${out}`)),
+      timeoutMs,
+    );
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       if (out.includes(text)) {
@@ -272,7 +325,27 @@ function authFailed(): Buffer {
 async function startFakeTlsPostgres(dir: string): Promise<FakeTlsPostgres> {
   const keyFile = path.join(dir, 'key.pem');
   const certFile = path.join(dir, 'cert.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=localhost',
+    ],
+    { stdio: 'ignore' },
+  );
   const context = { key: readFileSync(keyFile), cert: readFileSync(certFile) };
   const seen = { plain: 0, tls: 0 };
   const sockets = new Set<net.Socket>();

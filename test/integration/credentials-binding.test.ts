@@ -31,13 +31,15 @@ beforeAll(async () => {
 });
 
 const products = (host: string) => request(t.app).get('/api/store/products').set('Host', host);
-const credentialsOf = async (storeId: string) => (await t.ctx.master.models.StoreDatabase.findByPk(storeId, { rejectOnEmpty: true })).credentials;
+const credentialsOf = async (storeId: string) =>
+  (await t.ctx.master.models.StoreDatabase.findByPk(storeId, { rejectOnEmpty: true })).credentials;
 const setCredentials = async (storeId: string, credentials: string) => {
   await t.ctx.master.models.StoreDatabase.update({ credentials }, { where: { storeId } });
   await t.ctx.tenants.invalidate(storeId);
 };
 /** Sessions open on a tenant database (its name is ours: a test database, no quoting needed). */
-const backendsOn = async (database: string) => Number((await adminQuery(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = '${database}'`)).rows[0].n);
+const backendsOn = async (database: string) =>
+  Number((await adminQuery(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = '${database}'`)).rows[0].n);
 
 test("store A's credentials copied into store B's row: B answers 503 TENANT_UNAVAILABLE and never reaches A's database; A is unaffected", async () => {
   const bCredentials = await credentialsOf(b.id);
@@ -48,7 +50,8 @@ test("store A's credentials copied into store B's row: B answers 503 TENANT_UNAV
     expectProblem(res, 503, 'TENANT_UNAVAILABLE');
     expect(Number(res.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     expect(res.text).not.toContain('only-in-a');
-    for (const secret of [a.database, a.role, a.connection.password, 'decrypt', 'ciphertext']) expect(res.text).not.toContain(secret);
+    for (const secret of [a.database, a.role, a.connection.password, 'decrypt', 'ciphertext'])
+      expect(res.text).not.toContain(secret);
   }
   expect(await backendsOn(a.database)).toBe(0);
   expect(t.ctx.tenants.peek(b.id)).toBeNull();

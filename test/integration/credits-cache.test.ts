@@ -29,26 +29,54 @@ beforeAll(async () => {
 });
 
 const key = () => randomUUID();
-const post = (path: string, body: object, token = owner.token) => request(server).post(path).set('Authorization', `Bearer ${token}`).send(body);
-const purchase = (storeId: string, amount: number) => post(`/api/stores/${storeId}/credits/purchase`, { amount, idempotencyKey: key() });
-const spend = (storeId: string, service: string, quantity: number) => post(`/api/stores/${storeId}/credits/spend`, { service, quantity, idempotencyKey: key() });
+const post = (path: string, body: object, token = owner.token) =>
+  request(server).post(path).set('Authorization', `Bearer ${token}`).send(body);
+const purchase = (storeId: string, amount: number) =>
+  post(`/api/stores/${storeId}/credits/purchase`, { amount, idempotencyKey: key() });
+const spend = (storeId: string, service: string, quantity: number) =>
+  post(`/api/stores/${storeId}/credits/spend`, { service, quantity, idempotencyKey: key() });
 
 interface LedgerCopy {
   balance: number;
   lastTransactionAt: string | null;
-  rows: { id: string; type: string; service: string | null; quantity: number | null; amount: number; balanceAfter: number; createdAt: string }[];
+  rows: {
+    id: string;
+    type: string;
+    service: string | null;
+    quantity: number | null;
+    amount: number;
+    balanceAfter: number;
+    createdAt: string;
+  }[];
 }
 
 async function masterCopy(storeId: string): Promise<LedgerCopy> {
-  const q = <R extends object>(sql: string) => t.ctx.master.sequelize.query<R>(sql, { replacements: { storeId }, type: QueryTypes.SELECT });
+  const q = <R extends object>(sql: string) =>
+    t.ctx.master.sequelize.query<R>(sql, { replacements: { storeId }, type: QueryTypes.SELECT });
   const [bal] = await q<{ balance: string }>('SELECT balance FROM credit_balances WHERE store_id = :storeId');
-  const rows = await q<{ id: string; type: string; service: string | null; quantity: number | null; amount: string; balance_after: string; created_at: string }>(
+  const rows = await q<{
+    id: string;
+    type: string;
+    service: string | null;
+    quantity: number | null;
+    amount: string;
+    balance_after: string;
+    created_at: string;
+  }>(
     `SELECT id, type, service, quantity, amount, balance_after, created_at::text FROM credit_transactions WHERE store_id = :storeId AND status = 'completed' ORDER BY seq`,
   );
   return {
     balance: Number(bal?.balance ?? 0),
     lastTransactionAt: rows.length ? new Date(rows[rows.length - 1].created_at).toISOString() : null,
-    rows: rows.map((r) => ({ id: r.id, type: r.type, service: r.service, quantity: r.quantity, amount: Number(r.amount), balanceAfter: Number(r.balance_after), createdAt: new Date(r.created_at).toISOString() })),
+    rows: rows.map((r) => ({
+      id: r.id,
+      type: r.type,
+      service: r.service,
+      quantity: r.quantity,
+      amount: Number(r.amount),
+      balanceAfter: Number(r.balance_after),
+      createdAt: new Date(r.created_at).toISOString(),
+    })),
   };
 }
 
@@ -56,7 +84,11 @@ async function masterCopy(storeId: string): Promise<LedgerCopy> {
 async function tenantCopy(store: TestStore): Promise<LedgerCopy | null> {
   const [cache, log] = await withClient(urlFor(store.database), async (c) => [
     (await c.query('SELECT balance, last_transaction_at FROM credit_balance_cache')).rows,
-    (await c.query('SELECT transaction_id, type, service, quantity, amount, balance_after, created_at FROM credit_spending_log ORDER BY created_at, transaction_id')).rows,
+    (
+      await c.query(
+        'SELECT transaction_id, type, service, quantity, amount, balance_after, created_at FROM credit_spending_log ORDER BY created_at, transaction_id',
+      )
+    ).rows,
   ]);
   if (!cache.length) return null;
   const rows = log as {
@@ -71,7 +103,15 @@ async function tenantCopy(store: TestStore): Promise<LedgerCopy | null> {
   return {
     balance: Number(cache[0].balance),
     lastTransactionAt: cache[0].last_transaction_at ? (cache[0].last_transaction_at as Date).toISOString() : null,
-    rows: rows.map((r) => ({ id: r.transaction_id, type: r.type, service: r.service, quantity: r.quantity, amount: Number(r.amount), balanceAfter: Number(r.balance_after), createdAt: r.created_at.toISOString() })),
+    rows: rows.map((r) => ({
+      id: r.transaction_id,
+      type: r.type,
+      service: r.service,
+      quantity: r.quantity,
+      amount: Number(r.amount),
+      balanceAfter: Number(r.balance_after),
+      createdAt: r.created_at.toISOString(),
+    })),
   };
 }
 
@@ -89,7 +129,9 @@ async function expectCacheCatchesUp(store: TestStore, timeoutMs = 15_000) {
 
 async function cutOff(store: TestStore) {
   await adminQuery(`REVOKE CONNECT ON DATABASE ${ident(store.database)} FROM ${ident(store.role)}`);
-  await adminQuery(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${store.database}' AND usename = '${store.role}'`);
+  await adminQuery(
+    `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${store.database}' AND usename = '${store.role}'`,
+  );
 }
 
 async function reconnect(store: TestStore) {
@@ -101,7 +143,9 @@ test('after purchases, spends and adjustments the store database holds the maste
   await purchase(store.id, 300).expect(201);
   await spend(store.id, 'sms', 4).expect(201);
   await spend(store.id, 'ai_description', 2).expect(201);
-  await post(`/api/admin/stores/${store.id}/credits/adjust`, { amount: -30, reason: 'Correction' }, admin.token).expect(201);
+  await post(`/api/admin/stores/${store.id}/credits/adjust`, { amount: -30, reason: 'Correction' }, admin.token).expect(
+    201,
+  );
   // A refused spend changes nothing anywhere.
   await spend(store.id, 'export', 100).expect(402);
   const copy = await expectCacheCatchesUp(store);
@@ -116,13 +160,23 @@ test('a burst of concurrent spends shares a few syncs and ends in a cache that m
   expect(burst.every((r) => r.status === 201)).toBe(true);
   await expectCacheCatchesUp(store);
   // Nothing is left queued or running for this store; a later change must still start a new sync.
-  await eventually(async () => expect(await t.ctx.queues.get(QueueName.creditSync).getJobCounts('waiting', 'active', 'delayed')).toEqual({ waiting: 0, active: 0, delayed: 0 }), 10_000);
+  await eventually(
+    async () =>
+      expect(await t.ctx.queues.get(QueueName.creditSync).getJobCounts('waiting', 'active', 'delayed')).toEqual({
+        waiting: 0,
+        active: 0,
+        delayed: 0,
+      }),
+    10_000,
+  );
   await spend(store.id, 'sms', 1).expect(201);
   const copy = await expectCacheCatchesUp(store);
   expect(copy.balance).toBe(1000 - 120 - 5);
   expect(copy.rows).toHaveLength(42);
   // The 42 changes shared a few syncs.
-  const syncs = (await t.ctx.queues.get(QueueName.creditSync).getJobs(['completed'])).filter((j) => j.data.storeId === store.id);
+  const syncs = (await t.ctx.queues.get(QueueName.creditSync).getJobs(['completed'])).filter(
+    (j) => j.data.storeId === store.id,
+  );
   expect(syncs.length).toBeGreaterThan(0);
   expect(syncs.length).toBeLessThan(20);
 });
@@ -170,7 +224,10 @@ test('while the store database is unreachable the master takes every change and 
     for (let i = 0; i < 5; i++) await spend(store.id, 'sms', 2).expect(201);
     await purchase(store.id, 40).expect(201);
     // The master is right and the balance is served from it.
-    const res = await request(server).get(`/api/stores/${store.id}/credits`).set('Authorization', `Bearer ${owner.token}`).expect(200);
+    const res = await request(server)
+      .get(`/api/stores/${store.id}/credits`)
+      .set('Authorization', `Bearer ${owner.token}`)
+      .expect(200);
     expect(res.body.balance).toBe(500 - 50 + 40);
     expect((await masterCopy(store.id)).rows).toHaveLength(7);
     // The sync keeps failing (and is retried) while the store's role cannot connect: the cache is behind.
@@ -202,12 +259,20 @@ test('a store that gets its database after buying credits finds them in its cach
   await purchase(storeId, 80).expect(201);
   await spend(storeId, 'sms', 1).expect(201);
   await post(`/api/stores/${storeId}/database`, { mode: 'managed' }).expect(202);
-  await eventually(async () => expect((await t.ctx.master.models.Store.findByPk(storeId))?.status).toBe('active'), 30_000);
+  await eventually(
+    async () => expect((await t.ctx.master.models.Store.findByPk(storeId))?.status).toBe('active'),
+    30_000,
+  );
   const db = await t.ctx.master.models.StoreDatabase.findByPk(storeId, { rejectOnEmpty: true });
   const expected = byId(await masterCopy(storeId));
   await eventually(async () => {
     const cache = (await adminQuery('SELECT balance FROM credit_balance_cache', urlFor(db.databaseName!))).rows;
-    const log = (await adminQuery('SELECT transaction_id FROM credit_spending_log ORDER BY transaction_id', urlFor(db.databaseName!))).rows;
+    const log = (
+      await adminQuery(
+        'SELECT transaction_id FROM credit_spending_log ORDER BY transaction_id',
+        urlFor(db.databaseName!),
+      )
+    ).rows;
     expect(cache.map((r) => Number(r.balance))).toEqual([75]);
     expect(log.map((r) => r.transaction_id)).toEqual(expected.rows.map((r) => r.id));
   }, 15_000);

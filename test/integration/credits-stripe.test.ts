@@ -5,7 +5,13 @@ import Stripe from 'stripe';
 import request from 'supertest';
 import { registerUser } from '../helpers/app';
 import { countRows, insertStore } from '../helpers/fixtures';
-import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import {
+  expectNoLeaks,
+  expectProblem,
+  expectValidationErrors,
+  recordingClient,
+  type RecordingClient,
+} from '../helpers/http';
 import { useSuite } from '../helpers/suite';
 
 const SECRET = 'whsec_test_credits_0123456789abcdef';
@@ -24,14 +30,19 @@ t.checkAtEnd(() => expectNoLeaks(api.responses));
 
 const key = () => randomUUID();
 const newStore = async () => (await insertStore(t, owner.user.id)).id;
-const purchase = (storeId: string, body: object) => api.post(`/api/stores/${storeId}/credits/purchase`).set('Authorization', `Bearer ${owner.token}`).send(body);
-const credits = (storeId: string) => api.get(`/api/stores/${storeId}/credits`).set('Authorization', `Bearer ${owner.token}`);
+const purchase = (storeId: string, body: object) =>
+  api.post(`/api/stores/${storeId}/credits/purchase`).set('Authorization', `Bearer ${owner.token}`).send(body);
+const credits = (storeId: string) =>
+  api.get(`/api/stores/${storeId}/credits`).set('Authorization', `Bearer ${owner.token}`);
 
 async function balanceOf(storeId: string): Promise<number> {
-  const rows = await t.ctx.master.sequelize.query<{ balance: string }>('SELECT balance FROM credit_balances WHERE store_id = :storeId', {
-    replacements: { storeId },
-    type: QueryTypes.SELECT,
-  });
+  const rows = await t.ctx.master.sequelize.query<{ balance: string }>(
+    'SELECT balance FROM credit_balances WHERE store_id = :storeId',
+    {
+      replacements: { storeId },
+      type: QueryTypes.SELECT,
+    },
+  );
   return rows.length ? Number(rows[0].balance) : 0;
 }
 
@@ -62,9 +73,19 @@ function paymentSucceeded(payment: Payment, overrides: Record<string, unknown> =
 }
 
 /** Deliver an event as Stripe does: the JSON body and its Stripe-Signature header. */
-function deliver(event: object, options: { secret?: string; timestamp?: number; signature?: string | null; body?: string } = {}) {
+function deliver(
+  event: object,
+  options: { secret?: string; timestamp?: number; signature?: string | null; body?: string } = {},
+) {
   const payload = options.body ?? JSON.stringify(event);
-  const header = options.signature === undefined ? Stripe.webhooks.generateTestHeaderString({ payload: JSON.stringify(event), secret: options.secret ?? SECRET, timestamp: options.timestamp }) : options.signature;
+  const header =
+    options.signature === undefined
+      ? Stripe.webhooks.generateTestHeaderString({
+          payload: JSON.stringify(event),
+          secret: options.secret ?? SECRET,
+          timestamp: options.timestamp,
+        })
+      : options.signature;
   const req = request(server).post('/api/webhooks/stripe').set('Content-Type', 'application/json; charset=utf-8');
   if (header !== null) req.set('Stripe-Signature', header);
   return req.send(payload);
@@ -72,7 +93,11 @@ function deliver(event: object, options: { secret?: string; timestamp?: number; 
 
 async function pendingPurchase(storeId: string, amount = 500) {
   const res = await purchase(storeId, { amount, idempotencyKey: key() }).expect(201);
-  return res.body as { transaction: { id: string; status: string; balanceAfter: number | null }; balance: number; payment: Payment & { provider: string; status: string; currency: string } };
+  return res.body as {
+    transaction: { id: string; status: string; balanceAfter: number | null };
+    balance: number;
+    payment: Payment & { provider: string; status: string; currency: string };
+  };
 }
 
 test('a purchase with the stripe provider is pending: balance unchanged, the payment reference to pay with is returned', async () => {
@@ -81,12 +106,29 @@ test('a purchase with the stripe provider is pending: balance unchanged, the pay
   expect(res.body).toEqual({
     transaction: expect.objectContaining({ type: 'purchase', status: 'pending', amount: 500, balanceAfter: null }),
     balance: 0,
-    payment: { provider: 'stripe', reference: expect.stringMatching(/^tnry_pay_[0-9a-f]{24}$/), amountCents: 500, currency: 'EUR', status: 'pending' },
+    payment: {
+      provider: 'stripe',
+      reference: expect.stringMatching(/^tnry_pay_[0-9a-f]{24}$/),
+      amountCents: 500,
+      currency: 'EUR',
+      status: 'pending',
+    },
   });
   expect(await balanceOf(storeId)).toBe(0);
   const billing = await t.ctx.master.models.BillingTransaction.findAll({ where: { storeId }, raw: true });
-  expect(billing).toEqual([expect.objectContaining({ provider: 'stripe', providerRef: res.body.payment.reference, status: 'pending', amountCents: 500, creditTransactionId: res.body.transaction.id })]);
-  expect((await credits(storeId).expect(200)).body).toMatchObject({ balance: 0, transactions: { items: [{ id: res.body.transaction.id, status: 'pending', balanceAfter: null }] } });
+  expect(billing).toEqual([
+    expect.objectContaining({
+      provider: 'stripe',
+      providerRef: res.body.payment.reference,
+      status: 'pending',
+      amountCents: 500,
+      creditTransactionId: res.body.transaction.id,
+    }),
+  ]);
+  expect((await credits(storeId).expect(200)).body).toMatchObject({
+    balance: 0,
+    transactions: { items: [{ id: res.body.transaction.id, status: 'pending', balanceAfter: null }] },
+  });
 });
 
 test('a signed payment_intent.succeeded completes the purchase once, even when delivered three times', async () => {
@@ -104,8 +146,13 @@ test('a signed payment_intent.succeeded completes the purchase once, even when d
   expect(rows).toEqual([expect.objectContaining({ id: transaction.id, status: 'completed', balanceAfter: '500' })]);
   const billing = await t.ctx.master.models.BillingTransaction.findOne({ where: { storeId }, rejectOnEmpty: true });
   expect(billing.status).toBe('succeeded');
-  expect(await countRows(t, 'audit_log', `store_id = :storeId AND action = 'credits.purchase.completed'`, { storeId })).toBe(1);
-  expect((await credits(storeId).expect(200)).body).toMatchObject({ balance: 500, transactions: { items: [{ id: transaction.id, status: 'completed', balanceAfter: 500 }] } });
+  expect(
+    await countRows(t, 'audit_log', `store_id = :storeId AND action = 'credits.purchase.completed'`, { storeId }),
+  ).toBe(1);
+  expect((await credits(storeId).expect(200)).body).toMatchObject({
+    balance: 500,
+    transactions: { items: [{ id: transaction.id, status: 'completed', balanceAfter: 500 }] },
+  });
 });
 
 test('three deliveries of the same event at the same moment complete the purchase once', async () => {
@@ -117,7 +164,9 @@ test('three deliveries of the same event at the same moment complete the purchas
   for (const a of answers) expect(a.status).toBe(200);
   expect(answers.filter((a) => a.body.ignored === undefined)).toHaveLength(1);
   expect(await balanceOf(storeId)).toBe(200);
-  expect(await countRows(t, 'credit_transactions', `store_id = :storeId AND status = 'completed'`, { storeId })).toBe(1);
+  expect(await countRows(t, 'credit_transactions', `store_id = :storeId AND status = 'completed'`, { storeId })).toBe(
+    1,
+  );
   expect(await countRows(t, 'credit_transactions', `store_id = :storeId AND status = 'pending'`, { storeId })).toBe(1);
 });
 
@@ -137,9 +186,16 @@ test('a bad, missing, foreign-secret, stale or tampered signature is 400 and cha
 });
 
 test('an event for a purchase we do not know, or of another type, is answered 200 and ignored', async () => {
-  const unknown = await deliver(paymentSucceeded({ reference: 'tnry_pay_000000000000000000000000', amountCents: 100 })).expect(200);
+  const unknown = await deliver(
+    paymentSucceeded({ reference: 'tnry_pay_000000000000000000000000', amountCents: 100 }),
+  ).expect(200);
   expect(unknown.body).toEqual({ received: true, ignored: true, reason: expect.any(String) });
-  const other = await deliver({ id: 'evt_1', object: 'event', type: 'customer.created', data: { object: { id: 'cus_1', object: 'customer' } } }).expect(200);
+  const other = await deliver({
+    id: 'evt_1',
+    object: 'event',
+    type: 'customer.created',
+    data: { object: { id: 'cus_1', object: 'customer' } },
+  }).expect(200);
   expect(other.body).toEqual({ received: true, ignored: true, reason: expect.stringContaining('customer.created') });
 });
 
@@ -150,7 +206,11 @@ test('a payment for less than the purchase, or in another currency, does not com
   expect(less.body).toMatchObject({ received: true, ignored: true });
   await deliver(paymentSucceeded(payment, { currency: 'usd' })).expect(200);
   expect(await balanceOf(storeId)).toBe(0);
-  expect(await countRows(t, 'audit_log', `store_id = :storeId AND action = 'credits.purchase.payment_rejected'`, { storeId })).toBe(2);
+  expect(
+    await countRows(t, 'audit_log', `store_id = :storeId AND action = 'credits.purchase.payment_rejected'`, {
+      storeId,
+    }),
+  ).toBe(2);
   // The right payment still completes it.
   expect((await deliver(paymentSucceeded(payment)).expect(200)).body).toEqual({ received: true });
   expect(await balanceOf(storeId)).toBe(100);
@@ -163,7 +223,17 @@ test('checkout.session.completed completes the purchase named by client_referenc
     id: `evt_${randomUUID().replace(/-/g, '')}`,
     object: 'event',
     type: 'checkout.session.completed',
-    data: { object: { id: 'cs_test_1', object: 'checkout.session', client_reference_id: payment.reference, amount_total: 750, currency: 'eur', payment_status: paymentStatus, metadata: {} } },
+    data: {
+      object: {
+        id: 'cs_test_1',
+        object: 'checkout.session',
+        client_reference_id: payment.reference,
+        amount_total: 750,
+        currency: 'eur',
+        payment_status: paymentStatus,
+        metadata: {},
+      },
+    },
   });
   expect((await deliver(session('unpaid')).expect(200)).body).toMatchObject({ ignored: true });
   expect(await balanceOf(storeId)).toBe(0);
@@ -173,12 +243,22 @@ test('checkout.session.completed completes the purchase named by client_referenc
 
 test('a repeated purchase request returns the same purchase, pending and later completed; the credits step is done only once it is paid', async () => {
   const solo = await registerUser(t.app);
-  const created = await api.post('/api/stores').set('Authorization', `Bearer ${solo.token}`).send({ name: 'Solo', slug: `solo-${Date.now().toString(36)}` }).expect(201);
+  const created = await api
+    .post('/api/stores')
+    .set('Authorization', `Bearer ${solo.token}`)
+    .send({ name: 'Solo', slug: `solo-${Date.now().toString(36)}` })
+    .expect(201);
   const storeId = created.body.id as string;
   const body = { amount: 60, idempotencyKey: key() };
-  const buy = () => api.post(`/api/stores/${storeId}/credits/purchase`).set('Authorization', `Bearer ${solo.token}`).send(body);
+  const buy = () =>
+    api.post(`/api/stores/${storeId}/credits/purchase`).set('Authorization', `Bearer ${solo.token}`).send(body);
   const step = async () =>
-    ((await api.get('/api/onboarding').set('Authorization', `Bearer ${solo.token}`).expect(200)).body.steps as { id: string; done: boolean }[]).find((s) => s.id === 'credits');
+    (
+      (await api.get('/api/onboarding').set('Authorization', `Bearer ${solo.token}`).expect(200)).body.steps as {
+        id: string;
+        done: boolean;
+      }[]
+    ).find((s) => s.id === 'credits');
 
   const first = await buy().expect(201);
   expect((await buy().expect(201)).body).toEqual(first.body);
@@ -201,8 +281,24 @@ test('card purchases buy at least 50 credits (Stripe charges at least €0.50)',
 
 test('a webhook body over 100 kB is 413, a signed body that is not JSON 400', async () => {
   const big = 'x'.repeat(101 * 1024);
-  expectProblem(await request(server).post('/api/webhooks/stripe').set('Content-Type', 'application/json').set('Stripe-Signature', 't=1,v1=00').send(big), 413, 'PAYLOAD_TOO_LARGE');
+  expectProblem(
+    await request(server)
+      .post('/api/webhooks/stripe')
+      .set('Content-Type', 'application/json')
+      .set('Stripe-Signature', 't=1,v1=00')
+      .send(big),
+    413,
+    'PAYLOAD_TOO_LARGE',
+  );
   const payload = '{"id": "evt_1", "object": ';
   const header = Stripe.webhooks.generateTestHeaderString({ payload, secret: SECRET });
-  expectProblem(await request(server).post('/api/webhooks/stripe').set('Content-Type', 'application/json').set('Stripe-Signature', header).send(payload), 400, 'MALFORMED_JSON');
+  expectProblem(
+    await request(server)
+      .post('/api/webhooks/stripe')
+      .set('Content-Type', 'application/json')
+      .set('Stripe-Signature', header)
+      .send(payload),
+    400,
+    'MALFORMED_JSON',
+  );
 });

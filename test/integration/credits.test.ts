@@ -5,7 +5,13 @@ import request from 'supertest';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
 import { countRows, insertStore } from '../helpers/fixtures';
-import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import {
+  expectNoLeaks,
+  expectProblem,
+  expectValidationErrors,
+  recordingClient,
+  type RecordingClient,
+} from '../helpers/http';
 import { useSuite } from '../helpers/suite';
 
 const t = useSuite('credits');
@@ -22,9 +28,16 @@ const key = () => randomUUID();
 beforeAll(async () => {
   server = t.listen();
   api = recordingClient(t.app);
-  [owner, staff, outsider, admin] = await Promise.all([registerUser(t.app), registerUser(t.app), registerUser(t.app), registerAdmin(t)]);
+  [owner, staff, outsider, admin] = await Promise.all([
+    registerUser(t.app),
+    registerUser(t.app),
+    registerUser(t.app),
+    registerAdmin(t),
+  ]);
   // A service that is no longer offered.
-  await t.ctx.master.sequelize.query(`INSERT INTO service_credit_costs (service, cost_per_unit, description, active) VALUES ('fax', 3, 'One fax', false)`);
+  await t.ctx.master.sequelize.query(
+    `INSERT INTO service_credit_costs (service, cost_per_unit, description, active) VALUES ('fax', 3, 'One fax', false)`,
+  );
 });
 t.checkAtEnd(() => expectNoLeaks(api.responses));
 
@@ -39,10 +52,14 @@ const as = (token: string) => ({
   get: (path: string) => api.get(path).set('Authorization', `Bearer ${token}`),
   post: (path: string) => api.post(path).set('Authorization', `Bearer ${token}`),
 });
-const purchase = (storeId: string, body: object, token = owner.token) => as(token).post(`/api/stores/${storeId}/credits/purchase`).send(body);
-const spend = (storeId: string, body: object, token = owner.token) => as(token).post(`/api/stores/${storeId}/credits/spend`).send(body);
-const adjust = (storeId: string, body: object, token = admin.token) => as(token).post(`/api/admin/stores/${storeId}/credits/adjust`).send(body);
-const credits = (storeId: string, token = owner.token, query = '') => as(token).get(`/api/stores/${storeId}/credits${query}`);
+const purchase = (storeId: string, body: object, token = owner.token) =>
+  as(token).post(`/api/stores/${storeId}/credits/purchase`).send(body);
+const spend = (storeId: string, body: object, token = owner.token) =>
+  as(token).post(`/api/stores/${storeId}/credits/spend`).send(body);
+const adjust = (storeId: string, body: object, token = admin.token) =>
+  as(token).post(`/api/admin/stores/${storeId}/credits/adjust`).send(body);
+const credits = (storeId: string, token = owner.token, query = '') =>
+  as(token).get(`/api/stores/${storeId}/credits${query}`);
 
 async function fund(storeId: string, amount: number) {
   const res = await purchase(storeId, { amount, idempotencyKey: key() });
@@ -55,13 +72,22 @@ async function master<R extends object>(sql: string, replacements: Record<string
 }
 
 async function balanceOf(storeId: string): Promise<number> {
-  const rows = await master<{ balance: string }>('SELECT balance FROM credit_balances WHERE store_id = :storeId', { storeId });
+  const rows = await master<{ balance: string }>('SELECT balance FROM credit_balances WHERE store_id = :storeId', {
+    storeId,
+  });
   return rows.length ? Number(rows[0].balance) : 0;
 }
 
 /** The ledger's invariant for one store: the balance is the sum of its completed rows, numbered 1..n, never negative. */
 async function expectLedgerConsistent(storeId: string) {
-  const [row] = await master<{ balance: string | null; seq: string | null; sum: string; n: string; maxseq: string | null; negatives: string }>(
+  const [row] = await master<{
+    balance: string | null;
+    seq: string | null;
+    sum: string;
+    n: string;
+    maxseq: string | null;
+    negatives: string;
+  }>(
     `SELECT b.balance, b.seq,
             (SELECT coalesce(sum(amount), 0) FROM credit_transactions WHERE store_id = :storeId AND status = 'completed') AS sum,
             (SELECT count(*) FROM credit_transactions WHERE store_id = :storeId AND status = 'completed') AS n,
@@ -113,16 +139,30 @@ describe('purchase (PAYMENTS_PROVIDER=manual)', () => {
       payment: { provider: 'manual', reference: null, amountCents: 250, currency: 'EUR', status: 'succeeded' },
     });
     expect(await balanceOf(storeId)).toBe(250);
-    const billing = await master<{ provider: string; status: string; amount_cents: number; credit_transaction_id: string }>(
+    const billing = await master<{
+      provider: string;
+      status: string;
+      amount_cents: number;
+      credit_transaction_id: string;
+    }>(
       'SELECT provider, status, amount_cents, credit_transaction_id FROM billing_transactions WHERE store_id = :storeId',
       { storeId },
     );
-    expect(billing).toEqual([{ provider: 'manual', status: 'succeeded', amount_cents: 250, credit_transaction_id: res.body.transaction.id }]);
+    expect(billing).toEqual([
+      { provider: 'manual', status: 'succeeded', amount_cents: 250, credit_transaction_id: res.body.transaction.id },
+    ]);
     const audit = await master<{ action: string; actor_user_id: string; target_id: string; request_id: string | null }>(
       `SELECT action, actor_user_id, target_id, request_id FROM audit_log WHERE store_id = :storeId AND action LIKE 'credits.%'`,
       { storeId },
     );
-    expect(audit).toEqual([{ action: 'credits.purchase', actor_user_id: owner.user.id, target_id: res.body.transaction.id, request_id: res.headers['x-request-id'] }]);
+    expect(audit).toEqual([
+      {
+        action: 'credits.purchase',
+        actor_user_id: owner.user.id,
+        target_id: res.body.transaction.id,
+        request_id: res.headers['x-request-id'],
+      },
+    ]);
     await expectLedgerConsistent(storeId);
   });
 
@@ -146,12 +186,20 @@ describe('purchase (PAYMENTS_PROVIDER=manual)', () => {
     const storeId = await newStore();
     expectProblem(await purchase(storeId, { amount: 10, idempotencyKey: key() }, staff.token), 403, 'FORBIDDEN');
     expectProblem(await purchase(storeId, { amount: 10, idempotencyKey: key() }, outsider.token), 403, 'FORBIDDEN');
-    expectProblem(await api.post(`/api/stores/${storeId}/credits/purchase`).send({ amount: 10, idempotencyKey: key() }), 401, 'UNAUTHENTICATED');
+    expectProblem(
+      await api.post(`/api/stores/${storeId}/credits/purchase`).send({ amount: 10, idempotencyKey: key() }),
+      401,
+      'UNAUTHENTICATED',
+    );
     expectProblem(await purchase(randomUUID(), { amount: 10, idempotencyKey: key() }), 404, 'STORE_NOT_FOUND');
     // A store token (a user inside the store's own database) is not a platform token.
     const storeToken = t.ctx.tokens.sign({ sub: randomUUID(), typ: 'store', role: 'admin', storeId }).token;
     expectProblem(await purchase(storeId, { amount: 10, idempotencyKey: key() }, storeToken), 403, 'WRONG_TOKEN_TYPE');
-    expectProblem(await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }, storeToken), 403, 'WRONG_TOKEN_TYPE');
+    expectProblem(
+      await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }, storeToken),
+      403,
+      'WRONG_TOKEN_TYPE',
+    );
     expect(await balanceOf(storeId)).toBe(0);
     expect(await countRows(t, 'credit_transactions', 'store_id = :storeId', { storeId })).toBe(0);
   });
@@ -165,15 +213,25 @@ describe('purchase (PAYMENTS_PROVIDER=manual)', () => {
     expectValidationErrors(await purchase(storeId, { amount: 10_000_001, idempotencyKey: key() }), ['amount']);
     expectValidationErrors(await purchase(storeId, { amount: 10 }), ['idempotencyKey']);
     expectValidationErrors(await purchase(storeId, { amount: 10, idempotencyKey: '' }), ['idempotencyKey']);
-    expectProblem(await purchase(storeId, { amount: 10, idempotencyKey: key(), balance: 1_000_000 }), 400, 'VALIDATION_FAILED');
+    expectProblem(
+      await purchase(storeId, { amount: 10, idempotencyKey: key(), balance: 1_000_000 }),
+      400,
+      'VALIDATION_FAILED',
+    );
     expectProblem(await purchase('not-a-uuid', { amount: 10, idempotencyKey: key() }), 400, 'VALIDATION_FAILED');
     expect(await countRows(t, 'credit_transactions', 'store_id = :storeId', { storeId })).toBe(0);
   });
 
   test('marks the onboarding credits step done', async () => {
     const solo = await registerUser(t.app);
-    const created = await as(solo.token).post('/api/stores').send({ name: 'Solo', slug: `solo-${Date.now().toString(36)}` }).expect(201);
-    const step = async () => ((await as(solo.token).get('/api/onboarding').expect(200)).body.steps as { id: string; done: boolean }[]).find((s) => s.id === 'credits');
+    const created = await as(solo.token)
+      .post('/api/stores')
+      .send({ name: 'Solo', slug: `solo-${Date.now().toString(36)}` })
+      .expect(201);
+    const step = async () =>
+      ((await as(solo.token).get('/api/onboarding').expect(200)).body.steps as { id: string; done: boolean }[]).find(
+        (s) => s.id === 'credits',
+      );
     expect(await step()).toMatchObject({ done: false });
     await purchase(created.body.id, { amount: 10, idempotencyKey: key() }, solo.token).expect(201);
     expect(await step()).toMatchObject({ done: true });
@@ -219,7 +277,11 @@ describe('spend', () => {
       { storeId },
     );
     expect(audit).toHaveLength(3);
-    expect(audit[0]).toEqual({ action: 'credits.spend', actor_user_id: owner.user.id, data: expect.objectContaining({ amount: -15, balanceAfter: 85, service: 'sms', quantity: 3 }) });
+    expect(audit[0]).toEqual({
+      action: 'credits.spend',
+      actor_user_id: owner.user.id,
+      data: expect.objectContaining({ amount: -15, balanceAfter: 85, service: 'sms', quantity: 3 }),
+    });
     expect(audit[2].actor_user_id).toBe(staff.user.id);
     await expectLedgerConsistent(storeId);
   });
@@ -227,7 +289,11 @@ describe('spend', () => {
   test('returns 402 INSUFFICIENT_CREDITS when the balance does not cover the price, and changes nothing', async () => {
     const storeId = await newStore();
     await fund(storeId, 19);
-    expectProblem(await spend(storeId, { service: 'export', quantity: 1, idempotencyKey: key() }), 402, 'INSUFFICIENT_CREDITS');
+    expectProblem(
+      await spend(storeId, { service: 'export', quantity: 1, idempotencyKey: key() }),
+      402,
+      'INSUFFICIENT_CREDITS',
+    );
     expect(await balanceOf(storeId)).toBe(19);
     expect(await countRows(t, 'credit_transactions', `store_id = :storeId AND type = 'spend'`, { storeId })).toBe(0);
     expect(await countRows(t, 'usage_metrics', 'store_id = :storeId', { storeId })).toBe(0);
@@ -240,8 +306,15 @@ describe('spend', () => {
   test('a store that never had credits has a balance of 0 and gets 402', async () => {
     const storeId = await newStore();
     await t.ctx.master.models.CreditBalance.destroy({ where: { storeId } });
-    expectProblem(await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }), 402, 'INSUFFICIENT_CREDITS');
-    expect((await credits(storeId).expect(200)).body).toEqual({ balance: 0, transactions: { items: [], nextCursor: null } });
+    expectProblem(
+      await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }),
+      402,
+      'INSUFFICIENT_CREDITS',
+    );
+    expect((await credits(storeId).expect(200)).body).toEqual({
+      balance: 0,
+      transactions: { items: [], nextCursor: null },
+    });
     await fund(storeId, 3);
     expect(await balanceOf(storeId)).toBe(3);
     await expectLedgerConsistent(storeId);
@@ -250,7 +323,9 @@ describe('spend', () => {
   test('returns 400 for an unknown or inactive service and changes nothing', async () => {
     const storeId = await newStore();
     await fund(storeId, 100);
-    expectValidationErrors(await spend(storeId, { service: 'telepathy', quantity: 1, idempotencyKey: key() }), ['service']);
+    expectValidationErrors(await spend(storeId, { service: 'telepathy', quantity: 1, idempotencyKey: key() }), [
+      'service',
+    ]);
     expectValidationErrors(await spend(storeId, { service: 'fax', quantity: 1, idempotencyKey: key() }), ['service']);
     expect(await balanceOf(storeId)).toBe(100);
     expect(await countRows(t, 'credit_transactions', `store_id = :storeId AND type = 'spend'`, { storeId })).toBe(0);
@@ -259,24 +334,53 @@ describe('spend', () => {
   test('returns 400 for a bad quantity, a missing key or unknown fields', async () => {
     const storeId = await newStore();
     await fund(storeId, 100);
-    expectValidationErrors(await spend(storeId, { service: 'email', quantity: 0, idempotencyKey: key() }), ['quantity']);
-    expectValidationErrors(await spend(storeId, { service: 'email', quantity: -1, idempotencyKey: key() }), ['quantity']);
-    expectValidationErrors(await spend(storeId, { service: 'email', quantity: 1.5, idempotencyKey: key() }), ['quantity']);
+    expectValidationErrors(await spend(storeId, { service: 'email', quantity: 0, idempotencyKey: key() }), [
+      'quantity',
+    ]);
+    expectValidationErrors(await spend(storeId, { service: 'email', quantity: -1, idempotencyKey: key() }), [
+      'quantity',
+    ]);
+    expectValidationErrors(await spend(storeId, { service: 'email', quantity: 1.5, idempotencyKey: key() }), [
+      'quantity',
+    ]);
     expectValidationErrors(await spend(storeId, { service: 'email', quantity: 1 }), ['idempotencyKey']);
     expectValidationErrors(await spend(storeId, { quantity: 1, idempotencyKey: key() }), ['service']);
-    expectProblem(await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key(), amount: -1 }), 400, 'VALIDATION_FAILED');
-    expectProblem(await as(owner.token).post(`/api/stores/${storeId}/credits/spend`).set('Content-Type', 'application/json').send('{"service":'), 400, 'MALFORMED_JSON');
+    expectProblem(
+      await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key(), amount: -1 }),
+      400,
+      'VALIDATION_FAILED',
+    );
+    expectProblem(
+      await as(owner.token)
+        .post(`/api/stores/${storeId}/credits/spend`)
+        .set('Content-Type', 'application/json')
+        .send('{"service":'),
+      400,
+      'MALFORMED_JSON',
+    );
     expect(await balanceOf(storeId)).toBe(100);
   });
 
   test('members may spend (owner, admin, staff); non-members get 403; a suspended store 423', async () => {
     const storeId = await newStore();
     await fund(storeId, 10);
-    expectProblem(await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }, outsider.token), 403, 'FORBIDDEN');
-    expectProblem(await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }, admin.token), 403, 'FORBIDDEN');
+    expectProblem(
+      await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }, outsider.token),
+      403,
+      'FORBIDDEN',
+    );
+    expectProblem(
+      await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }, admin.token),
+      403,
+      'FORBIDDEN',
+    );
     await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }, staff.token).expect(201);
     await t.ctx.master.models.Store.update({ status: 'suspended' }, { where: { id: storeId } });
-    expectProblem(await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }), 423, 'STORE_SUSPENDED');
+    expectProblem(
+      await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: key() }),
+      423,
+      'STORE_SUSPENDED',
+    );
     expect(await balanceOf(storeId)).toBe(9);
   });
 
@@ -290,18 +394,30 @@ describe('spend', () => {
     expect(again.body).toEqual(first.body);
     expect(again.body.balance).toBe(46);
     expect(await balanceOf(storeId)).toBe(41);
-    expectProblem(await spend(storeId, { service: 'image_processing', quantity: 3, idempotencyKey: k }), 409, 'CONFLICT');
+    expectProblem(
+      await spend(storeId, { service: 'image_processing', quantity: 3, idempotencyKey: k }),
+      409,
+      'CONFLICT',
+    );
     expectProblem(await spend(storeId, { service: 'email', quantity: 2, idempotencyKey: k }), 409, 'CONFLICT');
     // A purchase key cannot be replayed as a spend either.
     const bought = await fund(storeId, 1);
-    expectProblem(await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: bought.transaction.idempotencyKey }), 409, 'CONFLICT');
+    expectProblem(
+      await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: bought.transaction.idempotencyKey }),
+      409,
+      'CONFLICT',
+    );
     expect(await balanceOf(storeId)).toBe(42);
   });
 
   test('a refused spend does not use up its key: after a purchase the same key succeeds', async () => {
     const storeId = await newStore();
     const k = key();
-    expectProblem(await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: k }), 402, 'INSUFFICIENT_CREDITS');
+    expectProblem(
+      await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: k }),
+      402,
+      'INSUFFICIENT_CREDITS',
+    );
     await fund(storeId, 1);
     await spend(storeId, { service: 'email', quantity: 1, idempotencyKey: k }).expect(201);
     expect(await balanceOf(storeId)).toBe(0);
@@ -314,7 +430,10 @@ describe('concurrency', () => {
     await fund(storeId, 100);
     const results = await Promise.all(
       Array.from({ length: 200 }, () =>
-        request(server).post(`/api/stores/${storeId}/credits/spend`).set('Authorization', `Bearer ${owner.token}`).send({ service: 'email', quantity: 1, idempotencyKey: key() }),
+        request(server)
+          .post(`/api/stores/${storeId}/credits/spend`)
+          .set('Authorization', `Bearer ${owner.token}`)
+          .send({ service: 'email', quantity: 1, idempotencyKey: key() }),
       ),
     );
     const statuses = results.map((r) => r.status);
@@ -325,9 +444,15 @@ describe('concurrency', () => {
     // Every balance from 99 down to 0 was reached exactly once: the spends were applied one after another.
     const after = results.filter((r) => r.status === 201).map((r) => r.body.transaction.balanceAfter as number);
     expect(after.sort((a, b) => a - b)).toEqual(Array.from({ length: 100 }, (_, i) => i));
-    const [{ sum }] = await master<{ sum: string }>(`SELECT sum(amount) AS sum FROM credit_transactions WHERE store_id = :storeId AND status = 'completed'`, { storeId });
+    const [{ sum }] = await master<{ sum: string }>(
+      `SELECT sum(amount) AS sum FROM credit_transactions WHERE store_id = :storeId AND status = 'completed'`,
+      { storeId },
+    );
     expect(Number(sum)).toBe(0);
-    const [usage] = await master<{ quantity: string; credits: string }>('SELECT quantity, credits FROM usage_metrics WHERE store_id = :storeId', { storeId });
+    const [usage] = await master<{ quantity: string; credits: string }>(
+      'SELECT quantity, credits FROM usage_metrics WHERE store_id = :storeId',
+      { storeId },
+    );
     expect([Number(usage.quantity), Number(usage.credits)]).toEqual([100, 100]);
     await expectLedgerConsistent(storeId);
   });
@@ -337,14 +462,24 @@ describe('concurrency', () => {
     await fund(storeId, 100);
     const body = { service: 'sms', quantity: 2, idempotencyKey: key() };
     const results = await Promise.all(
-      Array.from({ length: 50 }, () => request(server).post(`/api/stores/${storeId}/credits/spend`).set('Authorization', `Bearer ${owner.token}`).send(body)),
+      Array.from({ length: 50 }, () =>
+        request(server)
+          .post(`/api/stores/${storeId}/credits/spend`)
+          .set('Authorization', `Bearer ${owner.token}`)
+          .send(body),
+      ),
     );
     for (const r of results) {
       expect(r.status).toBe(201);
       expect(r.body).toEqual(results[0].body);
     }
     expect(results[0].body.balance).toBe(90);
-    expect(await countRows(t, 'credit_transactions', 'store_id = :storeId AND idempotency_key = :k', { storeId, k: body.idempotencyKey })).toBe(1);
+    expect(
+      await countRows(t, 'credit_transactions', 'store_id = :storeId AND idempotency_key = :k', {
+        storeId,
+        k: body.idempotencyKey,
+      }),
+    ).toBe(1);
     expect(await balanceOf(storeId)).toBe(90);
     expect(await countRows(t, 'audit_log', `store_id = :storeId AND action = 'credits.spend'`, { storeId })).toBe(1);
     await expectLedgerConsistent(storeId);
@@ -355,7 +490,12 @@ describe('concurrency', () => {
     await fund(storeId, 5);
     const body = { service: 'sms', quantity: 1, idempotencyKey: key() };
     const results = await Promise.all(
-      Array.from({ length: 30 }, () => request(server).post(`/api/stores/${storeId}/credits/spend`).set('Authorization', `Bearer ${owner.token}`).send(body)),
+      Array.from({ length: 30 }, () =>
+        request(server)
+          .post(`/api/stores/${storeId}/credits/spend`)
+          .set('Authorization', `Bearer ${owner.token}`)
+          .send(body),
+      ),
     );
     for (const r of results) {
       expect(r.status).toBe(201);
@@ -369,7 +509,12 @@ describe('concurrency', () => {
     const storeId = await newStore();
     const body = { amount: 40, idempotencyKey: key() };
     const results = await Promise.all(
-      Array.from({ length: 30 }, () => request(server).post(`/api/stores/${storeId}/credits/purchase`).set('Authorization', `Bearer ${owner.token}`).send(body)),
+      Array.from({ length: 30 }, () =>
+        request(server)
+          .post(`/api/stores/${storeId}/credits/purchase`)
+          .set('Authorization', `Bearer ${owner.token}`)
+          .send(body),
+      ),
     );
     for (const r of results) {
       expect(r.status).toBe(201);
@@ -385,14 +530,26 @@ describe('concurrency', () => {
     await fund(storeId, 30);
     const calls = Array.from({ length: 90 }, (_, i) => {
       const r = request(server);
-      if (i % 3 === 0) return r.post(`/api/stores/${storeId}/credits/purchase`).set('Authorization', `Bearer ${owner.token}`).send({ amount: 2, idempotencyKey: key() });
-      if (i % 3 === 1) return r.post(`/api/stores/${storeId}/credits/spend`).set('Authorization', `Bearer ${staff.token}`).send({ service: 'sms', quantity: 1, idempotencyKey: key() });
-      return r.post(`/api/admin/stores/${storeId}/credits/adjust`).set('Authorization', `Bearer ${admin.token}`).send({ amount: -3, reason: 'race' });
+      if (i % 3 === 0)
+        return r
+          .post(`/api/stores/${storeId}/credits/purchase`)
+          .set('Authorization', `Bearer ${owner.token}`)
+          .send({ amount: 2, idempotencyKey: key() });
+      if (i % 3 === 1)
+        return r
+          .post(`/api/stores/${storeId}/credits/spend`)
+          .set('Authorization', `Bearer ${staff.token}`)
+          .send({ service: 'sms', quantity: 1, idempotencyKey: key() });
+      return r
+        .post(`/api/admin/stores/${storeId}/credits/adjust`)
+        .set('Authorization', `Bearer ${admin.token}`)
+        .send({ amount: -3, reason: 'race' });
     });
     const results = await Promise.all(calls);
     for (const r of results) expect([201, 402]).toContain(r.status);
     await expectLedgerConsistent(storeId);
-    const expected = 30 + results.filter((r) => r.status === 201).reduce((sum, r) => sum + (r.body.transaction.amount as number), 0);
+    const expected =
+      30 + results.filter((r) => r.status === 201).reduce((sum, r) => sum + (r.body.transaction.amount as number), 0);
     expect(await balanceOf(storeId)).toBe(expected);
   });
 });
@@ -401,11 +558,16 @@ describe('GET /api/stores/:id/credits', () => {
   test('members see the balance and the transactions newest first, page by page', async () => {
     const storeId = await newStore();
     await fund(storeId, 1000);
-    for (let i = 0; i < 24; i++) await spend(storeId, { service: 'email', quantity: i + 1, idempotencyKey: `k-${i}` }).expect(201);
+    for (let i = 0; i < 24; i++)
+      await spend(storeId, { service: 'email', quantity: i + 1, idempotencyKey: `k-${i}` }).expect(201);
     const first = await credits(storeId, staff.token, '?limit=10').expect(200);
     expect(first.body.balance).toBe(1000 - (24 * 25) / 2);
     expect(first.body.transactions.items).toHaveLength(10);
-    expect(first.body.transactions.items[0]).toMatchObject({ type: 'spend', quantity: 24, balanceAfter: first.body.balance });
+    expect(first.body.transactions.items[0]).toMatchObject({
+      type: 'spend',
+      quantity: 24,
+      balanceAfter: first.body.balance,
+    });
     const seen: string[] = first.body.transactions.items.map((i: { id: string }) => i.id);
     let cursor = first.body.transactions.nextCursor as string | null;
     while (cursor) {
@@ -437,7 +599,13 @@ describe('POST /api/admin/stores/:id/credits/adjust', () => {
     const storeId = await newStore();
     const up = await adjust(storeId, { amount: 500, reason: 'Goodwill for the outage' }).expect(201);
     expect(up.body).toEqual({
-      transaction: expect.objectContaining({ type: 'adjustment', status: 'completed', amount: 500, balanceAfter: 500, reason: 'Goodwill for the outage' }),
+      transaction: expect.objectContaining({
+        type: 'adjustment',
+        status: 'completed',
+        amount: 500,
+        balanceAfter: 500,
+        reason: 'Goodwill for the outage',
+      }),
       balance: 500,
     });
     const down = await adjust(storeId, { amount: -120, reason: 'Correction' }).expect(201);
@@ -451,7 +619,11 @@ describe('POST /api/admin/stores/:id/credits/adjust', () => {
       [admin.user.id, -120, 'Correction'],
     ]);
     // The store's members see it.
-    expect((await credits(storeId).expect(200)).body.transactions.items[0]).toMatchObject({ type: 'adjustment', amount: -120, reason: 'Correction' });
+    expect((await credits(storeId).expect(200)).body.transactions.items[0]).toMatchObject({
+      type: 'adjustment',
+      amount: -120,
+      reason: 'Correction',
+    });
     await expectLedgerConsistent(storeId);
   });
 
@@ -495,5 +667,7 @@ test('the OpenAPI document describes every credits route', async () => {
   expect(Object.keys(doc.paths['/api/credits/costs'])).toEqual(['get']);
   expect(Object.keys(doc.paths['/api/webhooks/stripe'])).toEqual(['post']);
   expect(Object.keys(doc.paths['/api/admin/stores/{id}/credits/adjust'])).toEqual(['post']);
-  expect(doc.paths['/api/stores/{id}/credits/spend'].post).toMatchObject({ responses: { 201: expect.anything(), 402: expect.anything() } });
+  expect(doc.paths['/api/stores/{id}/credits/spend'].post).toMatchObject({
+    responses: { 201: expect.anything(), 402: expect.anything() },
+  });
 });

@@ -29,14 +29,25 @@ beforeAll(() => {
   opened.defer('the embedded Postgres children', stopEmbeddedChildren);
 });
 
-async function start(dataDir: string, port: number, jwtSecret: string): Promise<{ url?: string; error?: string; stop(): Promise<void> }> {
+async function start(
+  dataDir: string,
+  port: number,
+  jwtSecret: string,
+): Promise<{ url?: string; error?: string; stop(): Promise<void> }> {
   const child = await runEmbedded('start', dataDir, port, legacyOf(jwtSecret));
   return { ...child.result, stop: child.stop };
 }
 
 /** Log in as `postgres` and say which database answered, or the Postgres error code. */
 async function logIn(port: number, password: string): Promise<string> {
-  const client = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password, database: 'tenantry', connectionTimeoutMillis: 5000 });
+  const client = new pg.Client({
+    host: '127.0.0.1',
+    port,
+    user: 'postgres',
+    password,
+    database: 'tenantry',
+    connectionTimeoutMillis: 5000,
+  });
   try {
     await client.connect();
     return (await client.query<{ db: string }>('SELECT current_database() AS db')).rows[0].db;
@@ -91,7 +102,9 @@ test('a data directory made by an earlier version (password from JWT_SECRET) is 
 
   // JWT_SECRET was changed before the upgrade: the old password cannot be known.
   const wrong = await start(dataDir, port, ANOTHER_JWT_SECRET);
-  expect(wrong.error).toMatch(/created before its password moved to .*embedded-pg\.secret.*JWT_SECRET.*delete .*pg to start over/);
+  expect(wrong.error).toMatch(
+    /created before its password moved to .*embedded-pg\.secret.*JWT_SECRET.*delete .*pg to start over/,
+  );
   expect(existsSync(secretFile)).toBe(false);
   await wrong.stop();
 

@@ -6,7 +6,13 @@ import { HOSTNAME_VERIFICATIONS_PER_WINDOW } from '../../src/stores/stores.route
 import { registerUser } from '../helpers/app';
 import { claimHostname, type TestDnsServer } from '../helpers/dns-server';
 import { countRows, eventually, startInstance } from '../helpers/fixtures';
-import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import {
+  expectNoLeaks,
+  expectProblem,
+  expectValidationErrors,
+  recordingClient,
+  type RecordingClient,
+} from '../helpers/http';
 import { auth, createStoreViaApi, provisionManagedStore } from '../helpers/stores';
 import { useSuite } from '../helpers/suite';
 import { createActiveStore, type TestStore } from '../helpers/tenants';
@@ -25,7 +31,12 @@ const PLATFORM = 'api.tenantry.test';
 
 const t = useSuite('hostnames', async (s) => {
   dns = await s.dns();
-  return { WORKER: 'on', DNS_SERVERS: dns.address, STORE_DOMAIN, PLATFORM_HOSTNAMES: `${PLATFORM},admin.tenantry.test` };
+  return {
+    WORKER: 'on',
+    DNS_SERVERS: dns.address,
+    STORE_DOMAIN,
+    PLATFORM_HOSTNAMES: `${PLATFORM},admin.tenantry.test`,
+  };
 });
 beforeAll(async () => {
   api = recordingClient(t.app);
@@ -33,9 +44,12 @@ beforeAll(async () => {
 });
 t.checkAtEnd(() => expectNoLeaks(api.responses));
 
-const storeInfo = (app: Express, host: string, headers: Record<string, string> = {}) => request(app).get('/api/store/info').set('Host', host).set(headers);
-const claim = (user: User, storeId: string, hostname: string) => api.post(`/api/stores/${storeId}/hostnames`).set(auth(user.token)).send({ hostname });
-const verify = (user: User, storeId: string, hostname: string) => api.post(`/api/stores/${storeId}/hostnames/${encodeURIComponent(hostname)}/verify`).set(auth(user.token));
+const storeInfo = (app: Express, host: string, headers: Record<string, string> = {}) =>
+  request(app).get('/api/store/info').set('Host', host).set(headers);
+const claim = (user: User, storeId: string, hostname: string) =>
+  api.post(`/api/stores/${storeId}/hostnames`).set(auth(user.token)).send({ hostname });
+const verify = (user: User, storeId: string, hostname: string) =>
+  api.post(`/api/stores/${storeId}/hostnames/${encodeURIComponent(hostname)}/verify`).set(auth(user.token));
 
 describe('claiming a hostname', () => {
   let owner: User;
@@ -46,17 +60,40 @@ describe('claiming a hostname', () => {
     store = await createActiveStore(t, { ownerId: owner.user.id });
   });
 
-  test('IP literals in every spelling, localhost, single labels, the platform\'s names and names under STORE_DOMAIN answer 400 HOSTNAME_NOT_ALLOWED and store nothing', async () => {
+  test("IP literals in every spelling, localhost, single labels, the platform's names and names under STORE_DOMAIN answer 400 HOSTNAME_NOT_ALLOWED and store nothing", async () => {
     const before = await countRows(t, 'store_hostnames');
     const refused = [
-      '127.0.0.1', '127.0.0.1:3000', '10.0.0.7', '2130706433', '0x7f000001', '0177.0.0.1', '127.1', '1.2.3.0x4', '169.254.169.254',
-      '::1', '[::1]', '[::1]:80', '[::ffff:127.0.0.1]', '::ffff:7f00:1', 'fe80::1',
-      'localhost', 'LOCALHOST.', 'shop.localhost', 'intranet', 'shop',
-      PLATFORM, `x.${PLATFORM}`, 'ADMIN.tenantry.test.', STORE_DOMAIN, `someone-else.${STORE_DOMAIN}`, `${store.slug}.${STORE_DOMAIN}`,
+      '127.0.0.1',
+      '127.0.0.1:3000',
+      '10.0.0.7',
+      '2130706433',
+      '0x7f000001',
+      '0177.0.0.1',
+      '127.1',
+      '1.2.3.0x4',
+      '169.254.169.254',
+      '::1',
+      '[::1]',
+      '[::1]:80',
+      '[::ffff:127.0.0.1]',
+      '::ffff:7f00:1',
+      'fe80::1',
+      'localhost',
+      'LOCALHOST.',
+      'shop.localhost',
+      'intranet',
+      'shop',
+      PLATFORM,
+      `x.${PLATFORM}`,
+      'ADMIN.tenantry.test.',
+      STORE_DOMAIN,
+      `someone-else.${STORE_DOMAIN}`,
+      `${store.slug}.${STORE_DOMAIN}`,
     ];
     for (const hostname of refused) {
       const res = await claim(owner, store.id, hostname);
-      if (res.status !== 400 || res.body.code !== 'HOSTNAME_NOT_ALLOWED') throw new Error(`${hostname}: ${res.status} ${res.text}`);
+      if (res.status !== 400 || res.body.code !== 'HOSTNAME_NOT_ALLOWED')
+        throw new Error(`${hostname}: ${res.status} ${res.text}`);
       expectProblem(res, 400, 'HOSTNAME_NOT_ALLOWED');
     }
     expect(await countRows(t, 'store_hostnames')).toBe(before);
@@ -64,11 +101,34 @@ describe('claiming a hostname', () => {
 
   test('names with a scheme, a path, an underscore or an empty label answer 400 VALIDATION_FAILED naming the field', async () => {
     const before = await countRows(t, 'store_hostnames');
-    for (const hostname of ['https://shop.example.test', 'shop.example.test/path', 'my_shop.example.test', 'shop..example.test', '.example.test', '-shop.example.test', '', `${'a'.repeat(64)}.test`, 'a b.test']) {
+    for (const hostname of [
+      'https://shop.example.test',
+      'shop.example.test/path',
+      'my_shop.example.test',
+      'shop..example.test',
+      '.example.test',
+      '-shop.example.test',
+      '',
+      `${'a'.repeat(64)}.test`,
+      'a b.test',
+    ]) {
       expectValidationErrors(await claim(owner, store.id, hostname), ['hostname']);
     }
-    expectValidationErrors(await api.post(`/api/stores/${store.id}/hostnames`).set(auth(owner.token)).send({ hostname: 'x'.repeat(400) }), ['hostname']);
-    expectProblem(await api.post(`/api/stores/${store.id}/hostnames`).set(auth(owner.token)).send({ hostname: 'ok.example.test', extra: 1 }), 400, 'VALIDATION_FAILED');
+    expectValidationErrors(
+      await api
+        .post(`/api/stores/${store.id}/hostnames`)
+        .set(auth(owner.token))
+        .send({ hostname: 'x'.repeat(400) }),
+      ['hostname'],
+    );
+    expectProblem(
+      await api
+        .post(`/api/stores/${store.id}/hostnames`)
+        .set(auth(owner.token))
+        .send({ hostname: 'ok.example.test', extra: 1 }),
+      400,
+      'VALIDATION_FAILED',
+    );
     expect(await countRows(t, 'store_hostnames')).toBe(before);
   });
 
@@ -78,7 +138,11 @@ describe('claiming a hostname', () => {
       hostname: 'shop.claimed.test',
       kind: 'custom',
       status: 'pending',
-      verification: { type: 'dns-txt', name: '_tenantry-challenge.shop.claimed.test', value: expect.stringMatching(/^[0-9a-f]{32}$/) },
+      verification: {
+        type: 'dns-txt',
+        name: '_tenantry-challenge.shop.claimed.test',
+        value: expect.stringMatching(/^[0-9a-f]{32}$/),
+      },
       verifiedAt: null,
       createdAt: expect.any(String),
     });
@@ -96,7 +160,14 @@ describe('claiming a hostname', () => {
     const wrong = await verify(owner, store.id, 'shop.claimed.test');
     expectProblem(wrong, 409, 'HOSTNAME_NOT_VERIFIED');
     expect(wrong.body.detail).toContain('"not-the-token"');
-    expect((await t.ctx.master.models.StoreHostname.findOne({ where: { hostname: 'shop.claimed.test' }, rejectOnEmpty: true })).status).toBe('pending');
+    expect(
+      (
+        await t.ctx.master.models.StoreHostname.findOne({
+          where: { hostname: 'shop.claimed.test' },
+          rejectOnEmpty: true,
+        })
+      ).status,
+    ).toBe('pending');
     expectProblem(await storeInfo(t.app, 'shop.claimed.test'), 404, 'STORE_NOT_FOUND');
 
     // Proven (among other TXT values): verified, and it routes on every instance (the other one was asked before).
@@ -113,7 +184,11 @@ describe('claiming a hostname', () => {
 
   test('verifying or removing a hostname the store does not have answers 404', async () => {
     expectProblem(await verify(owner, store.id, 'never.claimed.test'), 404, 'NOT_FOUND');
-    expectProblem(await api.delete(`/api/stores/${store.id}/hostnames/never.claimed.test`).set(auth(owner.token)), 404, 'NOT_FOUND');
+    expectProblem(
+      await api.delete(`/api/stores/${store.id}/hostnames/never.claimed.test`).set(auth(owner.token)),
+      404,
+      'NOT_FOUND',
+    );
   });
 
   test('DELETE of a verified hostname answers 204 and the host stops resolving, also on the other instance', async () => {
@@ -121,7 +196,10 @@ describe('claiming a hostname', () => {
     await claimHostname(t.app, owner.token, store.id, host, dns);
     await storeInfo(t.app, host).expect(200);
     await eventually(() => storeInfo(other.app, host).expect(200));
-    const res = await api.delete(`/api/stores/${store.id}/hostnames/BYE.claimed.test`).set(auth(owner.token)).expect(204);
+    const res = await api
+      .delete(`/api/stores/${store.id}/hostnames/BYE.claimed.test`)
+      .set(auth(owner.token))
+      .expect(204);
     expect(res.text).toBe('');
     expect(await countRows(t, 'store_hostnames', 'hostname = :host', { host })).toBe(0);
     expectProblem(await storeInfo(t.app, host), 404, 'STORE_NOT_FOUND');
@@ -135,17 +213,26 @@ describe('claiming a hostname', () => {
     await api.get(`/api/stores/${store.id}/hostnames`).set(auth(staff.token)).expect(200);
     expectProblem(await claim(staff, store.id, 'staff.claimed.test'), 403, 'FORBIDDEN');
     expectProblem(await verify(staff, store.id, 'shop.claimed.test'), 403, 'FORBIDDEN');
-    expectProblem(await api.delete(`/api/stores/${store.id}/hostnames/shop.claimed.test`).set(auth(staff.token)), 403, 'FORBIDDEN');
+    expectProblem(
+      await api.delete(`/api/stores/${store.id}/hostnames/shop.claimed.test`).set(auth(staff.token)),
+      403,
+      'FORBIDDEN',
+    );
     expectProblem(await claim(stranger, store.id, 'stranger.claimed.test'), 403, 'FORBIDDEN');
     expectProblem(await api.get(`/api/stores/${store.id}/hostnames`).set(auth(stranger.token)), 403, 'FORBIDDEN');
-    expect(await countRows(t, 'store_hostnames', "hostname IN ('staff.claimed.test', 'stranger.claimed.test')")).toBe(0);
+    expect(await countRows(t, 'store_hostnames', "hostname IN ('staff.claimed.test', 'stranger.claimed.test')")).toBe(
+      0,
+    );
   });
 });
 
 describe('squatting and taking over', () => {
   test('a pending claim elsewhere blocks nobody: the owner who proves the domain gets it and the squatter loses the claim', async () => {
     const [squatter, victim] = [await registerUser(t.app), await registerUser(t.app)];
-    const [s, v] = [await createActiveStore(t, { ownerId: squatter.user.id }), await createActiveStore(t, { ownerId: victim.user.id })];
+    const [s, v] = [
+      await createActiveStore(t, { ownerId: squatter.user.id }),
+      await createActiveStore(t, { ownerId: victim.user.id }),
+    ];
     const host = 'brand.example.test';
     const squat = await claim(squatter, s.id, host).expect(201);
     const real = await claim(victim, v.id, host).expect(201);
@@ -162,16 +249,24 @@ describe('squatting and taking over', () => {
     expectProblem(await verify(squatter, s.id, host), 404, 'NOT_FOUND');
     expectProblem(await claim(squatter, s.id, host), 409, 'HOSTNAME_TAKEN');
     // Nor can the squatter remove it through its own store.
-    expectProblem(await api.delete(`/api/stores/${s.id}/hostnames/${host}`).set(auth(squatter.token)), 404, 'NOT_FOUND');
+    expectProblem(
+      await api.delete(`/api/stores/${s.id}/hostnames/${host}`).set(auth(squatter.token)),
+      404,
+      'NOT_FOUND',
+    );
     expect(await countRows(t, 'store_hostnames', "hostname = :host AND status = 'verified'", { host })).toBe(1);
   });
 
-  test('a host and an X-Store-Id naming different stores answer 403 TENANT_MISMATCH, never one store\'s data for the other', async () => {
+  test("a host and an X-Store-Id naming different stores answer 403 TENANT_MISMATCH, never one store's data for the other", async () => {
     const owner = await registerUser(t.app);
     const a = await createActiveStore(t, { ownerId: owner.user.id, hostnames: ['a.mismatch.test'] });
     const b = await createActiveStore(t, { ownerId: owner.user.id, hostnames: ['b.mismatch.test'] });
     expectProblem(await storeInfo(t.app, 'a.mismatch.test', { 'X-Store-Id': b.id }), 403, 'TENANT_MISMATCH');
-    const reg = await request(t.app).post('/api/store/auth/register').set('Host', 'a.mismatch.test').set('X-Store-Id', b.id).send({ email: 'shopper@mismatch.test', password: 'correct-horse-1', name: 'S' });
+    const reg = await request(t.app)
+      .post('/api/store/auth/register')
+      .set('Host', 'a.mismatch.test')
+      .set('X-Store-Id', b.id)
+      .send({ email: 'shopper@mismatch.test', password: 'correct-horse-1', name: 'S' });
     expectProblem(reg, 403, 'TENANT_MISMATCH');
     // Agreeing host and header, or either alone, are served.
     expect((await storeInfo(t.app, 'a.mismatch.test', { 'X-Store-Id': a.id }).expect(200)).body.id).toBe(a.id);
@@ -184,19 +279,29 @@ describe('squatting and taking over', () => {
     const victim = await createActiveStore(t, { ownerId: (await registerUser(t.app)).user.id });
     // As a claim made before hostnames were checked would have left them (then verified by hand).
     for (const hostname of ['127.0.0.1', PLATFORM]) {
-      await t.ctx.master.models.StoreHostname.create({ hostname, storeId: hostile.id, status: 'verified', verifiedAt: new Date() });
+      await t.ctx.master.models.StoreHostname.create({
+        hostname,
+        storeId: hostile.id,
+        status: 'verified',
+        verifiedAt: new Date(),
+      });
     }
     for (const host of ['127.0.0.1', '127.0.0.1:3000', PLATFORM, `${PLATFORM}:443`, '[::1]:3000']) {
       expectProblem(await storeInfo(t.app, host), 404, 'STORE_NOT_FOUND');
       expect((await storeInfo(t.app, host, { 'X-Store-Id': victim.id }).expect(200)).body.id).toBe(victim.id);
     }
-    const shopper = await request(t.app).post('/api/store/auth/register').set('Host', '127.0.0.1').set('X-Store-Id', victim.id).send({ email: 'shopper@ip.test', password: 'correct-horse-1', name: 'S' }).expect(201);
+    const shopper = await request(t.app)
+      .post('/api/store/auth/register')
+      .set('Host', '127.0.0.1')
+      .set('X-Store-Id', victim.id)
+      .send({ email: 'shopper@ip.test', password: 'correct-horse-1', name: 'S' })
+      .expect(201);
     expect(shopper.body.user.email).toBe('shopper@ip.test');
   });
 });
 
 describe('the per-store cap', () => {
-  test('claims beyond the plan\'s hostnames limit answer 403 PLAN_LIMIT_REACHED, also when sent at once', async () => {
+  test("claims beyond the plan's hostnames limit answer 403 PLAN_LIMIT_REACHED, also when sent at once", async () => {
     const owner = await registerUser(t.app); // free plan: 2 custom hostnames per store
     const store = await createActiveStore(t, { ownerId: owner.user.id });
     const results = await Promise.all(Array.from({ length: 6 }, (_, i) => claim(owner, store.id, `n${i}.cap.test`)));
@@ -216,10 +321,23 @@ describe('the platform-issued hostname', () => {
     const store = await provisionManagedStore(t.app, owner.token);
     const host = `${store.slug}.${STORE_DOMAIN}`;
     const list = await api.get(`/api/stores/${store.id}/hostnames`).set(auth(owner.token)).expect(200);
-    expect(list.body.items).toEqual([{ hostname: host, kind: 'platform', status: 'verified', verification: null, verifiedAt: expect.any(String), createdAt: expect.any(String) }]);
+    expect(list.body.items).toEqual([
+      {
+        hostname: host,
+        kind: 'platform',
+        status: 'verified',
+        verification: null,
+        verifiedAt: expect.any(String),
+        createdAt: expect.any(String),
+      },
+    ]);
     expect((await storeInfo(t.app, host).expect(200)).body.id).toBe(store.id);
     expect((await eventually(() => storeInfo(other.app, host).expect(200))).body.id).toBe(store.id);
-    expectProblem(await api.delete(`/api/stores/${store.id}/hostnames/${host}`).set(auth(owner.token)), 400, 'HOSTNAME_NOT_ALLOWED');
+    expectProblem(
+      await api.delete(`/api/stores/${store.id}/hostnames/${host}`).set(auth(owner.token)),
+      400,
+      'HOSTNAME_NOT_ALLOWED',
+    );
 
     const rival = await registerUser(t.app);
     const rivalStore = await createStoreViaApi(t.app, rival.token);
@@ -242,7 +360,9 @@ describe('unknown hosts', () => {
     const limited = await startInstance(t, { HOST_LOOKUPS_PER_SECOND: '5' });
     try {
       const before = limited.ctx.tenants.stats().hostCache;
-      const answers = await Promise.all(Array.from({ length: 60 }, (_, i) => storeInfo(limited.app, `flood-${i}.unknown.test`)));
+      const answers = await Promise.all(
+        Array.from({ length: 60 }, (_, i) => storeInfo(limited.app, `flood-${i}.unknown.test`)),
+      );
       for (const res of answers) expectProblem(res, 404, 'STORE_NOT_FOUND');
       const after = limited.ctx.tenants.stats().hostCache;
       expect(after.misses - before.misses).toBeLessThanOrEqual(10);
@@ -254,14 +374,16 @@ describe('unknown hosts', () => {
 });
 
 describe('verification requests', () => {
-  test('verifications are bounded per store (429 with Retry-After); a stranger\'s refused calls do not use them up', async () => {
+  test("verifications are bounded per store (429 with Retry-After); a stranger's refused calls do not use them up", async () => {
     const owner = await registerUser(t.app);
     const stranger = await registerUser(t.app);
     const store = await createActiveStore(t, { ownerId: owner.user.id });
     await claim(owner, store.id, 'slow.verify.test').expect(201);
-    for (let i = 0; i < HOSTNAME_VERIFICATIONS_PER_WINDOW; i++) expectProblem(await verify(stranger, store.id, 'slow.verify.test'), 403, 'FORBIDDEN');
+    for (let i = 0; i < HOSTNAME_VERIFICATIONS_PER_WINDOW; i++)
+      expectProblem(await verify(stranger, store.id, 'slow.verify.test'), 403, 'FORBIDDEN');
     const asked = dns.asked.length;
-    for (let i = 0; i < HOSTNAME_VERIFICATIONS_PER_WINDOW; i++) expectProblem(await verify(owner, store.id, 'slow.verify.test'), 409, 'HOSTNAME_NOT_VERIFIED');
+    for (let i = 0; i < HOSTNAME_VERIFICATIONS_PER_WINDOW; i++)
+      expectProblem(await verify(owner, store.id, 'slow.verify.test'), 409, 'HOSTNAME_NOT_VERIFIED');
     const limited = await verify(owner, store.id, 'slow.verify.test');
     expectProblem(limited, 429, 'RATE_LIMITED');
     expect(Number(limited.headers['retry-after'])).toBeGreaterThan(0);

@@ -54,7 +54,10 @@ describe('errors', () => {
       await other.ctx.master.sequelize.close();
       const client = recordingClient(other.app);
       const { user, password } = await registerUser(t.app);
-      const res = await client.post('/api/auth/login').set('X-Request-Id', 'broken-master-1').send({ email: user.email, password });
+      const res = await client
+        .post('/api/auth/login')
+        .set('X-Request-Id', 'broken-master-1')
+        .send({ email: user.email, password });
       expect(res.status).toBeGreaterThanOrEqual(500);
       expectProblem(res, res.status, res.body.code);
       expect(res.headers['x-request-id']).toBe('broken-master-1');
@@ -73,11 +76,18 @@ describe('errors', () => {
       ['patch', '/api/auth/profile'],
       ['post', '/api/auth/switch-store'],
     ] as const) {
-      const res = await api[method](path).set('Authorization', `Bearer ${token}`).set('Content-Type', 'application/json').send('{"a": 1,,}');
+      const res = await api[method](path)
+        .set('Authorization', `Bearer ${token}`)
+        .set('Content-Type', 'application/json')
+        .send('{"a": 1,,}');
       expectProblem(res, 400, 'MALFORMED_JSON');
     }
     // A JSON scalar is refused as malformed too (only objects and arrays are accepted).
-    expectProblem(await api.post('/api/auth/login').set('Content-Type', 'application/json').send('"just a string"'), 400, 'MALFORMED_JSON');
+    expectProblem(
+      await api.post('/api/auth/login').set('Content-Type', 'application/json').send('"just a string"'),
+      400,
+      'MALFORMED_JSON',
+    );
   });
 
   test('a body over 100 kB returns 413 PAYLOAD_TOO_LARGE', async () => {
@@ -88,7 +98,9 @@ describe('errors', () => {
 
 describe('X-Request-Id', () => {
   test('is echoed when the caller sends a sane one, on success and on errors', async () => {
-    expect((await api.get('/health').set('X-Request-Id', 'abc-123').expect(200)).headers['x-request-id']).toBe('abc-123');
+    expect((await api.get('/health').set('X-Request-Id', 'abc-123').expect(200)).headers['x-request-id']).toBe(
+      'abc-123',
+    );
     const problem = await api.get('/api/auth/me').set('X-Request-Id', 'trace:42.a_b');
     expectProblem(problem, 401, 'UNAUTHENTICATED');
     expect(problem.headers['x-request-id']).toBe('trace:42.a_b');
@@ -111,7 +123,10 @@ describe('X-Request-Id', () => {
     const invalid = await api.post('/api/auth/login').set('X-Request-Id', 'v-1').send({});
     expectProblem(invalid, 400, 'VALIDATION_FAILED');
     expect(invalid.headers['x-request-id']).toBe('v-1');
-    const large = await api.post('/api/auth/login').set('X-Request-Id', 'big-1').send({ x: 'y'.repeat(200 * 1024) });
+    const large = await api
+      .post('/api/auth/login')
+      .set('X-Request-Id', 'big-1')
+      .send({ x: 'y'.repeat(200 * 1024) });
     expectProblem(large, 413, 'PAYLOAD_TOO_LARGE');
     expect(large.headers['x-request-id']).toBe('big-1');
   });
@@ -141,7 +156,10 @@ describe('security headers and CORS', () => {
   });
 
   test('another origin gets no CORS headers', async () => {
-    const preflight = await api.options('/api/auth/login').set('Origin', 'https://evil.example').set('Access-Control-Request-Method', 'POST');
+    const preflight = await api
+      .options('/api/auth/login')
+      .set('Origin', 'https://evil.example')
+      .set('Access-Control-Request-Method', 'POST');
     expect(preflight.headers['access-control-allow-origin']).toBeUndefined();
     const res = await api.get('/health').set('Origin', 'https://evil.example').expect(200);
     expect(res.headers['access-control-allow-origin']).toBeUndefined();
@@ -161,8 +179,12 @@ describe('OpenAPI', () => {
     expect(Object.keys(paths['/api/auth/switch-store'])).toEqual(['post']);
     expect(paths['/health']).toBeDefined();
     expect(paths['/ready']).toBeDefined();
-    expect(Object.keys(paths['/api/auth/register'].post.responses)).toEqual(expect.arrayContaining(['201', '400', '409', '429']));
-    expect(Object.keys(paths['/api/auth/login'].post.responses)).toEqual(expect.arrayContaining(['200', '400', '401', '429']));
+    expect(Object.keys(paths['/api/auth/register'].post.responses)).toEqual(
+      expect.arrayContaining(['201', '400', '409', '429']),
+    );
+    expect(Object.keys(paths['/api/auth/login'].post.responses)).toEqual(
+      expect.arrayContaining(['200', '400', '401', '429']),
+    );
     expect(Object.keys(paths['/api/auth/me'].get.responses)).toEqual(expect.arrayContaining(['200', '401', '403']));
     expect(res.body.components.schemas).toHaveProperty('Problem');
     expect(res.body.components.schemas).toHaveProperty('User');
@@ -178,7 +200,9 @@ describe('OpenAPI', () => {
 
 test('the leak check itself catches a stack trace and a password hash', () => {
   const fake = (text: string) => ({ text, status: 500 }) as Parameters<typeof expectNoLeak>[0];
-  expect(() => expectNoLeak(fake('{"detail":"Error: boom\\n    at Object.<anonymous> (/work/src/x.ts:1:2)"}'))).toThrow(/stack trace/);
+  expect(() => expectNoLeak(fake('{"detail":"Error: boom\\n    at Object.<anonymous> (/work/src/x.ts:1:2)"}'))).toThrow(
+    /stack trace/,
+  );
   expect(() => expectNoLeak(fake('{"passwordHash":"x"}'))).toThrow(/password hash/);
   expect(() => expectNoLeak(fake('{"h":"$2b$12$abcdefghijklmnopqrstuv"}'))).toThrow(/bcrypt/);
   expect(() => expectNoLeak(fake('{"detail":"connect to postgres://u:p@db/x failed"}'))).toThrow(/database URL/);

@@ -39,7 +39,9 @@ function parseExposition(text: string): Sample[] {
     .map((line) => {
       const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
       if (!m) throw new Error(`not an exposition line: ${line}`);
-      const labels = Object.fromEntries([...(m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1], l[2]]));
+      const labels = Object.fromEntries(
+        [...(m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((l) => [l[1], l[2]]),
+      );
       return { name: m[1], labels, value: Number(m[3]) };
     });
 }
@@ -73,7 +75,8 @@ describe('who may read /metrics', () => {
   });
 
   test('the scrape token opens /metrics only: the admin API and the queue board refuse it', async () => {
-    for (const path of ['/api/admin/pools', '/admin/queues', '/api/auth/me']) expectProblem(await api.get(path).set(auth(METRICS_TOKEN)), 401, 'UNAUTHENTICATED');
+    for (const path of ['/api/admin/pools', '/admin/queues', '/api/auth/me'])
+      expectProblem(await api.get(path).set(auth(METRICS_TOKEN)), 401, 'UNAUTHENTICATED');
   });
 
   test('without METRICS_TOKEN configured, only an admin JWT opens /metrics', async () => {
@@ -102,38 +105,76 @@ describe('what /metrics says after traffic', () => {
     // The worker reports a job after it has been moved to completed: the run's answer can come first.
     const after = await eventually(async () => {
       const samples = await scrape();
-      if (valueOf(samples, 'tenantry_job_duration_seconds_count', { queue: 'tenant-migrations', outcome: 'completed' }) < 1) throw new Error('the migration run is not counted yet');
+      if (
+        valueOf(samples, 'tenantry_job_duration_seconds_count', { queue: 'tenant-migrations', outcome: 'completed' }) <
+        1
+      )
+        throw new Error('the migration run is not counted yet');
       return samples;
     }, 5000);
 
-    const moved = (name: string, labels: Record<string, string> = {}) => valueOf(after, name, labels) - valueOf(before, name, labels);
+    const moved = (name: string, labels: Record<string, string> = {}) =>
+      valueOf(after, name, labels) - valueOf(before, name, labels);
     // HTTP: by route pattern and status; the unknown path under one fixed label.
     expect(moved('tenantry_http_requests_total', { method: 'GET', route: '/api/store/info', status: '200' })).toBe(3);
-    expect(moved('tenantry_http_requests_total', { method: 'GET', route: '/api/store/products/:id', status: '404' })).toBe(1);
-    expect(moved('tenantry_http_requests_total', { method: 'POST', route: '/api/stores/:id/database', status: '202' })).toBe(1);
+    expect(
+      moved('tenantry_http_requests_total', { method: 'GET', route: '/api/store/products/:id', status: '404' }),
+    ).toBe(1);
+    expect(
+      moved('tenantry_http_requests_total', { method: 'POST', route: '/api/stores/:id/database', status: '202' }),
+    ).toBe(1);
     expect(moved('tenantry_http_requests_total', { method: 'GET', route: 'unmatched', status: '404' })).toBe(1);
-    expect(moved('tenantry_http_request_duration_seconds_count', { method: 'GET', route: '/api/store/info', status_class: '2xx' })).toBe(3);
-    expect(moved('tenantry_http_request_duration_seconds_bucket', { method: 'GET', route: '/api/store/info', status_class: '2xx', le: '+Inf' })).toBe(3);
-    expect(moved('tenantry_http_request_duration_seconds_sum', { method: 'GET', route: '/api/store/info', status_class: '2xx' })).toBeGreaterThan(0);
+    expect(
+      moved('tenantry_http_request_duration_seconds_count', {
+        method: 'GET',
+        route: '/api/store/info',
+        status_class: '2xx',
+      }),
+    ).toBe(3);
+    expect(
+      moved('tenantry_http_request_duration_seconds_bucket', {
+        method: 'GET',
+        route: '/api/store/info',
+        status_class: '2xx',
+        le: '+Inf',
+      }),
+    ).toBe(3);
+    expect(
+      moved('tenantry_http_request_duration_seconds_sum', {
+        method: 'GET',
+        route: '/api/store/info',
+        status_class: '2xx',
+      }),
+    ).toBeGreaterThan(0);
     // The connection manager: one handle built for the store, then served from the cache.
     expect(moved('tenantry_tenant_handle_builds_total')).toBeGreaterThanOrEqual(1);
     expect(moved('tenantry_tenant_handle_misses_total')).toBeGreaterThanOrEqual(1);
     expect(moved('tenantry_tenant_handle_hits_total')).toBeGreaterThanOrEqual(2);
     expect(valueOf(after, 'tenantry_tenant_handles')).toBeGreaterThanOrEqual(1);
     expect(valueOf(after, 'tenantry_tenant_connections_max')).toBe(t.ctx.config.tenant.connectionsMax);
-    for (const name of ['tenantry_tenant_connections_open', 'tenantry_tenant_connections_waiting', 'tenantry_tenant_connections_reclaimed_total', 'tenantry_tenant_fences_total', 'tenantry_tenants_fenced']) {
+    for (const name of [
+      'tenantry_tenant_connections_open',
+      'tenantry_tenant_connections_waiting',
+      'tenantry_tenant_connections_reclaimed_total',
+      'tenantry_tenant_fences_total',
+      'tenantry_tenants_fenced',
+    ]) {
       expect(after.some((s) => s.name === name)).toBe(true);
     }
     // Queues and jobs.
     expect(moved('tenantry_job_duration_seconds_count', { queue: 'provisioning', outcome: 'completed' })).toBe(1);
-    expect(moved('tenantry_job_duration_seconds_sum', { queue: 'provisioning', outcome: 'completed' })).toBeGreaterThan(0);
+    expect(moved('tenantry_job_duration_seconds_sum', { queue: 'provisioning', outcome: 'completed' })).toBeGreaterThan(
+      0,
+    );
     expect(moved('tenantry_provisioning_outcomes_total', { outcome: 'completed' })).toBe(1);
     expect(moved('tenantry_provisioning_outcomes_total', { outcome: 'failed' })).toBe(0);
     expect(moved('tenantry_tenant_migration_outcomes_total', { outcome: 'unchanged' })).toBe(1);
     expect(moved('tenantry_tenant_migration_outcomes_total', { outcome: 'failed' })).toBe(0);
     for (const queue of ['provisioning', 'tenant-migrations', 'credit-sync', 'maintenance']) {
       for (const state of ['waiting', 'active', 'delayed', 'prioritized', 'failed']) {
-        expect(after.filter((s) => s.name === 'tenantry_queue_jobs' && s.labels.queue === queue && s.labels.state === state)).toHaveLength(1);
+        expect(
+          after.filter((s) => s.name === 'tenantry_queue_jobs' && s.labels.queue === queue && s.labels.state === state),
+        ).toHaveLength(1);
       }
     }
 
@@ -142,7 +183,8 @@ describe('what /metrics says after traffic', () => {
     const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/i;
     for (const s of after) {
       for (const [label, value] of Object.entries(s.labels)) {
-        if (UUID.test(value) || ids.some((id) => value.includes(id))) throw new Error(`${s.name}{${label}="${value}"} names an id`);
+        if (UUID.test(value) || ids.some((id) => value.includes(id)))
+          throw new Error(`${s.name}{${label}="${value}"} names an id`);
       }
     }
     const routes = new Set(after.filter((s) => s.labels.route !== undefined).map((s) => s.labels.route));

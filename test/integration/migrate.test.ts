@@ -38,8 +38,11 @@ async function query<T extends pg.QueryResultRow = pg.QueryResultRow>(db: TestDa
 }
 
 const tables = async (db: TestDatabase) =>
-  (await query<{ t: string }>(db, "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")).map((r) => r.t);
-const appliedRows = (db: TestDatabase) => query<{ id: number; name: string; hash: string }>(db, 'SELECT id, name, hash FROM migrations ORDER BY id');
+  (await query<{ t: string }>(db, "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")).map(
+    (r) => r.t,
+  );
+const appliedRows = (db: TestDatabase) =>
+  query<{ id: number; name: string; hash: string }>(db, 'SELECT id, name, hash FROM migrations ORDER BY id');
 const sha1 = (s: string) => createHash('sha1').update(s, 'utf8').digest('hex');
 
 const FILES = {
@@ -88,7 +91,10 @@ describe('runMigrations', () => {
     await runMigrations('tenant', { connectionString: db.url }, dir);
     writeFileSync(path.join(dir, '0004_more_widgets.sql'), "INSERT INTO widgets (name) VALUES ('second');");
 
-    expect(await runMigrations('tenant', { connectionString: db.url }, dir)).toEqual({ applied: ['0004_more_widgets.sql'], schemaVersion: 4 });
+    expect(await runMigrations('tenant', { connectionString: db.url }, dir)).toEqual({
+      applied: ['0004_more_widgets.sql'],
+      schemaVersion: 4,
+    });
     expect(await query(db, 'SELECT name FROM widgets ORDER BY id')).toEqual([{ name: 'first' }, { name: 'second' }]);
   });
 
@@ -108,7 +114,9 @@ describe('runMigrations', () => {
     expect(a.schemaVersion).toBe(4);
     expect(b.schemaVersion).toBe(4);
     // Between them every file was applied exactly once.
-    expect([...a.applied, ...b.applied].sort()).toEqual(['0_create-migrations-table.sql', ...Object.keys(FILES), '0004_slow_insert.sql'].sort());
+    expect([...a.applied, ...b.applied].sort()).toEqual(
+      ['0_create-migrations-table.sql', ...Object.keys(FILES), '0004_slow_insert.sql'].sort(),
+    );
     expect(await query(db, "SELECT count(*)::int AS n FROM widgets WHERE name = 'once'")).toEqual([{ n: 1 }]);
     expect(await query(db, "SELECT count(*)::int AS n FROM widgets WHERE name = 'first'")).toEqual([{ n: 1 }]);
     expect(await appliedRows(db)).toHaveLength(5);
@@ -135,7 +143,8 @@ describe('runMigrations', () => {
     const dir = migrationDir({
       '0001_create_widgets.sql': FILES['0001_create_widgets.sql'],
       // Creates a table and a row, then fails: none of it may remain.
-      '0002_broken.sql': "CREATE TABLE half_done (id int);\nINSERT INTO widgets (name) VALUES ('from broken');\nSELECT 1 / 0;\n",
+      '0002_broken.sql':
+        "CREATE TABLE half_done (id int);\nINSERT INTO widgets (name) VALUES ('from broken');\nSELECT 1 / 0;\n",
       '0003_create_gadgets.sql': FILES['0003_create_gadgets.sql'],
     });
 
@@ -170,11 +179,15 @@ describe('runMigrations', () => {
     // Wait until the slow file is running, then kill its session as a failing server would.
     const deadline = Date.now() + 5000;
     while (Date.now() < deadline) {
-      const { rows } = await adminQuery(`SELECT pid FROM pg_stat_activity WHERE datname = '${db.name}' AND query LIKE '%pg_sleep(5)%' AND pid <> pg_backend_pid()`);
+      const { rows } = await adminQuery(
+        `SELECT pid FROM pg_stat_activity WHERE datname = '${db.name}' AND query LIKE '%pg_sleep(5)%' AND pid <> pg_backend_pid()`,
+      );
       if (rows.length) break;
       await new Promise((r) => setTimeout(r, 25));
     }
-    await adminQuery(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${db.name}' AND pid <> pg_backend_pid()`);
+    await adminQuery(
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${db.name}' AND pid <> pg_backend_pid()`,
+    );
 
     const error = await settled;
     expect(error).toBeInstanceOf(MigrationError);
@@ -192,22 +205,42 @@ describe('runMigrations', () => {
   });
 
   test('fails quickly, without hanging, when the database does not answer', async () => {
-    await expect(runMigrations('tenant', { host: '127.0.0.1', port: 1, user: 'postgres', database: 'postgres' })).rejects.toThrow();
+    await expect(
+      runMigrations('tenant', { host: '127.0.0.1', port: 1, user: 'postgres', database: 'postgres' }),
+    ).rejects.toThrow();
   });
 
   test('the real sql/master applies cleanly, then again as a no-op', async () => {
     const db = await freshDatabase('mig_master');
-    const files = readdirSync(migrationsDir('master')).filter((f) => f.endsWith('.sql')).sort();
+    const files = readdirSync(migrationsDir('master'))
+      .filter((f) => f.endsWith('.sql'))
+      .sort();
     expect(files.length).toBeGreaterThan(0);
 
     const first = await runMigrations('master', { connectionString: db.url });
     expect(first.applied).toEqual(['0_create-migrations-table.sql', ...files]);
     expect(first.schemaVersion).toBe(latestSchemaVersion('master'));
     expect(await tables(db)).toEqual(
-      expect.arrayContaining(['users', 'stores', 'store_members', 'store_databases', 'store_hostnames', 'revoked_tokens', 'credit_transactions', 'audit_log']),
+      expect.arrayContaining([
+        'users',
+        'stores',
+        'store_members',
+        'store_databases',
+        'store_hostnames',
+        'revoked_tokens',
+        'credit_transactions',
+        'audit_log',
+      ]),
     );
-    expect(await query(db, 'SELECT id FROM plans ORDER BY id')).toEqual([{ id: 'agency' }, { id: 'free' }, { id: 'pro' }]);
+    expect(await query(db, 'SELECT id FROM plans ORDER BY id')).toEqual([
+      { id: 'agency' },
+      { id: 'free' },
+      { id: 'pro' },
+    ]);
 
-    expect(await runMigrations('master', { connectionString: db.url })).toEqual({ applied: [], schemaVersion: first.schemaVersion });
+    expect(await runMigrations('master', { connectionString: db.url })).toEqual({
+      applied: [],
+      schemaVersion: first.schemaVersion,
+    });
   });
 });

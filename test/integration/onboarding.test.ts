@@ -26,11 +26,14 @@ async function wizard(token: string) {
   const body = res.body as { complete: boolean; storeId: string | null; steps: Step[] };
   expect(Object.keys(body).sort()).toEqual(['complete', 'steps', 'storeId']);
   expect(body.steps.map(({ id, required }) => ({ id, required }))).toEqual(ORDER);
-  const state = Object.fromEntries(body.steps.map((s) => [s.id, s.done ? (s.skipped ? 'BOTH' : 'done') : s.skipped ? 'skipped' : 'todo']));
+  const state = Object.fromEntries(
+    body.steps.map((s) => [s.id, s.done ? (s.skipped ? 'BOTH' : 'done') : s.skipped ? 'skipped' : 'todo']),
+  );
   return { complete: body.complete, storeId: body.storeId, state };
 }
 
-const skippedInDb = async (storeId: string) => (await t.ctx.master.models.Store.findByPk(storeId, { rejectOnEmpty: true })).onboardingSkipped;
+const skippedInDb = async (storeId: string) =>
+  (await t.ctx.master.models.Store.findByPk(storeId, { rejectOnEmpty: true })).onboardingSkipped;
 
 test('a new account sees every step to do, in order, with no store; skipping needs a store first', async () => {
   const user = await registerUser(t.app);
@@ -63,7 +66,11 @@ test('the whole path: store, database done once active, profile, payments done b
   // profile: a phone alone is not enough; with the company's name it is done.
   await api.patch('/api/auth/profile').set(auth(user.token)).send({ phone: '+49 30 1234567' }).expect(200);
   expect((await wizard(user.token)).state.profile).toBe('todo');
-  await api.patch('/api/auth/profile').set(auth(user.token)).send({ company: { name: 'Wizard GmbH' } }).expect(200);
+  await api
+    .patch('/api/auth/profile')
+    .set(auth(user.token))
+    .send({ company: { name: 'Wizard GmbH' } })
+    .expect(200);
   expect((await wizard(user.token)).state.profile).toBe('done');
 
   // payments: done once the store has Stripe keys.
@@ -73,13 +80,26 @@ test('the whole path: store, database done once active, profile, payments done b
     .send({ publishableKey: 'pk_test_51WizardPublishable', secretKey: 'sk_test_51WizardSecretKey1234' })
     .expect(200);
   const paid = await wizard(user.token);
-  expect(paid).toEqual({ complete: false, storeId: store.id, state: { store: 'done', database: 'done', payments: 'done', credits: 'todo', profile: 'done' } });
+  expect(paid).toEqual({
+    complete: false,
+    storeId: store.id,
+    state: { store: 'done', database: 'done', payments: 'done', credits: 'todo', profile: 'done' },
+  });
 
   // credits: skipped → the wizard is complete.
   const skipped = await api.post('/api/onboarding/steps/credits/skip').set(auth(user.token)).expect(200);
   expect(skipped.body.complete).toBe(true);
-  expect(skipped.body.steps.find((s: Step) => s.id === 'credits')).toEqual({ id: 'credits', required: false, done: false, skipped: true });
-  expect(await wizard(user.token)).toEqual({ complete: true, storeId: store.id, state: { store: 'done', database: 'done', payments: 'done', credits: 'skipped', profile: 'done' } });
+  expect(skipped.body.steps.find((s: Step) => s.id === 'credits')).toEqual({
+    id: 'credits',
+    required: false,
+    done: false,
+    skipped: true,
+  });
+  expect(await wizard(user.token)).toEqual({
+    complete: true,
+    storeId: store.id,
+    state: { store: 'done', database: 'done', payments: 'done', credits: 'skipped', profile: 'done' },
+  });
   expect(await skippedInDb(store.id)).toEqual(['credits']);
 });
 
@@ -93,9 +113,19 @@ test('skipping payments and credits completes the wizard only once every require
   }
   // Skipping twice records it once.
   expect(await skippedInDb(store.id)).toEqual(['payments', 'credits']);
-  expect((await wizard(user.token)).state).toEqual({ store: 'done', database: 'todo', payments: 'skipped', credits: 'skipped', profile: 'todo' });
+  expect((await wizard(user.token)).state).toEqual({
+    store: 'done',
+    database: 'todo',
+    payments: 'skipped',
+    credits: 'skipped',
+    profile: 'todo',
+  });
 
-  await api.patch('/api/auth/profile').set(auth(user.token)).send({ phone: '0301234567', company: { name: 'Skipper Ltd' } }).expect(200);
+  await api
+    .patch('/api/auth/profile')
+    .set(auth(user.token))
+    .send({ phone: '0301234567', company: { name: 'Skipper Ltd' } })
+    .expect(200);
   expect((await wizard(user.token)).complete).toBe(false);
   await api.post(`/api/stores/${store.id}/database`).set(auth(user.token)).send({ mode: 'managed' }).expect(202);
   await waitForProvisioning(t.app, user.token, store.id);
@@ -118,12 +148,22 @@ test('required steps cannot be skipped (400 STEP_NOT_SKIPPABLE) and an unknown s
   const user = await registerUser(t.app);
   const store = await createStoreViaApi(t.app, user.token);
   for (const step of ['store', 'database', 'profile']) {
-    expectProblem(await api.post(`/api/onboarding/steps/${step}/skip`).set(auth(user.token)), 400, 'STEP_NOT_SKIPPABLE');
+    expectProblem(
+      await api.post(`/api/onboarding/steps/${step}/skip`).set(auth(user.token)),
+      400,
+      'STEP_NOT_SKIPPABLE',
+    );
   }
   expectProblem(await api.post('/api/onboarding/steps/shipping/skip').set(auth(user.token)), 404, 'NOT_FOUND');
   expectProblem(await api.post('/api/onboarding/steps/PAYMENTS/skip').set(auth(user.token)), 404, 'NOT_FOUND');
   expect(await skippedInDb(store.id)).toEqual([]);
-  expect((await wizard(user.token)).state).toEqual({ store: 'done', database: 'todo', payments: 'todo', credits: 'todo', profile: 'todo' });
+  expect((await wizard(user.token)).state).toEqual({
+    store: 'done',
+    database: 'todo',
+    payments: 'todo',
+    credits: 'todo',
+    profile: 'todo',
+  });
   expectProblem(await api.get('/api/onboarding'), 401, 'UNAUTHENTICATED');
 });
 

@@ -26,7 +26,9 @@ test('the onboarding path through the typed client: account, store, managed data
   let token: string | undefined;
   const api: TenantryClient = createTenantryClient(baseUrl, { token: () => token });
 
-  const registered = await api.POST('/api/auth/register', { body: { email: uniqueEmail('client'), password: 'correct-horse-1', name: 'Client User' } });
+  const registered = await api.POST('/api/auth/register', {
+    body: { email: uniqueEmail('client'), password: 'correct-horse-1', name: 'Client User' },
+  });
   expect(registered.response.status).toBe(201);
   token = registered.data!.token;
   expect(registered.data!.user.role).toBe('user');
@@ -42,7 +44,10 @@ test('the onboarding path through the typed client: account, store, managed data
   expect(taken.response.status).toBe(409);
   expect(problemOf(taken.error).code).toBe('SLUG_TAKEN');
 
-  const connected = await api.POST('/api/stores/{id}/database', { params: { path: { id: storeId } }, body: { mode: 'managed' } });
+  const connected = await api.POST('/api/stores/{id}/database', {
+    params: { path: { id: storeId } },
+    body: { mode: 'managed' },
+  });
   expect(connected.response.status).toBe(202);
   expect(connected.data!.status).toBe('queued');
 
@@ -70,12 +75,20 @@ test('the onboarding path through the typed client: account, store, managed data
 
   // … and a shopper, without a token, lists the catalogue the same way.
   const shopper = createTenantryClient(baseUrl);
-  const catalogue = await shopper.GET('/api/store/products', { params: { header: { 'X-Store-Id': storeId }, query: { limit: 10 } } });
+  const catalogue = await shopper.GET('/api/store/products', {
+    params: { header: { 'X-Store-Id': storeId }, query: { limit: 10 } },
+  });
   expect(catalogue.response.status).toBe(200);
-  expect(catalogue.data).toEqual({ items: [expect.objectContaining({ id: product.data!.id, sku: 'MUG-1', priceCents: 1250, active: true })], nextCursor: null });
+  expect(catalogue.data).toEqual({
+    items: [expect.objectContaining({ id: product.data!.id, sku: 'MUG-1', priceCents: 1250, active: true })],
+    nextCursor: null,
+  });
 
   // What the types do not let the client send, the API refuses: a query parameter the route does not know.
   const unknown = await fetch(`${baseUrl}/api/store/products?sort=price`, { headers: { 'X-Store-Id': storeId } });
   expect(unknown.status).toBe(400);
-  expect(await unknown.json()).toMatchObject({ code: 'VALIDATION_FAILED', errors: [{ path: 'sort', message: '"sort" is not a query parameter of this route' }] });
+  expect(await unknown.json()).toMatchObject({
+    code: 'VALIDATION_FAILED',
+    errors: [{ path: 'sort', message: '"sort" is not a query parameter of this route' }],
+  });
 });

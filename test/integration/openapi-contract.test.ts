@@ -3,7 +3,13 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import request from 'supertest';
 import { registerUser } from '../helpers/app';
-import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
+import {
+  expectNoLeaks,
+  expectProblem,
+  expectValidationErrors,
+  recordingClient,
+  type RecordingClient,
+} from '../helpers/http';
 import { auth, createStoreViaApi } from '../helpers/stores';
 import { useSuite } from '../helpers/suite';
 
@@ -19,7 +25,8 @@ beforeAll(() => {
 });
 t.checkAtEnd(() => expectNoLeaks(api.responses));
 
-const storeToken = () => t.ctx.tokens.sign({ sub: randomUUID(), typ: 'store', role: 'admin', storeId: randomUUID() }).token;
+const storeToken = () =>
+  t.ctx.tokens.sign({ sub: randomUUID(), typ: 'store', role: 'admin', storeId: randomUUID() }).token;
 
 test('the served /openapi.json is the document the checked-in typed client was generated from', async () => {
   // Not through `api`: the document shows what a connection string looks like, which no other answer may.
@@ -32,23 +39,38 @@ test('the served /openapi.json is the document the checked-in typed client was g
 describe('unknown fields and query parameters', () => {
   test('an unknown body field is named by its path, nested ones too', async () => {
     const user = await registerUser(t.app);
-    const res = await api.patch('/api/auth/profile').set(auth(user.token)).send({ name: 'Ada', nickname: 'A', company: { name: 'X', ceo: 'Y' } });
+    const res = await api
+      .patch('/api/auth/profile')
+      .set(auth(user.token))
+      .send({ name: 'Ada', nickname: 'A', company: { name: 'X', ceo: 'Y' } });
     expectValidationErrors(res, ['nickname', 'company.ceo']);
-    expect(res.body.errors.map((e: { message: string }) => e.message).sort()).toEqual(['"ceo" is not a field of this request', '"nickname" is not a field of this request']);
+    expect(res.body.errors.map((e: { message: string }) => e.message).sort()).toEqual([
+      '"ceo" is not a field of this request',
+      '"nickname" is not a field of this request',
+    ]);
   });
 
   test('a route without query parameters refuses any, naming each', async () => {
     const user = await registerUser(t.app);
-    expectValidationErrors(await api.get('/api/auth/me?expand=stores&debug=1').set(auth(user.token)), ['expand', 'debug']);
+    expectValidationErrors(await api.get('/api/auth/me?expand=stores&debug=1').set(auth(user.token)), [
+      'expand',
+      'debug',
+    ]);
     expectValidationErrors(await api.get('/health?verbose=1'), ['verbose']);
-    expectValidationErrors(await api.post('/api/auth/login?next=/admin').send({ email: user.user.email, password: user.password }), ['next']);
+    expectValidationErrors(
+      await api.post('/api/auth/login?next=/admin').send({ email: user.user.email, password: user.password }),
+      ['next'],
+    );
     await api.get('/api/auth/me').set(auth(user.token)).expect(200);
   });
 
   test('a list refuses a parameter it does not know, and still takes limit and cursor', async () => {
     const user = await registerUser(t.app);
     const store = await createStoreViaApi(t.app, user.token);
-    expectValidationErrors(await api.get(`/api/stores/${store.id}/credits?limit=5&sort=amount&order=desc`).set(auth(user.token)), ['sort', 'order']);
+    expectValidationErrors(
+      await api.get(`/api/stores/${store.id}/credits?limit=5&sort=amount&order=desc`).set(auth(user.token)),
+      ['sort', 'order'],
+    );
     expectValidationErrors(await api.get('/api/stores?include=deleted').set(auth(user.token)), ['include']);
     const page = await api.get(`/api/stores/${store.id}/credits?limit=5`).set(auth(user.token)).expect(200);
     expect(page.body.transactions).toEqual({ items: [], nextCursor: null });
@@ -58,7 +80,11 @@ describe('unknown fields and query parameters', () => {
     const user = await registerUser(t.app);
     const store = await createStoreViaApi(t.app, user.token);
     for (const cursor of ['not a cursor!', 'bm90LWEtY3Vyc29y']) {
-      expectProblem(await api.get(`/api/stores/${store.id}/credits`).query({ cursor }).set(auth(user.token)), 400, 'VALIDATION_FAILED');
+      expectProblem(
+        await api.get(`/api/stores/${store.id}/credits`).query({ cursor }).set(auth(user.token)),
+        400,
+        'VALIDATION_FAILED',
+      );
     }
   });
 });
@@ -93,14 +119,26 @@ describe('a method the path does not have', () => {
 describe('who may call a route is settled before its body is read', () => {
   test('a store token on a platform route with a bad body gets 403 WRONG_TOKEN_TYPE, not 400', async () => {
     const token = storeToken();
-    expectProblem(await api.post('/api/stores').set(auth(token)).send({ name: 42, slug: 'NO' }), 403, 'WRONG_TOKEN_TYPE');
+    expectProblem(
+      await api.post('/api/stores').set(auth(token)).send({ name: 42, slug: 'NO' }),
+      403,
+      'WRONG_TOKEN_TYPE',
+    );
     expectProblem(await api.patch('/api/auth/profile').set(auth(token)).send({ phone: [] }), 403, 'WRONG_TOKEN_TYPE');
-    expectProblem(await api.post(`/api/stores/${randomUUID()}/database`).set(auth(token)).send({ mode: 'both' }), 403, 'WRONG_TOKEN_TYPE');
+    expectProblem(
+      await api.post(`/api/stores/${randomUUID()}/database`).set(auth(token)).send({ mode: 'both' }),
+      403,
+      'WRONG_TOKEN_TYPE',
+    );
   });
 
   test('no token, or a bad one, with a bad body gets 401, not 400', async () => {
     expectProblem(await api.post('/api/stores').send({ name: 42 }), 401, 'UNAUTHENTICATED');
-    expectProblem(await api.post('/api/auth/switch-store').set(auth('not.a.token')).send({ storeId: 'x' }), 401, 'UNAUTHENTICATED');
+    expectProblem(
+      await api.post('/api/auth/switch-store').set(auth('not.a.token')).send({ storeId: 'x' }),
+      401,
+      'UNAUTHENTICATED',
+    );
     expectProblem(await api.get('/api/auth/me?expand=1'), 401, 'UNAUTHENTICATED');
   });
 });

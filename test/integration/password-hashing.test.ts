@@ -10,7 +10,8 @@ function watchBcrypt() {
   let running = 0;
   let peak = 0;
   let calls = 0;
-  const watch = <A extends unknown[], R>(original: (...args: A) => Promise<R>) =>
+  const watch =
+    <A extends unknown[], R>(original: (...args: A) => Promise<R>) =>
     async (...args: A): Promise<R> => {
       calls++;
       peak = Math.max(peak, ++running);
@@ -50,7 +51,11 @@ describe('password hashing is bounded per instance (PASSWORD_HASH_CONCURRENCY=1,
   test('a burst of 10 logins: some get 503 SERVICE_UNAVAILABLE with Retry-After, and never more than 1 hash runs at a time', async () => {
     const { user, password } = await registerUser(t.app);
     const before = watcher.stats().calls;
-    const results = await Promise.all(Array.from({ length: 10 }, (_, i) => api.post('/api/auth/login').send({ email: user.email, password: i % 2 ? password : 'wrong-password' })));
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        api.post('/api/auth/login').send({ email: user.email, password: i % 2 ? password : 'wrong-password' }),
+      ),
+    );
 
     const refused = results.filter((r) => r.status === 503);
     expect(refused.length).toBeGreaterThan(0);
@@ -72,7 +77,11 @@ describe('password hashing is bounded per instance (PASSWORD_HASH_CONCURRENCY=1,
 
   test('registrations wait for the same slots', async () => {
     const results = await Promise.all(
-      Array.from({ length: 6 }, (_, i) => api.post('/api/auth/register').send({ email: `burst-${Date.now()}-${i}@example.test`, password: 'correct-horse-1', name: 'Burst' })),
+      Array.from({ length: 6 }, (_, i) =>
+        api
+          .post('/api/auth/register')
+          .send({ email: `burst-${Date.now()}-${i}@example.test`, password: 'correct-horse-1', name: 'Burst' }),
+      ),
     );
     expect(results.some((r) => r.status === 503)).toBe(true);
     for (const res of results) expect([201, 503]).toContain(res.status);

@@ -44,7 +44,11 @@ async function expectNotAdmin(app: Express, token: string) {
 const BUS_DELAY_MS = ROLE_CACHE_TTL_MS / 5;
 
 async function roleAudit(userId: string) {
-  return t.ctx.master.sequelize.query<{ action: string; actor: string | null; data: { by: string; email: string; role: string } }>(
+  return t.ctx.master.sequelize.query<{
+    action: string;
+    actor: string | null;
+    data: { by: string; email: string; role: string };
+  }>(
     `SELECT action, actor_user_id AS actor, data FROM audit_log WHERE target_type = 'user' AND target_id = :userId AND action LIKE 'user.platform_admin.%' ORDER BY id`,
     { replacements: { userId }, type: QueryTypes.SELECT },
   );
@@ -60,7 +64,9 @@ describe('granting and revoking through the service the command line uses', () =
 
     const change = await grantPlatformAdmin(t.ctx, ` ${user.user.email.toUpperCase()} `, 'test-operator');
     expect(change).toEqual({ userId: user.user.id, email: user.user.email, role: 'platform_admin', changed: true });
-    expect((await t.ctx.master.models.User.findByPk(user.user.id, { rejectOnEmpty: true })).role).toBe('platform_admin');
+    expect((await t.ctx.master.models.User.findByPk(user.user.id, { rejectOnEmpty: true })).role).toBe(
+      'platform_admin',
+    );
 
     await expectAdmin(t.app, user.token);
     await eventually(() => expectAdmin(other.app, user.token), BUS_DELAY_MS);
@@ -69,7 +75,11 @@ describe('granting and revoking through the service the command line uses', () =
     // Granting again changes nothing and says so.
     expect(await grantPlatformAdmin(t.ctx, user.user.email, 'test-operator')).toMatchObject({ changed: false });
     expect(await roleAudit(user.user.id)).toEqual([
-      { action: 'user.platform_admin.granted', actor: null, data: { by: 'test-operator', email: user.user.email, role: 'platform_admin' } },
+      {
+        action: 'user.platform_admin.granted',
+        actor: null,
+        data: { by: 'test-operator', email: user.user.email, role: 'platform_admin' },
+      },
     ]);
   });
 
@@ -77,26 +87,42 @@ describe('granting and revoking through the service the command line uses', () =
     const user = await registerUser(t.app);
     await grantPlatformAdmin(t.ctx, user.user.email, 'test-operator');
     // A token that carries role platform_admin, issued while the account was one.
-    const login = await api.post('/api/auth/login').send({ email: user.user.email, password: user.password }).expect(200);
+    const login = await api
+      .post('/api/auth/login')
+      .send({ email: user.user.email, password: user.password })
+      .expect(200);
     const token = login.body.token as string;
     expect(t.ctx.tokens.verify(token)).toMatchObject({ role: 'platform_admin' });
     await eventually(() => expectAdmin(other.app, token), BUS_DELAY_MS);
 
-    expect(await revokePlatformAdmin(t.ctx, user.user.email, 'test-operator')).toMatchObject({ role: 'user', changed: true });
+    expect(await revokePlatformAdmin(t.ctx, user.user.email, 'test-operator')).toMatchObject({
+      role: 'user',
+      changed: true,
+    });
     await expectNotAdmin(t.app, token);
     await eventually(() => expectNotAdmin(other.app, token), BUS_DELAY_MS);
     // The token itself is still good for everything else, and shows the DB's role.
     const me = await api.get('/api/auth/me').set(auth(token)).expect(200);
     expect(me.body.user.role).toBe('user');
-    expect((await roleAudit(user.user.id)).map((r) => r.action)).toEqual(['user.platform_admin.granted', 'user.platform_admin.revoked']);
+    expect((await roleAudit(user.user.id)).map((r) => r.action)).toEqual([
+      'user.platform_admin.granted',
+      'user.platform_admin.revoked',
+    ]);
 
     expect(await revokePlatformAdmin(t.ctx, user.user.email, 'test-operator')).toMatchObject({ changed: false });
   });
 
   test('an e-mail without an account is refused (404) and nothing is written', async () => {
-    const before = await t.ctx.master.sequelize.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_log', { type: QueryTypes.SELECT });
-    await expect(grantPlatformAdmin(t.ctx, uniqueEmail('nobody'), 'test-operator')).rejects.toMatchObject({ status: 404, code: 'NOT_FOUND' });
-    const after = await t.ctx.master.sequelize.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_log', { type: QueryTypes.SELECT });
+    const before = await t.ctx.master.sequelize.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_log', {
+      type: QueryTypes.SELECT,
+    });
+    await expect(grantPlatformAdmin(t.ctx, uniqueEmail('nobody'), 'test-operator')).rejects.toMatchObject({
+      status: 404,
+      code: 'NOT_FOUND',
+    });
+    const after = await t.ctx.master.sequelize.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_log', {
+      type: QueryTypes.SELECT,
+    });
     expect(after[0].n).toBe(before[0].n);
   });
 });
@@ -147,7 +173,9 @@ describe('the tenantry command line', () => {
 
     const granted = await runCli(['admin:grant', user.user.email]);
     expect(granted).toEqual({ code: 0, stdout: `${user.user.email} is now a platform admin.\n`, stderr: '' });
-    expect((await t.ctx.master.models.User.findByPk(user.user.id, { rejectOnEmpty: true })).role).toBe('platform_admin');
+    expect((await t.ctx.master.models.User.findByPk(user.user.id, { rejectOnEmpty: true })).role).toBe(
+      'platform_admin',
+    );
     // The running instances heard it over Redis: no restart, no new token.
     await eventually(() => expectAdmin(other.app, user.token), BUS_DELAY_MS);
 

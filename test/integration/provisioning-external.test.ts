@@ -39,7 +39,16 @@ const names = {
   schemas: `tenantry_test_ext_schemas_${hex}`,
   lookalike: `tenantry_test_ext_lookalike_${hex}`,
 };
-const databases = [names.empty, names.used, names.spare, names.fresh, names.mine, names.twice, names.schemas, names.lookalike];
+const databases = [
+  names.empty,
+  names.used,
+  names.spare,
+  names.fresh,
+  names.mine,
+  names.twice,
+  names.schemas,
+  names.lookalike,
+];
 const PASSWORD = `pw-${randomBytes(9).toString('base64url')}`;
 /** A server that checks passwords (the test servers trust every local connection). */
 let checking: PasswordServer;
@@ -56,18 +65,31 @@ beforeAll(async () => {
   await adminQuery(`CREATE ROLE ${names.nologin} NOLOGIN PASSWORD '${PASSWORD}'`);
   for (const db of databases) await adminQuery(`CREATE DATABASE ${db} OWNER ${names.role}`);
   // Someone else's data: a table that is not Tenantry's.
-  await queryWith({ connectionString: urlFor(names.used) }, 'CREATE TABLE legacy_orders (id integer PRIMARY KEY, total numeric)');
+  await queryWith(
+    { connectionString: urlFor(names.used) },
+    'CREATE TABLE legacy_orders (id integer PRIMARY KEY, total numeric)',
+  );
 });
 t.checkAtEnd(() => expectNoLeaks(api.responses));
 
-const external = (fields: Partial<TenantConnection>) => ({ mode: 'external', host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD, ...fields });
+const external = (fields: Partial<TenantConnection>) => ({
+  mode: 'external',
+  host: '127.0.0.1',
+  port: 5432,
+  database: names.empty,
+  user: names.role,
+  password: PASSWORD,
+  ...fields,
+});
 
 /** Nothing was stored or queued for the store, and it still waits for a database. */
 async function expectNothingStored(storeId: string, token = owner.token) {
   expect(await t.ctx.master.models.StoreDatabase.findByPk(storeId)).toBeNull();
   expect((await t.ctx.master.models.Store.findByPk(storeId, { rejectOnEmpty: true })).status).toBe('pending_database');
   expect(await t.ctx.queues.get(QueueName.provisioning).getJob(`provision-${storeId}`)).toBeUndefined();
-  expect(await countRows(t, 'audit_log', "store_id = :id AND action = 'store.database.connected'", { id: storeId })).toBe(0);
+  expect(
+    await countRows(t, 'audit_log', "store_id = :id AND action = 'store.database.connected'", { id: storeId }),
+  ).toBe(0);
   expectProblem(await api.get(`/api/stores/${storeId}/provisioning`).set(auth(token)), 404, 'NOT_FOUND');
 }
 
@@ -80,7 +102,10 @@ beforeAll(async () => {
 
 describe('an external database that cannot be used is refused before anything is stored or queued', () => {
   test('a server that does not answer → 422 DATABASE_UNREACHABLE', async () => {
-    const res = await api.post(`/api/stores/${storeId}/database`).set(auth(owner.token)).send(external({ port: 1 }));
+    const res = await api
+      .post(`/api/stores/${storeId}/database`)
+      .set(auth(owner.token))
+      .send(external({ port: 1 }));
     expectProblem(res, 422, 'DATABASE_UNREACHABLE');
     expect(res.text).not.toContain(PASSWORD);
     expect(res.text).not.toContain('127.0.0.1');
@@ -91,7 +116,10 @@ describe('an external database that cannot be used is refused before anything is
     const res = await api
       .post(`/api/stores/${storeId}/database`)
       .set(auth(owner.token))
-      .send({ mode: 'external', connectionString: `postgres://${names.role}:${PASSWORD}@127.0.0.1:5432/tenantry_test_no_such_db_${hex}` });
+      .send({
+        mode: 'external',
+        connectionString: `postgres://${names.role}:${PASSWORD}@127.0.0.1:5432/tenantry_test_no_such_db_${hex}`,
+      });
     expectProblem(res, 422, 'DATABASE_UNREACHABLE');
     expect(res.text).not.toContain(PASSWORD);
     await expectNothingStored(storeId);
@@ -99,10 +127,30 @@ describe('an external database that cannot be used is refused before anything is
 
   test('a wrong password → 422 DATABASE_AUTH_FAILED', async () => {
     // The right password gets in: only the password is wrong below.
-    expect(await queryWith({ host: checking.host, port: checking.port, user: checking.user, password: checking.password, database: 'postgres' }, 'SELECT 1 AS ok')).toEqual([{ ok: 1 }]);
+    expect(
+      await queryWith(
+        {
+          host: checking.host,
+          port: checking.port,
+          user: checking.user,
+          password: checking.password,
+          database: 'postgres',
+        },
+        'SELECT 1 AS ok',
+      ),
+    ).toEqual([{ ok: 1 }]);
     for (const body of [
-      external({ host: checking.host, port: checking.port, database: 'postgres', user: checking.user, password: 'wrong-password' }),
-      { mode: 'external', connectionString: `postgres://${checking.user}:wrong-password@${checking.host}:${checking.port}/postgres` },
+      external({
+        host: checking.host,
+        port: checking.port,
+        database: 'postgres',
+        user: checking.user,
+        password: 'wrong-password',
+      }),
+      {
+        mode: 'external',
+        connectionString: `postgres://${checking.user}:wrong-password@${checking.host}:${checking.port}/postgres`,
+      },
     ]) {
       const res = await api.post(`/api/stores/${storeId}/database`).set(auth(owner.token)).send(body);
       expectProblem(res, 422, 'DATABASE_AUTH_FAILED');
@@ -113,58 +161,104 @@ describe('an external database that cannot be used is refused before anything is
 
   test('a role the server refuses (unknown, or not allowed to log in) → 422 DATABASE_AUTH_FAILED', async () => {
     for (const user of [`tenantry_test_nobody_${hex}`, names.nologin]) {
-      const res = await api.post(`/api/stores/${storeId}/database`).set(auth(owner.token)).send(external({ user, password: 'wrong-password' }));
+      const res = await api
+        .post(`/api/stores/${storeId}/database`)
+        .set(auth(owner.token))
+        .send(external({ user, password: 'wrong-password' }));
       expectProblem(res, 422, 'DATABASE_AUTH_FAILED');
       expect(res.text).not.toContain(user);
     }
     await expectNothingStored(storeId);
   });
 
-  test('a database already holding tables that are not Tenantry\'s → 422 DATABASE_NOT_EMPTY, and its tables are untouched', async () => {
-    const res = await api.post(`/api/stores/${storeId}/database`).set(auth(owner.token)).send(external({ database: names.used }));
+  test("a database already holding tables that are not Tenantry's → 422 DATABASE_NOT_EMPTY, and its tables are untouched", async () => {
+    const res = await api
+      .post(`/api/stores/${storeId}/database`)
+      .set(auth(owner.token))
+      .send(external({ database: names.used }));
     expectProblem(res, 422, 'DATABASE_NOT_EMPTY');
     await expectNothingStored(storeId);
-    const tables = await queryWith<{ table_name: string }>({ connectionString: urlFor(names.used) }, `SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'`);
+    const tables = await queryWith<{ table_name: string }>(
+      { connectionString: urlFor(names.used) },
+      `SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'`,
+    );
     expect(tables).toEqual([{ table_name: 'legacy_orders' }]);
   });
 });
 
 test('a reachable, empty external database is provisioned: the store becomes active with the tenant schema in that database', async () => {
   const connectionString = `postgres://${names.role}:${PASSWORD}@127.0.0.1:5432/${names.empty}`;
-  const res = await api.post(`/api/stores/${storeId}/database`).set(auth(owner.token)).send({ mode: 'external', connectionString }).expect(202);
+  const res = await api
+    .post(`/api/stores/${storeId}/database`)
+    .set(auth(owner.token))
+    .send({ mode: 'external', connectionString })
+    .expect(202);
   expect(res.body).toEqual({ jobId: `provision-${storeId}`, status: 'queued' });
   const done = await waitForProvisioning(t.app, owner.token, storeId);
   expect(done).toMatchObject({ state: 'completed', progress: 100, error: null, schemaVersion: 1 });
 
   const store = await api.get(`/api/stores/${storeId}`).set(auth(owner.token)).expect(200);
-  expect(store.body).toMatchObject({ status: 'active', database: { mode: 'external', status: 'ready', schemaVersion: 1 } });
+  expect(store.body).toMatchObject({
+    status: 'active',
+    database: { mode: 'external', status: 'ready', schemaVersion: 1 },
+  });
   expect(store.text).not.toContain(PASSWORD);
 
   // The master keeps the credentials encrypted, and they are the ones given.
   const row = await t.ctx.master.models.StoreDatabase.findByPk(storeId, { rejectOnEmpty: true });
-  expect(row).toMatchObject({ mode: 'external', server: null, databaseName: names.empty, status: 'ready', schemaVersion: 1 });
+  expect(row).toMatchObject({
+    mode: 'external',
+    server: null,
+    databaseName: names.empty,
+    status: 'ready',
+    schemaVersion: 1,
+  });
   expect(row.credentials).not.toContain(PASSWORD);
-  expect(t.ctx.encryptor.decryptJson<TenantConnection>(row.credentials, secretContext.storeCredentials(storeId))).toMatchObject({ host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD });
+  expect(
+    t.ctx.encryptor.decryptJson<TenantConnection>(row.credentials, secretContext.storeCredentials(storeId)),
+  ).toMatchObject({ host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD });
 
   // The tenant schema is in the owner's database: every migration, the store row and the owner as its admin.
   const conn = { host: '127.0.0.1', port: 5432, database: names.empty, user: names.role, password: PASSWORD };
-  const files = readdirSync(migrationsDir('tenant')).filter((f) => f.endsWith('.sql')).map((f) => parseInt(f, 10));
+  const files = readdirSync(migrationsDir('tenant'))
+    .filter((f) => f.endsWith('.sql'))
+    .map((f) => parseInt(f, 10));
   const applied = await queryWith<{ id: number }>(conn, 'SELECT id FROM migrations WHERE id > 0 ORDER BY id');
   expect(applied.map((r) => r.id)).toEqual(files);
   expect(await queryWith(conn, 'SELECT id, name FROM stores')).toEqual([{ id: storeId, name: 'Own DB Shop' }]);
-  expect(await queryWith(conn, "SELECT email, platform_user_id FROM users WHERE role = 'admin'")).toEqual([{ email: owner.user.email, platform_user_id: owner.user.id }]);
-  const owners = await queryWith<{ tableowner: string }>(conn, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'");
+  expect(await queryWith(conn, "SELECT email, platform_user_id FROM users WHERE role = 'admin'")).toEqual([
+    { email: owner.user.email, platform_user_id: owner.user.id },
+  ]);
+  const owners = await queryWith<{ tableowner: string }>(
+    conn,
+    "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'",
+  );
   expect(owners).toEqual([{ tableowner: names.role }]);
 
   // And the store sells from it.
-  await request(t.app).post('/api/store/products').set('X-Store-Id', storeId).set(auth(owner.token)).send({ sku: 'OWN-1', name: 'Own', priceCents: 100, stock: 1 }).expect(201);
+  await request(t.app)
+    .post('/api/store/products')
+    .set('X-Store-Id', storeId)
+    .set(auth(owner.token))
+    .send({ sku: 'OWN-1', name: 'Own', priceCents: 100, stock: 1 })
+    .expect(201);
   expect(await queryWith(conn, 'SELECT sku FROM products')).toEqual([{ sku: 'OWN-1' }]);
 });
 
 describe("a database is taken only empty or holding this very store's Tenantry schema; anything else → 422 DATABASE_NOT_EMPTY", () => {
   /** Settings reaching one of this suite's databases as the role that owns it. */
-  const asRole = (database: string) => ({ host: '127.0.0.1', port: 5432, database, user: names.role, password: PASSWORD });
-  const tables = (database: string) => queryWith<{ name: string }>(asRole(database), "SELECT schemaname || '.' || tablename AS name FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1");
+  const asRole = (database: string) => ({
+    host: '127.0.0.1',
+    port: 5432,
+    database,
+    user: names.role,
+    password: PASSWORD,
+  });
+  const tables = (database: string) =>
+    queryWith<{ name: string }>(
+      asRole(database),
+      "SELECT schemaname || '.' || tablename AS name FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+    );
   beforeAll(async () => {
     // Room for the owner's further stores.
     await t.ctx.master.models.Subscription.create({ userId: owner.user.id, planId: 'agency' });
@@ -180,8 +274,15 @@ describe("a database is taken only empty or holding this very store's Tenantry s
       [theirs, stranger.token],
       [ownSecond, owner.token],
     ]) {
-      for (const body of [external({ database: names.empty }), { mode: 'external', connectionString: `postgres://${names.role}:${PASSWORD}@127.0.0.1:5432/${names.empty}` }]) {
-        expectProblem(await api.post(`/api/stores/${id}/database`).set(auth(token)).send(body), 422, 'DATABASE_NOT_EMPTY');
+      for (const body of [
+        external({ database: names.empty }),
+        { mode: 'external', connectionString: `postgres://${names.role}:${PASSWORD}@127.0.0.1:5432/${names.empty}` },
+      ]) {
+        expectProblem(
+          await api.post(`/api/stores/${id}/database`).set(auth(token)).send(body),
+          422,
+          'DATABASE_NOT_EMPTY',
+        );
       }
       await expectNothingStored(id, token);
     }
@@ -196,7 +297,11 @@ describe("a database is taken only empty or holding this very store's Tenantry s
     await prepareTenant(asRole(names.mine), { store: { id: mine, name: store.name, slug: store.slug } });
     await store.update({ status: 'provisioning_failed' });
 
-    await api.post(`/api/stores/${mine}/database`).set(auth(owner.token)).send(external({ database: names.mine })).expect(202);
+    await api
+      .post(`/api/stores/${mine}/database`)
+      .set(auth(owner.token))
+      .send(external({ database: names.mine }))
+      .expect(202);
     expect(await waitForProvisioning(t.app, owner.token, mine)).toMatchObject({ state: 'completed', error: null });
     expect((await t.ctx.master.models.Store.findByPk(mine, { rejectOnEmpty: true })).status).toBe('active');
     expect(await queryWith(asRole(names.mine), 'SELECT id FROM stores')).toEqual([{ id: mine }]);
@@ -208,12 +313,21 @@ describe("a database is taken only empty or holding this very store's Tenantry s
     await prepareTenant(asRole(names.twice), { store: { id, name: store.name, slug: store.slug } });
     // The schema allows one row; the database's owner can change that.
     await queryWith(asRole(names.twice), 'DROP INDEX stores_single_row');
-    await queryWith(asRole(names.twice), "INSERT INTO stores (id, name, slug) VALUES ($1, 'Other', 'other-shop')", [storeId]);
-    expectProblem(await api.post(`/api/stores/${id}/database`).set(auth(owner.token)).send(external({ database: names.twice })), 422, 'DATABASE_NOT_EMPTY');
+    await queryWith(asRole(names.twice), "INSERT INTO stores (id, name, slug) VALUES ($1, 'Other', 'other-shop')", [
+      storeId,
+    ]);
+    expectProblem(
+      await api
+        .post(`/api/stores/${id}/database`)
+        .set(auth(owner.token))
+        .send(external({ database: names.twice })),
+      422,
+      'DATABASE_NOT_EMPTY',
+    );
     await expectNothingStored(id);
   });
 
-  test('tables in another schema, tables merely named like Tenantry\'s, a view, or a stores table of another shape → 422, untouched', async () => {
+  test("tables in another schema, tables merely named like Tenantry's, a view, or a stores table of another shape → 422, untouched", async () => {
     const id = (await createStoreViaApi(t.app, owner.token, { name: 'Lookalikes' })).id;
     await queryWith(asRole(names.schemas), 'CREATE SCHEMA legacy; CREATE TABLE legacy.orders (id integer)');
     for (const sql of [
@@ -223,10 +337,25 @@ describe("a database is taken only empty or holding this very store's Tenantry s
       `DROP TABLE stores; CREATE TABLE stores (id text); INSERT INTO stores VALUES ('${id}')`, // the marker, but an odd table beside it
     ]) {
       await queryWith(asRole(names.lookalike), sql);
-      if (sql.startsWith('DROP TABLE stores')) await queryWith(asRole(names.lookalike), 'CREATE TABLE legacy_orders (id integer)');
-      expectProblem(await api.post(`/api/stores/${id}/database`).set(auth(owner.token)).send(external({ database: names.lookalike })), 422, 'DATABASE_NOT_EMPTY');
+      if (sql.startsWith('DROP TABLE stores'))
+        await queryWith(asRole(names.lookalike), 'CREATE TABLE legacy_orders (id integer)');
+      expectProblem(
+        await api
+          .post(`/api/stores/${id}/database`)
+          .set(auth(owner.token))
+          .send(external({ database: names.lookalike })),
+        422,
+        'DATABASE_NOT_EMPTY',
+      );
     }
-    expectProblem(await api.post(`/api/stores/${id}/database`).set(auth(owner.token)).send(external({ database: names.schemas })), 422, 'DATABASE_NOT_EMPTY');
+    expectProblem(
+      await api
+        .post(`/api/stores/${id}/database`)
+        .set(auth(owner.token))
+        .send(external({ database: names.schemas })),
+      422,
+      'DATABASE_NOT_EMPTY',
+    );
     expect(await tables(names.schemas)).toEqual([{ name: 'legacy.orders' }]);
     expect(await tables(names.lookalike)).toEqual([{ name: 'public.legacy_orders' }, { name: 'public.stores' }]);
     await expectNothingStored(id);
@@ -257,7 +386,11 @@ describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the p
     expect(await t.ctx.master.models.StoreDatabase.findByPk(other)).toBeNull();
     expect(await t.ctx.queues.get(QueueName.provisioning).getJob(`provision-${other}`)).toBeUndefined();
     // The same request is accepted where private networks are allowed (development, these tests).
-    await request(t.app).post(`/api/stores/${other}/database`).set(auth(nosy.token)).send(external({ database: names.fresh })).expect(202);
+    await request(t.app)
+      .post(`/api/stores/${other}/database`)
+      .set(auth(nosy.token))
+      .send(external({ database: names.fresh }))
+      .expect(202);
   });
 
   test('a provisioning job run by a guarded worker does not connect either: the store ends provisioning_failed, saying why', async () => {
@@ -265,16 +398,33 @@ describe('with EXTERNAL_DB_PRIVATE_NETWORKS=deny (the production default), the p
     const redisPrefix = `test:${randomBytes(4).toString('hex')}`;
     const open = await t.instance({ PROVISIONING_ATTEMPTS: '1' }, { redisPrefix });
     const worker = await t.instance({ EXTERNAL_DB_PRIVATE_NETWORKS: 'deny' }, { redisPrefix });
-    const workers = await t.open('the guarded worker', () => startWorkers(worker.ctx), (w) => w.close());
+    const workers = await t.open(
+      'the guarded worker',
+      () => startWorkers(worker.ctx),
+      (w) => w.close(),
+    );
     try {
       const user = await registerUser(open.app);
       const id = (await createStoreViaApi(open.app, user.token, { name: 'Queued before the policy' })).id;
-      await request(open.app).post(`/api/stores/${id}/database`).set(auth(user.token)).send(external({ database: names.spare })).expect(202);
+      await request(open.app)
+        .post(`/api/stores/${id}/database`)
+        .set(auth(user.token))
+        .send(external({ database: names.spare }))
+        .expect(202);
       const failed = await waitForProvisioning(open.app, user.token, id, 'failed');
-      expect(failed.error).toBe('migrate: the database is on a private network address, which this platform does not connect to');
-      expect((await t.ctx.master.models.Store.findByPk(id, { rejectOnEmpty: true })).status).toBe('provisioning_failed');
+      expect(failed.error).toBe(
+        'migrate: the database is on a private network address, which this platform does not connect to',
+      );
+      expect((await t.ctx.master.models.Store.findByPk(id, { rejectOnEmpty: true })).status).toBe(
+        'provisioning_failed',
+      );
       // Nothing reached the database.
-      expect(await queryWith({ connectionString: urlFor(names.spare) }, "SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'public'")).toEqual([{ n: 0 }]);
+      expect(
+        await queryWith(
+          { connectionString: urlFor(names.spare) },
+          "SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'public'",
+        ),
+      ).toEqual([{ n: 0 }]);
     } finally {
       await workers.close();
       await worker.ctx.close();

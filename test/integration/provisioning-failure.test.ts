@@ -17,7 +17,11 @@ import { freePort } from '../helpers/tcp-proxy';
 let deadPort: number;
 const t = useSuite('provfail', async () => {
   deadPort = await freePort();
-  return { WORKER: 'on', TENANT_SERVERS: `postgres://postgres@127.0.0.1:${deadPort}/postgres`, PROVISIONING_ATTEMPTS: '2' };
+  return {
+    WORKER: 'on',
+    TENANT_SERVERS: `postgres://postgres@127.0.0.1:${deadPort}/postgres`,
+    PROVISIONING_ATTEMPTS: '2',
+  };
 });
 let api: RecordingClient;
 let healthy: { ctx: AppContext; app: Express; workers: Workers } | undefined;
@@ -58,7 +62,10 @@ test('a managed database on a server that does not answer: after PROVISIONING_AT
       schemaVersion: 0,
     });
     const store = await api.get(`/api/stores/${id}`).set(auth(owner.token)).expect(200);
-    expect(store.body).toMatchObject({ status: 'provisioning_failed', database: { mode: 'managed', status: 'failed', schemaVersion: 0 } });
+    expect(store.body).toMatchObject({
+      status: 'provisioning_failed',
+      database: { mode: 'managed', status: 'failed', schemaVersion: 0 },
+    });
     const row = await t.ctx.master.models.StoreDatabase.findByPk(id, { rejectOnEmpty: true });
     expect(row).toMatchObject({ status: 'failed', lastError: status.error, server: `127.0.0.1:${deadPort}` });
     const conn = await storeConnection(t, id);
@@ -81,32 +88,56 @@ test('once the server answers again on its address, POST …/provisioning/retry 
 
   const res = await api.post(`/api/stores/${comesBack}/provisioning/retry`).set(auth(owner.token)).expect(202);
   expect(res.body).toEqual({ jobId: `provision-${comesBack}`, status: 'queued' });
-  expect((await t.ctx.master.models.Store.findByPk(comesBack, { rejectOnEmpty: true })).status).not.toBe('provisioning_failed');
+  expect((await t.ctx.master.models.Store.findByPk(comesBack, { rejectOnEmpty: true })).status).not.toBe(
+    'provisioning_failed',
+  );
   const done = await waitForProvisioning(t.app, owner.token, comesBack);
   expect(done).toMatchObject({ state: 'completed', progress: 100, error: null, schemaVersion: 1 });
   expect((await t.ctx.master.models.Store.findByPk(comesBack, { rejectOnEmpty: true })).status).toBe('active');
-  expect(await t.ctx.master.models.StoreDatabase.findByPk(comesBack, { raw: true })).toMatchObject({ status: 'ready', lastError: null, server: `127.0.0.1:${deadPort}` });
+  expect(await t.ctx.master.models.StoreDatabase.findByPk(comesBack, { raw: true })).toMatchObject({
+    status: 'ready',
+    lastError: null,
+    server: `127.0.0.1:${deadPort}`,
+  });
 
   const conn = await storeConnection(t, comesBack);
-  expect(await queryWith({ ...conn, port: Number(real.port || 5432) }, 'SELECT id FROM stores')).toEqual([{ id: comesBack }]);
+  expect(await queryWith({ ...conn, port: Number(real.port || 5432) }, 'SELECT id FROM stores')).toEqual([
+    { id: comesBack },
+  ]);
   const { slug } = await t.ctx.master.models.Store.findByPk(comesBack, { rejectOnEmpty: true });
   await request(t.app).get('/api/store/info').set('Host', `${slug}.localhost`).expect(200);
 });
 
 test('a store whose server was taken out of TENANT_SERVERS: retry cannot succeed, connecting again moves it to a configured server', async () => {
   // Another deployment on the same master (its own queues and worker), configured with the real server only.
-  const instance = await t.instance({ TENANT_SERVERS: TEST_SERVER_URL, PROVISIONING_ATTEMPTS: '1' }, { redisPrefix: `${t.ctx.redisPrefix}:other` });
-  healthy = { ...instance, workers: await t.open('the healthy worker', () => startWorkers(instance.ctx), (w) => w.close()) };
+  const instance = await t.instance(
+    { TENANT_SERVERS: TEST_SERVER_URL, PROVISIONING_ATTEMPTS: '1' },
+    { redisPrefix: `${t.ctx.redisPrefix}:other` },
+  );
+  healthy = {
+    ...instance,
+    workers: await t.open(
+      'the healthy worker',
+      () => startWorkers(instance.ctx),
+      (w) => w.close(),
+    ),
+  };
 
   // The failed store keeps its server's key, which this instance does not know: the retried job fails again.
   await request(healthy.app).post(`/api/stores/${movesAway}/provisioning/retry`).set(auth(owner.token)).expect(202);
   const again = await waitForProvisioning(healthy.app, owner.token, movesAway, 'failed');
   expect(again).toMatchObject({ state: 'failed', attempts: 1, error: 'create_database: failed' });
   expect(again.error).not.toContain(String(deadPort));
-  expect((await t.ctx.master.models.Store.findByPk(movesAway, { rejectOnEmpty: true })).status).toBe('provisioning_failed');
+  expect((await t.ctx.master.models.Store.findByPk(movesAway, { rejectOnEmpty: true })).status).toBe(
+    'provisioning_failed',
+  );
 
   // Connecting the managed database again picks a server that is configured.
-  await request(healthy.app).post(`/api/stores/${movesAway}/database`).set(auth(owner.token)).send({ mode: 'managed' }).expect(202);
+  await request(healthy.app)
+    .post(`/api/stores/${movesAway}/database`)
+    .set(auth(owner.token))
+    .send({ mode: 'managed' })
+    .expect(202);
   await waitForProvisioning(healthy.app, owner.token, movesAway);
   const row = await t.ctx.master.models.StoreDatabase.findByPk(movesAway, { rejectOnEmpty: true });
   const real = new URL(TEST_SERVER_URL);

@@ -12,13 +12,17 @@ const keyOf = (url: string) => {
   return `${u.hostname}:${u.port || 5432}`;
 };
 
-test('four managed stores spread two and two over two tenant servers, and each store\'s products live only in its own database', async () => {
+test("four managed stores spread two and two over two tenant servers, and each store's products live only in its own database", async () => {
   const owners = await Promise.all([0, 1, 2, 3].map(() => registerUser(t.app)));
   const stores: { id: string; token: string; host: string; sku: string }[] = [];
   // One after the other: each connect sees where the previous stores went.
   for (const [i, owner] of owners.entries()) {
     const store = await createStoreViaApi(t.app, owner.token, { name: `Spread ${i}` });
-    await request(t.app).post(`/api/stores/${store.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }).expect(202);
+    await request(t.app)
+      .post(`/api/stores/${store.id}/database`)
+      .set(auth(owner.token))
+      .send({ mode: 'managed' })
+      .expect(202);
     stores.push({ id: store.id, token: owner.token, host: `${store.slug}.localhost`, sku: `SPREAD-${i}` });
   }
   await Promise.all(stores.map((s) => waitForProvisioning(t.app, s.token, s.id)));
@@ -31,13 +35,21 @@ test('four managed stores spread two and two over two tenant servers, and each s
 
   // Each database exists on its server only.
   for (const r of rows) {
-    const [home, elsewhere] = r.server === keyOf(TEST_SERVER_URL) ? [TEST_SERVER_URL, SECOND_SERVER_URL] : [SECOND_SERVER_URL, TEST_SERVER_URL];
+    const [home, elsewhere] =
+      r.server === keyOf(TEST_SERVER_URL) ? [TEST_SERVER_URL, SECOND_SERVER_URL] : [SECOND_SERVER_URL, TEST_SERVER_URL];
     expect((await adminQuery(`SELECT 1 FROM pg_database WHERE datname = '${r.databaseName}'`, home)).rowCount).toBe(1);
-    expect((await adminQuery(`SELECT 1 FROM pg_database WHERE datname = '${r.databaseName}'`, elsewhere)).rowCount).toBe(0);
+    expect(
+      (await adminQuery(`SELECT 1 FROM pg_database WHERE datname = '${r.databaseName}'`, elsewhere)).rowCount,
+    ).toBe(0);
   }
 
   for (const s of stores) {
-    await request(t.app).post('/api/store/products').set('Host', s.host).set(auth(s.token)).send({ sku: s.sku, name: `Product ${s.sku}`, priceCents: 500, stock: 3 }).expect(201);
+    await request(t.app)
+      .post('/api/store/products')
+      .set('Host', s.host)
+      .set(auth(s.token))
+      .send({ sku: s.sku, name: `Product ${s.sku}`, priceCents: 500, stock: 3 })
+      .expect(201);
   }
   for (const s of stores) {
     const conn = await storeConnection(t, s.id);

@@ -8,7 +8,10 @@ import { schemaDigest } from '../../src/db/migrate';
 import { QueueName } from '../../src/queue/queues';
 
 const POOL = 'tenantry_test_db_pool_';
-const poolDatabases = async () => (await adminQuery(`SELECT datname FROM pg_database WHERE starts_with(datname, '${POOL}') ORDER BY 1`)).rows.map((r) => r.datname as string);
+const poolDatabases = async () =>
+  (await adminQuery(`SELECT datname FROM pg_database WHERE starts_with(datname, '${POOL}') ORDER BY 1`)).rows.map(
+    (r) => r.datname as string,
+  );
 
 const t = useSuite('warmpool', { WORKER: 'on', TENANT_WARM_POOL: '2' });
 // After the suite's tear-down (declared after it), once its workers no longer fill the pool.
@@ -25,7 +28,9 @@ const urlOf = (database: string) => {
   return u.toString();
 };
 const tableOwners = async (database: string) =>
-  (await adminQuery(`SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'`, urlOf(database))).rows.map((r) => r.tableowner as string);
+  (await adminQuery(`SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'`, urlOf(database))).rows.map(
+    (r) => r.tableowner as string,
+  );
 
 test('keeps ready databases; a new store takes one (renamed with its role) and the pool is refilled', async () => {
   const before = await eventually(async () => {
@@ -45,7 +50,11 @@ test('keeps ready databases; a new store takes one (renamed with its role) and t
 
   const owner = await registerUser(t.app);
   const auth = { Authorization: `Bearer ${owner.token}` };
-  const store = await request(t.app).post('/api/stores').set(auth).send({ name: 'Warm', slug: `warm-${Date.now()}` }).expect(201);
+  const store = await request(t.app)
+    .post('/api/stores')
+    .set(auth)
+    .send({ name: 'Warm', slug: `warm-${Date.now()}` })
+    .expect(201);
   await request(t.app).post(`/api/stores/${store.body.id}/database`).set(auth).send({ mode: 'managed' }).expect(202);
   await eventually(async () => {
     const res = await request(t.app).get(`/api/stores/${store.body.id}/provisioning`).set(auth).expect(200);
@@ -58,7 +67,9 @@ test('keeps ready databases; a new store takes one (renamed with its role) and t
   const after = await poolDatabases();
   expect(before.filter((n) => !after.includes(n))).toHaveLength(1);
   // …and the store's database is owned by the store's role, as are its tables.
-  const owner_ = await adminQuery(`SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = '${database}'`);
+  const owner_ = await adminQuery(
+    `SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = '${database}'`,
+  );
   expect(owner_.rows[0].owner).toBe(database);
   expect(await tableOwners(database)).toEqual([database]);
   // Its pool role went with it (renamed to the store's role, which now logs in with the stored password).
@@ -66,7 +77,9 @@ test('keeps ready databases; a new store takes one (renamed with its role) and t
   expect((await adminQuery(`SELECT 1 FROM pg_roles WHERE rolname = '${claimed}'`)).rowCount).toBe(0);
   const conn = await storeConnection(t, store.body.id);
   expect(conn.user).toBe(database);
-  expect(await queryWith(conn, 'SELECT current_user AS me, (SELECT name FROM stores) AS store')).toEqual([{ me: database, store: 'Warm' }]);
+  expect(await queryWith(conn, 'SELECT current_user AS me, (SELECT name FROM stores) AS store')).toEqual([
+    { me: database, store: 'Warm' },
+  ]);
 
   // The pool is topped up again.
   await eventually(async () => expect(await poolDatabases()).toHaveLength(2), 20000);

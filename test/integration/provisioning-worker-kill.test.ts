@@ -35,7 +35,11 @@ async function provisioningOf(token: string, storeId: string) {
 test('a worker killed mid-job: a second worker process picks the job up and finishes the store exactly once', async () => {
   const owner = await registerUser(t.app);
   const store = await createStoreViaApi(t.app, owner.token, { name: 'Survivor' });
-  await request(t.app).post(`/api/stores/${store.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }).expect(202);
+  await request(t.app)
+    .post(`/api/stores/${store.id}/database`)
+    .set(auth(owner.token))
+    .send({ mode: 'managed' })
+    .expect(202);
 
   // Hold the store's row: the job's last step (activate: UPDATE stores) will wait on it.
   lock = await t.pgClient({ connectionString: t.db.url });
@@ -51,7 +55,9 @@ test('a worker killed mid-job: a second worker process picks the job up and fini
     }, 25000);
     // Asked on a connection of its own: inside the lock's transaction, pg_stat_activity would be the
     // snapshot taken at its first read and never show the wait that began after it.
-    const { rows: [{ pid: lockPid }] } = await lock.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    const {
+      rows: [{ pid: lockPid }],
+    } = await lock.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
     await eventually(async () => {
       const { rows } = await adminQuery(
         `SELECT count(*)::int AS n FROM pg_stat_activity
@@ -70,7 +76,9 @@ test('a worker killed mid-job: a second worker process picks the job up and fini
 
   // The killed worker's transaction never committed.
   expect((await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true })).status).toBe('provisioning');
-  expect((await t.ctx.master.models.StoreDatabase.findByPk(store.id, { rejectOnEmpty: true })).status).toBe('provisioning');
+  expect((await t.ctx.master.models.StoreDatabase.findByPk(store.id, { rejectOnEmpty: true })).status).toBe(
+    'provisioning',
+  );
 
   const second = spawnWorker(t);
   workers.push(second);
@@ -90,19 +98,27 @@ test('a worker killed mid-job: a second worker process picks the job up and fini
 
   expect((await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true })).status).toBe('active');
   expect(await countRows(t, 'store_databases', 'store_id = :id', { id: store.id })).toBe(1);
-  expect(await t.ctx.master.models.StoreDatabase.findByPk(store.id, { raw: true })).toMatchObject({ status: 'ready', schemaVersion: 1, lastError: null });
+  expect(await t.ctx.master.models.StoreDatabase.findByPk(store.id, { raw: true })).toMatchObject({
+    status: 'ready',
+    schemaVersion: 1,
+    lastError: null,
+  });
 
   // Exactly one database for the store…
   const conn = await storeConnection(t, store.id);
   const dbs = await adminQuery(`SELECT datname FROM pg_database WHERE datname LIKE '%${store.id.replace(/-/g, '')}%'`);
   expect(dbs.rows).toEqual([{ datname: conn.database }]);
   // …with every tenant migration recorded once…
-  const files = readdirSync(migrationsDir('tenant')).filter((f) => f.endsWith('.sql')).map((f) => parseInt(f, 10));
+  const files = readdirSync(migrationsDir('tenant'))
+    .filter((f) => f.endsWith('.sql'))
+    .map((f) => parseInt(f, 10));
   const applied = await queryWith<{ id: number }>(conn, 'SELECT id FROM migrations WHERE id > 0 ORDER BY id');
   expect(applied.map((r) => r.id)).toEqual(files);
   // …its own store row, and the owner as its one admin.
   expect(await queryWith(conn, 'SELECT id, name FROM stores')).toEqual([{ id: store.id, name: 'Survivor' }]);
-  expect(await queryWith(conn, "SELECT email, platform_user_id FROM users WHERE role = 'admin'")).toEqual([{ email: owner.user.email, platform_user_id: owner.user.id }]);
+  expect(await queryWith(conn, "SELECT email, platform_user_id FROM users WHERE role = 'admin'")).toEqual([
+    { email: owner.user.email, platform_user_id: owner.user.id },
+  ]);
   expect(await queryWith(conn, 'SELECT count(*)::int AS n FROM users')).toEqual([{ n: 1 }]);
 
   // The store serves requests.
@@ -114,12 +130,18 @@ test('a store deleted while its provisioning job waited, then restored, is provi
   await killAllWorkers();
   const owner = await registerUser(t.app);
   const store = await createStoreViaApi(t.app, owner.token, { name: 'Second thoughts' });
-  await request(t.app).post(`/api/stores/${store.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }).expect(202);
+  await request(t.app)
+    .post(`/api/stores/${store.id}/database`)
+    .set(auth(owner.token))
+    .send({ mode: 'managed' })
+    .expect(202);
   await request(t.app).delete(`/api/stores/${store.id}`).set(auth(owner.token)).expect(202);
 
   // A worker takes the job while the store is deleted: it leaves the store alone.
   expect(await runJobInNewWorker(store.id)).toEqual({ skipped: 'deleted' });
-  expect(await adminQuery(`SELECT 1 FROM pg_database WHERE datname LIKE '%${store.id.replace(/-/g, '')}%'`)).toMatchObject({ rowCount: 0 });
+  expect(
+    await adminQuery(`SELECT 1 FROM pg_database WHERE datname LIKE '%${store.id.replace(/-/g, '')}%'`),
+  ).toMatchObject({ rowCount: 0 });
 
   // Restored, it is provisioning again — and the provisioning really happens.
   const restored = await request(t.app).post(`/api/stores/${store.id}/restore`).set(auth(owner.token)).expect(200);
@@ -135,7 +157,11 @@ test('a store suspended while its provisioning job waited, then resumed, is prov
   const admin = await registerAdmin(t);
   const owner = await registerUser(t.app);
   const store = await createStoreViaApi(t.app, owner.token, { name: 'On hold' });
-  await request(t.app).post(`/api/stores/${store.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }).expect(202);
+  await request(t.app)
+    .post(`/api/stores/${store.id}/database`)
+    .set(auth(owner.token))
+    .send({ mode: 'managed' })
+    .expect(202);
   await request(t.app).post(`/api/admin/stores/${store.id}/suspend`).set(auth(admin.token)).expect(200);
 
   expect(await runJobInNewWorker(store.id)).toEqual({ skipped: 'suspended' });

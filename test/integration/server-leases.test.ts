@@ -1,6 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { serverBudget, ServerLeases, type LeaseOptions, type LeaseUsage, type ServerLease } from '../../src/db/server-leases';
+import {
+  serverBudget,
+  ServerLeases,
+  type LeaseOptions,
+  type LeaseUsage,
+  type ServerLease,
+} from '../../src/db/server-leases';
 import { eventually } from '../helpers/fixtures';
 import { useResources } from '../helpers/suite';
 import { freePort } from '../helpers/tcp-proxy';
@@ -29,10 +35,19 @@ let seq = 0;
 /** A process's leases (heartbeat off unless asked: each test drives the syncs itself). */
 async function fleetMember(options: Partial<LeaseOptions> = {}, url = REDIS_URL): Promise<ServerLeases> {
   const id = `instance-${++seq}`;
-  return r.open(`the leases of ${id}`, async () => new ServerLeases(url, { prefix, instanceId: id, heartbeatMs: 3_600_000, ...options }), (l) => l.close());
+  return r.open(
+    `the leases of ${id}`,
+    async () => new ServerLeases(url, { prefix, instanceId: id, heartbeatMs: 3_600_000, ...options }),
+    (l) => l.close(),
+  );
 }
 
-function leaseOf(leases: ServerLeases, budget: number, server = SERVER, localMax = 100): { lease: ServerLease; usage: Usage } {
+function leaseOf(
+  leases: ServerLeases,
+  budget: number,
+  server = SERVER,
+  localMax = 100,
+): { lease: ServerLease; usage: Usage } {
   const usage = new Usage();
   const lease = leases.lease(server, { budget: async () => budget, localMax });
   lease.attach(usage, (n) => usage.allowances.push(n));

@@ -99,7 +99,9 @@ async function startServer(command: string[], env: Record<string, string>): Prom
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
   const s: Started = {
     child,
     port,
@@ -116,12 +118,18 @@ async function startServer(command: string[], env: Record<string, string>): Prom
   return s;
 }
 
-async function until<T>(what: string, s: Started, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 60_000): Promise<T> {
+async function until<T>(
+  what: string,
+  s: Started,
+  probe: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 60_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
     if (value !== undefined) return value;
-    if (s.child.exitCode !== null || Date.now() > deadline) throw new Error(`${what}: not seen (exit code ${s.child.exitCode}):\n${s.output()}`);
+    if (s.child.exitCode !== null || Date.now() > deadline)
+      throw new Error(`${what}: not seen (exit code ${s.child.exitCode}):\n${s.output()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -157,7 +165,11 @@ function postgresOf(dir: string): number[] {
   return pids;
 }
 
-async function stopWithin(s: Started, signalled: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; ms: number }> {
+async function stopWithin(
+  s: Started,
+  signalled: ChildProcess,
+  signal: NodeJS.Signals = 'SIGTERM',
+): Promise<{ code: number | null; ms: number }> {
   const t0 = Date.now();
   signalled.kill(signal);
   const timeout = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), STOP_WITHIN_MS).unref());
@@ -172,11 +184,16 @@ test('SIGTERM to the server process, with the embedded Postgres: HTTP server, wo
   // The first run as it is on a fresh machine: DATA_DIR in a folder only its owner can enter.
   const closed = mkdtempSync(path.join(root, 'closed-'));
   const dataDir = path.join(closed, '.data');
-  const s = await startServer([process.execPath, '--import', 'tsx', 'src/server.ts'], { DATA_DIR: dataDir, EMBEDDED_PG_PORT: String(await freePort()) });
+  const s = await startServer([process.execPath, '--import', 'tsx', 'src/server.ts'], {
+    DATA_DIR: dataDir,
+    EMBEDDED_PG_PORT: String(await freePort()),
+  });
   await until('/ready', s, () => ready(s.port));
-  const running = s.logs().find((l) => l.msg === 'embedded Postgres running') as { postgresPid: number; dataDirectory: string } | undefined;
+  const running = s.logs().find((l) => l.msg === 'embedded Postgres running') as
+    { postgresPid: number; dataDirectory: string } | undefined;
   if (!running) throw new Error(`no "embedded Postgres running" line:\n${s.output()}`);
-  if (running.dataDirectory.startsWith('/var/lib/tenantry/clusters/')) clusterHomes.push(path.dirname(readlinkSync(path.join(dataDir, 'pg'))));
+  if (running.dataDirectory.startsWith('/var/lib/tenantry/clusters/'))
+    clusterHomes.push(path.dirname(readlinkSync(path.join(dataDir, 'pg'))));
   expect(postgresOf(running.dataDirectory)).toContain(running.postgresPid);
 
   const { code, ms } = await stopWithin(s, s.child);
@@ -185,7 +202,13 @@ test('SIGTERM to the server process, with the embedded Postgres: HTTP server, wo
   expect(await portOpen(s.port)).toBe(false);
   expect(postgresOf(running.dataDirectory)).toEqual([]);
   const log = messages(s);
-  const steps = ['shutting down: no new connections, finishing requests and jobs in flight', 'HTTP server closed', 'queue workers stopped', 'embedded Postgres stopped', 'stopped cleanly'];
+  const steps = [
+    'shutting down: no new connections, finishing requests and jobs in flight',
+    'HTTP server closed',
+    'queue workers stopped',
+    'embedded Postgres stopped',
+    'stopped cleanly',
+  ];
   expect(steps.map((m) => log.indexOf(m))).toEqual([...steps.map((m) => log.indexOf(m))].sort((a, b) => a - b));
   expect(steps.filter((m) => !log.includes(m))).toEqual([]);
 });
@@ -193,7 +216,10 @@ test('SIGTERM to the server process, with the embedded Postgres: HTTP server, wo
 test('SIGTERM to `npm start` (what a supervisor started) reaches the server: npm and node exit 0, the port closes', async () => {
   const db = await createTestDatabase('shutdown');
   databases.push(db);
-  const s = await startServer(['npm', 'start', '--silent'], { DATABASE_URL: db.url, DATA_DIR: path.join(root, 'npm-data') });
+  const s = await startServer(['npm', 'start', '--silent'], {
+    DATABASE_URL: db.url,
+    DATA_DIR: path.join(root, 'npm-data'),
+  });
   await until('/ready', s, () => ready(s.port));
   // npm's child: the node process that serves.
   const node = Number(readFileSync(`/proc/${s.child.pid}/task/${s.child.pid}/children`, 'utf8').trim().split(' ')[0]);
@@ -211,8 +237,13 @@ test('SIGTERM to `npm start` (what a supervisor started) reaches the server: npm
 test('SIGTERM while the server is still starting: what has started (the embedded Postgres) stops too, exit code 0', async () => {
   // A new data directory: the signal arrives while initdb runs, long before the server could listen.
   const dataDir = path.join(root, 'early');
-  const s = await startServer([process.execPath, '--import', 'tsx', 'src/server.ts'], { DATA_DIR: dataDir, EMBEDDED_PG_PORT: String(await freePort()) });
-  await until('the embedded Postgres starting', s, () => (messages(s).some((m) => m.startsWith('DATABASE_URL is not set')) ? true : undefined));
+  const s = await startServer([process.execPath, '--import', 'tsx', 'src/server.ts'], {
+    DATA_DIR: dataDir,
+    EMBEDDED_PG_PORT: String(await freePort()),
+  });
+  await until('the embedded Postgres starting', s, () =>
+    messages(s).some((m) => m.startsWith('DATABASE_URL is not set')) ? true : undefined,
+  );
 
   const { code } = await stopWithin(s, s.child);
   expect({ code, output: code === 0 ? '' : s.output() }).toEqual({ code: 0, output: '' });
@@ -220,7 +251,9 @@ test('SIGTERM while the server is still starting: what has started (the embedded
   expect(postgresOf(root)).toEqual([]);
   const log = messages(s);
   expect(log.some((m) => m.startsWith('Tenantry is listening'))).toBe(false);
-  expect(log.indexOf('embedded Postgres running')).toBeGreaterThan(log.indexOf('shutting down: no new connections, finishing requests and jobs in flight'));
+  expect(log.indexOf('embedded Postgres running')).toBeGreaterThan(
+    log.indexOf('shutting down: no new connections, finishing requests and jobs in flight'),
+  );
   expect(log.slice(-2)).toEqual(['embedded Postgres stopped', 'stopped cleanly']);
 });
 

@@ -21,13 +21,19 @@ function on(token?: string, client: { post: RecordingClient['post']; get: Record
 
 async function staffMember(role: 'admin' | 'staff' = 'staff') {
   const email = uniqueEmail(role);
-  const created = await on(owner.token).post('/api/store/staff').send({ email, name: 'Sam Staff', password: PASSWORD, role }).expect(201);
+  const created = await on(owner.token)
+    .post('/api/store/staff')
+    .send({ email, name: 'Sam Staff', password: PASSWORD, role })
+    .expect(201);
   const login = await on().post('/api/store/auth/login').send({ email, password: PASSWORD }).expect(200);
   return { id: created.body.user.id as string, email, token: login.body.token as string };
 }
 
 let sku = 0;
-const addProduct = (token: string) => on(token).post('/api/store/products').send({ sku: `SKU-${++sku}`, name: 'Thing', priceCents: 100, stock: 1 });
+const addProduct = (token: string) =>
+  on(token)
+    .post('/api/store/products')
+    .send({ sku: `SKU-${++sku}`, name: 'Thing', priceCents: 100, stock: 1 });
 
 beforeAll(async () => {
   api = recordingClient(t.app);
@@ -55,11 +61,15 @@ describe('POST /api/store/auth/logout', () => {
   });
 
   test('the revocation reaches every instance, and is recorded without a platform account', async () => {
-    const shopper = await on().post('/api/store/auth/register').send({ email: uniqueEmail('shopper'), password: PASSWORD, name: 'Shopper' }).expect(201);
+    const shopper = await on()
+      .post('/api/store/auth/register')
+      .send({ email: uniqueEmail('shopper'), password: PASSWORD, name: 'Shopper' })
+      .expect(201);
     const token = shopper.body.token as string;
     const other = await startInstance(t);
     try {
-      const there = (path: string) => request(other.app).get(path).set('X-Store-Id', store.id).set('Authorization', `Bearer ${token}`);
+      const there = (path: string) =>
+        request(other.app).get(path).set('X-Store-Id', store.id).set('Authorization', `Bearer ${token}`);
       await there('/api/store/auth/me').expect(200);
       await on(token).post('/api/store/auth/logout').expect(204);
       await eventually(async () => expectProblem(await there('/api/store/auth/me'), 401, 'UNAUTHENTICATED'));
@@ -95,7 +105,10 @@ describe("a store user's role change or removal reaches tokens already issued", 
   });
 
   test('a customer promoted to admin gets the admin routes with the token already issued', async () => {
-    const shopper = await on().post('/api/store/auth/register').send({ email: uniqueEmail('shopper'), password: PASSWORD, name: 'Shopper' }).expect(201);
+    const shopper = await on()
+      .post('/api/store/auth/register')
+      .send({ email: uniqueEmail('shopper'), password: PASSWORD, name: 'Shopper' })
+      .expect(201);
     expectProblem(await addProduct(shopper.body.token), 403, 'FORBIDDEN');
     await tenantQuery(store, `UPDATE users SET role = 'admin' WHERE id = $1`, [shopper.body.user.id]);
     await eventually(async () => addProduct(shopper.body.token).expect(201), 5000);

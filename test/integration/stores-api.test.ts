@@ -5,8 +5,21 @@ import type { AppContext } from '../../src/app-context';
 import { secretContext } from '../../src/lib/crypto';
 import { registerUser } from '../helpers/app';
 import { countRows, eventually } from '../helpers/fixtures';
-import { expectNoLeaks, expectProblem, expectValidationErrors, recordingClient, type RecordingClient } from '../helpers/http';
-import { auth, createStoreViaApi, provisionManagedStore, storeConnection, uniqueSlug, waitForProvisioning } from '../helpers/stores';
+import {
+  expectNoLeaks,
+  expectProblem,
+  expectValidationErrors,
+  recordingClient,
+  type RecordingClient,
+} from '../helpers/http';
+import {
+  auth,
+  createStoreViaApi,
+  provisionManagedStore,
+  storeConnection,
+  uniqueSlug,
+  waitForProvisioning,
+} from '../helpers/stores';
 import request from 'supertest';
 import { claimHostname, type TestDnsServer } from '../helpers/dns-server';
 import { useSuite } from '../helpers/suite';
@@ -61,12 +74,25 @@ describe('creating a store', () => {
     const id = res.body.id as string;
     const m = t.ctx.master.models;
     const row = await m.Store.findByPk(id, { rejectOnEmpty: true });
-    expect(row).toMatchObject({ name: 'Corner Shop', slug, status: 'pending_database', ownerId: owner.user.id, deletedAt: null });
-    expect(await m.StoreMember.findAll({ where: { storeId: id }, raw: true })).toEqual([expect.objectContaining({ userId: owner.user.id, role: 'owner' })]);
+    expect(row).toMatchObject({
+      name: 'Corner Shop',
+      slug,
+      status: 'pending_database',
+      ownerId: owner.user.id,
+      deletedAt: null,
+    });
+    expect(await m.StoreMember.findAll({ where: { storeId: id }, raw: true })).toEqual([
+      expect.objectContaining({ userId: owner.user.id, role: 'owner' }),
+    ]);
     const balance = await m.CreditBalance.findByPk(id, { rejectOnEmpty: true });
     expect(Number(balance.balance)).toBe(0);
     expect(await m.StoreDatabase.findByPk(id)).toBeNull();
-    expect(await countRows(t, 'audit_log', "store_id = :id AND action = 'store.created' AND actor_user_id = :u", { id, u: owner.user.id })).toBe(1);
+    expect(
+      await countRows(t, 'audit_log', "store_id = :id AND action = 'store.created' AND actor_user_id = :u", {
+        id,
+        u: owner.user.id,
+      }),
+    ).toBe(1);
   });
 
   test('a slug another store already uses answers 409 SLUG_TAKEN and creates nothing', async () => {
@@ -74,7 +100,11 @@ describe('creating a store', () => {
     const slug = uniqueSlug('taken');
     await createStoreViaApi(t.app, first.token, { slug });
     const before = await countRows(t, 'stores');
-    expectProblem(await api.post('/api/stores').set(auth(second.token)).send({ name: 'Copycat', slug }), 409, 'SLUG_TAKEN');
+    expectProblem(
+      await api.post('/api/stores').set(auth(second.token)).send({ name: 'Copycat', slug }),
+      409,
+      'SLUG_TAKEN',
+    );
     expect(await countRows(t, 'stores')).toBe(before);
     expect(await countRows(t, 'store_members', 'user_id = :u', { u: second.user.id })).toBe(0);
     expect(await countRows(t, 'stores', 'slug = :slug AND owner_id = :u', { slug, u: first.user.id })).toBe(1);
@@ -84,11 +114,20 @@ describe('creating a store', () => {
     const owner = await registerUser(t.app);
     const before = await countRows(t, 'stores');
     for (const slug of ['ab', 'Corner-Shop', 'corner_shop', 'corner shop', 'corner.shop', 'x'.repeat(64), '', 42]) {
-      expectValidationErrors(await api.post('/api/stores').set(auth(owner.token)).send({ name: 'Shop', slug }), ['slug']);
+      expectValidationErrors(await api.post('/api/stores').set(auth(owner.token)).send({ name: 'Shop', slug }), [
+        'slug',
+      ]);
     }
     expectValidationErrors(await api.post('/api/stores').set(auth(owner.token)).send({ slug: uniqueSlug() }), ['name']);
-    expectValidationErrors(await api.post('/api/stores').set(auth(owner.token)).send({ name: '   ', slug: uniqueSlug() }), ['name']);
-    expectProblem(await api.post('/api/stores').set(auth(owner.token)).send({ name: 'Shop', slug: uniqueSlug(), plan: 'agency' }), 400, 'VALIDATION_FAILED');
+    expectValidationErrors(
+      await api.post('/api/stores').set(auth(owner.token)).send({ name: '   ', slug: uniqueSlug() }),
+      ['name'],
+    );
+    expectProblem(
+      await api.post('/api/stores').set(auth(owner.token)).send({ name: 'Shop', slug: uniqueSlug(), plan: 'agency' }),
+      400,
+      'VALIDATION_FAILED',
+    );
     expect(await countRows(t, 'stores')).toBe(before);
   });
 
@@ -100,7 +139,11 @@ describe('creating a store', () => {
     const owner = await registerUser(t.app);
     await createStoreViaApi(t.app, owner.token);
     const slug = uniqueSlug('second');
-    expectProblem(await api.post('/api/stores').set(auth(owner.token)).send({ name: 'Second', slug }), 403, 'PLAN_LIMIT_REACHED');
+    expectProblem(
+      await api.post('/api/stores').set(auth(owner.token)).send({ name: 'Second', slug }),
+      403,
+      'PLAN_LIMIT_REACHED',
+    );
     expect(await countRows(t, 'stores', 'owner_id = :u', { u: owner.user.id })).toBe(1);
     expect(await countRows(t, 'stores', 'slug = :slug', { slug })).toBe(0);
   });
@@ -108,13 +151,24 @@ describe('creating a store', () => {
   test('a pro subscription allows five stores; the sixth answers 403 PLAN_LIMIT_REACHED', async () => {
     const owner = await proUser();
     for (let i = 0; i < 5; i++) await createStoreViaApi(t.app, owner.token, { name: `Pro ${i}` });
-    expectProblem(await api.post('/api/stores').set(auth(owner.token)).send({ name: 'Pro 6', slug: uniqueSlug() }), 403, 'PLAN_LIMIT_REACHED');
+    expectProblem(
+      await api.post('/api/stores').set(auth(owner.token)).send({ name: 'Pro 6', slug: uniqueSlug() }),
+      403,
+      'PLAN_LIMIT_REACHED',
+    );
     expect(await countRows(t, 'stores', 'owner_id = :u', { u: owner.user.id })).toBe(5);
   });
 
   test('two creations at once on the free plan: exactly one store is created', async () => {
     const owner = await registerUser(t.app);
-    const answers = await Promise.all([0, 1, 2].map((i) => api.post('/api/stores').set(auth(owner.token)).send({ name: `Race ${i}`, slug: uniqueSlug('race') })));
+    const answers = await Promise.all(
+      [0, 1, 2].map((i) =>
+        api
+          .post('/api/stores')
+          .set(auth(owner.token))
+          .send({ name: `Race ${i}`, slug: uniqueSlug('race') }),
+      ),
+    );
     expect(answers.map((r) => r.status).sort()).toEqual([201, 403, 403]);
     expect(await countRows(t, 'stores', 'owner_id = :u', { u: owner.user.id })).toBe(1);
   });
@@ -152,7 +206,10 @@ describe('listing and reading stores', () => {
     });
     const other = await api.get('/api/stores').set(auth(b.token)).expect(200);
     expect(other.body.items.map((s: { id: string }) => s.id)).toEqual([b1.id]);
-    const none = await api.get('/api/stores').set(auth((await registerUser(t.app)).token)).expect(200);
+    const none = await api
+      .get('/api/stores')
+      .set(auth((await registerUser(t.app)).token))
+      .expect(200);
     expect(none.body).toEqual({ items: [] });
   });
 
@@ -165,7 +222,11 @@ describe('listing and reading stores', () => {
     await api.post(`/api/stores/${store.id}/database`).set(auth(owner.token)).send({ mode: 'managed' }).expect(202);
     await waitForProvisioning(t.app, owner.token, store.id);
     await claimHostname(t.app, owner.token, store.id, 'www.readable.test', dns);
-    await api.post(`/api/stores/${store.id}/hostnames`).set(auth(owner.token)).send({ hostname: 'readable.test' }).expect(201);
+    await api
+      .post(`/api/stores/${store.id}/hostnames`)
+      .set(auth(owner.token))
+      .send({ hostname: 'readable.test' })
+      .expect(201);
 
     const after = await api.get(`/api/stores/${store.id}`).set(auth(owner.token)).expect(200);
     expect(after.body).toEqual({
@@ -176,7 +237,14 @@ describe('listing and reading stores', () => {
       database: { mode: 'managed', status: 'ready', schemaVersion: 1 },
     });
     const connection = await storeConnection(t, store.id);
-    for (const secret of [connection.password, connection.user, connection.database, `${connection.host}:${connection.port}`, 'credentials', 'password']) {
+    for (const secret of [
+      connection.password,
+      connection.user,
+      connection.database,
+      `${connection.host}:${connection.port}`,
+      'credentials',
+      'password',
+    ]) {
       expect(after.text).not.toContain(secret);
     }
   });
@@ -200,7 +268,11 @@ describe('renaming a store', () => {
     const owner = await registerUser(t.app);
     const store = await provisionManagedStore(t.app, owner.token, { name: 'Old Name' });
     await claimHostname(t.app, owner.token, store.id, 'rename.stores.test', dns);
-    const res = await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: 'New Name' }).expect(200);
+    const res = await api
+      .patch(`/api/stores/${store.id}`)
+      .set(auth(owner.token))
+      .send({ name: 'New Name' })
+      .expect(200);
     expect(res.body).toMatchObject({ id: store.id, name: 'New Name', status: 'active', role: 'owner' });
     expect((await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true })).name).toBe('New Name');
     const info = await storeInfo(t.app, 'rename.stores.test').expect(200);
@@ -214,12 +286,26 @@ describe('renaming a store', () => {
     const staff = await addMember(store.id, 'staff');
     const stranger = await registerUser(t.app);
 
-    expectProblem(await api.patch(`/api/stores/${store.id}`).set(auth(staff.token)).send({ name: 'By staff' }), 403, 'FORBIDDEN');
-    expectProblem(await api.patch(`/api/stores/${store.id}`).set(auth(stranger.token)).send({ name: 'By stranger' }), 403, 'FORBIDDEN');
-    expectValidationErrors(await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: '' }), ['name']);
+    expectProblem(
+      await api.patch(`/api/stores/${store.id}`).set(auth(staff.token)).send({ name: 'By staff' }),
+      403,
+      'FORBIDDEN',
+    );
+    expectProblem(
+      await api.patch(`/api/stores/${store.id}`).set(auth(stranger.token)).send({ name: 'By stranger' }),
+      403,
+      'FORBIDDEN',
+    );
+    expectValidationErrors(await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: '' }), [
+      'name',
+    ]);
     expect((await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true })).name).toBe('Kept');
 
-    const res = await api.patch(`/api/stores/${store.id}`).set(auth(admin.token)).send({ name: 'By admin' }).expect(200);
+    const res = await api
+      .patch(`/api/stores/${store.id}`)
+      .set(auth(admin.token))
+      .send({ name: 'By admin' })
+      .expect(200);
     expect(res.body).toMatchObject({ name: 'By admin', role: 'admin' });
     expect((await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true })).name).toBe('By admin');
   });
@@ -249,7 +335,11 @@ describe('deleting and restoring a store', () => {
     expectProblem(await storeInfo(t.app, host), 404, 'STORE_NOT_FOUND');
     await eventually(async () => expectProblem(await storeInfo(other.app, host), 404, 'STORE_NOT_FOUND'));
     expectProblem(await api.get(`/api/stores/${store.id}`).set(auth(owner.token)), 404, 'STORE_NOT_FOUND');
-    expectProblem(await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: 'x' }), 404, 'STORE_NOT_FOUND');
+    expectProblem(
+      await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: 'x' }),
+      404,
+      'STORE_NOT_FOUND',
+    );
     expect((await api.get('/api/stores').set(auth(owner.token)).expect(200)).body.items).toEqual([]);
   });
 
@@ -263,14 +353,21 @@ describe('deleting and restoring a store', () => {
     expectProblem(await storeInfo(t.app, host), 404, 'STORE_NOT_FOUND');
 
     const restored = await api.post(`/api/stores/${active.id}/restore`).set(auth(owner.token)).expect(200);
-    expect(restored.body).toMatchObject({ id: active.id, status: 'active', hostnames: [`${active.slug}.localhost`, host].sort(), database: { mode: 'managed', status: 'ready', schemaVersion: 1 } });
+    expect(restored.body).toMatchObject({
+      id: active.id,
+      status: 'active',
+      hostnames: [`${active.slug}.localhost`, host].sort(),
+      database: { mode: 'managed', status: 'ready', schemaVersion: 1 },
+    });
     const row = await t.ctx.master.models.Store.findByPk(active.id, { rejectOnEmpty: true });
     expect(row).toMatchObject({ status: 'active', deletedAt: null });
     await storeInfo(t.app, host).expect(200);
 
     const back = await api.post(`/api/stores/${pending.id}/restore`).set(auth(owner.token)).expect(200);
     expect(back.body).toMatchObject({ status: 'pending_database', database: null });
-    expect((await t.ctx.master.models.Store.findByPk(pending.id, { rejectOnEmpty: true })).status).toBe('pending_database');
+    expect((await t.ctx.master.models.Store.findByPk(pending.id, { rejectOnEmpty: true })).status).toBe(
+      'pending_database',
+    );
 
     // Restoring a store that is not deleted is a conflict.
     expectProblem(await api.post(`/api/stores/${active.id}/restore`).set(auth(owner.token)), 409, 'CONFLICT');
@@ -280,7 +377,9 @@ describe('deleting and restoring a store', () => {
     const owner = await registerUser(t.app);
     const store = await createStoreViaApi(t.app, owner.token);
     await api.delete(`/api/stores/${store.id}`).set(auth(owner.token)).expect(202);
-    await t.ctx.master.sequelize.query(`UPDATE stores SET deleted_at = now() - interval '31 days' WHERE id = :id`, { replacements: { id: store.id } });
+    await t.ctx.master.sequelize.query(`UPDATE stores SET deleted_at = now() - interval '31 days' WHERE id = :id`, {
+      replacements: { id: store.id },
+    });
     expectProblem(await api.post(`/api/stores/${store.id}/restore`).set(auth(owner.token)), 409, 'CONFLICT');
     const row = await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true });
     expect(row.status).toBe('deleted');
@@ -289,17 +388,33 @@ describe('deleting and restoring a store', () => {
 });
 
 describe('Stripe keys', () => {
-  const keys = { publishableKey: 'pk_test_51PublishableKey0123', secretKey: 'sk_test_51SuperSecretKeyAbCd9876', webhookSecret: 'whsec_WebhookSecret0123456' };
+  const keys = {
+    publishableKey: 'pk_test_51PublishableKey0123',
+    secretKey: 'sk_test_51SuperSecretKeyAbCd9876',
+    webhookSecret: 'whsec_WebhookSecret0123456',
+  };
 
   test('PUT answers 200 with only the publishable key, the last 4 of the secret and the time; the secrets are stored encrypted', async () => {
     const owner = await registerUser(t.app);
     const store = await createStoreViaApi(t.app, owner.token);
-    const res = await api.put(`/api/stores/${store.id}/integrations/stripe`).set(auth(owner.token)).send(keys).expect(200);
-    expect(res.body).toEqual({ publishableKey: keys.publishableKey, secretKeyLast4: '9876', configuredAt: expect.any(String) });
+    const res = await api
+      .put(`/api/stores/${store.id}/integrations/stripe`)
+      .set(auth(owner.token))
+      .send(keys)
+      .expect(200);
+    expect(res.body).toEqual({
+      publishableKey: keys.publishableKey,
+      secretKeyLast4: '9876',
+      configuredAt: expect.any(String),
+    });
     expect(res.text).not.toContain(keys.secretKey);
     expect(res.text).not.toContain(keys.webhookSecret);
 
-    const rows = await t.ctx.master.sequelize.query<{ secrets: string; public_config: Record<string, unknown>; configured_at: Date }>(
+    const rows = await t.ctx.master.sequelize.query<{
+      secrets: string;
+      public_config: Record<string, unknown>;
+      configured_at: Date;
+    }>(
       `SELECT secrets, public_config, configured_at FROM store_integrations WHERE store_id = :id AND provider = 'stripe'`,
       { replacements: { id: store.id }, type: QueryTypes.SELECT },
     );
@@ -309,21 +424,34 @@ describe('Stripe keys', () => {
     expect(row.secrets).not.toContain(keys.webhookSecret);
     expect(row.secrets).not.toContain('SuperSecret');
     expect(JSON.stringify(row.public_config)).not.toContain(keys.secretKey);
-    expect(t.ctx.encryptor.decryptJson(row.secrets, secretContext.storeIntegration(store.id, 'stripe'))).toEqual({ secretKey: keys.secretKey, webhookSecret: keys.webhookSecret });
+    expect(t.ctx.encryptor.decryptJson(row.secrets, secretContext.storeIntegration(store.id, 'stripe'))).toEqual({
+      secretKey: keys.secretKey,
+      webhookSecret: keys.webhookSecret,
+    });
     expect(new Date(row.configured_at).toISOString()).toBe(res.body.configuredAt);
 
     // New keys replace the old ones.
     const next = { publishableKey: 'pk_live_51OtherPublishable', secretKey: 'rk_live_51RestrictedKeyWxYz1111' };
     await api.put(`/api/stores/${store.id}/integrations/stripe`).set(auth(owner.token)).send(next).expect(200);
-    const [replaced] = await t.ctx.master.sequelize.query<{ secrets: string }>(`SELECT secrets FROM store_integrations WHERE store_id = :id`, { replacements: { id: store.id }, type: QueryTypes.SELECT });
-    expect(t.ctx.encryptor.decryptJson(replaced.secrets, secretContext.storeIntegration(store.id, 'stripe'))).toEqual({ secretKey: next.secretKey, webhookSecret: null });
+    const [replaced] = await t.ctx.master.sequelize.query<{ secrets: string }>(
+      `SELECT secrets FROM store_integrations WHERE store_id = :id`,
+      { replacements: { id: store.id }, type: QueryTypes.SELECT },
+    );
+    expect(t.ctx.encryptor.decryptJson(replaced.secrets, secretContext.storeIntegration(store.id, 'stripe'))).toEqual({
+      secretKey: next.secretKey,
+      webhookSecret: null,
+    });
     expect(await countRows(t, 'store_integrations', 'store_id = :id', { id: store.id })).toBe(1);
   });
 
   test('keys of the wrong format answer 400 naming the field and nothing is stored; staff get 403', async () => {
     const owner = await registerUser(t.app);
     const store = await createStoreViaApi(t.app, owner.token);
-    const put = (body: unknown, token = owner.token) => api.put(`/api/stores/${store.id}/integrations/stripe`).set(auth(token)).send(body as object);
+    const put = (body: unknown, token = owner.token) =>
+      api
+        .put(`/api/stores/${store.id}/integrations/stripe`)
+        .set(auth(token))
+        .send(body as object);
     expectValidationErrors(await put({ ...keys, publishableKey: keys.secretKey }), ['publishableKey']);
     expectValidationErrors(await put({ ...keys, secretKey: keys.publishableKey }), ['secretKey']);
     expectValidationErrors(await put({ ...keys, secretKey: 'sk_test_short' }), ['secretKey']);

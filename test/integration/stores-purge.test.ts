@@ -13,7 +13,10 @@ test('a store deleted more than 30 days ago loses its database, role and hostnam
   const old = await createActiveStore(t, { ownerId: owner.user.id, hostnames: ['old.purge.test'] });
   const recent = await createActiveStore(t, { ownerId: owner.user.id, hostnames: ['recent.purge.test'] });
   const { Store, StoreDatabase, StoreHostname, AuditLog } = t.ctx.master.models;
-  await Store.update({ status: 'deleted', deletedAt: new Date(Date.now() - 31 * 86400_000) }, { where: { id: old.id } });
+  await Store.update(
+    { status: 'deleted', deletedAt: new Date(Date.now() - 31 * 86400_000) },
+    { where: { id: old.id } },
+  );
   await Store.update({ status: 'deleted', deletedAt: new Date(Date.now() - 86400_000) }, { where: { id: recent.id } });
 
   expect(await processMaintenance(t.ctx, { task: 'purge-deleted-stores' })).toEqual({ purged: 1 });

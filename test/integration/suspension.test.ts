@@ -24,16 +24,20 @@ beforeAll(async () => {
 });
 t.checkAtEnd(() => expectNoLeaks(api.responses));
 
-const suspend = (storeId: string) => api.post(`/api/admin/stores/${storeId}/suspend`).set(auth(admin.token)).expect(200);
+const suspend = (storeId: string) =>
+  api.post(`/api/admin/stores/${storeId}/suspend`).set(auth(admin.token)).expect(200);
 const resume = (storeId: string) => api.post(`/api/admin/stores/${storeId}/resume`).set(auth(admin.token)).expect(200);
 const storeApi = (storeId: string) => request(t.app).get('/api/store/info').set('X-Store-Id', storeId);
 
 /** Everything an owner's action could have changed about a store in the master DB. */
 async function snapshot(storeId: string) {
-  const q = <R extends object>(sql: string) => t.ctx.master.sequelize.query<R>(sql, { replacements: { storeId }, type: QueryTypes.SELECT });
+  const q = <R extends object>(sql: string) =>
+    t.ctx.master.sequelize.query<R>(sql, { replacements: { storeId }, type: QueryTypes.SELECT });
   return {
     store: await q('SELECT name, status, deleted_at, suspended_at, updated_at FROM stores WHERE id = :storeId'),
-    database: await q('SELECT mode, status, credentials, last_error, updated_at FROM store_databases WHERE store_id = :storeId'),
+    database: await q(
+      'SELECT mode, status, credentials, last_error, updated_at FROM store_databases WHERE store_id = :storeId',
+    ),
     hostnames: await q('SELECT * FROM store_hostnames WHERE store_id = :storeId ORDER BY hostname'),
     integrations: await q('SELECT * FROM store_integrations WHERE store_id = :storeId'),
     audit: await q('SELECT action FROM audit_log WHERE store_id = :storeId ORDER BY id'),
@@ -49,13 +53,27 @@ describe('a suspended store', () => {
 
     const id = store.id;
     const refused: [string, () => request.Test][] = [
-      ['PATCH (rename)', () => api.patch(`/api/stores/${id}`).set(auth(owner.token)).send({ name: 'Renamed while held' })],
+      [
+        'PATCH (rename)',
+        () => api.patch(`/api/stores/${id}`).set(auth(owner.token)).send({ name: 'Renamed while held' }),
+      ],
       ['DELETE', () => api.delete(`/api/stores/${id}`).set(auth(owner.token))],
       ['POST restore', () => api.post(`/api/stores/${id}/restore`).set(auth(owner.token))],
-      ['PUT integrations/stripe', () => api.put(`/api/stores/${id}/integrations/stripe`).set(auth(owner.token)).send({ publishableKey: 'pk_test_abcdefgh1234', secretKey: 'sk_test_abcdefgh1234' })],
+      [
+        'PUT integrations/stripe',
+        () =>
+          api
+            .put(`/api/stores/${id}/integrations/stripe`)
+            .set(auth(owner.token))
+            .send({ publishableKey: 'pk_test_abcdefgh1234', secretKey: 'sk_test_abcdefgh1234' }),
+      ],
       ['POST database', () => api.post(`/api/stores/${id}/database`).set(auth(owner.token)).send({ mode: 'managed' })],
       ['POST provisioning/retry', () => api.post(`/api/stores/${id}/provisioning/retry`).set(auth(owner.token))],
-      ['POST hostnames', () => api.post(`/api/stores/${id}/hostnames`).set(auth(owner.token)).send({ hostname: 'held-shop.example.com' })],
+      [
+        'POST hostnames',
+        () =>
+          api.post(`/api/stores/${id}/hostnames`).set(auth(owner.token)).send({ hostname: 'held-shop.example.com' }),
+      ],
     ];
     for (const [what, call] of refused) {
       const res = await call();
@@ -92,13 +110,20 @@ describe('a suspended store', () => {
     expect(row.suspendedAt).toBeInstanceOf(Date);
     expect(row.deletedAt).toBeNull();
     expectProblem(await storeApi(store.id), 423, 'STORE_SUSPENDED');
-    expectProblem(await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: 'Free again?' }), 423, 'STORE_SUSPENDED');
+    expectProblem(
+      await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: 'Free again?' }),
+      423,
+      'STORE_SUSPENDED',
+    );
   });
 
   test('a store the old trick left deleted with its suspension recorded restores as suspended, not active', async () => {
     const store = await provisionManagedStore(t.app, owner.token, { name: 'Legacy' });
     // What a suspended store deleted by its owner before this fix looks like.
-    await t.ctx.master.models.Store.update({ status: 'deleted', deletedAt: new Date(), suspendedAt: new Date() }, { where: { id: store.id } });
+    await t.ctx.master.models.Store.update(
+      { status: 'deleted', deletedAt: new Date(), suspendedAt: new Date() },
+      { where: { id: store.id } },
+    );
     const restored = await api.post(`/api/stores/${store.id}/restore`).set(auth(owner.token)).expect(200);
     expect(restored.body.status).toBe('suspended');
     expectProblem(await storeApi(store.id), 423, 'STORE_SUSPENDED');
@@ -111,15 +136,23 @@ describe('a suspended store', () => {
     expect((await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true })).status).toBe('suspended');
 
     expect((await resume(store.id)).body).toEqual({ id: store.id, status: 'active' });
-    expect(await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true, raw: true })).toMatchObject({ status: 'active', suspendedAt: null });
+    expect(await t.ctx.master.models.Store.findByPk(store.id, { rejectOnEmpty: true, raw: true })).toMatchObject({
+      status: 'active',
+      suspendedAt: null,
+    });
     await storeApi(store.id).expect(200);
-    expect((await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: 'Resumed' }).expect(200)).body.name).toBe('Resumed');
+    expect(
+      (await api.patch(`/api/stores/${store.id}`).set(auth(owner.token)).send({ name: 'Resumed' }).expect(200)).body
+        .name,
+    ).toBe('Resumed');
 
     // A deleted store whose suspension is lifted comes back where its database stands.
     await api.delete(`/api/stores/${store.id}`).set(auth(owner.token)).expect(202);
     await suspend(store.id);
     expect((await resume(store.id)).body).toEqual({ id: store.id, status: 'deleted' });
-    expect((await api.post(`/api/stores/${store.id}/restore`).set(auth(owner.token)).expect(200)).body.status).toBe('active');
+    expect((await api.post(`/api/stores/${store.id}/restore`).set(auth(owner.token)).expect(200)).body.status).toBe(
+      'active',
+    );
     expectProblem(await api.post(`/api/admin/stores/${store.id}/resume`).set(auth(admin.token)), 409, 'CONFLICT');
   });
 });

@@ -26,12 +26,21 @@ beforeAll(async () => {
   server = t.listen();
   owner = await registerUser(t.app);
   const stores = await Promise.all(
-    ['s0', 's1', 's2', 's3', 's4'].map(async (key) => ({ key, host: `${key}.bounds.test`, store: await createActiveStore(t, { ownerId: owner.user.id, hostnames: [`${key}.bounds.test`] }) })),
+    ['s0', 's1', 's2', 's3', 's4'].map(async (key) => ({
+      key,
+      host: `${key}.bounds.test`,
+      store: await createActiveStore(t, { ownerId: owner.user.id, hostnames: [`${key}.bounds.test`] }),
+    })),
   );
   shops.push(...stores);
   for (const shop of shops) {
     for (let i = 0; i < SEED_PRODUCTS; i++) {
-      await request(server).post('/api/store/products').set('Host', shop.host).set('Authorization', `Bearer ${owner.token}`).send({ sku: `${shop.key}-seed-${i}`, name: `Seed ${i} of ${shop.key}`, priceCents: 100 + i }).expect(201);
+      await request(server)
+        .post('/api/store/products')
+        .set('Host', shop.host)
+        .set('Authorization', `Bearer ${owner.token}`)
+        .send({ sku: `${shop.key}-seed-${i}`, name: `Seed ${i} of ${shop.key}`, priceCents: 100 + i })
+        .expect(201);
     }
   }
 });
@@ -52,7 +61,10 @@ async function withConcurrency<T>(total: number, width: number, task: (i: number
 }
 
 test('300 mixed requests over five stores, 30 at a time, with room for 2 handles and 3 connections: every answer is right and none fails', async () => {
-  const sampler = sampleTenantConnections(t, shops.map((s) => s.store.database));
+  const sampler = sampleTenantConnections(
+    t,
+    shops.map((s) => s.store.database),
+  );
   const problems: string[] = [];
   const created = new Map<string, string[]>(shops.map((s) => [s.key, []]));
 
@@ -60,14 +72,20 @@ test('300 mixed requests over five stores, 30 at a time, with room for 2 handles
     const shop = shops[i % shops.length];
     if (i % 3 === 2) {
       const sku = `${shop.key}-load-${i}`;
-      const res = await request(server).post('/api/store/products').set('Host', shop.host).set('Authorization', `Bearer ${owner.token}`).send({ sku, name: `Load ${i}`, priceCents: i });
-      if (res.status !== 201 || res.body.sku !== sku) problems.push(`create #${i} on ${shop.key}: ${res.status} ${res.text}`);
+      const res = await request(server)
+        .post('/api/store/products')
+        .set('Host', shop.host)
+        .set('Authorization', `Bearer ${owner.token}`)
+        .send({ sku, name: `Load ${i}`, priceCents: i });
+      if (res.status !== 201 || res.body.sku !== sku)
+        problems.push(`create #${i} on ${shop.key}: ${res.status} ${res.text}`);
       else created.get(shop.key)!.push(res.body.id);
     } else {
       const res = await request(server).get('/api/store/products?limit=100').set('Host', shop.host);
       const items = (res.body?.items ?? []) as { sku: string }[];
       if (res.status !== 200) problems.push(`list #${i} on ${shop.key}: ${res.status} ${res.text}`);
-      else if (items.length < SEED_PRODUCTS || items.some((p) => !p.sku.startsWith(`${shop.key}-`))) problems.push(`list #${i} on ${shop.key} shows ${items.map((p) => p.sku).join(',')}`);
+      else if (items.length < SEED_PRODUCTS || items.some((p) => !p.sku.startsWith(`${shop.key}-`)))
+        problems.push(`list #${i} on ${shop.key} shows ${items.map((p) => p.sku).join(',')}`);
       expectNoLeak(res);
     }
   });
@@ -85,7 +103,10 @@ test('300 mixed requests over five stores, 30 at a time, with room for 2 handles
 
   // Each create landed in its own store's database, and only there.
   for (const shop of shops) {
-    const rows = await tenantQuery<{ id: string; sku: string }>(shop.store, "SELECT id, sku FROM products WHERE sku LIKE '%-load-%'");
+    const rows = await tenantQuery<{ id: string; sku: string }>(
+      shop.store,
+      "SELECT id, sku FROM products WHERE sku LIKE '%-load-%'",
+    );
     expect(rows.map((r) => r.id).sort()).toEqual([...created.get(shop.key)!].sort());
     expect(rows.every((r) => r.sku.startsWith(`${shop.key}-load-`))).toBe(true);
   }
@@ -97,9 +118,12 @@ test('50 concurrent first requests to a cold store share one handle build', asyn
   expect(t.ctx.tenants.peek(shop.store.id)).toBeNull();
   const before = t.ctx.tenants.stats().builds;
 
-  const answers = await Promise.all(Array.from({ length: 50 }, () => request(server).get('/api/store/products').set('Host', shop.host)));
+  const answers = await Promise.all(
+    Array.from({ length: 50 }, () => request(server).get('/api/store/products').set('Host', shop.host)),
+  );
   expect(answers.map((r) => r.status)).toEqual(new Array(50).fill(200));
-  for (const r of answers) expect(r.body.items.every((p: { sku: string }) => p.sku.startsWith(`${shop.key}-`))).toBe(true);
+  for (const r of answers)
+    expect(r.body.items.every((p: { sku: string }) => p.sku.startsWith(`${shop.key}-`))).toBe(true);
   const stats = t.ctx.tenants.stats();
   expect(stats.builds).toBe(before + 1);
   expect(stats.connections.peak).toBeLessThanOrEqual(CONNECTIONS_MAX);

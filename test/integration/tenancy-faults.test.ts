@@ -30,7 +30,12 @@ beforeAll(async () => {
     createActiveStore(t, { ownerId: owner.user.id, hostnames: [C] }),
   ]);
   for (const host of [A, B, C]) {
-    await request(server).post('/api/store/products').set('Host', host).set('Authorization', `Bearer ${owner.token}`).send({ sku: `${host}-1`, name: 'Thing', priceCents: 100 }).expect(201);
+    await request(server)
+      .post('/api/store/products')
+      .set('Host', host)
+      .set('Authorization', `Bearer ${owner.token}`)
+      .send({ sku: `${host}-1`, name: 'Thing', priceCents: 100 })
+      .expect(201);
   }
 });
 
@@ -43,7 +48,9 @@ async function timed(host: string, path = '/api/store/products') {
 async function cutOff(store: TestStore) {
   await adminQuery(`REVOKE CONNECT ON DATABASE ${ident(store.database)} FROM ${ident(store.role)}`);
   await adminQuery(`REVOKE CONNECT ON DATABASE ${ident(store.database)} FROM PUBLIC`);
-  await adminQuery(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${store.database}' AND pid <> pg_backend_pid()`);
+  await adminQuery(
+    `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${store.database}' AND pid <> pg_backend_pid()`,
+  );
 }
 
 async function reconnect(store: TestStore) {
@@ -57,7 +64,15 @@ function expectUnavailable(res: request.Response, store: TestStore) {
   expect(retryAfter).toBeGreaterThanOrEqual(1);
   expect(retryAfter).toBeLessThanOrEqual(Math.ceil(FENCE_MS / 1000));
   // Nothing about the database server leaks into the answer.
-  for (const secret of [store.database, store.role, store.connection.password, 'permission denied', '127.0.0.1', '5432']) expect(res.text).not.toContain(secret);
+  for (const secret of [
+    store.database,
+    store.role,
+    store.connection.password,
+    'permission denied',
+    '127.0.0.1',
+    '5432',
+  ])
+    expect(res.text).not.toContain(secret);
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -76,7 +91,13 @@ test('a store whose database refuses connections answers 503 TENANT_UNAVAILABLE 
 
   // A fails fast; B and C answer at the same time.
   for (let round = 0; round < 3; round++) {
-    const [ra1, rb, ra2, rc, ra3] = await Promise.all([timed(A), timed(B), timed(A, '/api/store/info'), timed(C), timed(A)]);
+    const [ra1, rb, ra2, rc, ra3] = await Promise.all([
+      timed(A),
+      timed(B),
+      timed(A, '/api/store/info'),
+      timed(C),
+      timed(A),
+    ]);
     for (const r of [ra1, ra2, ra3]) {
       expectUnavailable(r.res, a);
       expect(r.ms).toBeLessThan(ANSWER_WITHIN_MS);
@@ -89,9 +110,18 @@ test('a store whose database refuses connections answers 503 TENANT_UNAVAILABLE 
   expect(t.ctx.tenants.stats().fenced.map((f) => f.storeId)).toEqual([a.id]);
 
   // Writes to A fail the same way, and B takes writes meanwhile.
-  const write = await request(server).post('/api/store/products').set('Host', A).set('Authorization', `Bearer ${owner.token}`).send({ sku: 'DURING', name: 'x', priceCents: 1 });
+  const write = await request(server)
+    .post('/api/store/products')
+    .set('Host', A)
+    .set('Authorization', `Bearer ${owner.token}`)
+    .send({ sku: 'DURING', name: 'x', priceCents: 1 });
   expectUnavailable(write, a);
-  await request(server).post('/api/store/products').set('Host', B).set('Authorization', `Bearer ${owner.token}`).send({ sku: 'DURING', name: 'x', priceCents: 1 }).expect(201);
+  await request(server)
+    .post('/api/store/products')
+    .set('Host', B)
+    .set('Authorization', `Bearer ${owner.token}`)
+    .send({ sku: 'DURING', name: 'x', priceCents: 1 })
+    .expect(201);
 
   // Still unreachable after the fence ran out: the retry fails fast again (and fences again).
   await waitPastFence(a.id);
@@ -105,7 +135,12 @@ test('a store whose database refuses connections answers 503 TENANT_UNAVAILABLE 
   const back = await timed(A);
   expect(back.res.status).toBe(200);
   expect(back.res.body.items.map((p: { sku: string }) => p.sku)).toEqual([`${A}-1`]);
-  await request(server).post('/api/store/products').set('Host', A).set('Authorization', `Bearer ${owner.token}`).send({ sku: 'AFTER', name: 'x', priceCents: 1 }).expect(201);
+  await request(server)
+    .post('/api/store/products')
+    .set('Host', A)
+    .set('Authorization', `Bearer ${owner.token}`)
+    .send({ sku: 'AFTER', name: 'x', priceCents: 1 })
+    .expect(201);
   expect(t.ctx.tenants.stats().fenced).toEqual([]);
 });
 
@@ -134,7 +169,15 @@ test('a store whose database server does not answer at all (nothing listening) a
   const dead = await createActiveStore(t, { ownerId: owner.user.id, hostnames: ['dead.faults.test'] });
   const { StoreDatabase } = t.ctx.master.models;
   // Credentials now point at a port where nothing listens (as if the tenant server were down).
-  await StoreDatabase.update({ credentials: t.ctx.encryptor.encryptJson({ ...dead.connection, port: 1 }, secretContext.storeCredentials(dead.id)) }, { where: { storeId: dead.id } });
+  await StoreDatabase.update(
+    {
+      credentials: t.ctx.encryptor.encryptJson(
+        { ...dead.connection, port: 1 },
+        secretContext.storeCredentials(dead.id),
+      ),
+    },
+    { where: { storeId: dead.id } },
+  );
   await t.ctx.tenants.invalidate(dead.id);
   for (let i = 0; i < 2; i++) {
     const [r, other] = await Promise.all([timed('dead.faults.test'), timed(C)]);
@@ -154,10 +197,19 @@ test('a store whose database server accepts the connection but never answers get
   try {
     const port = (silent.address() as net.AddressInfo).port;
     const mute = await createActiveStore(t, { ownerId: owner.user.id, hostnames: ['mute.faults.test'] });
-    await t.ctx.master.models.StoreDatabase.update({ credentials: t.ctx.encryptor.encryptJson({ ...mute.connection, port }, secretContext.storeCredentials(mute.id)) }, { where: { storeId: mute.id } });
+    await t.ctx.master.models.StoreDatabase.update(
+      {
+        credentials: t.ctx.encryptor.encryptJson({ ...mute.connection, port }, secretContext.storeCredentials(mute.id)),
+      },
+      { where: { storeId: mute.id } },
+    );
     await t.ctx.tenants.invalidate(mute.id);
 
-    const [first, second, other] = await Promise.all([timed('mute.faults.test'), timed('mute.faults.test', '/api/store/info'), timed(B)]);
+    const [first, second, other] = await Promise.all([
+      timed('mute.faults.test'),
+      timed('mute.faults.test', '/api/store/info'),
+      timed(B),
+    ]);
     for (const r of [first, second]) {
       expectUnavailable(r.res, mute);
       expect(r.ms).toBeLessThan(ANSWER_WITHIN_MS);

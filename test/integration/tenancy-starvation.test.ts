@@ -6,7 +6,13 @@ import { registerUser } from '../helpers/app';
 import { TEST_SERVER_URL } from '../helpers/db';
 import { expectNoLeak, expectProblem } from '../helpers/http';
 import { useSuite } from '../helpers/suite';
-import { createActiveStore, dropTestTenants, sampleTenantConnections, tenantQuery, type TestStore } from '../helpers/tenants';
+import {
+  createActiveStore,
+  dropTestTenants,
+  sampleTenantConnections,
+  tenantQuery,
+  type TestStore,
+} from '../helpers/tenants';
 
 const CONNECTIONS_MAX = 12;
 const POOL_MAX = 3;
@@ -42,11 +48,19 @@ beforeAll(async () => {
   server = t.listen();
   hostile = await registerUser(t.app);
   const good = await Promise.all([registerUser(t.app), registerUser(t.app), registerUser(t.app)]);
-  const make = async (owner: Owner): Promise<Shop> => ({ owner, store: await createActiveStore(t, { ownerId: owner.user.id }) });
+  const make = async (owner: Owner): Promise<Shop> => ({
+    owner,
+    store: await createActiveStore(t, { ownerId: owner.user.id }),
+  });
   locked.push(...(await Promise.all([hostile, hostile, hostile, hostile].map(make))));
   others.push(...(await Promise.all(good.flatMap((owner) => [owner, owner]).map(make))));
   for (const shop of [...locked, ...others]) {
-    await request(server).post('/api/store/products').set('X-Store-Id', shop.store.id).set('Authorization', `Bearer ${shop.owner.token}`).send({ sku: `${shop.store.slug}-1`, name: 'Thing', priceCents: 100 }).expect(201);
+    await request(server)
+      .post('/api/store/products')
+      .set('X-Store-Id', shop.store.id)
+      .set('Authorization', `Bearer ${shop.owner.token}`)
+      .send({ sku: `${shop.store.slug}-1`, name: 'Thing', priceCents: 100 })
+      .expect(201);
   }
 });
 
@@ -108,18 +122,32 @@ test("stores whose databases hold locks answer 503 within the lock timeout, hold
         const shop = locked[i % locked.length];
         // Some are writes: a transaction waiting for the lock fails the same way.
         if (i % 6 !== 5) return list(shop);
-        return timed(request(server).post('/api/store/products').set('X-Store-Id', shop.store.id).set('Authorization', `Bearer ${hostile.token}`).send({ sku: `w${wave}-${i}`, name: 'Blocked', priceCents: 1 }));
+        return timed(
+          request(server)
+            .post('/api/store/products')
+            .set('X-Store-Id', shop.store.id)
+            .set('Authorization', `Bearer ${hostile.token}`)
+            .send({ sku: `w${wave}-${i}`, name: 'Blocked', priceCents: 1 }),
+        );
       });
       const toOthers = Array.from({ length: 24 }, async (_, i) => {
         const shop = others[i % others.length];
         if (i % 6 === 5) {
           const sku = `w${wave}-${i}`;
-          const r = await timed(request(server).post('/api/store/products').set('X-Store-Id', shop.store.id).set('Authorization', `Bearer ${shop.owner.token}`).send({ sku, name: 'During', priceCents: 1 }));
-          if (r.status !== 201) otherProblems.push(`create on ${shop.store.slug}: ${r.status} ${r.res?.text ?? 'no answer'}`);
+          const r = await timed(
+            request(server)
+              .post('/api/store/products')
+              .set('X-Store-Id', shop.store.id)
+              .set('Authorization', `Bearer ${shop.owner.token}`)
+              .send({ sku, name: 'During', priceCents: 1 }),
+          );
+          if (r.status !== 201)
+            otherProblems.push(`create on ${shop.store.slug}: ${r.status} ${r.res?.text ?? 'no answer'}`);
           return;
         }
         const r = await list(shop);
-        if (r.status !== 200) otherProblems.push(`list on ${shop.store.slug}: ${r.status} ${r.res?.text ?? 'no answer'}`);
+        if (r.status !== 200)
+          otherProblems.push(`list on ${shop.store.slug}: ${r.status} ${r.res?.text ?? 'no answer'}`);
         else expect(r.res!.body.items.map((p: { sku: string }) => p.sku)).toContain(`${shop.store.slug}-1`);
       });
       const [answers] = await Promise.all([Promise.all(toLocked), Promise.all(toOthers)]);
@@ -185,7 +213,10 @@ test('a store whose database returns more than TENANT_MAX_READ_BYTES for one req
   const owner = await registerUser(t.app);
   const big = await createActiveStore(t, { ownerId: owner.user.id });
   // 30 products of ~9 kB: a page of 20 is ~180 kB on the wire, three of them ~27 kB.
-  await tenantQuery(big, "INSERT INTO products (sku, name, description, price_cents) SELECT 'BIG-' || g, 'Big ' || g, repeat('x', 9000), 100 FROM generate_series(1, 30) g");
+  await tenantQuery(
+    big,
+    "INSERT INTO products (sku, name, description, price_cents) SELECT 'BIG-' || g, 'Big ' || g, repeat('x', 9000), 100 FROM generate_series(1, 30) g",
+  );
   const get = (path: string) => timed(request(server).get(path).set('X-Store-Id', big.id));
 
   const tooMuch = await get('/api/store/products');

@@ -8,7 +8,12 @@ const secrets = {
   JWT_SECRET: 'a-production-secret-of-at-least-32-characters',
   ENCRYPTION_KEYS: `k2:${key32(2)},k1:${key32(1)}`,
 };
-const production = { NODE_ENV: 'production', ...secrets, PAYMENTS_PROVIDER: 'stripe', STRIPE_WEBHOOK_SECRET: 'whsec_test' };
+const production = {
+  NODE_ENV: 'production',
+  ...secrets,
+  PAYMENTS_PROVIDER: 'stripe',
+  STRIPE_WEBHOOK_SECRET: 'whsec_test',
+};
 
 /** The message loadConfig throws for this environment (fails the test when it does not throw). */
 function problemWith(env: NodeJS.ProcessEnv): string {
@@ -44,7 +49,15 @@ describe('loadConfig', () => {
       logLevel: 'info',
       bcryptRounds: 12,
       jwt: { secret: secrets.JWT_SECRET, expiresIn: '7d', issuer: 'tenantry', audience: 'tenantry-api' },
-      tenant: { cacheMax: 5000, poolMax: 5, idleMs: 10000, connectionsMax: 60, acquireTimeoutMs: 1500, fenceMs: 5000, externalPublicOnly: true },
+      tenant: {
+        cacheMax: 5000,
+        poolMax: 5,
+        idleMs: 10000,
+        connectionsMax: 60,
+        acquireTimeoutMs: 1500,
+        fenceMs: 5000,
+        externalPublicOnly: true,
+      },
       rateLimit: { loginMax: 10, registerMax: 20, windowMs: 900000 },
     });
     expect(c.encryptionKeys.map((k) => k.id)).toEqual(['k2', 'k1']);
@@ -93,7 +106,12 @@ describe('loadConfig', () => {
   });
 
   test('in production, missing JWT_SECRET and ENCRYPTION_KEYS stop the start naming both', () => {
-    const message = problemWith({ NODE_ENV: 'production', PAYMENTS_PROVIDER: 'stripe', STRIPE_WEBHOOK_SECRET: 'whsec_x', DATA_DIR: dataDir });
+    const message = problemWith({
+      NODE_ENV: 'production',
+      PAYMENTS_PROVIDER: 'stripe',
+      STRIPE_WEBHOOK_SECRET: 'whsec_x',
+      DATA_DIR: dataDir,
+    });
     expect(message).toMatch(/Missing secrets in production/);
     expect(message).toContain('JWT_SECRET');
     expect(message).toContain('ENCRYPTION_KEYS');
@@ -107,7 +125,9 @@ describe('loadConfig', () => {
   });
 
   test('PAYMENTS_PROVIDER=manual is refused in production', () => {
-    expect(problemWith({ ...production, PAYMENTS_PROVIDER: 'manual' })).toMatch(/PAYMENTS_PROVIDER=manual .* refused in production/);
+    expect(problemWith({ ...production, PAYMENTS_PROVIDER: 'manual' })).toMatch(
+      /PAYMENTS_PROVIDER=manual .* refused in production/,
+    );
   });
 
   test('PAYMENTS_PROVIDER=stripe needs STRIPE_WEBHOOK_SECRET', () => {
@@ -179,7 +199,10 @@ describe('loadConfig', () => {
   test('.env.example documents every key the configuration reads, and no other', () => {
     const root = path.resolve(__dirname, '../..');
     const source = readFileSync(path.join(root, 'src/config.ts'), 'utf8');
-    const schema = source.slice(source.indexOf('const EnvSchema = z.object({'), source.indexOf('\n});', source.indexOf('const EnvSchema')));
+    const schema = source.slice(
+      source.indexOf('const EnvSchema = z.object({'),
+      source.indexOf('\n});', source.indexOf('const EnvSchema')),
+    );
     const schemaKeys = [...schema.matchAll(/^ {2}([A-Z][A-Z0-9_]+):/gm)].map((m) => m[1]).sort();
     expect(schemaKeys.length).toBeGreaterThan(20);
 

@@ -150,7 +150,11 @@ test("an owner's waiting store is not served from a slot another owner's store f
 test('with every connection busy, stores holding two more than a waiting one give one back as their queries end, one at a time', async () => {
   const b = budget(3);
   const hog = new FakeStore('hog', 'owner-hog');
-  const [small, small2, late] = [new FakeStore('small', 'owner-s'), new FakeStore('small2', 'owner-s2'), new FakeStore('late', 'owner-l')];
+  const [small, small2, late] = [
+    new FakeStore('small', 'owner-s'),
+    new FakeStore('small2', 'owner-s2'),
+    new FakeStore('late', 'owner-l'),
+  ];
   const served: string[] = [];
   for (let i = 0; i < 3; i++) await ask(b, hog, served);
   served.length = 0;

@@ -9,7 +9,14 @@ const connection = (text: string) => {
 
 describe('parseConnectionString reads an owner connection string', () => {
   test('every part, with the port and sslmode defaulting to 5432 and disable', () => {
-    expect(connection('postgres://shop:secret@db.example.com/shopdb')).toEqual({ host: 'db.example.com', port: 5432, database: 'shopdb', user: 'shop', password: 'secret', sslmode: 'disable' });
+    expect(connection('postgres://shop:secret@db.example.com/shopdb')).toEqual({
+      host: 'db.example.com',
+      port: 5432,
+      database: 'shopdb',
+      user: 'shop',
+      password: 'secret',
+      sslmode: 'disable',
+    });
     expect(connection('postgresql://shop:secret@db.example.com:6543/shopdb?sslmode=verify-full')).toEqual({
       host: 'db.example.com',
       port: 6543,
@@ -22,7 +29,9 @@ describe('parseConnectionString reads an owner connection string', () => {
 
   test('percent-encoded user, password and database are decoded; + stays a plus', () => {
     const password = 'p@ss:w/rd?#%&é+ 1';
-    const c = connection(`postgres://${encodeURIComponent('shop.owner')}:${encodeURIComponent(password)}@db.example.com/${encodeURIComponent('my db')}`);
+    const c = connection(
+      `postgres://${encodeURIComponent('shop.owner')}:${encodeURIComponent(password)}@db.example.com/${encodeURIComponent('my db')}`,
+    );
     expect(c).toMatchObject({ user: 'shop.owner', password, database: 'my db' });
     expect(connection('postgres://u:a+b@h.example/db').password).toBe('a+b');
   });

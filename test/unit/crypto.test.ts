@@ -77,8 +77,18 @@ describe('Encryptor (AES-256-GCM)', () => {
     });
 
     test('an auth tag cut short (GCM would otherwise accept 4 bytes)', () => {
-      expect(() => enc.decrypt(withPart(good, 3, (b) => b.subarray(0, 4)), here)).toThrow();
-      expect(() => enc.decrypt(withPart(good, 3, (b) => b.subarray(0, 12)), here)).toThrow();
+      expect(() =>
+        enc.decrypt(
+          withPart(good, 3, (b) => b.subarray(0, 4)),
+          here,
+        ),
+      ).toThrow();
+      expect(() =>
+        enc.decrypt(
+          withPart(good, 3, (b) => b.subarray(0, 12)),
+          here,
+        ),
+      ).toThrow();
     });
 
     test('a key id swapped for another configured id, even of the same key bytes (the id is authenticated)', () => {
@@ -89,7 +99,12 @@ describe('Encryptor (AES-256-GCM)', () => {
       ]);
       const c = twins.encrypt('bound to key id a', here);
       expect(twins.decrypt(c, here)).toBe('bound to key id a');
-      expect(() => twins.decrypt(withPart(c, 1, () => 'b'), here)).toThrow();
+      expect(() =>
+        twins.decrypt(
+          withPart(c, 1, () => 'b'),
+          here,
+        ),
+      ).toThrow();
     });
 
     test('something that is not a ciphertext of this format', () => {
@@ -131,18 +146,28 @@ describe('Encryptor (AES-256-GCM)', () => {
 
   describe('binds a ciphertext to the row and column it is stored in', () => {
     const enc = new Encryptor([current]);
-    const credentialsOfA = enc.encryptJson({ user: 'store_a', password: 'a-secret' }, secretContext.storeCredentials(storeA));
+    const credentialsOfA = enc.encryptJson(
+      { user: 'store_a', password: 'a-secret' },
+      secretContext.storeCredentials(storeA),
+    );
 
     test("store A's credentials copied into store B's row do not decrypt", () => {
       expect(() => enc.decryptJson(credentialsOfA, secretContext.storeCredentials(storeB))).toThrow(DecryptionError);
-      expect(enc.decryptJson(credentialsOfA, secretContext.storeCredentials(storeA))).toEqual({ user: 'store_a', password: 'a-secret' });
+      expect(enc.decryptJson(credentialsOfA, secretContext.storeCredentials(storeA))).toEqual({
+        user: 'store_a',
+        password: 'a-secret',
+      });
     });
 
     test("store A's credentials copied into another column of store A do not decrypt", () => {
-      expect(() => enc.decryptJson(credentialsOfA, secretContext.storeIntegration(storeA, 'stripe'))).toThrow(DecryptionError);
+      expect(() => enc.decryptJson(credentialsOfA, secretContext.storeIntegration(storeA, 'stripe'))).toThrow(
+        DecryptionError,
+      );
       const stripeOfA = enc.encryptJson({ secretKey: 'sk_test_a' }, secretContext.storeIntegration(storeA, 'stripe'));
       expect(() => enc.decryptJson(stripeOfA, secretContext.storeCredentials(storeA))).toThrow(DecryptionError);
-      expect(() => enc.decryptJson(stripeOfA, secretContext.storeIntegration(storeB, 'stripe'))).toThrow(DecryptionError);
+      expect(() => enc.decryptJson(stripeOfA, secretContext.storeIntegration(storeB, 'stripe'))).toThrow(
+        DecryptionError,
+      );
     });
 
     test('a v2 ciphertext relabelled v1 (to skip the row check) does not decrypt', () => {
@@ -154,9 +179,15 @@ describe('Encryptor (AES-256-GCM)', () => {
     test('decrypts them, under any of the configured keys, wherever they are stored', () => {
       const stored = legacyV1(old, JSON.stringify({ user: 'legacy', password: 'p' }));
       const enc = new Encryptor([current, old]);
-      expect(enc.decryptJson(stored, secretContext.storeCredentials(storeA))).toEqual({ user: 'legacy', password: 'p' });
+      expect(enc.decryptJson(stored, secretContext.storeCredentials(storeA))).toEqual({
+        user: 'legacy',
+        password: 'p',
+      });
       // v1 carries no place: it cannot be checked until the row is written again (as v2).
-      expect(enc.decryptJson(stored, secretContext.storeCredentials(storeB))).toEqual({ user: 'legacy', password: 'p' });
+      expect(enc.decryptJson(stored, secretContext.storeCredentials(storeB))).toEqual({
+        user: 'legacy',
+        password: 'p',
+      });
       expect(enc.encryptJson({ user: 'legacy', password: 'p' }, here)).toMatch(/^v2\.new\./);
     });
 

@@ -12,7 +12,19 @@ describe('hostname policy', () => {
     expect(normaliseHostname('１２７.０.０.１')).toBe('127.0.0.1');
   });
 
-  test.each(['127.0.0.1', '2130706433', '0x7f000001', '0X7F.0.0.1', '0177.0.0.1', '127.1', '1.2.3.0x4', '[::1]', '::ffff:127.0.0.1', 'fe80::1', '8.8.8.8'])('%s is an IP literal', (h) => {
+  test.each([
+    '127.0.0.1',
+    '2130706433',
+    '0x7f000001',
+    '0X7F.0.0.1',
+    '0177.0.0.1',
+    '127.1',
+    '1.2.3.0x4',
+    '[::1]',
+    '::ffff:127.0.0.1',
+    'fe80::1',
+    '8.8.8.8',
+  ])('%s is an IP literal', (h) => {
     expect(isIpLiteral(normaliseHostname(h))).toBe(true);
   });
 
@@ -40,12 +52,16 @@ describe('hostname policy', () => {
   });
 
   test('internationalised names are claimed in their ASCII form; an ordinary name passes', () => {
-    expect(checkClaimableHostname('Bücher.Example.ORG.', policy)).toEqual({ ok: true, hostname: 'xn--bcher-kva.example.org' });
+    expect(checkClaimableHostname('Bücher.Example.ORG.', policy)).toEqual({
+      ok: true,
+      hostname: 'xn--bcher-kva.example.org',
+    });
     expect(checkClaimableHostname('example.com', policy)).toEqual({ ok: true, hostname: 'example.com' });
   });
 
   test('IP addresses, single labels and platform names never route by host', () => {
-    for (const h of ['127.0.0.1', '[::1]', 'localhost', 'api.example.com', '2130706433', undefined]) expect(routableHost(h, policy)).toBeUndefined();
+    for (const h of ['127.0.0.1', '[::1]', 'localhost', 'api.example.com', '2130706433', undefined])
+      expect(routableHost(h, policy)).toBeUndefined();
     expect(routableHost('Shop.Example.org.', policy)).toBe('shop.example.org');
     expect(routableHost('my-shop.shops.example.com', policy)).toBe('my-shop.shops.example.com');
   });

@@ -2,7 +2,12 @@ import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import jwt from 'jsonwebtoken';
 import { InvalidTokenError, TokenSigner, type PlatformClaims, type StoreClaims } from '../../src/lib/jwt';
 
-const settings = { secret: 'unit-test-secret-that-is-long-enough-0123456789', expiresIn: '15m', issuer: 'tenantry', audience: 'tenantry-api' };
+const settings = {
+  secret: 'unit-test-secret-that-is-long-enough-0123456789',
+  expiresIn: '15m',
+  issuer: 'tenantry',
+  audience: 'tenantry-api',
+};
 const signer = new TokenSigner(settings);
 
 const platform: PlatformClaims = { sub: randomUUID(), typ: 'platform', role: 'user', storeId: null };
@@ -13,11 +18,20 @@ const now = () => Math.floor(Date.now() / 1000);
 
 /** A payload that is right in every way but the one a test changes. */
 function payload(extra: Record<string, unknown> = {}) {
-  return { ...platform, jti: randomUUID(), iat: now(), exp: now() + 600, iss: settings.issuer, aud: settings.audience, ...extra };
+  return {
+    ...platform,
+    jti: randomUUID(),
+    iat: now(),
+    exp: now() + 600,
+    iss: settings.issuer,
+    aud: settings.audience,
+    ...extra,
+  };
 }
 
 /** Sign any payload with our secret and algorithm, bypassing TokenSigner's own checks. */
-const signRaw = (p: object, secret = settings.secret, algorithm: jwt.Algorithm = 'HS256') => jwt.sign(p, secret, { algorithm });
+const signRaw = (p: object, secret = settings.secret, algorithm: jwt.Algorithm = 'HS256') =>
+  jwt.sign(p, secret, { algorithm });
 
 function expectRefused(token: string, message?: RegExp) {
   let error: unknown;

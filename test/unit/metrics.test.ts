@@ -20,7 +20,11 @@ async function value(registry: Registry, name: string, labels: Record<string, st
   if (!metric) throw new Error(`no metric ${name}`);
   const { values } = await metric.get();
   return values
-    .filter((v) => ((v as { metricName?: string }).metricName ?? name) === series && Object.entries(labels).every(([k, l]) => String(v.labels[k]) === l))
+    .filter(
+      (v) =>
+        ((v as { metricName?: string }).metricName ?? name) === series &&
+        Object.entries(labels).every(([k, l]) => String(v.labels[k]) === l),
+    )
     .reduce((sum, v) => sum + v.value, 0);
 }
 
@@ -49,17 +53,25 @@ describe('job metrics', () => {
     expect(await value(registry, durations, { queue: 'provisioning', outcome: 'completed' }, count)).toBe(2);
     expect(await value(registry, durations, { queue: 'provisioning', outcome: 'failed' }, count)).toBe(1);
     expect(await value(registry, durations, { queue: 'provisioning', outcome: 'retried' }, count)).toBe(1);
-    expect(await value(registry, durations, { queue: 'provisioning', outcome: 'completed' }, `${durations}_sum`)).toBeCloseTo(1.51, 5);
+    expect(
+      await value(registry, durations, { queue: 'provisioning', outcome: 'completed' }, `${durations}_sum`),
+    ).toBeCloseTo(1.51, 5);
     // 1.5 s is over the 1 s bucket, 10 ms under it.
-    expect(await value(registry, durations, { queue: 'provisioning', outcome: 'completed', le: '1' }, `${durations}_bucket`)).toBe(1);
+    expect(
+      await value(registry, durations, { queue: 'provisioning', outcome: 'completed', le: '1' }, `${durations}_bucket`),
+    ).toBe(1);
   });
 
-  test("a migration run counts each store database it visited: migrated, unchanged or failed", async () => {
+  test('a migration run counts each store database it visited: migrated, unchanged or failed', async () => {
     const ctx = fakeContext();
     const { registry } = metricsOf(ctx);
     const worker = fakeWorker('tenant-migrations');
     instrumentWorker(ctx, worker as unknown as Worker);
-    worker.emit('completed', { processedOn: Date.now() - 50, finishedOn: Date.now() }, { total: 6, done: 6, migrated: 2, failures: [{ storeId: 'a', error: 'x' }] });
+    worker.emit(
+      'completed',
+      { processedOn: Date.now() - 50, finishedOn: Date.now() },
+      { total: 6, done: 6, migrated: 2, failures: [{ storeId: 'a', error: 'x' }] },
+    );
     const outcomes = 'tenantry_tenant_migration_outcomes_total';
     expect(await value(registry, outcomes, { outcome: 'migrated' })).toBe(2);
     expect(await value(registry, outcomes, { outcome: 'failed' })).toBe(1);
@@ -75,7 +87,11 @@ describe('route labels', () => {
   };
 
   test('are the mount and the route pattern, never the raw path', () => {
-    expect(routeLabel(request({ route: { path: '/products/:id' } as never, originalUrl: '/api/store/products/42' }, '/api/store'))).toBe('/api/store/products/:id');
+    expect(
+      routeLabel(
+        request({ route: { path: '/products/:id' } as never, originalUrl: '/api/store/products/42' }, '/api/store'),
+      ),
+    ).toBe('/api/store/products/:id');
     expect(routeLabel(request({ route: { path: '/metrics' } as never }))).toBe('/metrics');
   });
 
@@ -98,14 +114,33 @@ describe('the Grafana dashboard (ops/grafana/tenantry.json)', () => {
   }
   const labelsOf = (name: string) => (metrics.get(name) as unknown as { labelNames: string[] }).labelNames;
 
-  type Panel = { id: number; type: string; title: string; datasource?: { uid: string }; targets?: { expr: string; legendFormat?: string; datasource?: { uid: string } }[]; panels?: Panel[] };
+  type Panel = {
+    id: number;
+    type: string;
+    title: string;
+    datasource?: { uid: string };
+    targets?: { expr: string; legendFormat?: string; datasource?: { uid: string } }[];
+    panels?: Panel[];
+  };
   const panels: Panel[] = (dashboard.panels as Panel[]).flatMap((p) => [p, ...(p.panels ?? [])]);
-  const expressions = panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr, legend: t.legendFormat ?? '' })));
-  const variableQueries = (dashboard.templating.list as { query: { query: string } | string }[]).map((v) => ({ panel: 'variables', expr: typeof v.query === 'string' ? v.query : v.query.query, legend: '' }));
+  const expressions = panels.flatMap((p) =>
+    (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr, legend: t.legendFormat ?? '' })),
+  );
+  const variableQueries = (dashboard.templating.list as { query: { query: string } | string }[]).map((v) => ({
+    panel: 'variables',
+    expr: typeof v.query === 'string' ? v.query : v.query.query,
+    legend: '',
+  }));
 
   test('is importable as is: the Prometheus data source is an input, every panel and query uses it', () => {
-    expect(dashboard.__inputs).toEqual([expect.objectContaining({ name: 'DS_PROMETHEUS', type: 'datasource', pluginId: 'prometheus' })]);
-    expect(dashboard).toMatchObject({ title: expect.any(String), uid: expect.stringMatching(/^[a-z0-9-]{1,40}$/), schemaVersion: expect.any(Number) });
+    expect(dashboard.__inputs).toEqual([
+      expect.objectContaining({ name: 'DS_PROMETHEUS', type: 'datasource', pluginId: 'prometheus' }),
+    ]);
+    expect(dashboard).toMatchObject({
+      title: expect.any(String),
+      uid: expect.stringMatching(/^[a-z0-9-]{1,40}$/),
+      schemaVersion: expect.any(Number),
+    });
     expect(new Set(panels.map((p) => p.id)).size).toBe(panels.length);
     for (const p of panels.filter((p) => p.type !== 'row')) {
       expect(p.datasource).toEqual({ type: 'prometheus', uid: '${DS_PROMETHEUS}' });
@@ -113,7 +148,13 @@ describe('the Grafana dashboard (ops/grafana/tenantry.json)', () => {
       for (const t of p.targets!) expect(t.datasource).toEqual({ type: 'prometheus', uid: '${DS_PROMETHEUS}' });
     }
     // No data source of the exporter's own Grafana is left in it.
-    expect(JSON.stringify(dashboard).match(/"uid":\s*"[^"]*"/g)!.filter((u) => !u.includes('${DS_PROMETHEUS}') && !u.includes('-- Grafana --') && !u.includes('tenantry-overview'))).toEqual([]);
+    expect(
+      JSON.stringify(dashboard)
+        .match(/"uid":\s*"[^"]*"/g)!
+        .filter(
+          (u) => !u.includes('${DS_PROMETHEUS}') && !u.includes('-- Grafana --') && !u.includes('tenantry-overview'),
+        ),
+    ).toEqual([]);
   });
 
   test('every metric its expressions name is one the application exports, with the labels it has', () => {
@@ -133,16 +174,21 @@ describe('the Grafana dashboard (ops/grafana/tenantry.json)', () => {
         for (const label of labelsOf(series.get(name)!)) allowed.add(label);
       }
       const usedLabels = [
-        ...[...expr.matchAll(/\{([^}]*)\}/g)].flatMap((m) => [...m[1].matchAll(/([a-z_]+)\s*(=~|!~|!=|=)/g)].map((l) => l[1])),
+        ...[...expr.matchAll(/\{([^}]*)\}/g)].flatMap((m) =>
+          [...m[1].matchAll(/([a-z_]+)\s*(=~|!~|!=|=)/g)].map((l) => l[1]),
+        ),
         ...[...expr.matchAll(/\b(?:by|without)\s*\(([^)]*)\)/g)].flatMap((m) => m[1].split(',').map((l) => l.trim())),
         ...[...legend.matchAll(/\{\{\s*(\w+)\s*\}\}/g)].map((m) => m[1]),
       ];
-      for (const label of usedLabels) if (!allowed.has(label)) throw new Error(`${panel}: label ${label} is not on ${named.join(', ')} (${expr})`);
+      for (const label of usedLabels)
+        if (!allowed.has(label)) throw new Error(`${panel}: label ${label} is not on ${named.join(', ')} (${expr})`);
     }
   });
 
   test("has a panel for every metric of Tenantry's own (not Node's defaults)", () => {
-    const used = new Set(expressions.flatMap(({ expr }) => [...expr.matchAll(/\b(tenantry_[a-z0-9_]+)\b/g)].map((m) => series.get(m[1]))));
+    const used = new Set(
+      expressions.flatMap(({ expr }) => [...expr.matchAll(/\b(tenantry_[a-z0-9_]+)\b/g)].map((m) => series.get(m[1]))),
+    );
     const own = [...metrics.keys()].filter((name) => !/^tenantry_(process|nodejs)_/.test(name));
     expect(own.length).toBeGreaterThan(20);
     expect(own.filter((name) => !used.has(name))).toEqual([]);

@@ -48,8 +48,18 @@ test.each([
   expect(isPublicAddress(ip)).toBe(expected);
 });
 
-test.each(['127.0.0.1', 'localhost', '::1', '/var/run/postgresql'])('pg through publicOnlySocket does not connect to %s', async (host) => {
-  const client = new pg.Client({ host, port: 5432, user: 'postgres', database: 'postgres', stream: publicOnlySocket, connectionTimeoutMillis: 3000 });
-  client.on('error', () => {});
-  await expect(client.connect()).rejects.toMatchObject({ code: PRIVATE_ADDRESS });
-});
+test.each(['127.0.0.1', 'localhost', '::1', '/var/run/postgresql'])(
+  'pg through publicOnlySocket does not connect to %s',
+  async (host) => {
+    const client = new pg.Client({
+      host,
+      port: 5432,
+      user: 'postgres',
+      database: 'postgres',
+      stream: publicOnlySocket,
+      connectionTimeoutMillis: 3000,
+    });
+    client.on('error', () => {});
+    await expect(client.connect()).rejects.toMatchObject({ code: PRIVATE_ADDRESS });
+  },
+);

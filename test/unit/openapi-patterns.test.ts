@@ -15,7 +15,8 @@ import { z } from 'zod';
  */
 type Json = Record<string, any>;
 const document: Json = JSON.parse(readFileSync(path.join(__dirname, '../../clients/typescript/openapi.json'), 'utf8'));
-const body = (p: string, method: string): Json => document.paths[p][method].requestBody.content['application/json'].schema;
+const body = (p: string, method: string): Json =>
+  document.paths[p][method].requestBody.content['application/json'].schema;
 const regex = (pattern: string) => new RegExp(pattern, 'u');
 
 /** A small seeded generator, so that a failure can be replayed. */
@@ -30,7 +31,8 @@ function random(seed: number) {
   };
   const int = (n: number) => Math.floor(next() * n);
   const pick = <T>(items: readonly T[]): T => items[int(items.length)];
-  const text = (alphabet: readonly string[], min: number, max: number) => Array.from({ length: min + int(max - min + 1) }, () => pick(alphabet)).join('');
+  const text = (alphabet: readonly string[], min: number, max: number) =>
+    Array.from({ length: min + int(max - min + 1) }, () => pick(alphabet)).join('');
   return { int, pick, text, chance: (p: number) => next() < p };
 }
 
@@ -39,15 +41,21 @@ const HEX = chars('0123456789abcdefABCDEF');
 const LABEL_CHARS = chars('abcdefghijklmnopqrstuvwxyz0123456789-ABC');
 
 function dnsName(r: ReturnType<typeof random>): string {
-  const labels = Array.from({ length: 1 + r.int(4) }, () => (r.chance(0.05) ? r.text(LABEL_CHARS, 60, 66) : r.text(LABEL_CHARS, 0, 12)));
+  const labels = Array.from({ length: 1 + r.int(4) }, () =>
+    r.chance(0.05) ? r.text(LABEL_CHARS, 60, 66) : r.text(LABEL_CHARS, 0, 12),
+  );
   if (r.chance(0.3)) labels[labels.length - 1] = r.pick(['1', '0x7f', '127', 'localhost', 'com', 'xn--p1ai', '9a']);
   return labels.join('.') + (r.chance(0.1) ? '.' : '');
 }
 function ipv4(r: ReturnType<typeof random>): string {
-  return Array.from({ length: r.chance(0.9) ? 4 : 1 + r.int(5) }, () => String(r.chance(0.1) ? r.int(400) : r.int(256)).padStart(r.chance(0.05) ? 3 : 0, '0')).join('.');
+  return Array.from({ length: r.chance(0.9) ? 4 : 1 + r.int(5) }, () =>
+    String(r.chance(0.1) ? r.int(400) : r.int(256)).padStart(r.chance(0.05) ? 3 : 0, '0'),
+  ).join('.');
 }
 function ipv6(r: ReturnType<typeof random>): string {
-  const groups = Array.from({ length: 1 + r.int(9) }, () => r.text(HEX, r.chance(0.05) ? 0 : 1, r.chance(0.05) ? 5 : 4));
+  const groups = Array.from({ length: 1 + r.int(9) }, () =>
+    r.text(HEX, r.chance(0.05) ? 0 : 1, r.chance(0.05) ? 5 : 4),
+  );
   if (r.chance(0.6)) groups.splice(r.int(groups.length + 1), 0, r.chance(0.9) ? '' : '::');
   let text = groups.join(':');
   if (text.startsWith(':') && !text.startsWith('::')) text = `:${text}`;
@@ -69,7 +77,8 @@ test('an owner database host the document accepts is one the API reads', () => {
     expect([host, readHost(host, { bareIpv6: true }) !== undefined]).toEqual([host, true]);
   }
   expect(matched).toBeGreaterThan(TRIES / 4);
-  for (const host of ['127.1', '0x7f000001', '2130706433', '::1%eth0', '/var/run/postgresql', 'a..b', 'db example', '']) expect([host, pattern.test(host)]).toEqual([host, false]);
+  for (const host of ['127.1', '0x7f000001', '2130706433', '::1%eth0', '/var/run/postgresql', 'a..b', 'db example', ''])
+    expect([host, pattern.test(host)]).toEqual([host, false]);
 });
 
 test('an IPv6 address the document accepts is one', () => {
@@ -94,7 +103,17 @@ test('a connection string the document accepts is one the parser takes', () => {
   const clean = chars("abcXYZ019-._~!$&'()*+,;=").concat(['%40', '%2F', '%3A', '%25', '%20', '%7E']);
   const noisy = clean.concat(['%7F', '%00', '%C3%A9', '%E0', '@', ':', '/', '?', '#', ' ', 'é', '%']);
   const part = (min: number, max: number) => r.text(r.chance(0.7) ? clean : noisy, min, max);
-  const query = ['', '', '?sslmode=require', '?sslmode=disable', '?sslmode=verify-full', '?sslmode=prefer', '?sslrootcert=/etc/passwd', '?sslmode=require&sslmode=disable', '?host=/tmp'];
+  const query = [
+    '',
+    '',
+    '?sslmode=require',
+    '?sslmode=disable',
+    '?sslmode=verify-full',
+    '?sslmode=prefer',
+    '?sslrootcert=/etc/passwd',
+    '?sslmode=require&sslmode=disable',
+    '?host=/tmp',
+  ];
   let matched = 0;
   for (let i = 0; i < TRIES; i++) {
     const user = part(0, r.chance(0.05) ? 70 : 6);
@@ -118,15 +137,22 @@ test('a store hostname the document accepts is refused only for what depends on 
   const r = random(4);
   let matched = 0;
   for (let i = 0; i < TRIES; i++) {
-    const name = r.chance(0.1) ? `${dnsName(r)}.${r.pick(policy.platform.concat(policy.storeDomain))}` : dnsName(r).toLowerCase();
+    const name = r.chance(0.1)
+      ? `${dnsName(r)}.${r.pick(policy.platform.concat(policy.storeDomain))}`
+      : dnsName(r).toLowerCase();
     if (!pattern.test(name)) continue;
     matched++;
     const verdict = checkClaimableHostname(name, policy);
-    const reason = verdict.ok ? 'ok' : /platform|issued by the platform/.test(verdict.detail) ? 'the deployment' : verdict.detail;
+    const reason = verdict.ok
+      ? 'ok'
+      : /platform|issued by the platform/.test(verdict.detail)
+        ? 'the deployment'
+        : verdict.detail;
     expect([name, reason]).toEqual([name, expect.stringMatching(/^(ok|the deployment)$/)]);
   }
   expect(matched).toBeGreaterThan(TRIES / 10);
-  for (const name of ['localhost', 'shop.localhost', '127.0.0.1', '10.1', 'shop', 'shop.123', 'shop.0x1f']) expect([name, pattern.test(name)]).toEqual([name, false]);
+  for (const name of ['localhost', 'shop.localhost', '127.0.0.1', '10.1', 'shop', 'shop.123', 'shop.0x1f'])
+    expect([name, pattern.test(name)]).toEqual([name, false]);
 });
 
 test('an e-mail address, a UUID and a name the document accepts are ones the validators take', () => {
@@ -152,7 +178,12 @@ test('an e-mail address, a UUID and a name the document accepts are ones the val
   expect(CreateStoreBody.safeParse({ name: '  Ada  ', slug: 'ada-shop' }).success).toBe(true);
 
   const id = regex(document.paths['/api/stores/{id}'].get.parameters.find((p: Json) => p.name === 'id').schema.pattern);
-  for (const uuid of ['00000000-0000-0000-0000-000000000000', '3f2b8c1e-9d4a-4f6b-8a2c-1e5d7f9b0c3a', '3f2b8c1e-9d4a-0f6b-8a2c-1e5d7f9b0c3a', '3f2b8c1e-9d4a-4f6b-ca2c-1e5d7f9b0c3a']) {
+  for (const uuid of [
+    '00000000-0000-0000-0000-000000000000',
+    '3f2b8c1e-9d4a-4f6b-8a2c-1e5d7f9b0c3a',
+    '3f2b8c1e-9d4a-0f6b-8a2c-1e5d7f9b0c3a',
+    '3f2b8c1e-9d4a-4f6b-ca2c-1e5d7f9b0c3a',
+  ]) {
     expect([uuid, id.test(uuid)]).toEqual([uuid, z.uuid().safeParse(uuid).success]);
   }
 });

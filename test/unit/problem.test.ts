@@ -25,7 +25,9 @@ describe('problem JSON', () => {
   test('an AppError keeps its status, code, detail and headers', async () => {
     const app = appWith((a) =>
       a.get('/x', () => {
-        throw new AppError(503, ErrorCode.TENANT_UNAVAILABLE, 'The store database is not reachable', { headers: { 'Retry-After': '2' } });
+        throw new AppError(503, ErrorCode.TENANT_UNAVAILABLE, 'The store database is not reachable', {
+          headers: { 'Retry-After': '2' },
+        });
       }),
     );
     const res = await request(app).get('/x');
@@ -53,11 +55,24 @@ describe('problem JSON', () => {
 
   test('validation failures list every problem with its path', async () => {
     const api = new ApiRouter('/v');
-    api.post('/', { operationId: 'testValidation', summary: 'test', body: z.strictObject({ a: z.string(), b: z.object({ c: z.number() }) }) }, () => ({ ok: true }));
+    api.post(
+      '/',
+      {
+        operationId: 'testValidation',
+        summary: 'test',
+        body: z.strictObject({ a: z.string(), b: z.object({ c: z.number() }) }),
+      },
+      () => ({ ok: true }),
+    );
     const app = appWith((a) => a.use(api.basePath, api.router));
-    const res = await request(app).post('/v').send({ a: 1, b: { c: 'x' } });
+    const res = await request(app)
+      .post('/v')
+      .send({ a: 1, b: { c: 'x' } });
     expectProblem(res, 400, 'VALIDATION_FAILED');
     expect(res.body.errors.map((e: { path: string }) => e.path).sort()).toEqual(['a', 'b.c']);
-    await request(app).post('/v').send({ a: 'x', b: { c: 1 } }).expect(200, { ok: true });
+    await request(app)
+      .post('/v')
+      .send({ a: 'x', b: { c: 1 } })
+      .expect(200, { ok: true });
   });
 });

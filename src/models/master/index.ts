@@ -188,7 +188,10 @@ export function initMasterModels(sequelize: Sequelize) {
     { ...common, tableName: 'store_hostnames', updatedAt: false },
   );
 
-  class ServiceCreditCost extends Model<InferAttributes<ServiceCreditCost>, InferCreationAttributes<ServiceCreditCost>> {
+  class ServiceCreditCost extends Model<
+    InferAttributes<ServiceCreditCost>,
+    InferCreationAttributes<ServiceCreditCost>
+  > {
     declare service: string;
     declare costPerUnit: number;
     declare description: string;
@@ -218,7 +221,10 @@ export function initMasterModels(sequelize: Sequelize) {
     { ...common, tableName: 'credit_balances', createdAt: false },
   );
 
-  class CreditTransaction extends Model<InferAttributes<CreditTransaction>, InferCreationAttributes<CreditTransaction>> {
+  class CreditTransaction extends Model<
+    InferAttributes<CreditTransaction>,
+    InferCreationAttributes<CreditTransaction>
+  > {
     declare id: CreationOptional<string>;
     declare storeId: string;
     declare type: 'purchase' | 'spend' | 'refund' | 'adjustment';
@@ -250,7 +256,10 @@ export function initMasterModels(sequelize: Sequelize) {
     { ...common, tableName: 'credit_transactions', updatedAt: false },
   );
 
-  class BillingTransaction extends Model<InferAttributes<BillingTransaction>, InferCreationAttributes<BillingTransaction>> {
+  class BillingTransaction extends Model<
+    InferAttributes<BillingTransaction>,
+    InferCreationAttributes<BillingTransaction>
+  > {
     declare id: CreationOptional<string>;
     declare storeId: string;
     declare userId: CreationOptional<string | null>;
@@ -366,7 +375,8 @@ export function initMasterModels(sequelize: Sequelize) {
   };
 }
 
-export type StoreStatus = 'pending_database' | 'provisioning' | 'active' | 'provisioning_failed' | 'suspended' | 'deleted';
+export type StoreStatus =
+  'pending_database' | 'provisioning' | 'active' | 'provisioning_failed' | 'suspended' | 'deleted';
 export type MemberRole = 'owner' | 'admin' | 'staff';
 export type MasterModels = ReturnType<typeof initMasterModels>;
 export type PlatformUser = InstanceType<MasterModels['User']>;

@@ -15,7 +15,14 @@ import { createTestDatabase, TEST_SERVER_URL, urlFor, type TestDatabase } from '
  * never finished it) builds it and copies again.
  */
 
-const TEMPLATE_PREFIX = 'tenantry_test_master_tpl_';
+/**
+ * Not `tenantry_test_…`, which createTestDatabase gives suites (one labelled "master_tpl" is no template),
+ * nor the tenant templates' `tenantry_tpl_…`.
+ */
+const TEMPLATE_PREFIX = 'tenantry_master_test_tpl_';
+/** What this file names its templates, and nothing else: what it may drop. */
+const TEMPLATE_NAME = `^${TEMPLATE_PREFIX}[0-9a-f]{12}$`;
+const BUILDING_NAME = `^${TEMPLATE_PREFIX}[0-9a-f]{12}_building$`;
 /** Not the tenant templates' key (src/provisioning/templates.ts): those are built on the same server. */
 const LOCK_KEY = 748_213_902;
 /** A template of another schema is dropped once it is this old: a run started before the change may still copy it. */
@@ -62,9 +69,9 @@ export async function ensureMasterTemplate(server = TEST_SERVER_URL): Promise<st
 
 async function build(client: pg.Client, name: string, server: string): Promise<void> {
   // Whatever an interrupted build left: under the lock, nobody is building it now.
-  const { rows: left } = await client.query<{ datname: string }>(
-    `SELECT datname FROM pg_database WHERE datname LIKE '${TEMPLATE_PREFIX}%\\_building'`,
-  );
+  const { rows: left } = await client.query<{ datname: string }>('SELECT datname FROM pg_database WHERE datname ~ $1', [
+    BUILDING_NAME,
+  ]);
   for (const { datname } of left) await client.query(`DROP DATABASE IF EXISTS ${datname} WITH (FORCE)`);
   const building = `${name}_building`;
   await client.query(`CREATE DATABASE ${building}`);
@@ -85,9 +92,8 @@ async function build(client: pg.Client, name: string, server: string): Promise<v
 /** Templates of other schemas no run has built for a while: nothing is likely to copy them again. */
 async function dropOtherSchemas(client: pg.Client, current: string): Promise<void> {
   const { rows } = await client.query<{ datname: string; built: string | null }>(
-    `SELECT datname, shobj_description(oid, 'pg_database') AS built FROM pg_database
-      WHERE datname LIKE '${TEMPLATE_PREFIX}%' AND datname NOT LIKE '%\\_building' AND datname <> $1`,
-    [current],
+    "SELECT datname, shobj_description(oid, 'pg_database') AS built FROM pg_database WHERE datname ~ $1 AND datname <> $2",
+    [TEMPLATE_NAME, current],
   );
   for (const { datname, built } of rows) {
     const age = Date.now() - Date.parse(built ?? '');

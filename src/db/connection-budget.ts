@@ -5,6 +5,16 @@ export type { BudgetHolder } from './tenant-types';
 export interface BudgetOptions {
   /** The part of `max` (0–1] the stores of one owner may hold together; default 1 (no limit of their own). */
   ownerShare?: number;
+  /** What `ownerShare` is a part of, when `max` moves (a server's lease); default `max`. */
+  shareOf?: number;
+  /** An owner's cap now, when it depends on more than this budget (the fleet's share); default `ownerMax`. */
+  ownerCap?: (ownerId: string) => number;
+  /** A request waits because every slot is taken: more may be borrowed (a server's lease). */
+  onShort?: () => void;
+  /** A slot came back. */
+  onRelease?: () => void;
+  /** While true, more slots may come in a moment: waiters do not close other stores' idle connections yet. */
+  canGrow?: () => boolean;
 }
 
 /** Waiting for a connection slot took too long: the whole instance (or the store's owner) is busy. */
@@ -58,8 +68,9 @@ export class ConnectionBudget implements ConnectionSlots {
   reclaimed = 0;
   /** Total ms requests spent waiting for a slot (divide by `waits`). */
   waitedMs = 0;
-  /** Connections the stores of one owner may hold together. */
+  /** Connections the stores of one owner may hold together (in this budget; see BudgetOptions.ownerCap). */
   readonly ownerMax: number;
+  private readonly hooks: Pick<BudgetOptions, 'ownerCap' | 'onShort' | 'onRelease' | 'canGrow'>;
   private waitingCount = 0;
   /** Stores with waiters, in serving order: a served store moves to the back (a Map keeps insertion order). */
   private readonly queues = new Map<BudgetHolder, Waiter[]>();
@@ -70,11 +81,57 @@ export class ConnectionBudget implements ConnectionSlots {
   private reclaimTimer?: NodeJS.Timeout;
 
   constructor(
-    readonly max: number,
+    /** The cap; it moves with a server's lease (resize). */
+    public max: number,
     private readonly waitMs: number,
     options: BudgetOptions = {},
   ) {
-    this.ownerMax = ownerMaxFor(max, options.ownerShare ?? 1);
+    this.ownerMax = ownerMaxFor(options.shareOf ?? max, options.ownerShare ?? 1);
+    const { ownerCap, onShort, onRelease, canGrow } = options;
+    this.hooks = { ownerCap, onShort, onRelease, canGrow };
+  }
+
+  /** What the stores of this owner may hold together now. */
+  private capOf(owner: OwnerUsage): number {
+    return this.hooks.ownerCap ? this.hooks.ownerCap(owner.ownerId) : this.ownerMax;
+  }
+
+  /**
+   * A new cap (the lease grew or shrank). Above what is open, waiters are served. Below it, idle connections
+   * are closed (those of the stores least in demand first) and, if that is not enough, busy ones are asked
+   * back as their queries end; nothing is granted until the open connections are under the cap again.
+   */
+  resize(max: number): void {
+    this.max = Math.max(0, max);
+    if (this.open < this.max) {
+      this.dispatch();
+      return;
+    }
+    let excess = this.open - this.max - this.closing - [...this.holders].reduce((n, h) => n + h.giveBack, 0);
+    if (excess <= 0) return;
+    const now = Date.now();
+    const idle = [...this.holders].filter((h) => h.idleConnections() > 0).sort((a, b) => a.demand(now) - b.demand(now));
+    for (const h of idle) {
+      if (excess <= 0) break;
+      const n = h.closeIdle(excess);
+      this.closing += n;
+      this.usageOf(h.ownerId).closing += n;
+      excess -= n;
+    }
+    // Busy connections: the stores holding the most give back first, as their queries end.
+    const busy = [...this.holders].sort((a, b) => b.open - b.giveBack - (a.open - a.giveBack));
+    for (const h of busy) {
+      if (excess <= 0) break;
+      const n = Math.min(excess, h.open - h.giveBack - h.idleConnections());
+      if (n <= 0) continue;
+      h.giveBack += n;
+      excess -= n;
+    }
+  }
+
+  /** Open connections per owner (reported to the other processes of the fleet). */
+  ownerOpen(): [string, number][] {
+    return [...this.owners.values()].filter((o) => o.open > 0).map((o) => [o.ownerId, o.open]);
   }
 
   get waiting(): number {
@@ -84,10 +141,11 @@ export class ConnectionBudget implements ConnectionSlots {
   acquire(holder: BudgetHolder): Promise<void> {
     const owner = this.usageOf(holder.ownerId);
     // Below both caps nobody can be waiting for this slot: waiters that could take it were served already.
-    if (this.open < this.max && owner.open < this.ownerMax) {
+    if (this.open < this.max && owner.open < this.capOf(owner)) {
       this.grant(holder, owner);
       return Promise.resolve();
     }
+    if (this.open >= this.max) this.hooks.onShort?.();
     this.waits++;
     const since = Date.now();
     return new Promise<void>((resolve, reject) => {
@@ -124,6 +182,7 @@ export class ConnectionBudget implements ConnectionSlots {
     if (holder.open === 0) this.holders.delete(holder);
     this.dispatch();
     this.forgetIfUnused(owner);
+    this.hooks.onRelease?.();
   }
 
   /** What each owner with open or wanted connections holds now (admin views). */
@@ -166,7 +225,7 @@ export class ConnectionBudget implements ConnectionSlots {
 
   private nextServable(): Waiter | undefined {
     for (const [holder, queue] of this.queues) {
-      if (queue[0].owner.open >= this.ownerMax) continue;
+      if (queue[0].owner.open >= this.capOf(queue[0].owner)) continue;
       const waiter = queue.shift()!;
       // To the back of the line: the other waiting stores come first next time.
       this.queues.delete(holder);
@@ -207,7 +266,7 @@ export class ConnectionBudget implements ConnectionSlots {
     let servableWaiters = 0;
     for (const [holder, queue] of this.queues) {
       const owner = queue[0].owner;
-      if (owner.open >= this.ownerMax) {
+      if (owner.open >= this.capOf(owner)) {
         const list = atShare.get(owner);
         if (list) list.push(holder);
         else atShare.set(owner, [holder]);
@@ -220,8 +279,9 @@ export class ConnectionBudget implements ConnectionSlots {
       const own = [...this.holders].filter((h) => h.ownerId === owner.ownerId);
       this.makeRoom(owner.waiting - owner.closing, own, waiting);
     }
-    // Servable waiters exist only while every slot is taken (dispatch serves them otherwise).
-    if (servableWaiters > 0) this.makeRoom(servableWaiters - this.closing, [...this.holders], servable);
+    // Servable waiters exist only while every slot is taken (dispatch serves them otherwise). While the cap
+    // may grow in a moment (a lease being borrowed), warm connections of other stores are left alone.
+    if (servableWaiters > 0 && !this.hooks.canGrow?.()) this.makeRoom(servableWaiters - this.closing, [...this.holders], servable);
     // Connections in use now go back to their pools soon; look again shortly while anyone waits.
     this.reclaimTimer ??= setInterval(() => this.reclaim(), 5);
   }

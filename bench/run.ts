@@ -1,9 +1,11 @@
 /**
  * `npm run bench [-- --only routing] [--stores 1000] [--duration 10] [--connections 50]`
+ * `npm run bench -- --only fleet [--stores 1000] [--fleet-instances 3] [--fleet-max-connections 50]`
  * Benchmarks are not tests: they print figures and ratios against baselines measured in the same run.
  */
 import { parseArgs } from 'node:util';
 import { creditsBenchmark } from './credits';
+import { fleetBenchmark } from './fleet';
 import { provisioningBenchmark } from './provisioning';
 import { routingBenchmark } from './routing';
 
@@ -22,6 +24,10 @@ async function main() {
       'credit-stores': { type: 'string', default: '100' },
       /** e.g. 3,4: run only these routing scenarios (1 raw, 2 untenanted, 3 routed, 4 Zipf, 5 round-robin) */
       scenarios: { type: 'string' },
+      /** API instances sharing one server's budget in the fleet benchmark (against one instance) */
+      'fleet-instances': { type: 'string', default: '3' },
+      /** max_connections of the fleet benchmark's own Postgres */
+      'fleet-max-connections': { type: 'string', default: '50' },
     },
   });
   const want = (name: string) => !values.only || values.only.split(',').includes(name);
@@ -49,6 +55,17 @@ async function main() {
       duration: Number(values.duration),
       connections: Number(values.connections),
       rounds: Number(values.rounds),
+    });
+  }
+  if (want('fleet')) {
+    console.log('\n## Fleet: one server budget, shared by instances\n');
+    await fleetBenchmark({
+      stores: Number(values.stores),
+      duration: Number(values.duration),
+      connections: Number(values.connections),
+      rounds: Number(values.rounds),
+      instances: Number(values['fleet-instances']),
+      maxConnections: Number(values['fleet-max-connections']),
     });
   }
 }

@@ -3,6 +3,8 @@ import { startEmbeddedPostgres, type EmbeddedServer } from './db/embedded';
 import { ConnectionManager } from './db/connection-manager';
 import { openMasterDb, type MasterDb } from './db/master';
 import { runMigrations } from './db/migrate';
+import { ServerLeases } from './db/server-leases';
+import { tenantServers } from './db/tenant-servers';
 import type { AppContext } from './app-context';
 import { RevocationList } from './db/revocations';
 import { AdminPools } from './db/tenant-server-admin';
@@ -99,7 +101,22 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
     await revocations.load();
 
     const encryptor = new Encryptor(config.encryptionKeys);
-    const tenants = new ConnectionManager(master, encryptor, bus, config.tenant, storefrontRefusal);
+    // One connection budget per Postgres server, leased through Redis with every other instance and worker.
+    const leases = new ServerLeases(config.redisUrl, { prefix: redisPrefix, ...config.tenant.leases });
+    const serverKey = (adminUrl: string) => `${new URL(adminUrl).hostname}:${Number(new URL(adminUrl).port || 5432)}`;
+    const tenants = new ConnectionManager(
+      master,
+      encryptor,
+      bus,
+      {
+        ...config.tenant,
+        managedServers: tenantServers({ config, masterUrl: url }).map((s) => ({ key: s.key, adminUrl: s.adminUrl })),
+        masterKey: serverKey(url),
+        masterPoolMax: config.masterPoolMax,
+      },
+      storefrontRefusal,
+      leases,
+    );
 
     const ctx: AppContext = {
       config,

@@ -13,6 +13,7 @@ import { StoreIdParams } from '../http/schemas';
 import { ErrorCode, fail } from '../lib/errors';
 import { QueueName } from '../queue/queues';
 import { adminPagesGuard, closeAdminSession, openAdminSession } from './admin-session';
+import { PoolStats } from './admin.schemas';
 import * as admin from './admin.service';
 import { platformRoles } from './platform-admins';
 
@@ -51,8 +52,15 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
     },
     ({ query }) => admin.listStoresWithDatabases(ctx, query),
   );
-  api.get('/pools', { ...common, operationId: 'getPoolStats', summary: "The connection manager's state" }, () =>
-    ctx.tenants.stats(),
+  api.get(
+    '/pools',
+    {
+      ...common,
+      operationId: 'getPoolStats',
+      summary: "The connection manager's state (of the process that answers), with each Postgres server's budget and leases",
+      response: PoolStats,
+    },
+    () => ctx.tenants.stats(),
   );
   api.post(
     '/tenants/migrate',

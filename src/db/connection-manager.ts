@@ -6,13 +6,15 @@ import { AppError, ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
 import type { StoreStatus } from '../models/master';
 import { ClientErrorCode } from './budgeted-client';
-import { BudgetTimeoutError, ConnectionBudget } from './connection-budget';
-import { isConnectionFailure, PgCode, pgCode } from './errors';
+import { BudgetTimeoutError, ownerMaxFor } from './connection-budget';
+import { isConnectionFailure, isServerFull, PgCode, pgCode } from './errors';
 import { HostResolver, type HostResolverOptions } from './host-resolver';
 import type { MasterDb } from './master';
+import { ServerBudgets, type ManagedServer, type ServerBudget } from './server-budgets';
+import type { ServerLeases } from './server-leases';
 import { currentReadMeter, type TenantGuard } from './tenant-context';
 import { TenantHandle, type HandleSettings } from './tenant-handle';
-import type { ConnectionSlots, TenantConnection } from './tenant-types';
+import type { TenantConnection } from './tenant-types';
 import { mustBePublic } from '../lib/network-guard';
 
 export interface ConnectionManagerOptions extends HostResolverOptions {
@@ -34,6 +36,15 @@ export interface ConnectionManagerOptions extends HostResolverOptions {
   ownerShare?: number;
   /** Most bytes one request may read from its store's database; default: no limit. */
   maxReadBytes?: number;
+  /** Servers whose connection budget is read from their settings (TENANT_SERVERS, or the master's). */
+  managedServers?: ManagedServer[];
+  /** `host:port` of the master's server, and its pool per process (kept out of that server's budget). */
+  masterKey?: string;
+  masterPoolMax?: number;
+  /** TENANT_SERVER_HEADROOM, EXTERNAL_SERVER_CONNECTIONS, TENANT_SERVER_BUDGET_REFRESH_MS. */
+  serverHeadroom?: number;
+  externalServerConnections?: number;
+  serverBudgetRefreshMs?: number;
 }
 
 /** What the master DB says about a store: as much as deciding whether to serve it needs. */
@@ -62,13 +73,24 @@ const TOO_SLOW = new Set<string>([
   ClientErrorCode.QUERY_TIMEOUT,
 ]);
 
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Back-off between attempts to connect to a server that refused a session as full (ms): doubling, at most this. */
+const FULL_RETRY_FIRST_MS = 20;
+const FULL_RETRY_MAX_MS = 250;
+
 /**
  * The only owner of tenant database handles. Two budgets: many cheap cached handles (an LRU of
- * TENANT_CACHE_MAX) and few connections (pools of min 0 and TENANT_POOL_MAX, all under one
- * TENANT_CONNECTIONS_MAX cap). Failing tenants are fenced for a while so they cost the others nothing.
+ * TENANT_CACHE_MAX) and few connections (pools of min 0 and TENANT_POOL_MAX, under one budget per Postgres
+ * server, shared with the other processes through leases: see server-budgets.ts and server-leases.ts).
+ * Failing tenants are fenced for a while so they cost the others nothing; a full server is overload, not a
+ * failing tenant.
  */
 export class ConnectionManager implements TenantGuard {
-  readonly budget: ConnectionBudget;
+  /** One local budget per Postgres server, each sized by this process's lease there. */
+  readonly servers: ServerBudgets;
+  /** The server each handle's connections go to. */
+  private readonly serverOf = new WeakMap<TenantHandle, ServerBudget>();
   private readonly handles: LRUCache<string, TenantHandle>;
   private readonly building = new Map<string, Promise<TenantHandle>>();
   /** Stores that cannot be served right now (not ready, suspended, missing), remembered briefly. */
@@ -85,10 +107,23 @@ export class ConnectionManager implements TenantGuard {
     private readonly bus: EventBus,
     readonly options: ConnectionManagerOptions,
     private readonly refusalFor: StoreRefusal,
+    /** The leases of this process (absent: every server gets TENANT_CONNECTIONS_MAX, as a process alone). */
+    private readonly leases?: ServerLeases,
   ) {
-    this.budget = new ConnectionBudget(options.connectionsMax, options.acquireTimeoutMs, {
-      ownerShare: options.ownerShare,
-    });
+    this.servers = new ServerBudgets(
+      {
+        connectionsMax: options.connectionsMax,
+        acquireTimeoutMs: options.acquireTimeoutMs,
+        ownerShare: options.ownerShare,
+        managed: options.managedServers ?? [],
+        masterKey: options.masterKey,
+        masterPoolMax: options.masterPoolMax ?? 0,
+        headroom: options.serverHeadroom ?? 0,
+        externalConnections: options.externalServerConnections ?? options.connectionsMax,
+        refreshMs: options.serverBudgetRefreshMs ?? 60_000,
+      },
+      leases,
+    );
     this.settings = {
       poolMax: options.poolMax,
       idleMs: options.idleMs,
@@ -150,13 +185,45 @@ export class ConnectionManager implements TenantGuard {
     return pending;
   }
 
-  /** Run tenant work, turning a failing database into a fast TENANT_UNAVAILABLE for this store only. */
+  /**
+   * Run tenant work, turning a failing database into a fast TENANT_UNAVAILABLE for this store only. A server
+   * that refuses the session as full is tried again (see retryWhileFull).
+   */
   async guard<T>(handle: TenantHandle, work: () => Promise<T>): Promise<T> {
     try {
       return await work();
     } catch (err) {
-      throw this.classify(handle.storeId, err);
+      if (isServerFull(err)) return this.retryWhileFull(handle, work);
+      throw this.classify(handle, err);
     }
+  }
+
+  /**
+   * The server refused a new session (53300: someone else holds its slots). Nothing ran yet — the refusal
+   * comes before the session exists — so the work is tried again, with a short doubling back-off, until the
+   * acquire timeout; then 503 busy. Never a fence, never the store's failure.
+   */
+  private async retryWhileFull<T>(handle: TenantHandle, work: () => Promise<T>): Promise<T> {
+    const server = this.serverOf.get(handle);
+    const deadline = Date.now() + this.options.acquireTimeoutMs;
+    for (let delay = FULL_RETRY_FIRST_MS; ; delay = Math.min(delay * 2, FULL_RETRY_MAX_MS)) {
+      if (server) server.serverRefusals++;
+      if (Date.now() + delay >= deadline) break;
+      await sleep(delay);
+      try {
+        return await work();
+      } catch (err) {
+        if (!isServerFull(err)) throw this.classify(handle, err);
+      }
+    }
+    throw this.busy(handle);
+  }
+
+  /** 503 busy: no slot in time, or the server stayed full. The store is not at fault — no fence. */
+  private busy(handle: TenantHandle): AppError {
+    const server = this.serverOf.get(handle);
+    if (server) server.busyRefusals++;
+    return fail(ErrorCode.TENANT_UNAVAILABLE, 'The server is busy; try again shortly', { retryAfterSeconds: 1 });
   }
 
   /** Drop a store's handle and cached state on every API instance (credentials rotated, suspended, deleted…). */
@@ -174,22 +241,40 @@ export class ConnectionManager implements TenantGuard {
       .filter(([, h]) => h.open > 0 || h.leases > 0)
       .map(([storeId, h]) => ({ storeId, ownerId: h.ownerId, ...h.stats() }));
     const now = Date.now();
+    const budgets = this.servers.all().map((s) => s.budget);
+    const sum = (read: (b: (typeof budgets)[number]) => number) => budgets.reduce((n, b) => n + read(b), 0);
+    const waits = sum((b) => b.waits);
+    const perOwner = new Map<string, { ownerId: string; open: number; peak: number; waiting: number }>();
+    for (const usage of budgets.flatMap((b) => b.ownerUsage())) {
+      const seen = perOwner.get(usage.ownerId);
+      if (!seen) perOwner.set(usage.ownerId, { ...usage });
+      else {
+        seen.open += usage.open;
+        seen.peak += usage.peak;
+        seen.waiting += usage.waiting;
+      }
+    }
     return {
+      /** This process among the lease holders. */
+      instanceId: this.leases?.instanceId ?? 'local',
       handles: this.handles.size,
       handlesMax: this.options.cacheMax,
+      /** Over every server (peaks: the sum of each server's peak). */
       connections: {
-        open: this.budget.open,
-        max: this.budget.max,
-        peak: this.budget.peak,
-        waiting: this.budget.waiting,
-        waits: this.budget.waits,
-        avgWaitMs: this.budget.waits ? +(this.budget.waitedMs / this.budget.waits).toFixed(1) : 0,
-        waitTimeouts: this.budget.timeouts,
-        reclaimed: this.budget.reclaimed,
-        /** What the stores of one owner may hold together, and what each owner holds and waits for now. */
-        ownerMax: this.budget.ownerMax,
-        perOwner: this.budget.ownerUsage(),
+        open: sum((b) => b.open),
+        max: this.options.connectionsMax,
+        peak: sum((b) => b.peak),
+        waiting: sum((b) => b.waiting),
+        waits,
+        avgWaitMs: waits ? +(sum((b) => b.waitedMs) / waits).toFixed(1) : 0,
+        waitTimeouts: sum((b) => b.timeouts),
+        reclaimed: sum((b) => b.reclaimed),
+        /** What the stores of one owner may hold together in this process, and what each owner holds and waits for now. */
+        ownerMax: ownerMaxFor(this.options.connectionsMax, this.options.ownerShare ?? 1),
+        perOwner: [...perOwner.values()],
       },
+      /** Per Postgres server: its budget, the leases, what is open here, waits and refusals. */
+      servers: this.servers.all().map((s) => s.stats()),
       hits: this.counters.hits,
       misses: this.counters.misses,
       evictions: this.counters.evictions,
@@ -213,7 +298,8 @@ export class ConnectionManager implements TenantGuard {
     const all = [...this.handles.values()];
     this.handles.clear();
     await Promise.all(all.map((h) => h.close()));
-    this.budget.close();
+    this.servers.close();
+    await this.leases?.close();
   }
 
   private dropLocal(storeId: string): void {
@@ -237,22 +323,16 @@ export class ConnectionManager implements TenantGuard {
     }
     // Credentials are decrypted here only, and live on inside the handle's Sequelize config.
     const connection = this.credentialsOf(storeId, rows[0].credentials as string);
-    const handle = new TenantHandle(storeId, rows[0].ownerId, connection, this.slotsFor(connection), {
+    const server = this.servers.forServer(connection);
+    const handle = new TenantHandle(storeId, rows[0].ownerId, connection, server.budget, {
       ...this.settings,
       publicOnly: mustBePublic(rows[0].mode, this.options),
     });
+    this.serverOf.set(handle, server);
     this.handles.set(storeId, handle);
     this.counters.builds++;
     this.counters.buildMsTotal += performance.now() - started;
     return handle;
-  }
-
-  /**
-   * Where a handle's connections take their slots: one budget for every server today (TENANT_CONNECTIONS_MAX
-   * per instance). A budget per Postgres server would be chosen here, by the connection's host and port.
-   */
-  private slotsFor(_connection: TenantConnection): ConnectionSlots {
-    return this.budget;
   }
 
   /**
@@ -286,16 +366,15 @@ export class ConnectionManager implements TenantGuard {
     });
   }
 
-  private classify(storeId: string, err: unknown): unknown {
+  private classify(handle: TenantHandle, err: unknown): unknown {
     if (err instanceof AppError) return err;
+    const storeId = handle.storeId;
     const budgetFull =
       err instanceof ConnectionAcquireTimeoutError ||
       err instanceof BudgetTimeoutError ||
       (err as { parent?: unknown }).parent instanceof BudgetTimeoutError;
-    if (budgetFull) {
-      // Every slot is busy: the instance is overloaded, the store is not at fault — no fence.
-      return fail(ErrorCode.TENANT_UNAVAILABLE, 'The server is busy; try again shortly', { retryAfterSeconds: 1 });
-    }
+    // Every slot is busy, or the server itself is full: overload, the store is not at fault — no fence.
+    if (budgetFull || isServerFull(err)) return this.busy(handle);
     // The database is alive, only slow, locked or too talkative: this request fails, the store is not fenced.
     const code = pgCode(err);
     if (code === ClientErrorCode.READ_LIMIT)

@@ -313,6 +313,11 @@ export class ServerLease {
     this.listener = onAllowance;
   }
 
+  /** A call to Redis is under way: the allowance may grow in a moment (the local budget waits for it before closing others' idle connections). */
+  get borrowing(): boolean {
+    return this.syncing !== undefined;
+  }
+
   /** A request waits and the allowance is used up: borrow now rather than at the next heartbeat. */
   wantMore(): void {
     void this.sync();

@@ -16,7 +16,7 @@ function toServer(adminUrl: string): TenantServer {
 }
 
 /** TENANT_SERVERS, or the master's own server (its `postgres` database as the admin entry). */
-export function tenantServers(ctx: AppContext): TenantServer[] {
+export function tenantServers(ctx: Pick<AppContext, 'config' | 'masterUrl'>): TenantServer[] {
   if (ctx.config.tenantServers.length) return ctx.config.tenantServers.map(toServer);
   const u = new URL(ctx.masterUrl);
   u.pathname = '/postgres';

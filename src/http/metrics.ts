@@ -147,6 +147,7 @@ function tenantMetrics(ctx: AppContext, registers: Registry[]): void {
   gauge('tenantry_tenant_handle_build_avg_seconds', 'Average time to build a tenant handle', (s) => s.avgBuildMs / 1000);
   gauge('tenantry_tenants_fenced', 'Stores whose database is fenced off now (fast 503s)', (s) => s.fenced.length);
   counter('tenantry_tenant_fences_total', 'Times a failing store database was fenced off', (s) => s.fencesTotal);
+  serverMetrics(ctx, registers);
   new Counter({
     name: 'tenantry_tenant_host_lookups_total',
     help: 'Hostname to store look-ups, by whether the host cache answered (hit) or the master DB was asked (miss)',
@@ -159,6 +160,44 @@ function tenantMetrics(ctx: AppContext, registers: Registry[]): void {
       this.inc({ result: 'miss' }, hostCache.misses);
     },
   });
+}
+
+type ServerStats = TenantStats['servers'][number];
+
+/**
+ * Per Postgres server: its budget, the leases (this process's and every process's), what is open, waits and
+ * refusals. Managed servers by their `host:port` (a handful, from TENANT_SERVERS); owners' external servers
+ * summed under `external`, so that their number (and their names) never reach the labels.
+ */
+function serverMetrics(ctx: AppContext, registers: Registry[]): void {
+  const byLabel = (servers: ServerStats[], read: (s: ServerStats) => number) => {
+    const sums = new Map<string, number>();
+    for (const s of servers) {
+      const label = s.external ? 'external' : s.key;
+      sums.set(label, (sums.get(label) ?? 0) + read(s));
+    }
+    return sums;
+  };
+  const series = (kind: typeof Gauge | typeof Counter, name: string, help: string, read: (s: ServerStats) => number) =>
+    new kind({
+      name,
+      help,
+      labelNames: ['server'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const [server, value] of byLabel(ctx.tenants.stats().servers, read)) (this as Gauge).inc({ server }, value);
+      },
+    });
+  series(Gauge, 'tenantry_tenant_server_budget', "A server's connection budget, for every process together (max_connections − reserved − headroom; external: EXTERNAL_SERVER_CONNECTIONS)", (s) => s.budget);
+  series(Gauge, 'tenantry_tenant_server_leased', 'Connections this process holds a lease for on a server', (s) => s.leased);
+  series(Gauge, 'tenantry_tenant_server_leased_fleet', 'Connections leased on a server by every process together (as of the last heartbeat)', (s) => s.leasedTotal);
+  series(Gauge, 'tenantry_tenant_server_allowance', 'Connections this process may open on a server now (its lease, or its static share without Redis)', (s) => s.allowance);
+  series(Gauge, 'tenantry_tenant_server_connections_open', 'Connections this process has open on a server', (s) => s.open);
+  series(Gauge, 'tenantry_tenant_server_static_share', '1 while the lease of a server cannot be renewed (Redis) and the static share applies', (s) => (s.mode === 'static' ? 1 : 0));
+  series(Counter, 'tenantry_tenant_server_waits_total', 'Requests that waited for a connection slot of a server', (s) => s.waits);
+  series(Counter, 'tenantry_tenant_server_refusals_total', 'New sessions a server refused as full (53300), retried', (s) => s.serverRefusals);
+  series(Counter, 'tenantry_tenant_server_busy_total', "Requests answered 503 busy for a server (no slot in time, or the server stayed full)", (s) => s.busyRefusals);
 }
 
 /** Jobs per queue and state, asked of Redis at each scrape (shared by every worker, so any instance can tell). */

@@ -372,7 +372,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The connection manager's state */
+        /** The connection manager's state (of the process that answers), with each Postgres server's budget and leases */
         get: operations["getPoolStats"];
         put?: never;
         post?: never;
@@ -979,6 +979,97 @@ export interface components {
             slug: string;
             currency: string;
             timezone: string;
+        };
+        /** @description One Postgres server as this process sees it */
+        ServerPool: {
+            /** @description host:port of the server */
+            key: string;
+            /** @description an owner's own server (budget EXTERNAL_SERVER_CONNECTIONS), not a managed one */
+            external: boolean;
+            /** @description connections every process together may hold there (max_connections − reserved slots − headroom) */
+            budget: number;
+            /**
+             * @description leased: through Redis; static: Redis unreachable, the last known budget ÷ processes
+             * @enum {string}
+             */
+            mode: "leased" | "static" | "local";
+            /** @description this process's lease */
+            leased: number;
+            /** @description what this process may open now (below its lease while it gives back to a process that is short) */
+            allowance: number;
+            /** @description every process's leases together, as of the last heartbeat */
+            leasedTotal: number;
+            /** @description processes holding or wanting connections there */
+            instances: number;
+            /** @description connections every process together wants (open + waiting) */
+            demandTotal: number;
+            borrowed: number;
+            returned: number;
+            /** @description lease calls Redis did not answer in time */
+            syncFailures: number;
+            /** @description this process's local cap now (its allowance, at most TENANT_CONNECTIONS_MAX) */
+            max: number;
+            open: number;
+            peak: number;
+            waiting: number;
+            waits: number;
+            waitTimeouts: number;
+            /** @description new sessions the server refused as full (53300), retried */
+            serverRefusals: number;
+            /** @description requests answered 503 busy for this server */
+            busyRefusals: number;
+        };
+        PoolStats: {
+            /** @description the process that answered (its id among the lease holders) */
+            instanceId: string;
+            handles: number;
+            handlesMax: number;
+            connections: {
+                open: number;
+                /** @description TENANT_CONNECTIONS_MAX: most connections this process opens on one server */
+                max: number;
+                peak: number;
+                waiting: number;
+                waits: number;
+                avgWaitMs: number;
+                waitTimeouts: number;
+                reclaimed: number;
+                ownerMax: number;
+                perOwner: {
+                    ownerId: string;
+                    open: number;
+                    peak: number;
+                    waiting: number;
+                }[];
+            };
+            servers: components["schemas"]["ServerPool"][];
+            hits: number;
+            misses: number;
+            evictions: number;
+            builds: number;
+            avgBuildMs: number;
+            hostCache: {
+                size: number;
+                hits: number;
+                misses: number;
+                lookupsRefused: number;
+            };
+            fenced: {
+                storeId: string;
+                until: string;
+                reason: string;
+            }[];
+            fencesTotal: number;
+            perStore: {
+                storeId: string;
+                ownerId: string;
+                open: number;
+                inUse: number;
+                idle: number;
+                waiting: number;
+                leases: number;
+                lastUsed: string;
+            }[];
         };
     };
     responses: never;
@@ -2848,7 +2939,9 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["PoolStats"];
+                };
             };
             /** @description VALIDATION_FAILED */
             400: {

@@ -10,10 +10,16 @@ const ServerPool = registry.register(
     .object({
       key: z.string().describe('host:port of the server'),
       external: z.boolean().describe("an owner's own server (budget EXTERNAL_SERVER_CONNECTIONS), not a managed one"),
-      budget: count.describe('connections every process together may hold there (max_connections − reserved slots − headroom)'),
-      mode: z.enum(['leased', 'static', 'local']).describe('leased: through Redis; static: Redis unreachable, the last known budget ÷ processes'),
+      budget: count.describe(
+        'connections every process together may hold there (max_connections − reserved slots − headroom)',
+      ),
+      mode: z
+        .enum(['leased', 'static', 'local'])
+        .describe('leased: through Redis; static: Redis unreachable, the last known budget ÷ processes'),
       leased: count.describe("this process's lease"),
-      allowance: count.describe('what this process may open now (below its lease while it gives back to a process that is short)'),
+      allowance: count.describe(
+        'what this process may open now (below its lease while it gives back to a process that is short)',
+      ),
       leasedTotal: count.describe("every process's leases together, as of the last heartbeat"),
       instances: count.describe('processes holding or wanting connections there'),
       demandTotal: count.describe('connections every process together wants (open + waiting)'),
@@ -33,7 +39,16 @@ const ServerPool = registry.register(
 );
 
 const OwnerUsage = z.object({ ownerId: z.string(), open: count, peak: count, waiting: count });
-const StorePool = z.object({ storeId: z.string(), ownerId: z.string(), open: count, inUse: count, idle: count, waiting: count, leases: count, lastUsed: z.string() });
+const StorePool = z.object({
+  storeId: z.string(),
+  ownerId: z.string(),
+  open: count,
+  inUse: count,
+  idle: count,
+  waiting: count,
+  leases: count,
+  lastUsed: z.string(),
+});
 
 /** GET /api/admin/pools: the connection manager of the process that answered. */
 export const PoolStats = registry.register(

@@ -281,7 +281,8 @@ export class ConnectionBudget implements ConnectionSlots {
     }
     // Servable waiters exist only while every slot is taken (dispatch serves them otherwise). While the cap
     // may grow in a moment (a lease being borrowed), warm connections of other stores are left alone.
-    if (servableWaiters > 0 && !this.hooks.canGrow?.()) this.makeRoom(servableWaiters - this.closing, [...this.holders], servable);
+    if (servableWaiters > 0 && !this.hooks.canGrow?.())
+      this.makeRoom(servableWaiters - this.closing, [...this.holders], servable);
     // Connections in use now go back to their pools soon; look again shortly while anyone waits.
     this.reclaimTimer ??= setInterval(() => this.reclaim(), 5);
   }

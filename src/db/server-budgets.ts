@@ -62,8 +62,17 @@ export class ServerBudget {
     });
     if (lease) {
       const budget = this.budget;
-      lease.attach({ get open() { return budget.open; }, get waiting() { return budget.waiting; }, perOwner: () => budget.ownerOpen() }, (allowance) =>
-        budget.resize(Math.min(options.connectionsMax, allowance)),
+      lease.attach(
+        {
+          get open() {
+            return budget.open;
+          },
+          get waiting() {
+            return budget.waiting;
+          },
+          perOwner: () => budget.ownerOpen(),
+        },
+        (allowance) => budget.resize(Math.min(options.connectionsMax, allowance)),
       );
       // Borrow ahead of the first request's wait.
       void lease.sync();
@@ -75,7 +84,18 @@ export class ServerBudget {
     return {
       key: this.key,
       external: this.external,
-      ...(this.lease?.stats() ?? { budget: b.max, mode: 'local' as const, leased: b.max, allowance: b.max, leasedTotal: b.max, instances: 1, demandTotal: b.open + b.waiting, borrowed: 0, returned: 0, syncFailures: 0 }),
+      ...(this.lease?.stats() ?? {
+        budget: b.max,
+        mode: 'local' as const,
+        leased: b.max,
+        allowance: b.max,
+        leasedTotal: b.max,
+        instances: 1,
+        demandTotal: b.open + b.waiting,
+        borrowed: 0,
+        returned: 0,
+        syncFailures: 0,
+      }),
       max: b.max,
       open: b.open,
       peak: b.peak,
@@ -127,10 +147,16 @@ export class ServerBudgets {
   }
 
   private async readBudget(server: ManagedServer): Promise<number> {
-    const settings = await withClient({ connectionString: server.adminUrl, connectionTimeoutMillis: 1000, application_name: 'tenantry-budget' }, readServerSettings);
+    const settings = await withClient(
+      { connectionString: server.adminUrl, connectionTimeoutMillis: 1000, application_name: 'tenantry-budget' },
+      readServerSettings,
+    );
     const lease = this.leases?.get(server.key.toLowerCase());
     // The master's pool is per process: as many of them as there are processes.
-    const master = server.key.toLowerCase() === this.options.masterKey?.toLowerCase() ? this.options.masterPoolMax * Math.max(1, lease?.instances ?? 1) : 0;
+    const master =
+      server.key.toLowerCase() === this.options.masterKey?.toLowerCase()
+        ? this.options.masterPoolMax * Math.max(1, lease?.instances ?? 1)
+        : 0;
     return serverBudget(settings, this.options.headroom + master);
   }
 

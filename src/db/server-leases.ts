@@ -106,7 +106,14 @@ return 1
 type SyncReply = [number, number, number, number, number, number, (string | number)[]];
 
 interface LeaseRedis extends Redis {
-  leaseSync(k1: string, k2: string, k3: string, k4: string, k5: string, ...args: (string | number)[]): Promise<SyncReply>;
+  leaseSync(
+    k1: string,
+    k2: string,
+    k3: string,
+    k4: string,
+    k5: string,
+    ...args: (string | number)[]
+  ): Promise<SyncReply>;
   leaseLeave(k1: string, k2: string, k3: string, k4: string, instance: string): Promise<number>;
 }
 
@@ -149,7 +156,14 @@ export interface ServerLeaseOptions {
   unknownBudget?: number;
 }
 
-const DEFAULTS = { heartbeatMs: 1000, ttlMs: 3000, blockSize: 4, callTimeoutMs: 250, returnAfterMs: 5000, retryMs: 100 };
+const DEFAULTS = {
+  heartbeatMs: 1000,
+  ttlMs: 3000,
+  blockSize: 4,
+  callTimeoutMs: 250,
+  returnAfterMs: 5000,
+  retryMs: 100,
+};
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -189,7 +203,8 @@ export class ServerLeases {
     redis.defineCommand('leaseLeave', { numberOfKeys: 4, lua: LEAVE_SCRIPT });
     let down = false;
     redis.on('error', (err: Error) => {
-      if (!down) logger.warn({ err: err.message }, 'connection leases: Redis unreachable; static shares until it answers');
+      if (!down)
+        logger.warn({ err: err.message }, 'connection leases: Redis unreachable; static shares until it answers');
       down = true;
     });
     redis.on('ready', () => {
@@ -364,12 +379,27 @@ export class ServerLease {
     // Borrow in whole blocks, never more than this process may hold or the server has.
     const desired = Math.min(this.options.localMax, this.budget, Math.ceil(wanted / block) * block);
     const used = this.usage?.open ?? 0;
-    const owners = this.usage ? [...this.usage.perOwner()].filter(([, n]) => n > 0).map(([o, n]) => `${o}=${n}`).join(',') : '';
+    const owners = this.usage
+      ? [...this.usage.perOwner()]
+          .filter(([, n]) => n > 0)
+          .map(([o, n]) => `${o}=${n}`)
+          .join(',')
+      : '';
     this.counters.syncs++;
     let reply: SyncReply;
     try {
       reply = await this.fleet.call((r) =>
-        r.leaseSync(...this.fleet.keys(this.key), this.fleet.instanceId, used, wanted, desired, this.budget, this.fleet.options.ttlMs, Math.max(60_000, this.fleet.options.ttlMs * 10), owners),
+        r.leaseSync(
+          ...this.fleet.keys(this.key),
+          this.fleet.instanceId,
+          used,
+          wanted,
+          desired,
+          this.budget,
+          this.fleet.options.ttlMs,
+          Math.max(60_000, this.fleet.options.ttlMs * 10),
+          owners,
+        ),
       );
     } catch {
       this.counters.syncFailures++;
@@ -388,7 +418,8 @@ export class ServerLease {
     this.demandTotal = demandTotal;
     this.leasedTotal = leasedTotal;
     this.othersPerOwner = new Map();
-    for (let i = 0; i + 1 < perOwner.length; i += 2) this.othersPerOwner.set(String(perOwner[i]), Number(perOwner[i + 1]));
+    for (let i = 0; i + 1 < perOwner.length; i += 2)
+      this.othersPerOwner.set(String(perOwner[i]), Number(perOwner[i + 1]));
     this.setAllowance(Math.min(lease, cap));
     this.scheduleRetry();
   }
@@ -431,7 +462,8 @@ export class ServerLease {
     this.budgetReading ??= this.options
       .budget()
       .then((b) => {
-        if (b !== this.budget && this.budgetKnown) logger.info({ server: this.key, budget: b, was: this.budget }, 'connection budget of a server changed');
+        if (b !== this.budget && this.budgetKnown)
+          logger.info({ server: this.key, budget: b, was: this.budget }, 'connection budget of a server changed');
         this.budget = Math.max(0, b);
       })
       .then(
@@ -441,7 +473,10 @@ export class ServerLease {
         },
         (err: Error) => {
           // Keep the last reading (or the assumed one); never read yet: again in a second, else at the next refresh.
-          logger.warn({ server: this.key, err: err.message }, 'could not read the connection budget of a server; keeping the last one');
+          logger.warn(
+            { server: this.key, err: err.message },
+            'could not read the connection budget of a server; keeping the last one',
+          );
           if (!this.budgetKnown) this.budget = this.options.unknownBudget ?? 1;
           this.budgetAt = this.budgetKnown ? Date.now() : Date.now() - (this.options.refreshMs ?? 60_000) + 1000;
         },
@@ -492,5 +527,9 @@ export async function readServerSettings(client: pg.Client): Promise<ServerSetti
     "SELECT name, setting FROM pg_settings WHERE name IN ('max_connections', 'superuser_reserved_connections', 'reserved_connections')",
   );
   const get = (name: string) => Number(rows.find((r) => r.name === name)?.setting ?? 0);
-  return { maxConnections: get('max_connections'), superuserReserved: get('superuser_reserved_connections'), reserved: get('reserved_connections') };
+  return {
+    maxConnections: get('max_connections'),
+    superuserReserved: get('superuser_reserved_connections'),
+    reserved: get('reserved_connections'),
+  };
 }

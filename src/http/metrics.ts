@@ -82,7 +82,8 @@ function createMetrics(ctx: AppContext): Metrics {
     registers,
   });
   // Every series exists from the start at 0, so that rate() and alerts see the first event.
-  for (const queue of Object.values(QueueName)) for (const outcome of ['completed', 'failed', 'retried'] as const) jobDuration.zero({ queue, outcome });
+  for (const queue of Object.values(QueueName))
+    for (const outcome of ['completed', 'failed', 'retried'] as const) jobDuration.zero({ queue, outcome });
   for (const outcome of ['completed', 'failed', 'retried', 'skipped']) provisioning.inc({ outcome }, 0);
   for (const outcome of ['migrated', 'unchanged', 'failed']) migrations.inc({ outcome }, 0);
 
@@ -94,7 +95,8 @@ function createMetrics(ctx: AppContext): Metrics {
       latency.observe({ method: m, route, status_class: `${Math.floor(status / 100)}xx` }, seconds);
     },
     observeJob(queue, job, outcome, result) {
-      if (job.processedOn) jobDuration.observe({ queue, outcome }, Math.max(0, (job.finishedOn ?? Date.now()) - job.processedOn) / 1000);
+      if (job.processedOn)
+        jobDuration.observe({ queue, outcome }, Math.max(0, (job.finishedOn ?? Date.now()) - job.processedOn) / 1000);
       if (queue === QueueName.provisioning) {
         const skipped = outcome === 'completed' && typeof result === 'object' && result !== null && 'skipped' in result;
         provisioning.inc({ outcome: skipped ? 'skipped' : outcome });
@@ -132,19 +134,47 @@ function tenantMetrics(ctx: AppContext, registers: Registry[]): void {
         this.inc(read(ctx.tenants.stats()));
       },
     });
-  gauge('tenantry_tenant_connections_open', 'Tenant database connections open now, over all stores', (s) => s.connections.open);
-  gauge('tenantry_tenant_connections_max', 'Cap on open tenant connections (TENANT_CONNECTIONS_MAX)', (s) => s.connections.max);
-  gauge('tenantry_tenant_connections_waiting', 'Requests waiting for a tenant connection slot now', (s) => s.connections.waiting);
-  counter('tenantry_tenant_connection_waits_total', 'Requests that had to wait for a tenant connection slot', (s) => s.connections.waits);
-  counter('tenantry_tenant_connection_wait_timeouts_total', 'Waits for a tenant connection that timed out (503)', (s) => s.connections.waitTimeouts);
-  counter('tenantry_tenant_connections_reclaimed_total', 'Busy connections taken back from a store holding more than its part, for a waiting store', (s) => s.connections.reclaimed);
+  gauge(
+    'tenantry_tenant_connections_open',
+    'Tenant database connections open now, over all stores',
+    (s) => s.connections.open,
+  );
+  gauge(
+    'tenantry_tenant_connections_max',
+    'Cap on open tenant connections (TENANT_CONNECTIONS_MAX)',
+    (s) => s.connections.max,
+  );
+  gauge(
+    'tenantry_tenant_connections_waiting',
+    'Requests waiting for a tenant connection slot now',
+    (s) => s.connections.waiting,
+  );
+  counter(
+    'tenantry_tenant_connection_waits_total',
+    'Requests that had to wait for a tenant connection slot',
+    (s) => s.connections.waits,
+  );
+  counter(
+    'tenantry_tenant_connection_wait_timeouts_total',
+    'Waits for a tenant connection that timed out (503)',
+    (s) => s.connections.waitTimeouts,
+  );
+  counter(
+    'tenantry_tenant_connections_reclaimed_total',
+    'Busy connections taken back from a store holding more than its part, for a waiting store',
+    (s) => s.connections.reclaimed,
+  );
   gauge('tenantry_tenant_handles', 'Tenant handles cached', (s) => s.handles);
   gauge('tenantry_tenant_handles_max', 'Cap on cached tenant handles (TENANT_CACHE_MAX)', (s) => s.handlesMax);
   counter('tenantry_tenant_handle_hits_total', 'Requests served by a cached tenant handle', (s) => s.hits);
   counter('tenantry_tenant_handle_misses_total', 'Requests that found no cached tenant handle', (s) => s.misses);
   counter('tenantry_tenant_handle_builds_total', 'Tenant handles built', (s) => s.builds);
   counter('tenantry_tenant_handle_evictions_total', 'Tenant handles evicted from the cache', (s) => s.evictions);
-  gauge('tenantry_tenant_handle_build_avg_seconds', 'Average time to build a tenant handle', (s) => s.avgBuildMs / 1000);
+  gauge(
+    'tenantry_tenant_handle_build_avg_seconds',
+    'Average time to build a tenant handle',
+    (s) => s.avgBuildMs / 1000,
+  );
   gauge('tenantry_tenants_fenced', 'Stores whose database is fenced off now (fast 503s)', (s) => s.fenced.length);
   counter('tenantry_tenant_fences_total', 'Times a failing store database was fenced off', (s) => s.fencesTotal);
   serverMetrics(ctx, registers);
@@ -186,18 +216,64 @@ function serverMetrics(ctx: AppContext, registers: Registry[]): void {
       registers,
       collect() {
         this.reset();
-        for (const [server, value] of byLabel(ctx.tenants.stats().servers, read)) (this as Gauge).inc({ server }, value);
+        for (const [server, value] of byLabel(ctx.tenants.stats().servers, read))
+          (this as Gauge).inc({ server }, value);
       },
     });
-  series(Gauge, 'tenantry_tenant_server_budget', "A server's connection budget, for every process together (max_connections − reserved − headroom; external: EXTERNAL_SERVER_CONNECTIONS)", (s) => s.budget);
-  series(Gauge, 'tenantry_tenant_server_leased', 'Connections this process holds a lease for on a server', (s) => s.leased);
-  series(Gauge, 'tenantry_tenant_server_leased_fleet', 'Connections leased on a server by every process together (as of the last heartbeat)', (s) => s.leasedTotal);
-  series(Gauge, 'tenantry_tenant_server_allowance', 'Connections this process may open on a server now (its lease, or its static share without Redis)', (s) => s.allowance);
-  series(Gauge, 'tenantry_tenant_server_connections_open', 'Connections this process has open on a server', (s) => s.open);
-  series(Gauge, 'tenantry_tenant_server_static_share', '1 while the lease of a server cannot be renewed (Redis) and the static share applies', (s) => (s.mode === 'static' ? 1 : 0));
-  series(Counter, 'tenantry_tenant_server_waits_total', 'Requests that waited for a connection slot of a server', (s) => s.waits);
-  series(Counter, 'tenantry_tenant_server_refusals_total', 'New sessions a server refused as full (53300), retried', (s) => s.serverRefusals);
-  series(Counter, 'tenantry_tenant_server_busy_total', "Requests answered 503 busy for a server (no slot in time, or the server stayed full)", (s) => s.busyRefusals);
+  series(
+    Gauge,
+    'tenantry_tenant_server_budget',
+    "A server's connection budget, for every process together (max_connections − reserved − headroom; external: EXTERNAL_SERVER_CONNECTIONS)",
+    (s) => s.budget,
+  );
+  series(
+    Gauge,
+    'tenantry_tenant_server_leased',
+    'Connections this process holds a lease for on a server',
+    (s) => s.leased,
+  );
+  series(
+    Gauge,
+    'tenantry_tenant_server_leased_fleet',
+    'Connections leased on a server by every process together (as of the last heartbeat)',
+    (s) => s.leasedTotal,
+  );
+  series(
+    Gauge,
+    'tenantry_tenant_server_allowance',
+    'Connections this process may open on a server now (its lease, or its static share without Redis)',
+    (s) => s.allowance,
+  );
+  series(
+    Gauge,
+    'tenantry_tenant_server_connections_open',
+    'Connections this process has open on a server',
+    (s) => s.open,
+  );
+  series(
+    Gauge,
+    'tenantry_tenant_server_static_share',
+    '1 while the lease of a server cannot be renewed (Redis) and the static share applies',
+    (s) => (s.mode === 'static' ? 1 : 0),
+  );
+  series(
+    Counter,
+    'tenantry_tenant_server_waits_total',
+    'Requests that waited for a connection slot of a server',
+    (s) => s.waits,
+  );
+  series(
+    Counter,
+    'tenantry_tenant_server_refusals_total',
+    'New sessions a server refused as full (53300), retried',
+    (s) => s.serverRefusals,
+  );
+  series(
+    Counter,
+    'tenantry_tenant_server_busy_total',
+    'Requests answered 503 busy for a server (no slot in time, or the server stayed full)',
+    (s) => s.busyRefusals,
+  );
 }
 
 /** Jobs per queue and state, asked of Redis at each scrape (shared by every worker, so any instance can tell). */
@@ -213,7 +289,10 @@ function queueDepth(ctx: AppContext, registers: Registry[]): void {
         Object.values(QueueName).map(async (queue) => {
           try {
             // Queue connections retry forever while Redis is away: a scrape must not wait for them.
-            const counts = await withTimeout(ctx.queues.get(queue).getJobCounts(...QUEUE_STATES), QUEUE_COUNT_TIMEOUT_MS);
+            const counts = await withTimeout(
+              ctx.queues.get(queue).getJobCounts(...QUEUE_STATES),
+              QUEUE_COUNT_TIMEOUT_MS,
+            );
             for (const state of QUEUE_STATES) this.set({ queue, state }, counts[state] ?? 0);
           } catch (err) {
             logger.warn({ queue, err: (err as Error).message }, 'queue depth not readable; left out of this scrape');

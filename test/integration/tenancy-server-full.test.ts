@@ -20,7 +20,11 @@ import { useSuite } from '../helpers/suite';
  */
 const ACQUIRE_MS = 2000;
 const HOST = 'shop.server-full.test';
-const t = useSuite('server-full', { TENANT_ACQUIRE_TIMEOUT_MS: String(ACQUIRE_MS), TENANT_FENCE_MS: '10000', TENANT_IDLE_MS: '300' });
+const t = useSuite('server-full', {
+  TENANT_ACQUIRE_TIMEOUT_MS: String(ACQUIRE_MS),
+  TENANT_FENCE_MS: '10000',
+  TENANT_IDLE_MS: '300',
+});
 let server: Server;
 let small: PasswordServer;
 let connection: TenantConnection;
@@ -32,10 +36,26 @@ const squatters: pg.Client[] = [];
 beforeAll(async () => {
   server = t.listen();
   // max_connections 8, 3 of them reserved for superusers: 5 sessions for everyone else.
-  small = await t.open('a small Postgres', () => startPasswordServer('sekret', 30000, { max_connections: 8 }), (s) => s.stop());
+  small = await t.open(
+    'a small Postgres',
+    () => startPasswordServer('sekret', 30000, { max_connections: 8 }),
+    (s) => s.stop(),
+  );
   const hex = randomBytes(4).toString('hex');
-  connection = { host: small.host, port: small.port, database: `shop_${hex}`, user: `shop_${hex}`, password: randomBytes(12).toString('hex') };
-  const admin = await t.pgClient({ host: small.host, port: small.port, user: small.user, password: small.password, database: 'postgres' });
+  connection = {
+    host: small.host,
+    port: small.port,
+    database: `shop_${hex}`,
+    user: `shop_${hex}`,
+    password: randomBytes(12).toString('hex'),
+  };
+  const admin = await t.pgClient({
+    host: small.host,
+    port: small.port,
+    user: small.user,
+    password: small.password,
+    database: 'postgres',
+  });
   await admin.query(`CREATE ROLE ${connection.user} LOGIN PASSWORD '${connection.password}'`);
   await admin.query(`CREATE DATABASE ${connection.database} OWNER ${connection.user}`);
   await admin.end();
@@ -44,7 +64,12 @@ beforeAll(async () => {
   const owner = await registerUser(t.app);
   adminToken = (await registerAdmin(t)).token;
   const m = t.ctx.master.models;
-  const store = await m.Store.create({ name: 'Full server', slug: `full-${hex}`, ownerId: owner.user.id, status: 'active' });
+  const store = await m.Store.create({
+    name: 'Full server',
+    slug: `full-${hex}`,
+    ownerId: owner.user.id,
+    status: 'active',
+  });
   storeId = store.id;
   await m.StoreMember.create({ storeId, userId: owner.user.id, role: 'owner' });
   await m.StoreDatabase.create({
@@ -57,7 +82,9 @@ beforeAll(async () => {
   });
   await m.StoreHostname.create({ hostname: HOST, storeId, status: 'verified', verifiedAt: new Date() });
   await seedTenant(connection, { id: storeId, name: store.name, slug: store.slug });
-  t.defer('the sessions filling the server', () => Promise.all(squatters.splice(0).map((c) => c.end().catch(() => {}))));
+  t.defer('the sessions filling the server', () =>
+    Promise.all(squatters.splice(0).map((c) => c.end().catch(() => {}))),
+  );
 });
 
 /** Open sessions as an ordinary role until the server refuses the next one. */
@@ -83,7 +110,9 @@ const products = () => request(server).get('/api/store/products').set('Host', HO
 
 async function serverStats() {
   const res = await request(server).get('/api/admin/pools').set('Authorization', `Bearer ${adminToken}`).expect(200);
-  const entry = (res.body.servers as { key: string; busyRefusals: number; serverRefusals: number }[]).find((s) => s.key === `${small.host}:${small.port}`);
+  const entry = (res.body.servers as { key: string; busyRefusals: number; serverRefusals: number }[]).find(
+    (s) => s.key === `${small.host}:${small.port}`,
+  );
   return { stats: res.body, entry };
 }
 

@@ -95,7 +95,7 @@ test('a cap cut below what is open closes idle connections, least in demand firs
   await waiting;
 });
 
-test("a cut cap with nothing idle asks busy connections back as their queries end", async () => {
+test('a cut cap with nothing idle asks busy connections back as their queries end', async () => {
   const b = budget(3);
   const s = new FakeStore('s', 'o1');
   for (let i = 0; i < 3; i++) await b.acquire(s);

@@ -24,6 +24,8 @@ const t = useSuite('server-full', {
   TENANT_ACQUIRE_TIMEOUT_MS: String(ACQUIRE_MS),
   TENANT_FENCE_MS: '10000',
   TENANT_IDLE_MS: '300',
+  // The server is an owner's (external): its budget, for every instance together.
+  EXTERNAL_SERVER_CONNECTIONS: '3',
 });
 let server: Server;
 let small: PasswordServer;
@@ -148,4 +150,46 @@ test('a request waiting on a full server is served when a slot frees up within t
   await freeServer(1);
   expect((await pending).status).toBe(200);
   await freeServer();
+});
+
+test("two instances share the server's budget: together they never open more than it, and both serve", async () => {
+  const other = await t.instance();
+  const admin = await t.pgClient({
+    host: small.host,
+    port: small.port,
+    user: small.user,
+    password: small.password,
+    database: 'postgres',
+  });
+  const seen: number[] = [];
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      const { rows } = await admin.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1',
+        [connection.user],
+      );
+      seen.push(rows[0].n);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  })();
+  const answers = await Promise.all(
+    Array.from({ length: 40 }, (_, i) =>
+      request(i % 2 ? other.app : t.app)
+        .get('/api/store/products')
+        .set('Host', HOST),
+    ),
+  );
+  sampling = false;
+  await sampler;
+  expect(answers.map((r) => r.status).filter((s) => s !== 200)).toEqual([]);
+  expect(seen.length).toBeGreaterThan(0);
+  expect(Math.max(...seen)).toBeLessThanOrEqual(3);
+  // Each instance's view: its lease and every instance's together, within the budget.
+  for (const ctx of [t.ctx, other.ctx]) {
+    const entry = ctx.tenants.stats().servers.find((s) => s.key === `${small.host}:${small.port}`);
+    expect(entry).toMatchObject({ budget: 3, external: true, mode: 'leased' });
+    expect(entry!.leasedTotal).toBeLessThanOrEqual(3);
+  }
+  expect(t.ctx.tenants.stats().fencesTotal + other.ctx.tenants.stats().fencesTotal).toBe(0);
 });

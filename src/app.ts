@@ -18,6 +18,7 @@ import { storesRoutes } from './stores/stores.routes';
 import { onboardingRoutes } from './onboarding/onboarding.routes';
 import { adminRoutes, queueBoard, requirePlatformAdmin } from './admin/admin.routes';
 import { adminLoginPage } from './admin/admin-session';
+import { auditRoutes } from './audit/audit.routes';
 
 /**
  * Every route of the API. Building them registers them in the OpenAPI document (see ApiRouter), which is how
@@ -32,6 +33,7 @@ export function apiRouters(ctx: AppContext): ApiRouter[] {
     adminRoutes(ctx),
     storefrontRoutes(ctx),
     ...creditsRoutes(ctx),
+    ...auditRoutes(ctx, requirePlatformAdmin(ctx)),
   ];
 }
 

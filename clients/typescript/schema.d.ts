@@ -829,6 +829,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/stores/{id}/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The store's audit trail, newest first (owner, admin) */
+        get: operations["listStoreAudit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The whole audit trail, every store and the platform, newest first (platform admins) */
+        get: operations["listPlatformAudit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1070,6 +1104,38 @@ export interface components {
                 leases: number;
                 lastUsed: string;
             }[];
+        };
+        AuditEntry: {
+            /** @description Increasing with time */
+            id: string;
+            /** Format: date-time */
+            at: string;
+            /** @description The platform user who acted; null when the platform did (a job, the command line, the payment provider) or nobody known did (a failed login) */
+            actor: {
+                /** Format: uuid */
+                id: string;
+                /** @description The platform user's e-mail; null in a store's trail for someone not a member (platform staff) */
+                email: string | null;
+            } | null;
+            /** @description What happened, e.g. `auth.login.failed`, `store.suspended`, `credits.spend` */
+            action: string;
+            /** @description What it happened to */
+            target: {
+                type: string | null;
+                id: string | null;
+            };
+            /** Format: uuid */
+            storeId: string | null;
+            /** @description What else the entry records; never secrets */
+            detail: {
+                [key: string]: unknown;
+            };
+            /** @description The X-Request-Id of the request that made the change */
+            requestId: string | null;
+        };
+        AuditPage: {
+            items: components["schemas"]["AuditEntry"][];
+            nextCursor: string | null;
         };
     };
     responses: never;
@@ -5372,6 +5438,135 @@ export interface operations {
             };
             /** @description PAYLOAD_TOO_LARGE (a body over 100 kB) */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listStoreAudit: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description The `nextCursor` of the previous page, as given: opaque (a cursor this API did not give out → 400) */
+                cursor?: string;
+                /** @description Only this action (`store.suspended`), or every action of a family (`credits.*`, `auth.*`) */
+                action?: string;
+                /** @description Only entries at or after this time (a date means its start, UTC) */
+                from?: string;
+                /** @description Only entries before this time (a date means its start, UTC) */
+                to?: string;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            /** @description VALIDATION_FAILED (a bad filter, `from` after `to`, or a cursor this API did not give out) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNAUTHENTICATED (missing, invalid, expired or revoked token) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) | FORBIDDEN (not a member, or the role may not) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description STORE_NOT_FOUND */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listPlatformAudit: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description The `nextCursor` of the previous page, as given: opaque (a cursor this API did not give out → 400) */
+                cursor?: string;
+                /** @description Only this action (`store.suspended`), or every action of a family (`credits.*`, `auth.*`) */
+                action?: string;
+                /** @description Only entries at or after this time (a date means its start, UTC) */
+                from?: string;
+                /** @description Only entries before this time (a date means its start, UTC) */
+                to?: string;
+                /** @description Only this store's entries */
+                storeId?: string;
+                /** @description Only this platform user's actions */
+                actorId?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            /** @description VALIDATION_FAILED (a bad filter, `from` after `to`, or a cursor this API did not give out) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNAUTHENTICATED (missing, invalid, expired or revoked token) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) | FORBIDDEN (not a platform admin) */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -51,7 +51,7 @@ export function authRoutes(ctx: AppContext): ApiRouter {
       afterValidation: loginLimits,
       errors: { 401: 'INVALID_CREDENTIALS', 429: 'RATE_LIMITED', 503: 'SERVICE_UNAVAILABLE (with Retry-After)' },
     },
-    ({ body }) => auth.login(ctx, body),
+    ({ body, req }) => auth.login(ctx, body, req.id),
   );
   api.get(
     '/me',
@@ -78,7 +78,7 @@ export function authRoutes(ctx: AppContext): ApiRouter {
       errors: { 403: WRONG_TOKEN },
     },
     async ({ req }) => {
-      await auth.logout(ctx, platformClaims(req.auth));
+      await auth.logout(ctx, platformClaims(req.auth), req.id);
     },
   );
   api.patch(

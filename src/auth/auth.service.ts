@@ -1,5 +1,5 @@
 import type { AppContext } from '../app-context';
-import { audit } from '../db/audit';
+import { audit, auditEvent } from '../db/audit';
 import { ErrorCode, fail } from '../lib/errors';
 import type { PlatformClaims } from '../lib/jwt';
 import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
@@ -48,18 +48,43 @@ export async function register(ctx: AppContext, input: RegisterInput, requestId?
   return { user: toUserDto(user), token: platformToken(ctx, user, null) };
 }
 
-export async function login(ctx: AppContext, input: LoginInput) {
+/**
+ * A failed login, in the audit log: the account tried (or, for an unknown e-mail, the e-mail, which the login
+ * schema has already checked is one), never the password. The login limiters bound how many are written.
+ */
+async function auditFailedLogin(ctx: AppContext, email: string, user: PlatformUser | null, requestId?: string) {
+  await auditEvent(ctx.master, {
+    actorUserId: null,
+    action: 'auth.login.failed',
+    // An unknown e-mail has no account to name: the e-mail is the target.
+    targetType: user ? 'user' : 'email',
+    targetId: user?.id ?? email,
+    data: { reason: user ? 'wrong_password' : 'unknown_email' },
+    requestId,
+  });
+}
+
+export async function login(ctx: AppContext, input: LoginInput, requestId?: string) {
   const user = await ctx.master.models.User.findOne({ where: { email: input.email } });
   // Same answer and a similar cost whether the e-mail or the password is wrong.
   if (!user) {
     await burnPasswordCheck(input.password);
+    await auditFailedLogin(ctx, input.email, null, requestId);
     throw fail(ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
   }
   if (!(await verifyPassword(input.password, user.passwordHash))) {
+    await auditFailedLogin(ctx, input.email, user, requestId);
     throw fail(ErrorCode.INVALID_CREDENTIALS, 'The e-mail or password is wrong');
   }
   const upgraded = await upgradedHash(input.password, user.passwordHash);
   if (upgraded) await user.update({ passwordHash: upgraded });
+  await auditEvent(ctx.master, {
+    actorUserId: user.id,
+    action: 'auth.login.succeeded',
+    targetType: 'user',
+    targetId: user.id,
+    requestId,
+  });
   const stores = await listUserStores(ctx.master, user.id);
   return { user: toUserDto(user), token: platformToken(ctx, user, activeStoreId(stores, null)), stores };
 }
@@ -77,8 +102,17 @@ export async function me(ctx: AppContext, auth: PlatformClaims) {
   return { user: toUserDto(user), stores, activeStoreId: activeStoreId(stores, auth.storeId) };
 }
 
-export async function logout(ctx: AppContext, auth: { sub: string; jti: string; exp: number }) {
-  await ctx.revocations.revoke(auth.jti, auth.sub, auth.exp);
+export async function logout(ctx: AppContext, auth: { sub: string; jti: string; exp: number }, requestId?: string) {
+  await ctx.revocations.revoke(auth.jti, auth.sub, auth.exp, (t) =>
+    audit(ctx.master, t, {
+      actorUserId: auth.sub,
+      action: 'auth.token.revoked',
+      targetType: 'token',
+      targetId: auth.jti,
+      data: { reason: 'logout' },
+      requestId,
+    }),
+  );
 }
 
 export async function updateProfile(ctx: AppContext, userId: string, input: ProfileInput) {

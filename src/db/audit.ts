@@ -20,3 +20,11 @@ export interface AuditEntry {
 export async function audit(master: MasterDb, t: Transaction, entry: AuditEntry): Promise<void> {
   await master.models.AuditLog.create(entry, { transaction: t });
 }
+
+/**
+ * An event that changes nothing in the master DB (a login, a failed one), recorded on its own: there is no
+ * change for it to commit with.
+ */
+export async function auditEvent(master: MasterDb, entry: AuditEntry): Promise<void> {
+  await master.models.AuditLog.create(entry);
+}

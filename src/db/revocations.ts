@@ -1,4 +1,4 @@
-import { Op } from 'sequelize';
+import { Op, type Transaction } from 'sequelize';
 import type { MasterModels } from '../models/master';
 import type { EventBus } from '../lib/bus';
 
@@ -33,10 +33,20 @@ export class RevocationList {
   }
 
   /** `userId` is the platform account of a platform token; store tokens (tenant users) have none. */
-  async revoke(jti: string, userId: string | null, exp: number): Promise<void> {
-    await this.models.RevokedToken.findOrCreate({
-      where: { jti },
-      defaults: { jti, userId, expiresAt: new Date(exp * 1000) },
+  /** `record` runs in the revocation's transaction when this call revokes the token (not when it already was). */
+  async revoke(
+    jti: string,
+    userId: string | null,
+    exp: number,
+    record?: (t: Transaction) => Promise<unknown>,
+  ): Promise<void> {
+    await this.models.RevokedToken.sequelize!.transaction(async (transaction) => {
+      const [, created] = await this.models.RevokedToken.findOrCreate({
+        where: { jti },
+        defaults: { jti, userId, expiresAt: new Date(exp * 1000) },
+        transaction,
+      });
+      if (created && record) await record(transaction);
     });
     await this.bus.publish({ type: 'token.revoked', jti, exp });
   }

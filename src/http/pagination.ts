@@ -31,11 +31,15 @@ export function encodeCursor(p: Position): string {
   return Buffer.from(JSON.stringify([p.ts, p.id])).toString('base64url');
 }
 
-export function decodeCursor(cursor: string | undefined): Position | null {
+/** What a list's row ids are: UUIDs, or the bigserial of a log (the audit trail). */
+export type IdKind = 'uuid' | 'bigint';
+const ID_FORMAT: Record<IdKind, RegExp> = { uuid: /^[0-9a-f-]{36}$/, bigint: /^[1-9][0-9]{0,17}$/ };
+
+export function decodeCursor(cursor: string | undefined, idKind: IdKind = 'uuid'): Position | null {
   if (!cursor) return null;
   try {
     const [ts, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown[];
-    if (typeof ts === 'string' && typeof id === 'string' && !Number.isNaN(Date.parse(ts)) && /^[0-9a-f-]{36}$/.test(id))
+    if (typeof ts === 'string' && typeof id === 'string' && !Number.isNaN(Date.parse(ts)) && ID_FORMAT[idKind].test(id))
       return { ts, id };
   } catch {
     // fall through
@@ -47,9 +51,9 @@ export function decodeCursor(cursor: string | undefined): Position | null {
  * The keyset condition "older than this position" on `alias`.created_at/id (lists sort newest first), its two
  * positional parameters appended to `values`.
  */
-export function olderThan(alias: string, after: Position, values: unknown[]): string {
+export function olderThan(alias: string, after: Position, values: unknown[], idKind: IdKind = 'uuid'): string {
   values.push(after.ts, after.id);
-  return `(${alias}.created_at, ${alias}.id) < ($${values.length - 1}::timestamptz, $${values.length}::uuid)`;
+  return `(${alias}.created_at, ${alias}.id) < ($${values.length - 1}::timestamptz, $${values.length}::${idKind})`;
 }
 
 /** Given limit+1 rows fetched in order, the page and the cursor of the next one. */

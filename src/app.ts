@@ -18,6 +18,8 @@ import { storesRoutes } from './stores/stores.routes';
 import { onboardingRoutes } from './onboarding/onboarding.routes';
 import { adminRoutes, queueBoard, requirePlatformAdmin } from './admin/admin.routes';
 import { adminLoginPage } from './admin/admin-session';
+import { migrationRunRoutes } from './migrations/migration-runs.routes';
+import { registerMigrationMetrics } from './migrations/migration.metrics';
 import { auditRoutes } from './audit/audit.routes';
 
 /**
@@ -31,6 +33,7 @@ export function apiRouters(ctx: AppContext): ApiRouter[] {
     storesRoutes(ctx),
     onboardingRoutes(ctx),
     adminRoutes(ctx),
+    migrationRunRoutes(ctx, requirePlatformAdmin(ctx)),
     storefrontRoutes(ctx),
     ...creditsRoutes(ctx),
     ...auditRoutes(ctx, requirePlatformAdmin(ctx)),
@@ -62,6 +65,7 @@ export function createApp(ctx: AppContext, options: { extraRouters?: ApiRouter[]
   for (const r of routers) app.use(r.basePath, routeBase(r.basePath), r.router);
 
   // Prometheus scrapes with METRICS_TOKEN, or a platform admin's bearer token.
+  registerMigrationMetrics(ctx);
   app.use(metricsRoutes(ctx, requirePlatformAdmin(ctx)));
 
   app.use(adminLoginPage());

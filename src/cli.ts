@@ -13,6 +13,9 @@ import type { EmbeddedServer } from './db/embedded';
 import { busChannel, EventBus } from './lib/bus';
 import { logger } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
+import { registerFleetCommands } from './migrations/migration-cli';
+import type { FleetDeps } from './migrations/migration-runs.service';
+import { Queues } from './queue/queues';
 
 /**
  * The operator's command line (`npx tenantry …`). It uses the server's configuration and service code, but
@@ -37,6 +40,23 @@ async function withPlatform<T>(run: (deps: PlatformAdminDeps) => Promise<T>): Pr
     await master?.sequelize.close();
     await embedded?.stop();
     await redis.quit().catch(() => redis.disconnect());
+  }
+}
+
+/** The fleet migration commands: the master DB, and the queues to hand a run to the workers. */
+async function withFleet<T>(run: (deps: FleetDeps) => Promise<T>): Promise<T> {
+  let embedded: EmbeddedServer | undefined;
+  let master: MasterDb | undefined;
+  const queues = new Queues({ config, redisPrefix: config.redisPrefix });
+  try {
+    const prepared = await prepareMaster(config, undefined, { reuseRunningEmbedded: true });
+    embedded = prepared.embedded;
+    master = openMasterDb(prepared.url, 2);
+    return await run({ master, queues, config });
+  } finally {
+    await queues.close();
+    await master?.sequelize.close();
+    await embedded?.stop();
   }
 }
 
@@ -86,13 +106,15 @@ function buildProgram(): Command {
     .action(async (email: string) =>
       report(await withPlatform((deps) => revokePlatformAdmin(deps, email, operator()))),
     );
+  registerFleetCommands(program, withFleet, operator);
   return program;
 }
 
 void buildProgram()
   .parseAsync(process.argv)
   .then(
-    () => 0,
+    // A command that follows a fleet migration run sets its own code (see migrations/migration-cli.ts).
+    () => Number(process.exitCode ?? 0),
     (err: Error) => {
       // A refusal (unknown e-mail) is told as it is; anything else too, without a stack trace.
       console.error(`error: ${err.message}`);

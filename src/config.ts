@@ -60,6 +60,13 @@ const EnvSchema = z.object({
   PROVISIONING_ATTEMPTS: int(3, 1, 20),
   /** A job whose worker stopped renewing its lock this long ago is handed to another worker. */
   WORKER_LOCK_MS: int(30000, 1000),
+  /**
+   * Whether a process that migrates the master DB at start-up also starts a fleet migration run when tenant
+   * migrations are newer than some store's database (several instances starting together start one run).
+   */
+  TENANT_MIGRATE_ON_START: bool.default(true),
+  /** The tenant migrations fleet runs apply (default: sql/tenant of the code); for tests and operators' trials. */
+  TENANT_MIGRATIONS_DIR: z.string().min(1).optional(),
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   JWT_EXPIRES_IN: z
     .string()
@@ -266,6 +273,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       warmPool: e.TENANT_WARM_POOL,
     }),
     workerLockMs: e.WORKER_LOCK_MS,
+    fleetMigrations: Object.freeze({
+      onStart: e.TENANT_MIGRATE_ON_START,
+      dir: e.TENANT_MIGRATIONS_DIR ? path.resolve(e.TENANT_MIGRATIONS_DIR) : undefined,
+    }),
     jwt: Object.freeze({
       secret: jwtSecret,
       expiresIn: e.JWT_EXPIRES_IN,

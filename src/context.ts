@@ -15,6 +15,7 @@ import { TokenSigner } from './lib/jwt';
 import { logger, safeUrl } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
 import { Queues } from './queue/queues';
+import { startRunIfFleetBehind } from './migrations/migration-runs.service';
 
 export interface ContextOptions {
   config?: Config;
@@ -142,6 +143,11 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
         if (embedded) await embedded.stop();
       },
     };
+    if (config.fleetMigrations.onStart) {
+      // The master is migrated: tenant databases behind this code's tenant migrations get a run (one, however
+      // many instances start). A failure here is logged, not fatal: the sweep or an operator can start it.
+      await startRunIfFleetBehind(ctx).catch((err: Error) => logger.error({ err: err.message }, 'could not start the tenant migration run'));
+    }
     return ctx;
   } catch (err) {
     await closeOpened();

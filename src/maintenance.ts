@@ -1,6 +1,7 @@
 import { Op } from 'sequelize';
 import type { AppContext } from './app-context';
 import { tenantServers } from './db/tenant-servers';
+import { resumeOrphanedRuns } from './migrations/migration-runs.service';
 import { refillWarmPool } from './provisioning/templates';
 import type { JobPayloads } from './queue/queues';
 import { purgeDeletedStores } from './stores/purge';
@@ -21,6 +22,8 @@ export async function processMaintenance(
         ).created;
       return { created };
     }
+    case 'resume-migration-runs':
+      return resumeOrphanedRuns(ctx);
     case 'prune-revoked-tokens': {
       const removed = await ctx.master.models.RevokedToken.destroy({ where: { expiresAt: { [Op.lt]: new Date() } } });
       return { removed };

@@ -8,7 +8,7 @@ import { runProcess } from './lib/process-lifecycle';
 import { requestCreditSync } from './queue/credit-sync-request';
 import { processMaintenance } from './maintenance';
 import { processProvisioning } from './provisioning/provisioning.service';
-import { processTenantMigrations } from './admin/admin.service';
+import { processMigrationRun } from './migrations/migration-runner';
 import { processCreditSync } from './credits/credit-sync';
 import { backoffStrategy, bullConnection, QueueName, type JobPayloads } from './queue/queues';
 
@@ -26,7 +26,8 @@ function processors(ctx: AppContext): {
       processor: (job) => processProvisioning(ctx, job),
       concurrency: ctx.config.provisioning.concurrency,
     },
-    'tenant-migrations': { processor: (job) => processTenantMigrations(ctx, job), concurrency: 1 },
+    // The signal: a shutting-down worker hands the run over (see processMigrationRun).
+    'tenant-migrations': { processor: (job, _token, signal) => processMigrationRun(ctx, job, signal), concurrency: 1 },
     'credit-sync': { processor: (job) => processCreditSync(ctx, job.data), concurrency: 4 },
   };
 }
@@ -67,7 +68,12 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
     { every: 6 * 3600 * 1000 },
     { name: 'purge-deleted-stores', data: { task: 'purge-deleted-stores' } },
   );
-  if (ctx.config.provisioning.warmPool > 0 && ctx.config.provisioning.templates) {
+  // A fleet migration run whose driver is gone (failed for good, or its worker died too often) gets one again.
+  await maintenance.upsertJobScheduler(
+    'resume-migration-runs',
+    { every: 60_000 },
+    { name: 'resume-migration-runs', data: { task: 'resume-migration-runs' } },
+  );  if (ctx.config.provisioning.warmPool > 0 && ctx.config.provisioning.templates) {
     // Claims trigger a refill at once; this also tops the pool up after a restart or a lost job.
     await maintenance.upsertJobScheduler(
       'refill-warm-pool',
@@ -77,6 +83,8 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
   }
   return {
     async close() {
+      // Only processors that take a signal hear it (a fleet migration driver stops starting stores).
+      for (const w of workers) w.cancelAllJobs('the worker is shutting down');
       await Promise.all(workers.map((w) => w.close()));
     },
   };

@@ -63,28 +63,6 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
     () => ctx.tenants.stats(),
   );
   api.post(
-    '/tenants/migrate',
-    {
-      ...common,
-      operationId: 'startTenantMigration',
-      summary: 'Migrate every active tenant database to the newest schema',
-      status: 202,
-      response: z.object({ runId: z.string() }),
-    },
-    ({ req }) => admin.startTenantMigrations(ctx, platformClaims(req.auth).sub),
-  );
-  api.get(
-    '/tenants/migrate/:runId',
-    {
-      ...common,
-      operationId: 'getTenantMigrationRun',
-      summary: 'Progress of a migration run',
-      params: z.object({ runId: z.string().max(100) }),
-      errors: { ...common.errors, 404: 'NOT_FOUND (no such run)' },
-    },
-    ({ params }) => admin.tenantMigrationRun(ctx, params.runId),
-  );
-  api.post(
     '/stores/:id/suspend',
     {
       ...common,

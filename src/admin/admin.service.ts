@@ -1,16 +1,10 @@
-import type { Job } from 'bullmq';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../app-context';
 import { audit } from '../db/audit';
 import { decodeCursor, olderThan, toPage } from '../http/pagination';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
-import { secretContext } from '../lib/crypto';
-import { logger } from '../lib/logger';
-import type { TenantConnection } from '../db/tenant-handle';
-import { QueueName } from '../queue/queues';
 import { statusOfItsDatabase } from '../stores/lifecycle';
 import { resumeBackgroundWork } from '../stores/stores.service';
-import { externalAccess, migrateTenant } from '../provisioning/tenant-db';
 
 interface TenantRow {
   id: string;
@@ -24,6 +18,7 @@ interface TenantRow {
   dbStatus: string | null;
   schemaVersion: number | null;
   lastError: string | null;
+  migrationError: string | null;
 }
 
 /** Every store with its database's state and, where this instance holds one, its pool. */
@@ -32,7 +27,8 @@ export async function listStoresWithDatabases(ctx: AppContext, opts: { limit: nu
   const values: unknown[] = [opts.limit + 1];
   const rows = await ctx.master.sequelize.query<TenantRow>(
     `SELECT s.id, s.name, s.slug, s.status, s.created_at AS "createdAt", s.created_at::text AS "cursorTs",
-            d.mode, d.server, d.status AS "dbStatus", d.schema_version AS "schemaVersion", d.last_error AS "lastError"
+            d.mode, d.server, d.status AS "dbStatus", d.schema_version AS "schemaVersion", d.last_error AS "lastError",
+            d.migration_error AS "migrationError"
        FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
       ${after ? `WHERE ${olderThan('s', after, values)}` : ''}
       ORDER BY s.created_at DESC, s.id DESC LIMIT $1::int`,
@@ -45,7 +41,14 @@ export async function listStoresWithDatabases(ctx: AppContext, opts: { limit: nu
     status: r.status,
     createdAt: new Date(r.createdAt).toISOString(),
     database: r.mode
-      ? { mode: r.mode, server: r.server, status: r.dbStatus, schemaVersion: r.schemaVersion, lastError: r.lastError }
+      ? {
+          mode: r.mode,
+          server: r.server,
+          status: r.dbStatus,
+          schemaVersion: r.schemaVersion,
+          lastError: r.lastError,
+          lastMigrationError: r.migrationError,
+        }
       : null,
     pool: ctx.tenants.peek(r.id),
   }));
@@ -90,65 +93,4 @@ export async function setSuspended(ctx: AppContext, adminId: string, storeId: st
   // Every instance drops its handle: store routes answer 423 at once.
   await ctx.tenants.invalidate(storeId);
   return { id: store.id, status: store.status };
-}
-
-export async function startTenantMigrations(ctx: AppContext, adminId: string) {
-  const job = await ctx.queues
-    .get(QueueName.tenantMigrations)
-    .add('migrate-all', { requestedBy: adminId }, { attempts: 1 });
-  return { runId: job.id! };
-}
-
-interface MigrationProgress {
-  total: number;
-  done: number;
-  migrated: number;
-  failures: { storeId: string; error: string }[];
-}
-
-/** Bring every active tenant database to the newest schema, a few at a time; one failure stops no other. */
-export async function processTenantMigrations(ctx: AppContext, job: Job, parallel = 4) {
-  const rows = await ctx.master.sequelize.query<{ storeId: string; credentials: string; mode: string }>(
-    `SELECT d.store_id AS "storeId", d.credentials, d.mode FROM store_databases d JOIN stores s ON s.id = d.store_id
-      WHERE s.status = 'active' AND d.status = 'ready' ORDER BY s.created_at`,
-    { type: QueryTypes.SELECT },
-  );
-  const progress: MigrationProgress = { total: rows.length, done: 0, migrated: 0, failures: [] };
-  let next = 0;
-  const worker = async () => {
-    while (next < rows.length) {
-      const { storeId, credentials, mode } = rows[next++];
-      try {
-        const connection = ctx.encryptor.decryptJson<TenantConnection>(
-          credentials,
-          secretContext.storeCredentials(storeId),
-        );
-        const { applied, schemaVersion } = await migrateTenant(connection, externalAccess(ctx, mode));
-        await ctx.master.models.StoreDatabase.update({ schemaVersion }, { where: { storeId } });
-        if (applied.length) progress.migrated++;
-      } catch (err) {
-        logger.warn({ storeId, err: (err as Error).message }, 'tenant migration failed');
-        progress.failures.push({ storeId, error: (err as Error).message.slice(0, 300) });
-      }
-      progress.done++;
-      await job.updateProgress({ ...progress });
-    }
-  };
-  await Promise.all(Array.from({ length: parallel }, worker));
-  return progress;
-}
-
-export async function tenantMigrationRun(ctx: AppContext, runId: string) {
-  const job = await ctx.queues.get(QueueName.tenantMigrations).getJob(runId);
-  if (!job) throw fail(ErrorCode.NOT_FOUND, 'No such migration run');
-  const state = await job.getState();
-  const p = (job.returnvalue ?? job.progress ?? {}) as Partial<MigrationProgress>;
-  return {
-    runId,
-    state,
-    total: p.total ?? 0,
-    done: p.done ?? 0,
-    migrated: p.migrated ?? 0,
-    failures: p.failures ?? [],
-  };
 }

@@ -20,28 +20,33 @@ export class MigrationError extends Error {}
  * Read once per process: the schema files ship with the code, so they change only with a new deployment
  * (and provisioning asks for these on every job).
  */
-const described = new Map<SchemaKind, { digest: string; version: number }>();
+const described = new Map<string, { digest: string; version: number }>();
 
-function describe(kind: SchemaKind): { digest: string; version: number } {
-  let d = described.get(kind);
+function describe(kind: SchemaKind, dir = migrationsDir(kind)): { digest: string; version: number } {
+  let d = described.get(dir);
   if (!d) {
-    const dir = migrationsDir(kind);
-    const files = readdirSync(dir)
-      .filter((f) => f.endsWith('.sql'))
-      .sort();
+    const files = migrationFiles(dir);
     const hash = createHash('sha1');
-    for (const f of files) hash.update(f).update(readFileSync(path.join(dir, f)));
-    d = { digest: hash.digest('hex').slice(0, 12), version: Math.max(0, ...files.map((f) => parseInt(f, 10))) };
-    described.set(kind, d);
+    for (const f of files) hash.update(f.fileName).update(readFileSync(path.join(dir, f.fileName)));
+    d = { digest: hash.digest('hex').slice(0, 12), version: Math.max(0, ...files.map((f) => f.version)) };
+    described.set(dir, d);
   }
   return d;
+}
+
+/** The numbered files of a migrations directory, in order. */
+export function migrationFiles(dir: string): { version: number; fileName: string }[] {
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.sql'))
+    .sort()
+    .map((fileName) => ({ version: parseInt(fileName, 10), fileName }));
 }
 
 /** A digest of a schema's files: templates are rebuilt when it changes. */
 export const schemaDigest = (kind: SchemaKind): string => describe(kind).digest;
 
-/** The schema version the files on disk describe: the highest file number. */
-export const latestSchemaVersion = (kind: SchemaKind): number => describe(kind).version;
+/** The schema version the files on disk describe: the highest file number (of `dir`, default sql/<kind>). */
+export const latestSchemaVersion = (kind: SchemaKind, dir?: string): number => describe(kind, dir).version;
 
 export async function runMigrations(
   kind: SchemaKind,

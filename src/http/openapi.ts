@@ -24,6 +24,7 @@ export const Problem = registry.register(
         )
         .optional()
         .describe('Only for VALIDATION_FAILED: every problem found'),
+      runId: z.string().optional().describe('Only for MIGRATION_RUN_ACTIVE: the active fleet migration run'),
     })
     .describe('An RFC 9457 problem'),
 );

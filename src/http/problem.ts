@@ -16,6 +16,7 @@ export function sendProblem(res: Response, err: AppError): void {
         code: err.code,
         detail: err.message,
         ...(err.extra.errors ? { errors: err.extra.errors } : {}),
+        ...err.extra.members,
       }),
     );
 }

@@ -31,6 +31,7 @@ export const ErrorCode = {
   INSUFFICIENT_CREDITS: 'INSUFFICIENT_CREDITS',
   OUT_OF_STOCK: 'OUT_OF_STOCK',
   SKU_TAKEN: 'SKU_TAKEN',
+  MIGRATION_RUN_ACTIVE: 'MIGRATION_RUN_ACTIVE',
   SERVICE_UNAVAILABLE: 'SERVICE_UNAVAILABLE',
   INTERNAL: 'INTERNAL',
 } as const;
@@ -64,7 +65,7 @@ export class AppError extends Error {
     readonly status: number,
     readonly code: ErrorCode,
     detail: string,
-    readonly extra: { errors?: FieldError[]; headers?: Record<string, string> } = {},
+    readonly extra: { errors?: FieldError[]; headers?: Record<string, string>; members?: Record<string, unknown> } = {},
   ) {
     super(detail);
     this.name = 'AppError';
@@ -108,6 +109,7 @@ export const STATUS_OF = {
   INSUFFICIENT_CREDITS: 402,
   OUT_OF_STOCK: 409,
   SKU_TAKEN: 409,
+  MIGRATION_RUN_ACTIVE: 409,
   SERVICE_UNAVAILABLE: 503,
   INTERNAL: 500,
 } as const satisfies Record<ErrorCode, number>;
@@ -117,6 +119,8 @@ export interface FailExtra {
   headers?: Record<string, string>;
   /** Sent as Retry-After: when the client may usefully ask again. */
   retryAfterSeconds?: number;
+  /** Members of the problem beside `code` that its code documents (MIGRATION_RUN_ACTIVE's `runId`). */
+  members?: Record<string, unknown>;
 }
 
 /** The API error for a code, with the status the table gives that code. */

@@ -11,14 +11,29 @@ export const QueueName = {
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
 
 export interface JobPayloads {
-  maintenance: { task: 'prune-revoked-tokens' | 'refill-warm-pool' | 'purge-deleted-stores' };
+  maintenance: { task: 'prune-revoked-tokens' | 'refill-warm-pool' | 'purge-deleted-stores' | 'resume-migration-runs' };
   provisioning: { storeId: string };
-  'tenant-migrations': { requestedBy: string };
+  /** Drive one fleet migration run from its rows in the master DB (see src/migrations). */
+  'tenant-migrations': { runId: string };
   'credit-sync': { storeId: string };
 }
 
 /** One provisioning job per store: a second request finds the same job. */
 export const provisioningJobId = (storeId: string) => `provision-${storeId}`;
+
+/**
+ * The job that drives a fleet migration run: one per run at a time (deduplication, so two drivers never run
+ * side by side), `keepLastIfActive` so that a resume while the previous driver winds down gets a driver after
+ * it. Retried when it throws (the master DB away); a driver whose worker died is handed over as a stalled job,
+ * and the maintenance sweep re-enqueues an active run left without one.
+ */
+export const migrationRunJobOptions = (runId: string): JobsOptions => ({
+  deduplication: { id: `migration-run-${runId}`, keepLastIfActive: true },
+  attempts: 10,
+  backoff: { type: BackoffType.cappedExponential, delay: 1000 },
+  removeOnComplete: { age: 24 * 3600, count: 1000 },
+  removeOnFail: { age: 7 * 24 * 3600, count: 1000 },
+});
 
 /** Back-off types beyond BullMQ's own: `capped-exponential` doubles `delay` per attempt up to one minute. */
 export const BackoffType = { cappedExponential: 'capped-exponential' } as const;

@@ -13,3 +13,5 @@ process.env.PASSWORD_HASH_QUEUE_MAX ??= '10000';
 process.env.WORKER = 'off';
 process.env.TENANT_DB_PREFIX ??= 'tenantry_test_db_';
 process.env.TENANT_WARM_POOL ??= '0';
+// No suite gets a fleet migration run it did not ask for (the migration-run suite turns it on where it tests it).
+process.env.TENANT_MIGRATE_ON_START ??= 'off';

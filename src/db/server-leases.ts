@@ -311,7 +311,9 @@ export class ServerLease {
   private budgetReading?: Promise<void>;
   private syncing?: Promise<void>;
   private again = false;
-  private retryTimer?: NodeJS.Timeout;
+  private soonTimer?: NodeJS.Timeout;
+  /** When the last sync started. */
+  private lastSyncAt = 0;
   /** Peak demand in the current and the previous return window: what was wanted over the last while. */
   private peak = { now: 0, before: 0, since: Date.now() };
   private stopped = false;
@@ -335,12 +337,33 @@ export class ServerLease {
 
   /** A request waits and the allowance is used up: borrow now rather than at the next heartbeat. */
   wantMore(): void {
-    void this.sync();
+    this.soon();
   }
 
   /** Connections were closed: if the lease is above what is wanted, give back soon. */
   released(): void {
-    if (this.leased > this.allowance && this.mode === 'leased') void this.sync();
+    if (this.leased > this.allowance && this.mode === 'leased') this.soon();
+  }
+
+  /**
+   * Sync now, or, if one started less than `retryMs` ago, once that long after it: however many requests
+   * wait, a process asks Redis about one server at most every `retryMs` (besides its heartbeat).
+   */
+  private soon(): void {
+    const wait = this.lastSyncAt + this.fleet.options.retryMs - Date.now();
+    if (wait <= 0 && !this.syncing) {
+      void this.sync();
+      return;
+    }
+    if (this.soonTimer || this.stopped) return;
+    this.soonTimer = setTimeout(
+      () => {
+        this.soonTimer = undefined;
+        void this.sync();
+      },
+      Math.max(1, wait),
+    );
+    this.soonTimer.unref();
   }
 
   /** Ask Redis: renew, borrow, give back. Concurrent calls share one round trip (one more follows if asked meanwhile). */
@@ -373,6 +396,8 @@ export class ServerLease {
   }
 
   private async syncOnce(): Promise<void> {
+    this.lastSyncAt = Date.now();
+    this.counters.syncs++;
     await this.readBudget();
     const block = this.fleet.options.blockSize;
     const wanted = Math.min(this.wanted(), this.options.localMax);
@@ -385,7 +410,6 @@ export class ServerLease {
           .map(([o, n]) => `${o}=${n}`)
           .join(',')
       : '';
-    this.counters.syncs++;
     let reply: SyncReply;
     try {
       reply = await this.fleet.call((r) =>
@@ -447,13 +471,9 @@ export class ServerLease {
 
   /** Requests still wait and the lease could grow: ask again shortly (only under pressure). */
   private scheduleRetry(): void {
-    if (this.retryTimer || !this.usage || this.usage.waiting === 0) return;
+    if (!this.usage || this.usage.waiting === 0) return;
     if (this.allowance >= Math.min(this.options.localMax, this.budget)) return;
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined;
-      if (this.usage && this.usage.waiting > 0) void this.sync();
-    }, this.fleet.options.retryMs);
-    this.retryTimer.unref();
+    this.soon();
   }
 
   private async readBudget(): Promise<void> {
@@ -489,7 +509,7 @@ export class ServerLease {
 
   stop(): void {
     this.stopped = true;
-    clearTimeout(this.retryTimer);
+    clearTimeout(this.soonTimer);
   }
 
   stats() {

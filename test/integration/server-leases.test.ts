@@ -219,3 +219,19 @@ test('without Redis a process uses the last known budget divided by the last kno
   expect(a.lease.leased).toBeGreaterThanOrEqual(a.usage.open);
   await back.close();
 });
+
+test('requests that keep waiting make a call to Redis every retryMs at most, not one each', async () => {
+  const server = 'pressure:5432';
+  const a = leaseOf(await fleetMember({ retryMs: 100 }), 50, server);
+  a.usage.waiting = 100;
+  // Requests queue one after another for 50 ms, each asking for more.
+  const until = Date.now() + 50;
+  while (Date.now() < until) {
+    a.lease.wantMore();
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  // One call at once, then at most one per 100 ms (a busy machine may stretch those 50 ms).
+  expect(a.lease.counters.syncs).toBeGreaterThanOrEqual(1);
+  expect(a.lease.counters.syncs).toBeLessThanOrEqual(3);
+  await eventually(async () => expect(a.lease.leased).toBe(50), 3000);
+});

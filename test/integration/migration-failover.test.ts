@@ -1,0 +1,80 @@
+import { QueryTypes } from 'sequelize';
+import { createRun, getRun } from '../../src/migrations/migration-runs.service';
+import { registerUser } from '../helpers/app';
+import { eventually } from '../helpers/fixtures';
+import { useSuite } from '../helpers/suite';
+import {
+  databaseVersion,
+  dropStoresAfterwards,
+  makeStores,
+  marks,
+  rowStates,
+  tenantMigrationsWithOneMore,
+} from '../helpers/tenant-migrations';
+import { killAllWorkers, spawnWorker } from '../helpers/worker-process';
+
+/**
+ * A fleet migration run driven by worker processes (`npm run worker`), one of them killed in the middle of
+ * the run: another worker takes the run over from its rows and finishes it, every store migrated exactly once.
+ */
+let migration: { dir: string; version: number; fileName: string };
+// No worker in this process: the run is driven by the worker processes the test starts.
+const t = useSuite('migration-failover', (s) => {
+  migration = tenantMigrationsWithOneMore(s);
+  return { TENANT_MIGRATIONS_DIR: migration.dir };
+});
+
+beforeAll(() => {
+  // Stopped before the app and its database go.
+  t.defer('the worker processes', killAllWorkers);
+});
+
+describe('a worker killed mid-run', () => {
+  dropStoresAfterwards(() => t);
+
+  test('SIGKILL: another worker process finishes the run; every store migrated exactly once, none skipped', async () => {
+    const ownerId = (await registerUser(t.app)).user.id;
+    const fleet = await makeStores(t, ownerId, ['slow', 'slow', 'slow', 'slow', 'slow', 'slow']);
+    const workerEnv = { TENANT_MIGRATIONS_DIR: migration.dir, TENANT_MIGRATE_ON_START: 'off' };
+    const first = spawnWorker(t, workerEnv);
+    const { runId } = await createRun(
+      t.ctx,
+      { userId: null, label: 'test' },
+      { stores: fleet.map((s) => s.id), perServer: 2 },
+    );
+
+    // Killed with some stores migrated and others in the middle of their migration.
+    await eventually(async () => {
+      const states = Object.values(await rowStates(t, runId));
+      if (!states.includes('migrated') || !states.includes('running'))
+        throw new Error(`run is at ${states.join(', ')}`);
+    }, 30_000);
+    await first.kill('SIGKILL');
+    const cut = await rowStates(t, runId);
+    expect(Object.values(cut)).toContain('running');
+
+    const second = spawnWorker(t, workerEnv);
+    const run = await eventually(async () => {
+      const r = await getRun(t.ctx, runId);
+      if (r.state !== 'completed') throw new Error(`run is ${JSON.stringify(r)} (second worker: ${second.output()})`);
+      return r;
+    }, 40_000);
+    expect(run).toMatchObject({ total: 6, migrated: 6, skipped: 0, failed: 0, pending: 0 });
+    for (const store of fleet) {
+      // The migration's own side effect: once per store, whichever worker got there.
+      expect(await marks(store)).toBe(1);
+      expect(await databaseVersion(store)).toBe(migration.version);
+    }
+    const rows = await t.ctx.master.sequelize.query<{ storeId: string; attempt: number; version: number }>(
+      `SELECT r.store_id AS "storeId", r.attempt, d.schema_version AS version
+         FROM migration_run_stores r JOIN store_databases d ON d.store_id = r.store_id WHERE r.run_id = $1`,
+      { bind: [runId], type: QueryTypes.SELECT },
+    );
+    expect(rows.map((r) => r.version)).toEqual(fleet.map(() => migration.version));
+    // The stores cut off in the middle were claimed again (their migration had rolled back with the session).
+    const cutOff = Object.entries(cut)
+      .filter(([, state]) => state === 'running')
+      .map(([id]) => id);
+    for (const id of cutOff) expect(rows.find((r) => r.storeId === id)?.attempt).toBe(2);
+  });
+});

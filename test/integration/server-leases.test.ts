@@ -1,12 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import {
+  readServerSettings,
   serverBudget,
   ServerLeases,
   type LeaseOptions,
   type LeaseUsage,
   type ServerLease,
 } from '../../src/db/server-leases';
+import { withClient } from '../../src/db/pg-client';
+import { TEST_SERVER_URL } from '../helpers/db';
 import { eventually } from '../helpers/fixtures';
 import { useResources } from '../helpers/suite';
 import { freePort } from '../helpers/tcp-proxy';
@@ -73,6 +76,17 @@ test('the budget of a server is its slots minus the reserved ones and the headro
   expect(serverBudget({ maxConnections: 100, superuserReserved: 3, reserved: 5 }, 15)).toBe(77);
   // Never 0: a tiny server still serves one connection at a time.
   expect(serverBudget({ maxConnections: 10, superuserReserved: 3, reserved: 0 }, 20)).toBe(1);
+});
+
+test("a server's settings are read as they are: max_connections and the reserved slots", async () => {
+  await withClient(TEST_SERVER_URL, async (client) => {
+    const settings = await readServerSettings(client);
+    const show = async (name: string) => Number((await client.query(`SHOW ${name}`)).rows[0][name]);
+    expect(settings.maxConnections).toBe(await show('max_connections'));
+    expect(settings.superuserReserved).toBe(await show('superuser_reserved_connections'));
+    const v16 = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num) >= 160000;
+    expect(settings.reserved).toBe(v16 ? await show('reserved_connections') : 0);
+  });
 });
 
 test('processes asking at once never lease more than the budget together, and each gets a part', async () => {

@@ -18,6 +18,7 @@ import { storesRoutes } from './stores/stores.routes';
 import { onboardingRoutes } from './onboarding/onboarding.routes';
 import { adminRoutes, queueBoard, requirePlatformAdmin } from './admin/admin.routes';
 import { adminLoginPage } from './admin/admin-session';
+import { subscriptionRoutes } from './subscriptions/subscriptions.routes';
 import { migrationRunRoutes } from './migrations/migration-runs.routes';
 import { registerMigrationMetrics } from './migrations/migration.metrics';
 import { auditRoutes } from './audit/audit.routes';
@@ -36,6 +37,7 @@ export function apiRouters(ctx: AppContext): ApiRouter[] {
     migrationRunRoutes(ctx, requirePlatformAdmin(ctx)),
     storefrontRoutes(ctx),
     ...creditsRoutes(ctx),
+    ...subscriptionRoutes(ctx, requirePlatformAdmin(ctx)),
     ...auditRoutes(ctx, requirePlatformAdmin(ctx)),
   ];
 }

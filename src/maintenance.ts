@@ -5,6 +5,8 @@ import { resumeOrphanedRuns } from './migrations/migration-runs.service';
 import { refillWarmPool } from './provisioning/templates';
 import type { JobPayloads } from './queue/queues';
 import { purgeDeletedStores } from './stores/purge';
+import { sampleStorage } from './subscriptions/storage';
+import { settleSubscriptionPeriods } from './subscriptions/subscriptions.service';
 
 /** Housekeeping that any one worker may do (the maintenance queue's processor, scheduled by the worker). */
 export async function processMaintenance(
@@ -24,6 +26,10 @@ export async function processMaintenance(
     }
     case 'resume-migration-runs':
       return resumeOrphanedRuns(ctx);
+    case 'sample-storage':
+      return sampleStorage(ctx);
+    case 'settle-subscriptions':
+      return settleSubscriptionPeriods(ctx);
     case 'prune-revoked-tokens': {
       const removed = await ctx.master.models.RevokedToken.destroy({ where: { expiresAt: { [Op.lt]: new Date() } } });
       return { removed };

@@ -73,7 +73,20 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
     'resume-migration-runs',
     { every: 60_000 },
     { name: 'resume-migration-runs', data: { task: 'resume-migration-runs' } },
-  );  if (ctx.config.provisioning.warmPool > 0 && ctx.config.provisioning.templates) {
+  );
+  // Each store database's size, against its plan's storage limit (writes are refused from the last sample).
+  await maintenance.upsertJobScheduler(
+    'sample-storage',
+    { every: 5 * 60_000 },
+    { name: 'sample-storage', data: { task: 'sample-storage' } },
+  );
+  // Manual subscriptions' next billing period, and included credits an account could not be given yet.
+  await maintenance.upsertJobScheduler(
+    'settle-subscriptions',
+    { every: 3600_000 },
+    { name: 'settle-subscriptions', data: { task: 'settle-subscriptions' } },
+  );
+  if (ctx.config.provisioning.warmPool > 0 && ctx.config.provisioning.templates) {
     // Claims trigger a refill at once; this also tops the pool up after a restart or a lost job.
     await maintenance.upsertJobScheduler(
       'refill-warm-pool',

@@ -568,6 +568,8 @@ export interface paths {
         /**
          * A shopper signs up to this store
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         post: operations["storeRegister"];
         delete?: never;
@@ -588,6 +590,8 @@ export interface paths {
         /**
          * A store user signs in (store token)
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         post: operations["storeLogin"];
         delete?: never;
@@ -606,6 +610,8 @@ export interface paths {
         /**
          * The signed-in store user
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         get: operations["storeMe"];
         put?: never;
@@ -628,6 +634,8 @@ export interface paths {
         /**
          * Revoke this store token everywhere
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         post: operations["storeLogout"];
         delete?: never;
@@ -646,6 +654,8 @@ export interface paths {
         /**
          * The store's public profile
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         get: operations["getStoreInfo"];
         put?: never;
@@ -666,12 +676,16 @@ export interface paths {
         /**
          * The catalogue (public; staff may include inactive products)
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         get: operations["listProducts"];
         put?: never;
         /**
          * Add a product
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         post: operations["createProduct"];
         delete?: never;
@@ -690,6 +704,8 @@ export interface paths {
         /**
          * One product (an inactive one only for staff)
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         get: operations["getProduct"];
         put?: never;
@@ -697,6 +713,8 @@ export interface paths {
         /**
          * Remove a product (soft)
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         delete: operations["deleteProduct"];
         options?: never;
@@ -704,6 +722,8 @@ export interface paths {
         /**
          * Change a product (at least one field)
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         patch: operations["updateProduct"];
         trace?: never;
@@ -720,6 +740,8 @@ export interface paths {
         /**
          * Bring back a removed product (inactive until put back on sale)
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         post: operations["restoreProduct"];
         delete?: never;
@@ -738,6 +760,8 @@ export interface paths {
         /**
          * The store's customers
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         get: operations["listCustomers"];
         put?: never;
@@ -760,6 +784,8 @@ export interface paths {
         /**
          * Add an admin or staff member
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         post: operations["createStaff"];
         delete?: never;
@@ -778,12 +804,16 @@ export interface paths {
         /**
          * Orders: a customer sees their own, staff see all
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         get: operations["listOrders"];
         put?: never;
         /**
          * Place an order (customer)
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         post: operations["placeOrder"];
         delete?: never;
@@ -802,6 +832,8 @@ export interface paths {
         /**
          * One order
          * @description **Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.
+         *
+         *     **Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.
          */
         get: operations["getOrder"];
         put?: never;
@@ -900,6 +932,58 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/plans": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The plans, with their limits (null: unlimited), price and included credits (public) */
+        get: operations["listPlans"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/subscription": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's plan in force, subscription state, pending change and usage */
+        get: operations["getSubscription"];
+        put?: never;
+        /** Change plan: at once with the manual provider (200), or pending until Stripe confirms it (202) */
+        post: operations["changeSubscription"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/users/{id}/plan": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Set an account's plan at once, whatever the payment provider */
+        put: operations["setUserPlan"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/stores/{id}/audit": {
         parameters: {
             query?: never;
@@ -957,6 +1041,24 @@ export interface components {
             }[];
             /** @description Only for MIGRATION_RUN_ACTIVE: the active fleet migration run */
             runId?: string;
+            /**
+             * @description Only for PLAN_LIMIT_REACHED: the limit reached
+             * @enum {string}
+             */
+            resource?: "stores" | "products" | "staff" | "hostnames" | "storageMb";
+            /** @description Only for PLAN_LIMIT_REACHED: what the plan allows */
+            limit?: number;
+            /** @description Only for PLAN_LIMIT_REACHED: how many there are now (megabytes for storageMb) */
+            count?: number;
+            /** @description Only for PLAN_LIMIT_EXCEEDED: every limit of the plan asked for that current usage is over */
+            over?: {
+                /** @enum {string} */
+                resource: "stores" | "products" | "staff" | "hostnames" | "storageMb";
+                limit: number;
+                count: number;
+                /** @description The store over a per-store limit; null for stores */
+                storeId: string | null;
+            }[];
         };
         StoreSummary: {
             /** Format: uuid */
@@ -1177,6 +1279,55 @@ export interface components {
                 leases: number;
                 lastUsed: string;
             }[];
+        };
+        Plan: {
+            id: string;
+            name: string;
+            /** @description null: unlimited */
+            limits: {
+                /** @description Live stores one account may own */
+                stores: number | null;
+                /** @description Live products per store */
+                products: number | null;
+                /** @description Admin and staff accounts per store (the owner's own account not counted) */
+                staff: number | null;
+                /** @description Custom hostnames per store, pending and verified (null: the platform ceiling of 20) */
+                hostnames: number | null;
+                /** @description Size of each store's database, in megabytes (sampled periodically) */
+                storageMb: number | null;
+            };
+            monthlyPriceCents: number;
+            /** @description Credits granted once per billing period */
+            includedCredits: number;
+        };
+        Subscription: {
+            plan: components["schemas"]["Plan"] & unknown;
+            /**
+             * @description The subscription's state (`active` for an account on the free plan without one)
+             * @enum {string}
+             */
+            status: "active" | "past_due" | "canceled";
+            /** @description The plan subscribed to (differs from plan.id while past due or cancelled) */
+            subscribedPlanId: string;
+            /** @enum {string|null} */
+            provider: "manual" | "stripe" | null;
+            currentPeriodEnd: string | null;
+            /** @description A change waiting for the payment provider */
+            pending: {
+                planId: string;
+                /** @description Put into the Stripe subscription's metadata as `tenantry_reference`: its signed webhook applies the plan */
+                reference: string;
+                requestedAt: string;
+            } | null;
+            /** @description What the account uses against the limits: `stores` counts its stores, the others are the highest of any one of its stores */
+            usage: {
+                /** @description Live stores the account owns */
+                stores: number;
+                products: number;
+                staff: number;
+                hostnames: number;
+                storageMb: number;
+            };
         };
         MigrationDryRun: {
             /** @enum {boolean} */
@@ -4551,7 +4702,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_MISMATCH | FORBIDDEN */
+            /** @description TENANT_MISMATCH | FORBIDDEN | PLAN_LIMIT_REACHED (the plan's products or storage limit; `limit` and `count` in the problem) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4949,7 +5100,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_MISMATCH | FORBIDDEN */
+            /** @description TENANT_MISMATCH | FORBIDDEN | PLAN_LIMIT_REACHED (the plan's products or storage limit; `limit` and `count` in the problem) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5141,7 +5292,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_MISMATCH | FORBIDDEN */
+            /** @description TENANT_MISMATCH | FORBIDDEN | PLAN_LIMIT_REACHED (the plan's staff or storage limit; `limit` and `count` in the problem) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5848,10 +5999,10 @@ export interface operations {
             content: {
                 "application/json": {
                     id: string;
-                    /** @description payment_intent.succeeded, checkout.session.completed and checkout.session.async_payment_succeeded are acted on */
+                    /** @description payment_intent.succeeded, checkout.session.completed and checkout.session.async_payment_succeeded complete credit purchases; customer.subscription.created, .updated and .deleted set the plan of the account whose pending change (`tenantry_reference` in the subscription metadata) or Stripe subscription they name */
                     type: string;
                     data: {
-                        /** @description The PaymentIntent or Checkout Session */
+                        /** @description The PaymentIntent, Checkout Session or Subscription */
                         object: {
                             [key: string]: unknown;
                         };
@@ -5889,6 +6040,275 @@ export interface operations {
             };
             /** @description PAYLOAD_TOO_LARGE (a body over 100 kB) */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listPlans: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        items: components["schemas"]["Plan"][];
+                    };
+                };
+            };
+            /** @description VALIDATION_FAILED */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getSubscription: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Subscription"];
+                };
+            };
+            /** @description VALIDATION_FAILED */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNAUTHENTICATED (missing, invalid, expired or revoked token) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    changeSubscription: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description A plan of GET /api/plans */
+                    planId: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Subscription"];
+                };
+            };
+            /** @description Stripe: the change is pending until its signed webhook */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Subscription"];
+                };
+            };
+            /** @description VALIDATION_FAILED | MALFORMED_JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNAUTHENTICATED (missing, invalid, expired or revoked token) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description NOT_FOUND (no such plan) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PLAN_LIMIT_EXCEEDED (what the account holds is over the plan's limits: `over` lists each) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE (a body over 100 kB) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE (a body that is not sent as application/json) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    setUserPlan: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description A plan of GET /api/plans */
+                    planId: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Subscription"];
+                };
+            };
+            /** @description VALIDATION_FAILED | MALFORMED_JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNAUTHENTICATED (missing, invalid, expired or revoked token) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) | FORBIDDEN (not a platform admin) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description NOT_FOUND (no such user or plan) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PLAN_LIMIT_EXCEEDED (what the account holds is over the plan's limits: `over` lists each) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE (a body over 100 kB) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE (a body that is not sent as application/json) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };

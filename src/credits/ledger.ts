@@ -140,8 +140,16 @@ function isIdempotencyConflict(err: unknown): boolean {
   return pgCode(err) === PgCode.UNIQUE_VIOLATION && constraintOf(err) === 'credit_transactions_idempotency';
 }
 
-/** Apply one completed change to a store's balance (see changeSql). */
-export async function applyChange(ctx: AppContext, input: ChangeInput, actor: LedgerActor): Promise<ChangeOutcome> {
+/**
+ * Apply one completed change to a store's balance (see changeSql). Inside the caller's `transaction` when one
+ * is given (a repeated idempotency key then aborts that transaction: such a caller guards its key itself).
+ */
+export async function applyChange(
+  ctx: AppContext,
+  input: ChangeInput,
+  actor: LedgerActor,
+  transaction?: Transaction,
+): Promise<ChangeOutcome> {
   const sql = input.amount > 0 ? CREDIT_SQL : DEBIT_SQL;
   const bind = [
     input.storeId,
@@ -158,7 +166,7 @@ export async function applyChange(ctx: AppContext, input: ChangeInput, actor: Le
     input.payment?.currency ?? null,
   ];
   try {
-    const rows = await ctx.master.sequelize.query<LedgerRow>(sql, { bind, type: QueryTypes.SELECT });
+    const rows = await ctx.master.sequelize.query<LedgerRow>(sql, { bind, type: QueryTypes.SELECT, transaction });
     return rows.length ? { kind: 'applied', row: rows[0] } : { kind: 'insufficient' };
   } catch (err) {
     if (isIdempotencyConflict(err)) return { kind: 'duplicate-key' };

@@ -5,6 +5,7 @@ import type { AppContext } from '../app-context';
 import { ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
 import { requestCreditSync } from '../queue/credit-sync-request';
+import { handleSubscriptionEvent, SUBSCRIPTION_EVENTS } from '../subscriptions/stripe-subscriptions';
 import type { WebhookAck } from './credits.schemas';
 import { completePendingPurchase, type PendingPayment } from './ledger';
 
@@ -25,9 +26,11 @@ export const StripeEventBody = z
     type: z
       .string()
       .describe(
-        'payment_intent.succeeded, checkout.session.completed and checkout.session.async_payment_succeeded are acted on',
+        'payment_intent.succeeded, checkout.session.completed and checkout.session.async_payment_succeeded complete ' +
+          'credit purchases; customer.subscription.created, .updated and .deleted set the plan of the account whose ' +
+          'pending change (`tenantry_reference` in the subscription metadata) or Stripe subscription they name',
       ),
-    data: z.looseObject({ object: z.looseObject({}).describe('The PaymentIntent or Checkout Session') }),
+    data: z.looseObject({ object: z.looseObject({}).describe('The PaymentIntent, Checkout Session or Subscription') }),
   })
   .describe('A Stripe event (https://docs.stripe.com/api/events/object); fields not listed are ignored');
 
@@ -79,6 +82,7 @@ export async function handleStripeWebhook(
     if (err instanceof SyntaxError) throw fail(ErrorCode.MALFORMED_JSON, 'The request body is not valid JSON');
     throw badSignature('The Stripe-Signature header does not match the body (or is too old)');
   }
+  if (SUBSCRIPTION_EVENTS.has(event.type)) return handleSubscriptionEvent(ctx, event, requestId);
   if (!PAID_EVENTS.has(event.type)) return ignored(`event type ${event.type} is not handled`);
 
   const parsed = PaymentObject.safeParse(event.data?.object);

@@ -25,6 +25,27 @@ export const Problem = registry.register(
         .optional()
         .describe('Only for VALIDATION_FAILED: every problem found'),
       runId: z.string().optional().describe('Only for MIGRATION_RUN_ACTIVE: the active fleet migration run'),
+      resource: z
+        .enum(['stores', 'products', 'staff', 'hostnames', 'storageMb'])
+        .optional()
+        .describe('Only for PLAN_LIMIT_REACHED: the limit reached'),
+      limit: z.number().int().optional().describe('Only for PLAN_LIMIT_REACHED: what the plan allows'),
+      count: z
+        .number()
+        .int()
+        .optional()
+        .describe('Only for PLAN_LIMIT_REACHED: how many there are now (megabytes for storageMb)'),
+      over: z
+        .array(
+          z.object({
+            resource: z.enum(['stores', 'products', 'staff', 'hostnames', 'storageMb']),
+            limit: z.number().int(),
+            count: z.number().int(),
+            storeId: z.string().nullable().describe('The store over a per-store limit; null for stores'),
+          }),
+        )
+        .optional()
+        .describe('Only for PLAN_LIMIT_EXCEEDED: every limit of the plan asked for that current usage is over'),
     })
     .describe('An RFC 9457 problem'),
 );

@@ -18,6 +18,7 @@ export const ErrorCode = {
   HOSTNAME_NOT_ALLOWED: 'HOSTNAME_NOT_ALLOWED',
   HOSTNAME_NOT_VERIFIED: 'HOSTNAME_NOT_VERIFIED',
   PLAN_LIMIT_REACHED: 'PLAN_LIMIT_REACHED',
+  PLAN_LIMIT_EXCEEDED: 'PLAN_LIMIT_EXCEEDED',
   STORE_NOT_FOUND: 'STORE_NOT_FOUND',
   STORE_NOT_READY: 'STORE_NOT_READY',
   STORE_SUSPENDED: 'STORE_SUSPENDED',
@@ -96,6 +97,7 @@ export const STATUS_OF = {
   HOSTNAME_NOT_ALLOWED: 400,
   HOSTNAME_NOT_VERIFIED: 409,
   PLAN_LIMIT_REACHED: 403,
+  PLAN_LIMIT_EXCEEDED: 409,
   STORE_NOT_FOUND: 404,
   STORE_NOT_READY: 409,
   STORE_SUSPENDED: 423,
@@ -119,7 +121,10 @@ export interface FailExtra {
   headers?: Record<string, string>;
   /** Sent as Retry-After: when the client may usefully ask again. */
   retryAfterSeconds?: number;
-  /** Members of the problem beside `code` that its code documents (MIGRATION_RUN_ACTIVE's `runId`). */
+  /**
+   * Members of the problem beside `code` that its code documents (MIGRATION_RUN_ACTIVE's `runId`,
+   * PLAN_LIMIT_REACHED's `limit` and `count`).
+   */
   members?: Record<string, unknown>;
 }
 

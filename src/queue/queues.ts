@@ -11,7 +11,15 @@ export const QueueName = {
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
 
 export interface JobPayloads {
-  maintenance: { task: 'prune-revoked-tokens' | 'refill-warm-pool' | 'purge-deleted-stores' | 'resume-migration-runs' };
+  maintenance: {
+    task:
+      | 'prune-revoked-tokens'
+      | 'refill-warm-pool'
+      | 'purge-deleted-stores'
+      | 'resume-migration-runs'
+      | 'sample-storage'
+      | 'settle-subscriptions';
+  };
   provisioning: { storeId: string };
   /** Drive one fleet migration run from its rows in the master DB (see src/migrations). */
   'tenant-migrations': { runId: string };

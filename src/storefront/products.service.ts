@@ -4,6 +4,7 @@ import { tenantDb } from '../db/tenant-context';
 import { ErrorCode, fail } from '../lib/errors';
 import { decodeCursor, olderThan, toPage, type Page, type Position } from '../http/pagination';
 import type { TenantModels } from '../models/tenant';
+import { requireRoomInStore, type StoreLimits } from '../subscriptions/store-limits';
 import type { CreateProductInput, Product, UpdateProductInput } from './products.schemas';
 import type { StoreActor } from './store-access';
 
@@ -87,9 +88,15 @@ async function readInTransaction(t: Transaction, m: TenantModels, id: string): P
 
 const skuTaken = rethrowTaken('Another product already has this SKU');
 
-export async function createProduct(input: CreateProductInput, actor: StoreActor): Promise<Product> {
+/** Add a product, within the plan's limit of live products (`limits`: the store's, see limitsOfStore). */
+export async function createProduct(
+  input: CreateProductInput,
+  actor: StoreActor,
+  limits: StoreLimits,
+): Promise<Product> {
   return tenantDb
     .transaction(async (t, m) => {
+      await requireRoomInStore(m.Product.sequelize!, t, 'products', limits);
       const { stock = 0, ...fields } = input;
       const product = await m.Product.create(fields, { transaction: t });
       await m.Inventory.create({ productId: product.id, stock }, { transaction: t });
@@ -152,9 +159,10 @@ export async function deleteProduct(id: string, actor: StoreActor): Promise<void
  * before is not kept, so staff put it back on sale themselves (PATCH). Its SKU may since belong to another
  * product: the unique index among live products decides (409 SKU_TAKEN).
  */
-export async function restoreProduct(id: string, actor: StoreActor): Promise<Product> {
+export async function restoreProduct(id: string, actor: StoreActor, limits: StoreLimits): Promise<Product> {
   return tenantDb
     .transaction(async (t, m) => {
+      await requireRoomInStore(m.Product.sequelize!, t, 'products', limits);
       const product = await m.Product.findByPk(id, { transaction: t, lock: t.LOCK.UPDATE });
       if (!product) throw fail(ErrorCode.NOT_FOUND, 'No such product');
       if (product.deletedAt === null) throw fail(ErrorCode.CONFLICT, 'This product is not deleted');

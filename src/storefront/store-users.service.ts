@@ -5,6 +5,7 @@ import { decodeCursor, olderThan, toPage, type Page } from '../http/pagination';
 import { ErrorCode, fail, unauthenticated } from '../lib/errors';
 import type { StoreClaims } from '../lib/jwt';
 import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
+import { requireRoomInStore, type StoreLimits } from '../subscriptions/store-limits';
 import type { StoreActor } from './store-access';
 import type { CreateStaffInput, StoreLoginInput, StoreRegisterInput, StoreUser } from './store-users.schemas';
 
@@ -35,10 +36,12 @@ const emailTaken = rethrowTaken('This store already has a user with this e-mail'
 async function createUser(
   input: { email: string; password: string; name: string; role: StoreUser['role'] },
   actor: StoreActor | null,
+  limits?: StoreLimits,
 ): Promise<StoreUser> {
   const passwordHash = await hashPassword(input.password);
   return tenantDb
     .transaction(async (t, m) => {
+      if (input.role !== 'customer' && limits) await requireRoomInStore(m.User.sequelize!, t, 'staff', limits);
       const user = await m.User.create(
         { email: input.email, passwordHash, name: input.name, role: input.role },
         { transaction: t },
@@ -102,8 +105,9 @@ export async function logoutStoreUser(ctx: AppContext, auth: { jti: string; exp:
   await ctx.revocations.revoke(auth.jti, null, auth.exp);
 }
 
-export async function createStaff(input: CreateStaffInput, actor: StoreActor) {
-  return { user: await createUser(input, actor) };
+/** Add an admin or staff member, within the plan's limit of staff per store. */
+export async function createStaff(input: CreateStaffInput, actor: StoreActor, limits: StoreLimits) {
+  return { user: await createUser(input, actor, limits) };
 }
 
 export async function listCustomers(opts: {

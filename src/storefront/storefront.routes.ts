@@ -7,6 +7,7 @@ import { requireAuth } from '../http/authenticate';
 import { ListQuery, pageOf } from '../http/pagination';
 import { loginLimiters, redisLimiter } from '../http/rate-limit';
 import { ErrorCode, unauthenticated } from '../lib/errors';
+import { limitsOfStore, refuseWritesOverStorage } from '../subscriptions/store-limits';
 import { CreateOrderBody, OrderDto, OrderIdParams } from './orders.schemas';
 import * as orders from './orders.service';
 import {
@@ -37,6 +38,11 @@ const TENANT_ERRORS = {
   423: ErrorCode.STORE_SUSPENDED,
   503: `${ErrorCode.TENANT_UNAVAILABLE} (with Retry-After)`,
 };
+/** Creations a plan limits; every write (POST, PUT, PATCH, DELETE) of a store over its storage limit is refused. */
+const PLAN_LIMITS = {
+  products: `${ErrorCode.PLAN_LIMIT_REACHED} (the plan's products or storage limit; \`limit\` and \`count\` in the problem)`,
+  staff: `${ErrorCode.PLAN_LIMIT_REACHED} (the plan's staff or storage limit; \`limit\` and \`count\` in the problem)`,
+};
 /** A platform token sent to a route of store users. */
 const STORE_TOKEN_ONLY = `${ErrorCode.WRONG_TOKEN_TYPE} (a platform token: this route needs a store token)`;
 
@@ -46,7 +52,9 @@ const TENANT_RESOLUTION: RouterDocs = {
     "**Which store.** The request's host (`Host`, or `X-Forwarded-Host` when the server trusts a proxy) when it is one of a store's " +
     "verified hostnames (never an IP address nor one of the platform's own hostnames); else the `X-Store-Id` header; else the " +
     "token's `storeId`. A host and a token, or a host and `X-Store-Id`, that name different stores → 403 `TENANT_MISMATCH`; no " +
-    'store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.',
+    'store → 404 `STORE_NOT_FOUND`. A token, when sent, is checked even on public routes.\n\n' +
+    "**Storage.** While a store's database is over its plan's `storageMb` (sampled every few minutes), its writes (POST, PUT, " +
+    'PATCH, DELETE, but signing in and out) answer 403 `PLAN_LIMIT_REACHED`; reads go on.',
   headers: z.object({
     'X-Store-Id': z.uuid({ message: 'must be a UUID' }).optional().openapi({
       description: "The store addressed, when the host does not name one (the API's own hostname, an IP address)",
@@ -62,7 +70,8 @@ const TENANT_RESOLUTION: RouterDocs = {
 /** The storefront and store-admin API: every route runs inside the store resolved from host, header or token. */
 export function storefrontRoutes(ctx: AppContext): ApiRouter {
   const api = new ApiRouter('/api/store', TENANT_RESOLUTION);
-  api.router.use(resolveTenant(ctx));
+  api.router.use(resolveTenant(ctx), refuseWritesOverStorage(ctx));
+  const limits = () => limitsOfStore(ctx, currentStoreId());
   const staff = requireStoreRole(ctx, ['admin', 'staff']);
   const admin = requireStoreRole(ctx, ['admin']);
   const anyone = requireStoreRole(ctx, ['admin', 'staff', 'customer']);
@@ -191,9 +200,9 @@ export function storefrontRoutes(ctx: AppContext): ApiRouter {
       body: CreateProductBody,
       status: 201,
       response: ProductDto,
-      errors: { ...TENANT_ERRORS, 409: 'SKU_TAKEN | STORE_NOT_READY' },
+      errors: { ...TENANT_ERRORS, 403: PLAN_LIMITS.products, 409: 'SKU_TAKEN | STORE_NOT_READY' },
     },
-    ({ body, res }) => products.createProduct(body, storeActorOf(res)),
+    async ({ body, res }) => products.createProduct(body, storeActorOf(res), await limits()),
   );
   api.patch(
     '/products/:id',
@@ -237,10 +246,11 @@ export function storefrontRoutes(ctx: AppContext): ApiRouter {
       errors: {
         ...TENANT_ERRORS,
         404: 'NOT_FOUND | STORE_NOT_FOUND',
+        403: PLAN_LIMITS.products,
         409: 'CONFLICT (not removed) | SKU_TAKEN (a live product has its SKU) | STORE_NOT_READY',
       },
     },
-    ({ params, res }) => products.restoreProduct(params.id, storeActorOf(res)),
+    async ({ params, res }) => products.restoreProduct(params.id, storeActorOf(res), await limits()),
   );
 
   api.get(
@@ -268,9 +278,9 @@ export function storefrontRoutes(ctx: AppContext): ApiRouter {
       body: CreateStaffBody,
       status: 201,
       response: z.object({ user: StoreUserDto }),
-      errors: { ...TENANT_ERRORS, 409: 'EMAIL_TAKEN' },
+      errors: { ...TENANT_ERRORS, 403: PLAN_LIMITS.staff, 409: 'EMAIL_TAKEN' },
     },
-    ({ body, res }) => users.createStaff(body, storeActorOf(res)),
+    async ({ body, res }) => users.createStaff(body, storeActorOf(res), await limits()),
   );
 
   api.post(

@@ -8,7 +8,7 @@ import type { MasterModels } from '../models/master';
 import { checkClaimableHostname, normaliseHostname, platformHostname } from './hostname-policy';
 import { challengeName, type TxtResolver } from './hostname-verification';
 import { requireStoreAccess } from './membership';
-import { planOf } from './plans';
+import { planLimitReached, planOf } from './plans';
 
 /** Custom hostnames a store may hold when its plan sets no limit. */
 export const HOSTNAME_CEILING = 20;
@@ -83,8 +83,10 @@ async function requireRoomForHostname(ctx: AppContext, ownerId: string, storeId:
   const limit = plan.maxHostnames ?? HOSTNAME_CEILING;
   const count = await ctx.master.models.StoreHostname.count({ where: { storeId, kind: 'custom' }, transaction: t });
   if (count >= limit) {
-    throw fail(
-      ErrorCode.PLAN_LIMIT_REACHED,
+    throw planLimitReached(
+      'hostnames',
+      limit,
+      count,
       `The ${plan.name} plan allows ${limit} custom hostname(s) per store (this store has ${count}); remove one or upgrade`,
     );
   }

@@ -10,7 +10,7 @@ import { queueProvisioning } from '../provisioning/provisioning.service';
 import { requestCreditSync } from '../queue/credit-sync-request';
 import { statusOfItsDatabase } from './lifecycle';
 import { listUserStores, requireStoreAccess } from './membership';
-import { planOf } from './plans';
+import { planLimitReached, planOf } from './plans';
 import type { CreateStoreInput, ListStoresInput, StripeKeysInput } from './stores.schemas';
 
 export const RESTORE_WINDOW_DAYS = 30;
@@ -48,8 +48,10 @@ async function requireRoomForStore(ctx: AppContext, userId: string, t: Transacti
     transaction: t,
   });
   if (owned >= plan.maxStores) {
-    throw fail(
-      ErrorCode.PLAN_LIMIT_REACHED,
+    throw planLimitReached(
+      'stores',
+      plan.maxStores,
+      owned,
       `The ${plan.name} plan allows ${plan.maxStores} store(s); upgrade to add more`,
     );
   }

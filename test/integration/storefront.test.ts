@@ -77,6 +77,8 @@ async function orderCount(store: TestStore): Promise<number> {
 beforeAll(async () => {
   api = recordingClient(t.app);
   owner = await registerUser(t.app);
+  // More staff than the free plan's two per store are made below.
+  await t.ctx.master.models.Subscription.create({ userId: owner.user.id, planId: 'pro' });
   [a, b] = await Promise.all([
     createActiveStore(t, { ownerId: owner.user.id, hostnames: [A] }),
     createActiveStore(t, { ownerId: owner.user.id, hostnames: [B] }),

@@ -50,6 +50,7 @@ export function initMasterModels(sequelize: Sequelize) {
     declare maxProducts: number | null;
     declare maxStaff: number | null;
     declare maxHostnames: number | null;
+    declare maxStorageMb: number | null;
     declare monthlyPriceCents: number;
     declare includedCredits: number;
     declare createdAt: CreationOptional<Date>;
@@ -62,6 +63,7 @@ export function initMasterModels(sequelize: Sequelize) {
       maxProducts: DataTypes.INTEGER,
       maxStaff: DataTypes.INTEGER,
       maxHostnames: DataTypes.INTEGER,
+      maxStorageMb: DataTypes.INTEGER,
       monthlyPriceCents: { type: DataTypes.INTEGER, allowNull: false },
       includedCredits: { type: DataTypes.INTEGER, allowNull: false },
       createdAt: DataTypes.DATE,
@@ -75,6 +77,10 @@ export function initMasterModels(sequelize: Sequelize) {
     declare planId: string;
     declare status: CreationOptional<'active' | 'past_due' | 'canceled'>;
     declare currentPeriodEnd: CreationOptional<Date | null>;
+    declare currentPeriodStart: CreationOptional<Date | null>;
+    declare provider: CreationOptional<'manual' | 'stripe'>;
+    declare providerRef: CreationOptional<string | null>;
+    declare lastEventAt: CreationOptional<Date | null>;
     declare createdAt: CreationOptional<Date>;
     declare updatedAt: CreationOptional<Date>;
   }
@@ -85,6 +91,10 @@ export function initMasterModels(sequelize: Sequelize) {
       planId: { type: DataTypes.TEXT, allowNull: false },
       status: { type: DataTypes.TEXT, allowNull: false, defaultValue: 'active' },
       currentPeriodEnd: DataTypes.DATE,
+      currentPeriodStart: DataTypes.DATE,
+      provider: { type: DataTypes.TEXT, allowNull: false, defaultValue: 'manual' },
+      providerRef: DataTypes.TEXT,
+      lastEventAt: DataTypes.DATE,
       createdAt: DataTypes.DATE,
       updatedAt: DataTypes.DATE,
     },

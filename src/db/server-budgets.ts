@@ -48,14 +48,16 @@ export class ServerBudget {
       ownerShare: options.ownerShare,
       shareOf: options.connectionsMax,
       // Fleet-wide: the owner's part of the server's budget minus what the other processes hold for it (as of
-      // their last heartbeat); never below 1, so every process can serve every owner.
-      ownerCap: lease
-        ? (ownerId) => {
-            if (lease.budget === 0) return localOwnerMax;
-            const fleet = ownerMaxFor(lease.budget, options.ownerShare ?? 1);
-            return Math.min(localOwnerMax, Math.max(1, fleet - (lease.othersPerOwner.get(ownerId) ?? 0)));
-          }
-        : undefined,
+      // their last heartbeat); never below 1, so every process can serve every owner. Not on an external
+      // server: its small budget is there for the owner whose server it is.
+      ownerCap:
+        lease && !external
+          ? (ownerId) => {
+              if (lease.budget === 0) return localOwnerMax;
+              const fleet = ownerMaxFor(lease.budget, options.ownerShare ?? 1);
+              return Math.min(localOwnerMax, Math.max(1, fleet - (lease.othersPerOwner.get(ownerId) ?? 0)));
+            }
+          : undefined,
       onShort: lease ? () => lease.wantMore() : undefined,
       onRelease: lease ? () => lease.released() : undefined,
       canGrow: lease ? () => lease.borrowing : undefined,

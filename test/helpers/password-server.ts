@@ -19,6 +19,8 @@ export async function startPasswordServer(
   password: string,
   timeoutMs = 30000,
   settings: Record<string, string | number> = {},
+  /** Added to the child's environment, e.g. TMPDIR: where its data directory goes. */
+  env: Record<string, string> = {},
 ): Promise<PasswordServer> {
   const port = await freePort();
   const child = spawn(
@@ -35,6 +37,7 @@ export async function startPasswordServer(
     ],
     {
       cwd: path.resolve(__dirname, '../..'),
+      env: { ...process.env, ...env },
       stdio: ['pipe', 'pipe', 'pipe'],
     },
   );

@@ -1,5 +1,7 @@
 import { QueryTypes } from 'sequelize';
+import { processMaintenance } from '../../src/maintenance';
 import { createRun, getRun } from '../../src/migrations/migration-runs.service';
+import { QueueName } from '../../src/queue/queues';
 import { registerUser } from '../helpers/app';
 import { eventually } from '../helpers/fixtures';
 import { useSuite } from '../helpers/suite';
@@ -76,5 +78,27 @@ describe('a worker killed mid-run', () => {
       .filter(([, state]) => state === 'running')
       .map(([id]) => id);
     for (const id of cutOff) expect(rows.find((r) => r.storeId === id)?.attempt).toBe(2);
+  });
+
+  test('a run left without a driver (its job gone) gets one from the maintenance sweep, and only one', async () => {
+    const ownerId = (await registerUser(t.app)).user.id;
+    const fleet = await makeStores(t, ownerId, ['a', 'b']);
+    await killAllWorkers();
+    const { runId } = await createRun(t.ctx, { userId: null, label: 'test' }, { stores: fleet.map((s) => s.id) });
+    const queue = t.ctx.queues.get(QueueName.tenantMigrations);
+    const [job] = (await queue.getJobs(['waiting'])).filter((j) => j.data.runId === runId);
+    await job.remove();
+    expect(await processMaintenance(t.ctx, { task: 'resume-migration-runs' })).toEqual({ resumed: 1 });
+    // Its new job waits for a worker: the next sweep leaves it be.
+    expect(await processMaintenance(t.ctx, { task: 'resume-migration-runs' })).toEqual({ resumed: 0 });
+    expect((await queue.getJobs(['waiting'])).filter((j) => j.data.runId === runId)).toHaveLength(1);
+    spawnWorker(t, { TENANT_MIGRATIONS_DIR: migration.dir, TENANT_MIGRATE_ON_START: 'off' });
+    const run = await eventually(async () => {
+      const r = await getRun(t.ctx, runId);
+      if (r.state !== 'completed') throw new Error(`run is ${JSON.stringify(r)}`);
+      return r;
+    }, 30_000);
+    expect(run).toMatchObject({ migrated: 2, failed: 0 });
+    for (const store of fleet) expect(await marks(store)).toBe(1);
   });
 });

@@ -169,6 +169,13 @@ describe('a run', () => {
     const again = await start({ stores: ids(fleet) });
     expect(await until(again, ['completed'])).toMatchObject({ total: 3, migrated: 0, skipped: 3, failed: 0 });
     for (const s of fleet) expect(await marks(s)).toBe(1);
+
+    // On /metrics: runs by state, and the latest run's stores by state.
+    const metrics = (await request(t.app).get('/metrics').set(auth(admin.token)).expect(200)).text;
+    expect(metrics).toMatch(/^tenantry_migration_runs\{state="completed"\} 2$/m);
+    expect(metrics).toMatch(/^tenantry_migration_runs\{state="running"\} 0$/m);
+    expect(metrics).toMatch(/^tenantry_migration_run_stores\{state="skipped"\} 3$/m);
+    expect(metrics).toMatch(/^tenantry_migration_run_stores\{state="migrated"\} 0$/m);
   });
 
   test('one active run at a time: 409 MIGRATION_RUN_ACTIVE with its runId; 404 for an unknown run', async () => {

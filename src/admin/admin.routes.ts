@@ -57,7 +57,8 @@ export function adminRoutes(ctx: AppContext): ApiRouter {
     {
       ...common,
       operationId: 'getPoolStats',
-      summary: "The connection manager's state (of the process that answers), with each Postgres server's budget and leases",
+      summary:
+        "The connection manager's state (of the process that answers), with each Postgres server's budget and leases",
       response: PoolStats,
     },
     () => ctx.tenants.stats(),

@@ -22,6 +22,7 @@ export const ExitCode = { ok: 0, error: 1, failures: 2, unfinished: 3 } as const
 export type WithFleet = <T>(run: (deps: runs.FleetDeps) => Promise<T>) => Promise<T>;
 
 const POLL_MS = 500;
+const PRINT_EVERY_MS = 5000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const integer = (name: string) => (value: string) => {
@@ -80,6 +81,7 @@ export async function followRun(deps: runs.FleetDeps, runId: string): Promise<nu
   const byServer = new Map<string, cliProgress.SingleBar>();
   const say = (line: string) => (tty ? bars.log(`${line}\n`) : console.log(line));
   let seen = new Date(0);
+  let [lastDone, printedAt] = [0, Date.now()];
   let details = await runs.runDetails(deps, runId);
   say(`Run ${runId}: target version ${details.targetVersion}, ${details.total} stores, ${details.state}`);
   for (;;) {
@@ -88,6 +90,12 @@ export async function followRun(deps: runs.FleetDeps, runId: string): Promise<nu
       const bar = byServer.get(s.server);
       if (bar) bar.update(s.done, payload);
       else if (tty) byServer.set(s.server, bars.create(s.total, s.done, payload));
+    }
+    const done = details.total - details.pending;
+    if (!tty && done !== lastDone && Date.now() - printedAt >= PRINT_EVERY_MS) {
+      // Without a terminal (a log, a CI job): a line now and then instead of the bars.
+      console.log(`  ${done}/${details.total} stores done, ${details.running} migrating, ${details.failed} failed`);
+      [lastDone, printedAt] = [done, Date.now()];
     }
     for (const f of await runs.failuresSince(deps, runId, seen)) {
       say(`  failed: store ${f.storeId} on ${f.server}: ${f.error}`);

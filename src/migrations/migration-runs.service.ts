@@ -430,7 +430,8 @@ export async function changeRun(deps: FleetDeps, actor: Actor, runId: string, ac
                 WHEN 'stop' THEN 'stopped'
                 WHEN 'resume' THEN CASE
                   WHEN started_at IS NULL THEN 'queued'
-                  WHEN EXISTS (SELECT 1 FROM migration_run_stores s WHERE s.run_id = $1 AND s.canary AND s.state IN ('pending', 'running')) THEN 'canary'
+                  -- Back through canary when it has canaries: one that failed while paused still fails the run.
+                  WHEN EXISTS (SELECT 1 FROM migration_run_stores s WHERE s.run_id = $1 AND s.canary) THEN 'canary'
                   ELSE 'running' END
               END,
               finished_at = CASE WHEN $2 = 'stop' THEN now() ELSE finished_at END,

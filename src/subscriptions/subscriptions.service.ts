@@ -5,6 +5,7 @@ import { applyChange, type LedgerActor } from '../credits/ledger';
 import { audit } from '../db/audit';
 import { ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
+import { Semaphore } from '../lib/semaphore';
 import type { MasterModels } from '../models/master';
 import { requestCreditSync } from '../queue/credit-sync-request';
 import { planOf, type LimitedResource } from '../stores/plans';
@@ -13,6 +14,9 @@ import type { ChangePlanInput, PlanDto, SubscriptionDto, SubscriptionUsage } fro
 
 type Plan = InstanceType<MasterModels['Plan']>;
 type Subscription = InstanceType<MasterModels['Subscription']>;
+
+/** Stores' databases an account's usage is counted in at once. */
+const TENANT_COUNT_CONCURRENCY = 4;
 
 /** The stores that count against the stores limit (as stores.service counts them). */
 const LIVE_STORE_STATUSES = ['pending_database', 'provisioning', 'active', 'provisioning_failed', 'suspended'];
@@ -78,9 +82,12 @@ async function usageOf(ctx: AppContext, userId: string, t?: Transaction) {
     { bind: [stores.map((s) => s.id)], type: QueryTypes.SELECT, transaction: t },
   );
   const hostnamesOf = new Map(hostnames.map((h) => [h.storeId, h.n]));
+  // An agency's hundred stores are counted a few at a time, not with a hundred connections at once.
+  const counting = new Semaphore(TENANT_COUNT_CONCURRENCY, stores.length);
   const perStore: StoreUsage[] = await Promise.all(
     stores.map(async (s) => {
-      const counts = s.status === 'active' ? await tenantCounts(ctx, s.id) : { products: 0, staff: 0 };
+      const counts =
+        s.status === 'active' ? await counting.run(() => tenantCounts(ctx, s.id)) : { products: 0, staff: 0 };
       return {
         storeId: s.id,
         ...counts,

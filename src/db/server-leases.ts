@@ -264,8 +264,12 @@ export class ServerLeases {
     return [`${base}:leases`, `${base}:alive`, `${base}:demand`, `${base}:owners`, `${base}:info`];
   }
 
+  /**
+   * Renew every lease that holds or wants something. A server this process neither holds nor uses costs no
+   * Redis call (there may be many: one per owner's external server); it is asked again at its next use.
+   */
   private beat(): void {
-    for (const lease of this.leases.values()) void lease.sync();
+    for (const lease of this.leases.values()) if (!lease.idle) void lease.sync();
   }
 
   /** Give every lease back (a clean stop: the others need not wait for the TTL) and close the connection. */
@@ -328,6 +332,13 @@ export class ServerLease {
   attach(usage: LeaseUsage, onAllowance: (allowance: number) => void): void {
     this.usage = usage;
     this.listener = onAllowance;
+  }
+
+  /** Nothing leased, open or waiting, and nothing held in the Redis view either: no heartbeat needed. */
+  get idle(): boolean {
+    return (
+      this.leased === 0 && this.mode === 'leased' && (this.usage?.open ?? 0) === 0 && (this.usage?.waiting ?? 0) === 0
+    );
   }
 
   /** A call to Redis is under way: the allowance may grow in a moment (the local budget waits for it before closing others' idle connections). */

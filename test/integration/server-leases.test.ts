@@ -249,3 +249,19 @@ test('requests that keep waiting make a call to Redis every retryMs at most, not
   expect(a.lease.counters.syncs).toBeLessThanOrEqual(3);
   await eventually(async () => expect(a.lease.leased).toBe(50), 3000);
 });
+
+test('the heartbeat renews the leases in use and leaves a server this process neither holds nor uses alone', async () => {
+  const member = await fleetMember({ heartbeatMs: 50 });
+  const busy = leaseOf(member, 10, 'busy:5432');
+  const unused = leaseOf(member, 10, 'unused:5432');
+  busy.usage.waiting = 2;
+  await busy.lease.sync();
+  await unused.lease.sync();
+  expect(unused.lease.counters.syncs).toBe(1);
+  await eventually(async () => expect(busy.lease.counters.syncs).toBeGreaterThanOrEqual(5), 5000);
+  expect(unused.lease.counters.syncs).toBe(1);
+  // Used again: renewed again.
+  unused.usage.open = 1;
+  const before = unused.lease.counters.syncs;
+  await eventually(async () => expect(unused.lease.counters.syncs).toBeGreaterThan(before), 5000);
+});

@@ -19,9 +19,10 @@ import { onboardingRoutes } from './onboarding/onboarding.routes';
 import { adminRoutes, queueBoard, requirePlatformAdmin } from './admin/admin.routes';
 import { adminLoginPage } from './admin/admin-session';
 import { subscriptionRoutes } from './subscriptions/subscriptions.routes';
+import { auditRoutes } from './audit/audit.routes';
+import { usageRoutes } from './usage/usage.routes';
 import { migrationRunRoutes } from './migrations/migration-runs.routes';
 import { registerMigrationMetrics } from './migrations/migration.metrics';
-import { auditRoutes } from './audit/audit.routes';
 
 /**
  * Every route of the API. Building them registers them in the OpenAPI document (see ApiRouter), which is how
@@ -38,6 +39,7 @@ export function apiRouters(ctx: AppContext): ApiRouter[] {
     storefrontRoutes(ctx),
     ...creditsRoutes(ctx),
     ...subscriptionRoutes(ctx, requirePlatformAdmin(ctx)),
+    usageRoutes(ctx),
     ...auditRoutes(ctx, requirePlatformAdmin(ctx)),
   ];
 }

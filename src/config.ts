@@ -45,6 +45,11 @@ const EnvSchema = z.object({
   TENANT_SERVERS: list,
   /** Run the queue worker inside the API process. */
   WORKER: bool.default(true),
+  /**
+   * Count each store request in Redis (one INCR per request, flushed into api_usage_logs by the worker) for
+   * GET /api/stores/:id/usage. Off: nothing is counted (a benchmark's baseline); usage then shows no requests.
+   */
+  USAGE_COUNTING: bool.default(true),
   /** Prefix of the names of managed tenant databases and their roles (the store id follows). */
   TENANT_DB_PREFIX: z
     .string()
@@ -265,6 +270,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     redisPrefix: e.REDIS_PREFIX ?? defaultRedisPrefix(e.DATABASE_URL, e.DATA_DIR),
     tenantServers: e.TENANT_SERVERS,
     worker: e.WORKER,
+    usageCounting: e.USAGE_COUNTING,
     provisioning: Object.freeze({
       concurrency: e.PROVISIONING_CONCURRENCY,
       attempts: e.PROVISIONING_ATTEMPTS,

@@ -7,6 +7,7 @@ import type { JobPayloads } from './queue/queues';
 import { purgeDeletedStores } from './stores/purge';
 import { sampleStorage } from './subscriptions/storage';
 import { settleSubscriptionPeriods } from './subscriptions/subscriptions.service';
+import { flushRequestCounts } from './usage/request-counter';
 
 /** Housekeeping that any one worker may do (the maintenance queue's processor, scheduled by the worker). */
 export async function processMaintenance(
@@ -30,6 +31,8 @@ export async function processMaintenance(
       return sampleStorage(ctx);
     case 'settle-subscriptions':
       return settleSubscriptionPeriods(ctx);
+    case 'flush-request-counts':
+      return flushRequestCounts(ctx);
     case 'prune-revoked-tokens': {
       const removed = await ctx.master.models.RevokedToken.destroy({ where: { expiresAt: { [Op.lt]: new Date() } } });
       return { removed };

@@ -74,6 +74,12 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
     { every: 60_000 },
     { name: 'resume-migration-runs', data: { task: 'resume-migration-runs' } },
   );
+  // Store requests counted in Redis into api_usage_logs (idempotent: a repeated or cut-off flush counts nothing twice).
+  await maintenance.upsertJobScheduler(
+    'flush-request-counts',
+    { every: 60_000 },
+    { name: 'flush-request-counts', data: { task: 'flush-request-counts' } },
+  );
   // Each store database's size, against its plan's storage limit (writes are refused from the last sample).
   await maintenance.upsertJobScheduler(
     'sample-storage',

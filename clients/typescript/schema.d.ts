@@ -984,6 +984,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/stores/{id}/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Credits spent, requests made, database size and counts against the plan (owner, admin) */
+        get: operations["getStoreUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/stores/{id}/audit": {
         parameters: {
             query?: never;
@@ -1329,6 +1346,118 @@ export interface components {
                 storageMb: number;
             };
         };
+        AuditEntry: {
+            /** @description Increasing with time */
+            id: string;
+            /** Format: date-time */
+            at: string;
+            /** @description The platform user who acted; null when the platform did (a job, the command line, the payment provider) or nobody known did (a failed login) */
+            actor: {
+                /** Format: uuid */
+                id: string;
+                /** @description The platform user's e-mail; null in a store's trail for someone not a member (platform staff) */
+                email: string | null;
+            } | null;
+            /** @description What happened, e.g. `auth.login.failed`, `store.suspended`, `credits.spend` */
+            action: string;
+            /** @description What it happened to */
+            target: {
+                type: string | null;
+                id: string | null;
+            };
+            /** Format: uuid */
+            storeId: string | null;
+            /** @description What else the entry records; never secrets */
+            detail: {
+                [key: string]: unknown;
+            };
+            /** @description The X-Request-Id of the request that made the change */
+            requestId: string | null;
+        };
+        AuditPage: {
+            items: components["schemas"]["AuditEntry"][];
+            nextCursor: string | null;
+        };
+        StoreUsage: {
+            /** Format: uuid */
+            storeId: string;
+            /** Format: date */
+            from: string;
+            /** Format: date */
+            to: string;
+            credits: {
+                /** @description Credits spent in the range */
+                total: number;
+                /** @description Credits spent per service per day (UTC), days without spending left out */
+                items: {
+                    /** Format: date */
+                    day: string;
+                    service: string;
+                    quantity: number;
+                    credits: number;
+                }[];
+            };
+            requests: {
+                total: number;
+                /** @description Store API requests per day (UTC), every day of the range */
+                items: {
+                    /** Format: date */
+                    day: string;
+                    count: number;
+                }[];
+            };
+            database: {
+                /** @description The store's database size; null when unknown */
+                sizeBytes: number | null;
+                /**
+                 * Format: date-time
+                 * @description When it was measured
+                 */
+                sampledAt: string | null;
+            };
+            plan: {
+                id: string;
+                name: string;
+            };
+            /** @description What the store (and its owner) uses, against the owner's plan */
+            limits: {
+                /** @description The owner's stores, against the owner's plan */
+                stores: {
+                    /** @description Now; null when the store's database could not be asked */
+                    used: number | null;
+                    /** @description The plan's limit; null: unlimited */
+                    limit: number | null;
+                };
+                /** @description A count against its limit */
+                products: {
+                    /** @description Now; null when the store's database could not be asked */
+                    used: number | null;
+                    /** @description The plan's limit; null: unlimited */
+                    limit: number | null;
+                };
+                /** @description A count against its limit */
+                staff: {
+                    /** @description Now; null when the store's database could not be asked */
+                    used: number | null;
+                    /** @description The plan's limit; null: unlimited */
+                    limit: number | null;
+                };
+                /** @description Custom hostnames (pending and verified) */
+                hostnames: {
+                    /** @description Now; null when the store's database could not be asked */
+                    used: number | null;
+                    /** @description The plan's limit; null: unlimited */
+                    limit: number | null;
+                };
+                /** @description The database size in MB (rounded up), against the plan's storage */
+                storageMb: {
+                    /** @description Now; null when the store's database could not be asked */
+                    used: number | null;
+                    /** @description The plan's limit; null: unlimited */
+                    limit: number | null;
+                };
+            };
+        };
         MigrationDryRun: {
             /** @enum {boolean} */
             dryRun: true;
@@ -1385,38 +1514,6 @@ export interface components {
             /** @description how long its migration took */
             ms: number | null;
             error: string | null;
-        };
-        AuditEntry: {
-            /** @description Increasing with time */
-            id: string;
-            /** Format: date-time */
-            at: string;
-            /** @description The platform user who acted; null when the platform did (a job, the command line, the payment provider) or nobody known did (a failed login) */
-            actor: {
-                /** Format: uuid */
-                id: string;
-                /** @description The platform user's e-mail; null in a store's trail for someone not a member (platform staff) */
-                email: string | null;
-            } | null;
-            /** @description What happened, e.g. `auth.login.failed`, `store.suspended`, `credits.spend` */
-            action: string;
-            /** @description What it happened to */
-            target: {
-                type: string | null;
-                id: string | null;
-            };
-            /** Format: uuid */
-            storeId: string | null;
-            /** @description What else the entry records; never secrets */
-            detail: {
-                [key: string]: unknown;
-            };
-            /** @description The X-Request-Id of the request that made the change */
-            requestId: string | null;
-        };
-        AuditPage: {
-            items: components["schemas"]["AuditEntry"][];
-            nextCursor: string | null;
         };
     };
     responses: never;
@@ -6309,6 +6406,69 @@ export interface operations {
             };
             /** @description UNSUPPORTED_MEDIA_TYPE (a body that is not sent as application/json) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getStoreUsage: {
+        parameters: {
+            query?: {
+                /** @description First day (UTC), included; default: 29 days before `to` */
+                from?: string;
+                /** @description Last day (UTC), included; default: today */
+                to?: string;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StoreUsage"];
+                };
+            };
+            /** @description VALIDATION_FAILED (not a date, `from` after `to`, or more than 366 days) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNAUTHENTICATED (missing, invalid, expired or revoked token) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) | FORBIDDEN (not a member, or the role may not) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description STORE_NOT_FOUND */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

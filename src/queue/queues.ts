@@ -18,7 +18,8 @@ export interface JobPayloads {
       | 'purge-deleted-stores'
       | 'resume-migration-runs'
       | 'sample-storage'
-      | 'settle-subscriptions';
+      | 'settle-subscriptions'
+      | 'flush-request-counts';
   };
   provisioning: { storeId: string };
   /** Drive one fleet migration run from its rows in the master DB (see src/migrations). */

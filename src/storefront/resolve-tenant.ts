@@ -5,6 +5,7 @@ import { readToken } from '../http/authenticate';
 import { runInTenant } from '../db/tenant-context';
 import { ErrorCode, fail } from '../lib/errors';
 import { routableHost } from '../stores/hostname-policy';
+import { countStoreRequest } from '../usage/request-counter';
 
 const StoreIdHeader = z.uuid();
 
@@ -48,6 +49,8 @@ export function resolveTenant(ctx: AppContext): RequestHandler {
     if (!storeId) throw fail(ErrorCode.STORE_NOT_FOUND, 'No store matches this request');
 
     const handle = tenants.cachedHandle(storeId) ?? (await tenants.forStore(storeId));
+    // Counted once the store answers (not for a store that is missing, suspended or not ready).
+    countStoreRequest(ctx, storeId);
     handle.leases++;
     // 'close' follows every answer, finished or cut off.
     res.once('close', () => handle.leases--);

@@ -136,6 +136,13 @@ test('a full server answers 503 busy with Retry-After, and the store is not fenc
   expect(stats.fencesTotal).toBe(0);
   expect(entry?.serverRefusals).toBeGreaterThan(0);
   expect(entry?.busyRefusals).toBeGreaterThan(0);
+  // The same in /metrics, an owner's server under the one label `external` (its name is not a label).
+  const metrics = (await request(server).get('/metrics').set('Authorization', `Bearer ${adminToken}`).expect(200)).text;
+  const value = (name: string) => Number(new RegExp(`^${name}\\{server="external"\\} (\\S+)$`, 'm').exec(metrics)?.[1]);
+  expect(value('tenantry_tenant_server_refusals_total')).toBeGreaterThan(0);
+  expect(value('tenantry_tenant_server_busy_total')).toBeGreaterThan(0);
+  expect(value('tenantry_tenant_server_budget')).toBe(3);
+  expect(metrics).not.toContain(`:${small.port}"`);
 
   // Room again: served at once, no fence to sit out.
   await freeServer();

@@ -62,6 +62,34 @@ interface ServerStats {
   budget: number;
   serverRefusals: number;
   busyRefusals: number;
+  leased: number;
+  allowance: number;
+  open: number;
+  waiting: number;
+}
+
+/**
+ * BENCH_VERBOSE: every half second of the run, what the instances together lease, may open, have open, and
+ * how many requests wait, summed over the instances; printed as averages after the scenario.
+ */
+async function sampleLeases(ports: number[], serverKey: string, stop: { done: boolean }): Promise<string> {
+  const sums = { leased: 0, allowance: 0, open: 0, waiting: 0 };
+  let n = 0;
+  while (!stop.done) {
+    const all = await Promise.all(ports.map(poolsOf));
+    for (const p of all) {
+      const s = p.servers?.find((x) => x.key === serverKey);
+      if (!s) continue;
+      sums.leased += s.leased;
+      sums.allowance += s.allowance;
+      sums.open += s.open;
+      sums.waiting += s.waiting;
+    }
+    n++;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  const avg = (v: number) => (v / Math.max(1, n)).toFixed(1);
+  return `leased ${avg(sums.leased)}, allowance ${avg(sums.allowance)}, open ${avg(sums.open)}, waiting ${avg(sums.waiting)} (averages of ${n} samples, summed over the instances)`;
 }
 
 /** An empty Postgres database takes this much disk (its catalogs). */
@@ -222,9 +250,11 @@ async function runFleet(
     await Promise.all(ports.map((port, i) => run(port, share(i), 2))); // warm-up: handles built, leases taken
     const stop = { done: false };
     const sampling = samplePeak(opts.adminUrl, stop);
+    const leases = process.env.BENCH_VERBOSE ? sampleLeases(ports, opts.serverKey, stop) : undefined;
     const results = await Promise.all(ports.map((port, i) => run(port, share(i), opts.duration)));
     stop.done = true;
     const peak = await sampling;
+    if (leases) console.log(`    ${name}: ${await leases}`);
     const pools = await Promise.all(ports.map(poolsOf));
     const server = (p: (typeof pools)[number]) => p.servers?.find((s) => s.key === opts.serverKey);
     const sum = (f: (r: autocannon.Result) => number) => results.reduce((n, r) => n + f(r), 0);

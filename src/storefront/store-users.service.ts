@@ -1,8 +1,10 @@
 import type { AppContext } from '../app-context';
+import { auditEvent } from '../db/audit';
 import { rethrowTaken } from '../db/errors';
 import { currentStoreId, tenantDb } from '../db/tenant-context';
 import { decodeCursor, olderThan, toPage, type Page } from '../http/pagination';
 import { ErrorCode, fail, unauthenticated } from '../lib/errors';
+import { logger } from '../lib/logger';
 import type { StoreClaims } from '../lib/jwt';
 import { burnPasswordCheck, hashPassword, upgradedHash, verifyPassword } from '../lib/passwords';
 import { requireRoomInStore, type StoreLimits } from '../subscriptions/store-limits';
@@ -105,9 +107,23 @@ export async function logoutStoreUser(ctx: AppContext, auth: { jti: string; exp:
   await ctx.revocations.revoke(auth.jti, null, auth.exp);
 }
 
-/** Add an admin or staff member, within the plan's limit of staff per store. */
-export async function createStaff(input: CreateStaffInput, actor: StoreActor, limits: StoreLimits) {
-  return { user: await createUser(input, actor, limits) };
+/**
+ * Add an admin or staff member, within the plan's limit of staff per store. The role given is in the store's
+ * audit trail (the master's, which its owner reads) as well as in the store database's own log: written after
+ * the tenant's commit, as no transaction spans both databases.
+ */
+export async function createStaff(ctx: AppContext, input: CreateStaffInput, actor: StoreActor, limits: StoreLimits) {
+  const user = await createUser(input, actor, limits);
+  const storeId = currentStoreId();
+  await auditEvent(ctx.master, {
+    actorUserId: actor.kind === 'platform_user' ? actor.id : null,
+    storeId,
+    action: 'store.staff.added',
+    targetType: 'store_user',
+    targetId: user.id,
+    data: { role: user.role, ...(actor.kind === 'store_user' ? { byStoreUser: actor.id } : {}) },
+  }).catch((err: Error) => logger.warn({ storeId, err: err.message }, 'staff added but not in the master audit log'));
+  return { user };
 }
 
 export async function listCustomers(opts: {

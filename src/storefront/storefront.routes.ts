@@ -280,7 +280,7 @@ export function storefrontRoutes(ctx: AppContext): ApiRouter {
       response: z.object({ user: StoreUserDto }),
       errors: { ...TENANT_ERRORS, 403: PLAN_LIMITS.staff, 409: 'EMAIL_TAKEN' },
     },
-    async ({ body, res }) => users.createStaff(body, storeActorOf(res), await limits()),
+    async ({ body, res }) => users.createStaff(ctx, body, storeActorOf(res), await limits()),
   );
 
   api.post(

@@ -46,6 +46,7 @@ const STRIPE_SECRET = `sk_test_${randomUUID().replace(/-/g, '')}`;
 const STRIPE_WEBHOOK_SECRET = `whsec_${randomUUID().replace(/-/g, '')}`;
 const WRONG_PASSWORD = `wrong-${randomUUID()}`;
 const UNKNOWN_EMAIL = `nobody-${randomUUID()}@example.test`;
+const STAFF_PASSWORD = `staff-${randomUUID()}`;
 
 beforeAll(async () => {
   api = recordingClient(t.app);
@@ -80,6 +81,12 @@ beforeAll(async () => {
     .post(`/api/admin/stores/${store.id}/credits/adjust`)
     .set(auth(admin.token))
     .send({ amount: 25, reason: 'goodwill' })
+    .expect(201);
+  await request(t.app)
+    .post('/api/store/staff')
+    .set('X-Store-Id', store.id)
+    .set(auth(owner.token))
+    .send({ email: 'clerk@example.test', name: 'Clerk', password: STAFF_PASSWORD, role: 'staff' })
     .expect(201);
   await api.post(`/api/admin/stores/${store.id}/suspend`).set(auth(admin.token)).expect(200);
   await api.post(`/api/admin/stores/${store.id}/resume`).set(auth(admin.token)).expect(200);
@@ -119,6 +126,7 @@ describe("a store's audit trail", () => {
       ['store.integration.stripe.configured', byOwner],
       ['credits.purchase', byOwner],
       ['credits.spend', byOwner],
+      ['store.staff.added', byOwner],
       // Platform staff are not named to the store's members.
       ['credits.adjustment', { id: admin.user.id, email: null }],
       ['store.suspended', { id: admin.user.id, email: null }],
@@ -134,6 +142,7 @@ describe("a store's audit trail", () => {
       type: 'hostname',
       id: 'audited-shop.example.com',
     });
+    expect(only(entries, 'store.staff.added')[0].detail).toEqual({ role: 'staff' });
     expect(only(entries, 'credits.spend')[0].detail).toMatchObject({ amount: expect.any(Number), quantity: 1 });
     // Logins are the account's, not the store's.
     expect(entries.filter((e) => e.action.startsWith('auth.'))).toEqual([]);
@@ -235,6 +244,7 @@ describe('the platform audit trail', () => {
       owner.password,
       admin.password,
       WRONG_PASSWORD,
+      STAFF_PASSWORD,
       STRIPE_SECRET,
       STRIPE_WEBHOOK_SECRET,
       owner.token,

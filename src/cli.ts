@@ -13,6 +13,7 @@ import type { EmbeddedServer } from './db/embedded';
 import { busChannel, EventBus } from './lib/bus';
 import { logger } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
+import { registerHygieneCommands } from './hygiene/hygiene-cli';
 import { registerFleetCommands } from './migrations/migration-cli';
 import type { FleetDeps } from './migrations/migration-runs.service';
 import { Queues } from './queue/queues';
@@ -107,6 +108,7 @@ function buildProgram(): Command {
       report(await withPlatform((deps) => revokePlatformAdmin(deps, email, operator()))),
     );
   registerFleetCommands(program, withFleet, operator);
+  registerHygieneCommands(program, operator);
   return program;
 }
 

@@ -130,6 +130,12 @@ const EnvSchema = z.object({
   /** How long a failing tenant database is fenced off (fast 503s) before it is tried again. */
   TENANT_FENCE_MS: int(5000, 100),
   /**
+   * Managed store database passwords older than this many days get a new one (the worker's hourly task, at most
+   * TENANT_PASSWORD_ROTATION_PER_RUN stores a run); 0 (the default): only `tenantry tenants:rotate-passwords`.
+   */
+  TENANT_PASSWORD_ROTATION_DAYS: int(0, 0, 3650),
+  TENANT_PASSWORD_ROTATION_PER_RUN: int(20, 1, 10_000),
+  /**
    * Whether an external store database may be on a private, loopback or link-local address (the platform's
    * own network). Deny unless set: tests and local development set allow explicitly.
    */
@@ -279,6 +285,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       warmPool: e.TENANT_WARM_POOL,
     }),
     workerLockMs: e.WORKER_LOCK_MS,
+    passwordRotation: Object.freeze({
+      days: e.TENANT_PASSWORD_ROTATION_DAYS,
+      perRun: e.TENANT_PASSWORD_ROTATION_PER_RUN,
+    }),
     fleetMigrations: Object.freeze({
       onStart: e.TENANT_MIGRATE_ON_START,
       dir: e.TENANT_MIGRATIONS_DIR ? path.resolve(e.TENANT_MIGRATIONS_DIR) : undefined,

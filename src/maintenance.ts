@@ -1,6 +1,7 @@
 import { Op } from 'sequelize';
 import type { AppContext } from './app-context';
 import { tenantServers } from './db/tenant-servers';
+import { rotateDuePasswords } from './hygiene/store-passwords';
 import { resumeOrphanedRuns } from './migrations/migration-runs.service';
 import { refillWarmPool } from './provisioning/templates';
 import type { JobPayloads } from './queue/queues';
@@ -33,6 +34,18 @@ export async function processMaintenance(
       return settleSubscriptionPeriods(ctx);
     case 'flush-request-counts':
       return flushRequestCounts(ctx);
+    case 'rotate-store-passwords':
+      // Unfinished rotations, then the passwords older than TENANT_PASSWORD_ROTATION_DAYS (bounded per run).
+      return rotateDuePasswords(
+        {
+          master: ctx.master,
+          encryptor: ctx.encryptor,
+          adminPools: ctx.adminPools,
+          servers: tenantServers(ctx),
+          invalidate: (storeId) => ctx.tenants.invalidate(storeId),
+        },
+        ctx.config.passwordRotation,
+      );
     case 'prune-revoked-tokens': {
       const removed = await ctx.master.models.RevokedToken.destroy({ where: { expiresAt: { [Op.lt]: new Date() } } });
       return { removed };

@@ -92,6 +92,13 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
     { every: 3600_000 },
     { name: 'settle-subscriptions', data: { task: 'settle-subscriptions' } },
   );
+  // Store database passwords: an unfinished rotation is finished within a minute; those older than
+  // TENANT_PASSWORD_ROTATION_DAYS (when set) are rotated a bounded number per run.
+  await maintenance.upsertJobScheduler(
+    'rotate-store-passwords',
+    { every: 60_000 },
+    { name: 'rotate-store-passwords', data: { task: 'rotate-store-passwords' } },
+  );
   if (ctx.config.provisioning.warmPool > 0 && ctx.config.provisioning.templates) {
     // Claims trigger a refill at once; this also tops the pool up after a restart or a lost job.
     await maintenance.upsertJobScheduler(

@@ -19,7 +19,8 @@ export interface JobPayloads {
       | 'resume-migration-runs'
       | 'sample-storage'
       | 'settle-subscriptions'
-      | 'flush-request-counts';
+      | 'flush-request-counts'
+      | 'rotate-store-passwords';
   };
   provisioning: { storeId: string };
   /** Drive one fleet migration run from its rows in the master DB (see src/migrations). */

@@ -61,6 +61,21 @@ async function withFleet<T>(run: (deps: FleetDeps) => Promise<T>): Promise<T> {
   }
 }
 
+/** The hygiene commands: the master DB (a few connections: a password rotation holds a lock on one) and its URL. */
+async function withMaster<T>(run: (master: MasterDb, masterUrl: string) => Promise<T>): Promise<T> {
+  let embedded: EmbeddedServer | undefined;
+  let master: MasterDb | undefined;
+  try {
+    const prepared = await prepareMaster(config, undefined, { reuseRunningEmbedded: true });
+    embedded = prepared.embedded;
+    master = openMasterDb(prepared.url, 4);
+    return await run(master, prepared.url);
+  } finally {
+    await master?.sequelize.close();
+    await embedded?.stop();
+  }
+}
+
 /** Who ran the command, for the audit log. */
 function operator(): string {
   let user = 'unknown';
@@ -108,7 +123,7 @@ function buildProgram(): Command {
       report(await withPlatform((deps) => revokePlatformAdmin(deps, email, operator()))),
     );
   registerFleetCommands(program, withFleet, operator);
-  registerHygieneCommands(program, operator);
+  registerHygieneCommands(program, withMaster, operator);
   return program;
 }
 

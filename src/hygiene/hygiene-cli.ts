@@ -1,21 +1,14 @@
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { config } from '../config';
-import { prepareMaster } from '../context';
-import type { EmbeddedServer } from '../db/embedded';
-import { openMasterDb, type MasterDb } from '../db/master';
+import type { MasterDb } from '../db/master';
 import { AdminPools } from '../db/tenant-server-admin';
 import { tenantServers } from '../db/tenant-servers';
 import { busChannel, EventBus } from '../lib/bus';
 import { Encryptor } from '../lib/crypto';
 import { connectRedis, createRedis } from '../lib/redis';
 import { keyStatus, rotateKeys, type KeyDeps, type KeyStatus } from './key-rotation';
-import {
-  allStoresWithDatabase,
-  rotateStorePasswords,
-  type PasswordDeps,
-  type StoreRotation,
-} from './store-passwords';
+import { allStoresWithDatabase, rotateStorePasswords, type PasswordDeps, type StoreRotation } from './store-passwords';
 
 /**
  * The fleet hygiene commands of `tenantry`: keys:rotate, keys:status, tenants:rotate-passwords.
@@ -29,20 +22,8 @@ import {
  */
 export const HygieneExit = { ok: 0, error: 1, failures: 2 } as const;
 
-/** The master DB for the length of `run` (a few connections: a password rotation holds a lock on one). */
-async function withMaster<T>(run: (master: MasterDb, masterUrl: string) => Promise<T>): Promise<T> {
-  let embedded: EmbeddedServer | undefined;
-  let master: MasterDb | undefined;
-  try {
-    const prepared = await prepareMaster(config, undefined, { reuseRunningEmbedded: true });
-    embedded = prepared.embedded;
-    master = openMasterDb(prepared.url, 4);
-    return await run(master, prepared.url);
-  } finally {
-    await master?.sequelize.close();
-    await embedded?.stop();
-  }
-}
+/** Opens the master DB (a few connections: a password rotation holds a lock on one) for the length of `run`. */
+export type WithMaster = <T>(run: (master: MasterDb, masterUrl: string) => Promise<T>) => Promise<T>;
 
 const keyDeps = (master: MasterDb): KeyDeps => ({
   master,
@@ -110,14 +91,13 @@ function printStatus(status: KeyStatus): void {
     for (const r of rows) console.log(line(cols.map((c) => r[c])));
   }
   const outdated = Object.entries(status.outdated);
-  if (outdated.length)
-    console.log(`Still to rotate: ${outdated.map(([id, n]) => `${n} under "${id}"`).join(', ')}.`);
+  if (outdated.length) console.log(`Still to rotate: ${outdated.map(([id, n]) => `${n} under "${id}"`).join(', ')}.`);
   else console.log(`Every ciphertext is under "${status.newestKeyId}".`);
   for (const id of status.unusedKeyIds)
     console.log(`Key "${id}" is used by no ciphertext: it can be removed from ENCRYPTION_KEYS.`);
 }
 
-export function registerHygieneCommands(program: Command, operator: () => string): void {
+export function registerHygieneCommands(program: Command, withMaster: WithMaster, operator: () => string): void {
   program
     .command('keys:status')
     .description('how many stored ciphertexts use each encryption key id, per table and column')

@@ -156,9 +156,7 @@ export async function rotateKeys(
     for (;;) {
       const handled = await deps.master.sequelize.transaction(async (t) => {
         const keyList = c.key.map(q).join(', ');
-        const cursor = after
-          ? ` AND (${keyList}) > (${c.key.map((_, i) => `$${i + 2}`).join(', ')})`
-          : '';
+        const cursor = after ? ` AND (${keyList}) > (${c.key.map((_, i) => `$${i + 2}`).join(', ')})` : '';
         const rows = await deps.master.sequelize.query<Record<string, string>>(
           `SELECT ${keyList}, ${q(c.column)} AS ciphertext FROM ${q(c.table)}
             WHERE ${outdatedSql(c)}${cursor} ORDER BY ${keyList} LIMIT ${batchSize} FOR UPDATE`,

@@ -90,7 +90,12 @@ export async function rotateStorePassword(deps: PasswordDeps, storeId: string, a
         if (row.mode !== 'managed') return { skip: 'external database (not ours to change)', server: row.server };
         if (row.status !== 'ready' && !row.pending) return { skip: `database ${row.status}`, server: row.server };
         const context = secretContext.storeCredentials(storeId);
-        if (row.pending) return { row, pending: row.pending, connection: deps.encryptor.decryptJson<TenantConnection>(row.pending, context) };
+        if (row.pending)
+          return {
+            row,
+            pending: row.pending,
+            connection: deps.encryptor.decryptJson<TenantConnection>(row.pending, context),
+          };
         const current = deps.encryptor.decryptJson<TenantConnection>(row.credentials, context);
         const connection = { ...current, password: newPassword() };
         const pending = deps.encryptor.encryptJson(connection, context);

@@ -14,6 +14,7 @@ import { busChannel, EventBus } from './lib/bus';
 import { logger } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
 import { registerHygieneCommands } from './hygiene/hygiene-cli';
+import { registerFleetCheckCommands } from './hygiene/fleet-check-cli';
 import { registerFleetCommands } from './migrations/migration-cli';
 import type { FleetDeps } from './migrations/migration-runs.service';
 import { Queues } from './queue/queues';
@@ -61,14 +62,17 @@ async function withFleet<T>(run: (deps: FleetDeps) => Promise<T>): Promise<T> {
   }
 }
 
-/** The hygiene commands: the master DB (a few connections: a password rotation holds a lock on one) and its URL. */
+/**
+ * The hygiene commands: the master DB and its URL. A password rotation holds a lock on one connection while it
+ * writes on another: two per store rotated at once (at most 4), and one to spare.
+ */
 async function withMaster<T>(run: (master: MasterDb, masterUrl: string) => Promise<T>): Promise<T> {
   let embedded: EmbeddedServer | undefined;
   let master: MasterDb | undefined;
   try {
     const prepared = await prepareMaster(config, undefined, { reuseRunningEmbedded: true });
     embedded = prepared.embedded;
-    master = openMasterDb(prepared.url, 4);
+    master = openMasterDb(prepared.url, 9);
     return await run(master, prepared.url);
   } finally {
     await master?.sequelize.close();
@@ -124,6 +128,7 @@ function buildProgram(): Command {
     );
   registerFleetCommands(program, withFleet, operator);
   registerHygieneCommands(program, withMaster, operator);
+  registerFleetCheckCommands(program, withMaster, operator);
   return program;
 }
 

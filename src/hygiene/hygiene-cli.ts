@@ -22,7 +22,10 @@ import { allStoresWithDatabase, rotateStorePasswords, type PasswordDeps, type St
  */
 export const HygieneExit = { ok: 0, error: 1, failures: 2 } as const;
 
-/** Opens the master DB (a few connections: a password rotation holds a lock on one) for the length of `run`. */
+/**
+ * Opens the master DB for the length of `run`, with a pool of at least 2 × 4 + 1 (a password rotation holds a lock
+ * on one connection while it writes on another).
+ */
 export type WithMaster = <T>(run: (master: MasterDb, masterUrl: string) => Promise<T>) => Promise<T>;
 
 const keyDeps = (master: MasterDb): KeyDeps => ({
@@ -148,8 +151,8 @@ export function registerHygieneCommands(program: Command, withMaster: WithMaster
         .map((s) => s.trim())
         .filter(Boolean),
     )
-    .option('--concurrency <n>', 'stores rotated at once (default 4)', (v) => {
-      if (!/^\d+$/.test(v) || Number(v) < 1) throw new Error('--concurrency must be a positive whole number');
+    .option('--concurrency <n>', 'stores rotated at once (1-4, default 4)', (v) => {
+      if (!/^[1-4]$/.test(v)) throw new Error('--concurrency must be 1, 2, 3 or 4');
       return Number(v);
     })
     .action((opts: { stores?: string[]; concurrency?: number }) =>

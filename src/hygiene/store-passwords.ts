@@ -150,7 +150,8 @@ export async function rotateStorePassword(deps: PasswordDeps, storeId: string, a
 const literal = (value: string) => `'${value.replace(/'/g, "''")}'`;
 
 /**
- * Rotate these stores' passwords, `concurrency` at a time. `onDone` hears of each store as it ends.
+ * Rotate these stores' passwords, `concurrency` at a time. `onDone` hears of each store as it ends. Each holds
+ * two master connections at once (the lock, the writes): the master pool needs more than 2 × `concurrency`.
  */
 export async function rotateStorePasswords(
   deps: PasswordDeps,
@@ -201,7 +202,7 @@ export async function rotateDuePasswords(
   settings: { days: number; perRun: number },
 ): Promise<Record<string, number>> {
   const due = await storesDue(deps.master, settings.days, settings.perRun);
-  const results = await rotateStorePasswords(deps, due, { actor: 'schedule', concurrency: 2 });
+  const results = await rotateStorePasswords(deps, due, { actor: 'schedule', concurrency: 1 });
   const count = (o: RotationOutcome) => results.filter((r) => r.outcome === o).length;
   return { rotated: count('rotated'), skipped: count('skipped'), failed: count('failed') };
 }

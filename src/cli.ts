@@ -14,7 +14,6 @@ import { busChannel, EventBus } from './lib/bus';
 import { logger } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
 import { registerHygieneCommands } from './hygiene/hygiene-cli';
-import { registerFleetCheckCommands } from './hygiene/fleet-check-cli';
 import { registerFleetCommands } from './migrations/migration-cli';
 import type { FleetDeps } from './migrations/migration-runs.service';
 import { Queues } from './queue/queues';
@@ -128,7 +127,6 @@ function buildProgram(): Command {
     );
   registerFleetCommands(program, withFleet, operator);
   registerHygieneCommands(program, withMaster, operator);
-  registerFleetCheckCommands(program, withMaster, operator);
   return program;
 }
 

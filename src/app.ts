@@ -23,6 +23,8 @@ import { auditRoutes } from './audit/audit.routes';
 import { usageRoutes } from './usage/usage.routes';
 import { migrationRunRoutes } from './migrations/migration-runs.routes';
 import { registerMigrationMetrics } from './migrations/migration.metrics';
+import { hygieneRoutes } from './hygiene/hygiene.routes';
+import { registerHygieneMetrics } from './hygiene/hygiene.metrics';
 
 /**
  * Every route of the API. Building them registers them in the OpenAPI document (see ApiRouter), which is how
@@ -36,6 +38,7 @@ export function apiRouters(ctx: AppContext): ApiRouter[] {
     onboardingRoutes(ctx),
     adminRoutes(ctx),
     migrationRunRoutes(ctx, requirePlatformAdmin(ctx)),
+    hygieneRoutes(ctx, requirePlatformAdmin(ctx)),
     storefrontRoutes(ctx),
     ...creditsRoutes(ctx),
     ...subscriptionRoutes(ctx, requirePlatformAdmin(ctx)),
@@ -70,6 +73,7 @@ export function createApp(ctx: AppContext, options: { extraRouters?: ApiRouter[]
 
   // Prometheus scrapes with METRICS_TOKEN, or a platform admin's bearer token.
   registerMigrationMetrics(ctx);
+  registerHygieneMetrics(ctx);
   app.use(metricsRoutes(ctx, requirePlatformAdmin(ctx)));
 
   app.use(adminLoginPage());

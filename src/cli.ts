@@ -14,6 +14,7 @@ import { busChannel, EventBus } from './lib/bus';
 import { logger } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
 import { registerHygieneCommands } from './hygiene/hygiene-cli';
+import { registerFleetCheckCommands } from './hygiene/fleet-check-cli';
 import { registerFleetCommands } from './migrations/migration-cli';
 import type { FleetDeps } from './migrations/migration-runs.service';
 import { Queues } from './queue/queues';
@@ -127,6 +128,7 @@ function buildProgram(): Command {
     );
   registerFleetCommands(program, withFleet, operator);
   registerHygieneCommands(program, withMaster, operator);
+  registerFleetCheckCommands(program, withMaster, operator);
   return program;
 }
 

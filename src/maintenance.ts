@@ -2,6 +2,7 @@ import { Op } from 'sequelize';
 import type { AppContext } from './app-context';
 import { tenantServers } from './db/tenant-servers';
 import { rotateDuePasswords } from './hygiene/store-passwords';
+import { reconcile } from './hygiene/reconcile';
 import { resumeOrphanedRuns } from './migrations/migration-runs.service';
 import { refillWarmPool } from './provisioning/templates';
 import type { JobPayloads } from './queue/queues';
@@ -34,6 +35,11 @@ export async function processMaintenance(
       return settleSubscriptionPeriods(ctx);
     case 'flush-request-counts':
       return flushRequestCounts(ctx);
+    case 'reconcile-dry-run': {
+      // Reported only (its counts are on /metrics): repairs are an operator's call.
+      const { counts } = await reconcile(ctx, { userId: null, label: 'schedule' });
+      return counts;
+    }
     case 'rotate-store-passwords':
       // Unfinished rotations, then the passwords older than TENANT_PASSWORD_ROTATION_DAYS (bounded per run).
       return rotateDuePasswords(

@@ -86,6 +86,12 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
     { every: 5 * 60_000 },
     { name: 'sample-storage', data: { task: 'sample-storage' } },
   );
+  // Fleet hygiene: a daily reconcile dry run, its counts on /metrics.
+  await maintenance.upsertJobScheduler(
+    'reconcile-dry-run',
+    { every: 24 * 3600_000 },
+    { name: 'reconcile-dry-run', data: { task: 'reconcile-dry-run' } },
+  );
   // Manual subscriptions' next billing period, and included credits an account could not be given yet.
   await maintenance.upsertJobScheduler(
     'settle-subscriptions',

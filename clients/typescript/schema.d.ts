@@ -556,6 +556,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/admin/tenants/drift": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Drift: each store database's migrations and catalogue against what the code ships
+         * @description Every active store with a ready database: its `migrations` table against the shipped tenant migrations (missing, changed checksum, applied but not shipped), then its catalogue (tables, columns, indexes, constraints, owners, privileges) against the template of the current schema by fingerprint; differences in words. Each tenant server `perServer` stores at a time. The check is kept: `?resume=<checkId>` finishes one that was cut off.
+         */
+        get: operations["checkTenantDrift"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/tenants/reconcile": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Reconcile the tenant servers with the registry: a dry run, or the safe repairs with `apply`
+         * @description Orphaned databases and roles (named with TENANT_DB_PREFIX), registered databases that are missing, stores provisioning without a live job, databases whose owner or CONNECT rights differ, warm-pool leftovers, interrupted template builds and stale templates. `apply` restores owners and CONNECT rights, re-queues lost provisioning jobs, drops orphaned roles and leftovers; an orphaned database is dropped only with `dropOrphans` as well (audited).
+         */
+        post: operations["reconcileTenantServers"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/store/auth/register": {
         parameters: {
             query?: never;
@@ -1514,6 +1554,78 @@ export interface components {
             /** @description how long its migration took */
             ms: number | null;
             error: string | null;
+        };
+        DriftReport: {
+            /**
+             * Format: uuid
+             * @description the check, kept in the master DB (resume it with ?resume=)
+             */
+            checkId: string;
+            /** @description the newest tenant migration of this code */
+            targetVersion: number;
+            /** @description store databases compared */
+            checked: number;
+            /** @description stores with at least one item */
+            differing: number;
+            ms: number;
+            /** @description one per difference, for each store whose database differs from what the code expects */
+            items: {
+                /** Format: uuid */
+                storeId: string;
+                /** @enum {string} */
+                kind: "missing_migrations" | "changed_migration" | "catalog_differs" | "unreachable";
+                /** @description what differs, in words (`index products_extra_idx not in the schema`) */
+                detail: string;
+            }[];
+        };
+        ReconcileReport: {
+            applied: boolean;
+            dropOrphans: boolean;
+            graceMinutes: number;
+            /** @description TENANT_DB_PREFIX: only databases and roles named with it are this deployment’s */
+            prefix: string;
+            servers: {
+                server: string;
+                reachable: boolean;
+                databases: number;
+                roles: number;
+            }[];
+            counts: {
+                orphaned_database?: number;
+                orphaned_role?: number;
+                missing_database?: number;
+                stuck_provisioning?: number;
+                ownership_differs?: number;
+                connect_differs?: number;
+                warm_pool_leftover?: number;
+                interrupted_template_build?: number;
+                stale_template?: number;
+                unreachable_server?: number;
+            };
+            findings: {
+                /** @enum {string} */
+                kind: "orphaned_database" | "orphaned_role" | "missing_database" | "stuck_provisioning" | "ownership_differs" | "connect_differs" | "warm_pool_leftover" | "interrupted_template_build" | "stale_template" | "unreachable_server";
+                /** @description host:port of the tenant server (external for an external store) */
+                server: string;
+                /** @description the database, role or store */
+                name: string;
+                /** Format: uuid */
+                storeId: string | null;
+                detail: string;
+                /** @description what apply does about it (null: report only) */
+                repair: string | null;
+                repaired: boolean;
+                /** @description why it was not repaired, when apply was asked */
+                error?: string;
+            }[];
+            /** @description what this call repaired */
+            repairs: {
+                /** @enum {string} */
+                kind: "orphaned_database" | "orphaned_role" | "missing_database" | "stuck_provisioning" | "ownership_differs" | "connect_differs" | "warm_pool_leftover" | "interrupted_template_build" | "stale_template" | "unreachable_server";
+                server: string;
+                name: string;
+                action: string;
+            }[];
         };
     };
     responses: never;
@@ -4138,6 +4250,143 @@ export interface operations {
             };
             /** @description CONFLICT (the run's state does not allow it) */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    checkTenantDrift: {
+        parameters: {
+            query?: {
+                /** @description Store databases compared at once on each tenant server (default 4); servers run in parallel */
+                perServer?: number;
+                /** @description Resume this check: only its stores not compared yet are, the others keep their results */
+                resume?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DriftReport"];
+                };
+            };
+            /** @description VALIDATION_FAILED */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNAUTHENTICATED (missing, invalid, expired or revoked token) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) | FORBIDDEN (not a platform admin) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description NOT_FOUND (no such check to resume) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    reconcileTenantServers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description Make the safe repairs (default: a dry run, nothing changes) */
+                    apply?: boolean;
+                    /** @description With apply: also drop orphaned databases (and their roles); each drop is audited */
+                    dropOrphans?: boolean;
+                    /** @description Databases younger than this are not orphans, stores provisioning for less are not stuck (default 60) */
+                    graceMinutes?: number;
+                };
+            };
+        };
+        responses: {
+            /** @description Success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReconcileReport"];
+                };
+            };
+            /** @description VALIDATION_FAILED | MALFORMED_JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNAUTHENTICATED (missing, invalid, expired or revoked token) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) | FORBIDDEN (not a platform admin) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PAYLOAD_TOO_LARGE (a body over 100 kB) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNSUPPORTED_MEDIA_TYPE (a body that is not sent as application/json) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };

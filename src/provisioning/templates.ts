@@ -8,8 +8,9 @@ import type { TenantServer } from '../db/tenant-servers';
 
 /** Owns every object in a template; a new store database reassigns them to the store's own role. */
 export const TEMPLATE_OWNER = 'tenantry_template_owner';
-const TEMPLATE_PREFIX = 'tenantry_tpl_';
-const LOCK_KEY = 748_213_901;
+export const TEMPLATE_PREFIX = 'tenantry_tpl_';
+/** Held while a template is built (reconcile.ts takes it to drop an interrupted build). */
+export const LOCK_KEY = 748_213_901;
 
 const ready = new Map<string, Promise<string>>();
 
@@ -69,9 +70,9 @@ async function buildTemplate(server: TenantServer, name: string): Promise<string
  * NOLOGIN role of the same name; it is prepared under a `…prep_…` name and renamed when complete, so a
  * half-prepared one is never claimed.
  */
-const warmName = (dbPrefix: string, stage: 'pool' | 'prep', id = '') =>
+export const warmName = (dbPrefix: string, stage: 'pool' | 'prep', id = '') =>
   `${dbPrefix}${stage}_${schemaDigest('tenant')}_${id}`;
-const REFILL_LOCK_KEY = 748_213_902;
+export const REFILL_LOCK_KEY = 748_213_902;
 
 /**
  * Top up the warm pool of `server` to `target` databases, each a copy of the current template already

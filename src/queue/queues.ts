@@ -20,7 +20,8 @@ export interface JobPayloads {
       | 'sample-storage'
       | 'settle-subscriptions'
       | 'flush-request-counts'
-      | 'rotate-store-passwords';
+      | 'rotate-store-passwords'
+      | 'reconcile-dry-run';
   };
   provisioning: { storeId: string };
   /** Drive one fleet migration run from its rows in the master DB (see src/migrations). */

@@ -72,6 +72,8 @@ export async function followRun(deps: runs.FleetDeps, runId: string): Promise<nu
     {
       format: ' {server} [{bar}] {value}/{total} | ETA {eta_formatted} | running {running} | failed {failed}',
       hideCursor: true,
+      // Room in 80 columns for the counts after the bar (cli-progress cuts a line at the terminal's width).
+      barsize: 20,
       clearOnComplete: false,
       etaBuffer: 50,
       autopadding: true,
@@ -79,14 +81,15 @@ export async function followRun(deps: runs.FleetDeps, runId: string): Promise<nu
     cliProgress.Presets.shades_classic,
   );
   const byServer = new Map<string, cliProgress.SingleBar>();
-  const say = (line: string) => (tty ? bars.log(`${line}\n`) : console.log(line));
+  // Above the bars once they are drawn (printed with their next redraw), plainly before.
+  const say = (line: string) => (tty && byServer.size ? bars.log(`${line}\n`) : console.log(line));
   let seen = new Date(0);
   let [lastDone, printedAt] = [0, Date.now()];
   let details = await runs.runDetails(deps, runId);
   say(`Run ${runId}: target version ${details.targetVersion}, ${details.total} stores, ${details.state}`);
   for (;;) {
     for (const s of details.servers) {
-      const payload = { server: s.server.padEnd(21), running: s.running, failed: s.failed };
+      const payload = { server: s.server.padEnd(15), running: s.running, failed: s.failed };
       const bar = byServer.get(s.server);
       if (bar) bar.update(s.done, payload);
       else if (tty) byServer.set(s.server, bars.create(s.total, s.done, payload));
@@ -106,6 +109,8 @@ export async function followRun(deps: runs.FleetDeps, runId: string): Promise<nu
     await sleep(POLL_MS);
     details = await runs.runDetails(deps, runId);
   }
+  // A last redraw: lines logged since the previous one are printed by it (stop() would drop them).
+  if (tty && byServer.size) bars.update();
   bars.stop();
   const why = details.reason ? ` (${details.reason})` : '';
   console.log(

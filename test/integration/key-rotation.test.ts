@@ -2,7 +2,7 @@ import path from 'node:path';
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
 import { keyStatus, rotateKeys } from '../../src/hygiene/key-rotation';
-import { secretContext } from '../../src/lib/crypto';
+import { Encryptor, secretContext } from '../../src/lib/crypto';
 import { registerUser } from '../helpers/app';
 import { insertStore } from '../helpers/fixtures';
 import { provisionManagedStore } from '../helpers/stores';
@@ -158,4 +158,41 @@ test('a second rotation is a no-op, and with the old key removed every store sti
   expect(status.code).toBe(0);
   expect(status.out).toMatch(/store_databases\.credentials\s+new\s+v2\s+7\s+current/);
   expect(status.out).not.toContain('old');
+});
+
+test('a row the application rewrites while the rotation has read it is left as the application wrote it', async () => {
+  const [s] = stores;
+  const oldFirst = new Encryptor([
+    { id: 'old', key: Buffer.alloc(32, 7) },
+    { id: 'new', key: Buffer.alloc(32, 9) },
+  ]);
+  const context = secretContext.storeIntegration(s.id, 'stripe');
+  await t.ctx.master.sequelize.query(`UPDATE store_integrations SET secrets = $1 WHERE store_id = $2`, {
+    bind: [oldFirst.encryptJson({ secretKey: 'sk_test_before' }, context), s.id],
+  });
+  const written = rotating.ctx.encryptor.encryptJson({ secretKey: 'sk_test_written_meanwhile' }, context);
+  const deps = { master: rotating.ctx.master, encryptor: rotating.ctx.encryptor, keyIds: ['new', 'old'] };
+  // The application holds the row (as a configuration change would) while the rotation reaches it.
+  const { rotation } = await t.ctx.master.sequelize.transaction(async (tx) => {
+    await t.ctx.master.sequelize.query(`SELECT 1 FROM store_integrations WHERE store_id = $1 FOR UPDATE`, {
+      bind: [s.id],
+      transaction: tx,
+    });
+    const rotation = rotateKeys(deps, { actor: 'test' });
+    await new Promise((r) => setTimeout(r, 300));
+    await t.ctx.master.sequelize.query(`UPDATE store_integrations SET secrets = $1 WHERE store_id = $2`, {
+      bind: [written, s.id],
+      transaction: tx,
+    });
+    // Wrapped: the transaction must commit before the rotation can get the row.
+    return { rotation };
+  });
+  const result = await rotation;
+  const [row] = await t.ctx.master.sequelize.query<{ secrets: string }>(
+    `SELECT secrets FROM store_integrations WHERE store_id = $1`,
+    { bind: [s.id], type: QueryTypes.SELECT },
+  );
+  expect(row.secrets).toBe(written);
+  expect(result.status.outdated).toEqual({});
+  expect(result.failed).toEqual([]);
 });

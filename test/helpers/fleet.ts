@@ -4,6 +4,7 @@ import { statfsSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { Redis } from 'ioredis';
 import pg from 'pg';
 import { latestSchemaVersion } from '../../src/db/migrate';
 import { withClient } from '../../src/db/pg-client';
@@ -356,6 +357,29 @@ export async function poolsOf(p: FleetProcess, token: string): Promise<PoolStats
   return (await res.json()) as PoolStats;
 }
 
+/**
+ * One series of an instance's GET /metrics (`name` with exactly these labels), undefined when it is not
+ * there.
+ */
+export async function metricOf(
+  p: FleetProcess,
+  token: string,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number | undefined> {
+  const res = await fetch(`http://127.0.0.1:${p.port}/metrics`, {
+    headers: { Authorization: `Bearer ${token}` },
+    signal: AbortSignal.timeout(5000),
+  });
+  if (res.status !== 200) throw new Error(`${p.name}: /metrics answered ${res.status}`);
+  const wanted = Object.entries(labels)
+    .map(([k, v]) => `${k}="${v}"`)
+    .join(',');
+  const series = wanted ? `${name}{${wanted}}` : name;
+  const line = (await res.text()).split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
 /** The entry of one server in an instance's pools (undefined until the instance has used it). */
 export const serverIn = (stats: PoolStats, key: string): ServerPool | undefined =>
   stats.servers.find((s) => s.key === key);
@@ -369,6 +393,8 @@ export interface ConnectionSamples {
   /** Highest number of Tenantry tenant connections seen at once. */
   peakTenant: number;
   samples: number;
+  /** The peaks since the previous call (or the start); the next ones start now. */
+  phase(): { peakTotal: number; peakTenant: number };
   stop(): Promise<void>;
 }
 
@@ -376,10 +402,16 @@ export interface ConnectionSamples {
 export async function sampleServer(s: SuiteResources, server: FleetServer): Promise<ConnectionSamples> {
   const client = await s.pgClient({ connectionString: server.adminUrl });
   let running = true;
+  let phase = { peakTotal: 0, peakTenant: 0 };
   const result: ConnectionSamples = {
     peakTotal: 0,
     peakTenant: 0,
     samples: 0,
+    phase() {
+      const ended = phase;
+      phase = { peakTotal: 0, peakTenant: 0 };
+      return ended;
+    },
     stop: async () => {
       running = false;
       await done;
@@ -391,8 +423,10 @@ export async function sampleServer(s: SuiteResources, server: FleetServer): Prom
         `SELECT count(*)::int AS total, count(*) FILTER (WHERE application_name = 'tenantry-tenant')::int AS tenant
            FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`,
       );
-      result.peakTotal = Math.max(result.peakTotal, rows[0].total);
-      result.peakTenant = Math.max(result.peakTenant, rows[0].tenant);
+      const { total, tenant } = rows[0];
+      result.peakTotal = Math.max(result.peakTotal, total);
+      result.peakTenant = Math.max(result.peakTenant, tenant);
+      phase = { peakTotal: Math.max(phase.peakTotal, total), peakTenant: Math.max(phase.peakTenant, tenant) };
       result.samples++;
       await sleep(25);
     }
@@ -555,6 +589,11 @@ export interface Fleet {
   ordinarySlots: number;
   /** Every process's output, for failure messages. */
   outputs(): string;
+  /**
+   * The leases on `server` as Redis holds them (process id → connections): the hash every process's lease script
+   * reads and writes (src/db/server-leases.ts), asked directly.
+   */
+  leasesInRedis(): Promise<Map<string, number>>;
 }
 
 /**
@@ -580,6 +619,17 @@ export function useFleet(
       .filter(Boolean)
       .map((p) => `--- ${p.name}:\n${p.output().slice(-4000)}`)
       .join('\n');
+  let redis: Redis | undefined;
+  fleet.leasesInRedis = async () => {
+    if (!redis) {
+      const client = new Redis(fleet.redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+      client.on('error', () => {});
+      fleet.t.defer('the Redis client reading the leases', () => client.disconnect());
+      redis = client;
+    }
+    const hash = await redis.hgetall(`${fleet.t.ctx.redisPrefix}:conn:{${fleet.server.key}}:leases`);
+    return new Map(Object.entries(hash).map(([id, n]) => [id, Number(n)]));
+  };
   beforeAll(async () => {
     const t = fleet.t;
     fleet.databases = await makeStoreDatabases(fleet.server, opts.stores);

@@ -4262,7 +4262,7 @@ export interface operations {
     checkTenantDrift: {
         parameters: {
             query?: {
-                /** @description Store databases compared at once on each tenant server (default 4); servers run in parallel */
+                /** @description Store databases compared at once on each tenant server (default 8); servers run in parallel */
                 perServer?: number;
                 /** @description Resume this check: only its stores not compared yet are, the others keep their results */
                 resume?: string;

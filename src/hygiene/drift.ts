@@ -12,7 +12,7 @@ import { ErrorCode, fail } from '../lib/errors';
 import { logger } from '../lib/logger';
 import { mustBePublic } from '../lib/network-guard';
 import { Semaphore } from '../lib/semaphore';
-import { DEFAULT_PER_SERVER, fleetTargetVersion, tenantMigrationsDir } from '../migrations/migration-runs.service';
+import { fleetTargetVersion, tenantMigrationsDir } from '../migrations/migration-runs.service';
 import { ensureTemplate, TEMPLATE_OWNER } from '../provisioning/templates';
 import { tenantPgConfig } from '../provisioning/tenant-db';
 
@@ -44,6 +44,7 @@ export interface StoreDrift extends DriftFinding {
 /** Differences listed per store at most (a database far from the schema says so in its last line). */
 const MAX_FINDINGS = 50;
 const SELF = "the store's role";
+const CHECKS_KEPT_DAYS = 30;
 
 /**
  * The catalogue facts of the database's `public` schema, keyed by what an operator reads (`index products_x_idx`,
@@ -262,8 +263,14 @@ export async function checkStore(
   return { findings, fingerprint: result.fingerprint };
 }
 
+/**
+ * Stores compared at once per tenant server when the caller does not say: a read of the catalogue is lighter than
+ * a migration (a run's default is 4), and a connection's start-up is most of a store's time.
+ */
+export const DRIFT_PER_SERVER = 8;
+
 export interface DriftOptions {
-  /** Stores checked at once per tenant server (default 4, as a migration run). */
+  /** Stores checked at once per tenant server (default DRIFT_PER_SERVER). */
   perServer?: number;
   /** Resume this check (its pending stores) instead of starting a new one. */
   resume?: string;
@@ -288,6 +295,11 @@ async function createCheck(deps: HygieneDeps, actor: string, target: number): Pr
     const [row] = await deps.master.sequelize.query<{ id: string }>(
       `INSERT INTO drift_checks (target_version, requested_by) VALUES ($1, $2) RETURNING id`,
       { bind: [target, actor], type: QueryTypes.SELECT, transaction: t },
+    );
+    // Older checks are of older code and older databases: kept a while for reference, not for ever.
+    await deps.master.sequelize.query(
+      `DELETE FROM drift_checks WHERE created_at < now() - make_interval(days => ${CHECKS_KEPT_DAYS})`,
+      { transaction: t },
     );
     await deps.master.sequelize.query(
       `INSERT INTO drift_check_stores (check_id, store_id, server)
@@ -333,7 +345,7 @@ export async function runDriftCheck(deps: HygieneDeps, actor: string, opts: Drif
   const servers = new Map(tenantServers(deps).map((s) => [s.key, s]));
   const first = tenantServers(deps)[0];
   const bounds = new Map<string, Semaphore>();
-  const perServer = opts.perServer ?? DEFAULT_PER_SERVER;
+  const perServer = opts.perServer ?? DRIFT_PER_SERVER;
   let done = total - pending.length;
   await Promise.all(
     pending.map((store) => {

@@ -81,7 +81,7 @@ export function registerFleetCheckCommands(program: Command, withMaster: WithMas
     .description("compare every store database's migrations and catalogue with what this code ships")
     .option(
       '--per-server <n>',
-      'store databases compared at once per tenant server (default 4)',
+      'store databases compared at once per tenant server (default 8)',
       integer('--per-server'),
     )
     .option('--resume <checkId>', 'finish a check that was cut off (its stores not compared yet)')

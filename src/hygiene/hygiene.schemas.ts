@@ -13,7 +13,7 @@ export const DriftQuery = z.strictObject({
     .min(1)
     .max(64)
     .optional()
-    .describe('Store databases compared at once on each tenant server (default 4); servers run in parallel'),
+    .describe('Store databases compared at once on each tenant server (default 8); servers run in parallel'),
   resume: z
     .uuid()
     .optional()

@@ -85,6 +85,7 @@ export interface ReconcileReport {
 }
 
 export const DEFAULT_GRACE_MINUTES = 60;
+const REPORTS_KEPT_DAYS = 90;
 
 interface RegistryEntry {
   storeId: string;
@@ -228,9 +229,13 @@ export async function reconcile(
     report.counts[f.kind]++;
     if (f.repaired && f.repair) report.repairs.push({ kind: f.kind, server: f.server, name: f.name, action: f.repair });
   }
+  // Kept for REPORTS_KEPT_DAYS (a daily dry run each day, and the calls of operators).
   await deps.master.sequelize.query(
     `INSERT INTO reconcile_reports (applied, requested_by, counts, report) VALUES ($1, $2, $3::jsonb, $4::jsonb)`,
     { bind: [apply, actor.label, JSON.stringify(report.counts), JSON.stringify(report)] },
+  );
+  await deps.master.sequelize.query(
+    `DELETE FROM reconcile_reports WHERE created_at < now() - make_interval(days => ${REPORTS_KEPT_DAYS})`,
   );
   if (apply && report.repairs.length) {
     await auditEvent(deps.master, {

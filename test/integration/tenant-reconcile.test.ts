@@ -1,5 +1,6 @@
 import request from 'supertest';
 import { QueryTypes } from 'sequelize';
+import { processMaintenance } from '../../src/maintenance';
 import { provisioningJobId, QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
@@ -139,6 +140,17 @@ describe('POST /api/admin/tenants/reconcile', () => {
         { action: 'fleet.reconciled', targetId: 'tenant-servers' },
       ]),
     );
+  });
+
+  test('the daily maintenance task makes a dry run and keeps its report', async () => {
+    const counts = await processMaintenance(t.ctx, { task: 'reconcile-dry-run' });
+    expect(counts).toMatchObject({ missing_database: expect.any(Number), orphaned_database: 0 });
+    expect(counts.missing_database).toBeGreaterThanOrEqual(1);
+    const [latest] = await t.ctx.master.sequelize.query<{ applied: boolean; requestedBy: string }>(
+      `SELECT applied, requested_by AS "requestedBy" FROM reconcile_reports ORDER BY created_at DESC, id DESC LIMIT 1`,
+      { type: QueryTypes.SELECT },
+    );
+    expect(latest).toEqual({ applied: false, requestedBy: 'schedule' });
   });
 
   test('the latest report is on /metrics', async () => {

@@ -91,6 +91,20 @@ describe('steering a run', () => {
     ]);
   });
 
+  test('a run paused during its canaries resumes through them, then goes on to the others', async () => {
+    const [canary, other] = await stores(['slow', 'slow']);
+    const runId = await start({ stores: ids([canary, other]), canary: [canary.id] });
+    await eventually(async () => {
+      if ((await rowStates(runId))[canary.id] !== 'running') throw new Error('the canary is not running yet');
+    }, 10_000);
+    expect((await post(`/${runId}/pause`).expect(200)).body.state).toBe('paused');
+    await eventually(async () => {
+      expect(await rowStates(runId)).toEqual({ [canary.id]: 'migrated', [other.id]: 'pending' });
+    }, 10_000);
+    expect((await post(`/${runId}/resume`).expect(200)).body.state).toBe('canary');
+    expect(await until(runId, ['completed'])).toMatchObject({ migrated: 2, failed: 0, pending: 0 });
+  });
+
   test('stop: the run ends, stores not started stay pending and untouched', async () => {
     const fleet = await stores(['slow', 'slow', 'slow']);
     const runId = await start({ stores: ids(fleet), perServer: 1 });

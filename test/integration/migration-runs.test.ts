@@ -107,6 +107,26 @@ describe('a dry run', () => {
   });
 });
 
+describe('options', () => {
+  test('stores or canaries that are not active stores with a ready database: 400 naming each', async () => {
+    const unknown = randomUUID();
+    const res = await post('', { stores: [unknown], dryRun: true });
+    expectProblem(res, 400, 'VALIDATION_FAILED');
+    expect(res.body.errors).toEqual([
+      { path: 'stores.0', message: `${unknown} is not an active store with a ready database` },
+    ]);
+    const canary = await post('', { canary: [unknown] });
+    expectProblem(canary, 400, 'VALIDATION_FAILED');
+    expect(canary.body.errors).toEqual([{ path: 'canary.0', message: expect.stringContaining(unknown) }]);
+    expectProblem(await post('', { perServer: 0 }), 400, 'VALIDATION_FAILED');
+    expectProblem(await get(`/${randomUUID()}/stores?state=done`), 400, 'VALIDATION_FAILED');
+    const [{ n }] = await t.ctx.master.sequelize.query<{ n: number }>('SELECT count(*)::int AS n FROM migration_runs', {
+      type: QueryTypes.SELECT,
+    });
+    expect(n).toBe(0);
+  });
+});
+
 describe('a run', () => {
   dropStoresAfterwards(() => t);
   test('brings every store on both servers to the new version once, skips those already there, and tells it', async () => {

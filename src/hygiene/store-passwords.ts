@@ -66,11 +66,16 @@ interface StoreRow {
   pending: string | null;
 }
 
+/** What step 1 leaves: a reason to leave the store alone, or the settings to set on its server. */
+type Staged =
+  { skip: string; server?: string | null } | { row: StoreRow; server: TenantServer; connection: TenantConnection };
+
 const newPassword = () => randomBytes(24).toString('base64url');
 
 /** Rotate one store's database password (see the module comment). Never throws for a store's own failure. */
 export async function rotateStorePassword(deps: PasswordDeps, storeId: string, actor: string): Promise<StoreRotation> {
   const { master } = deps;
+  const context = secretContext.storeCredentials(storeId);
   try {
     return await master.sequelize.transaction(async (lockTx) => {
       const [{ locked }] = await master.sequelize.query<{ locked: boolean }>(
@@ -80,7 +85,7 @@ export async function rotateStorePassword(deps: PasswordDeps, storeId: string, a
       if (!locked) return { storeId, outcome: 'skipped', reason: 'being rotated by another process' } as const;
 
       // 1. The new settings, pending (or the ones an earlier attempt left pending).
-      const staged = await master.sequelize.transaction(async (t) => {
+      const staged = await master.sequelize.transaction(async (t): Promise<Staged> => {
         const [row] = await master.sequelize.query<StoreRow>(
           `SELECT store_id AS "storeId", mode, server, status, credentials, pending_credentials AS pending
              FROM store_databases WHERE store_id = $1 FOR UPDATE`,
@@ -89,11 +94,13 @@ export async function rotateStorePassword(deps: PasswordDeps, storeId: string, a
         if (!row) return { skip: 'no database' };
         if (row.mode !== 'managed') return { skip: 'external database (not ours to change)', server: row.server };
         if (row.status !== 'ready' && !row.pending) return { skip: `database ${row.status}`, server: row.server };
-        const context = secretContext.storeCredentials(storeId);
+        const server = deps.servers.find((s) => s.key === row.server);
+        // Checked before anything is staged: nothing changes for a store this process cannot reach.
+        if (!server) throw new Error(`tenant server ${row.server} is not in TENANT_SERVERS`);
         if (row.pending)
           return {
             row,
-            pending: row.pending,
+            server,
             connection: deps.encryptor.decryptJson<TenantConnection>(row.pending, context),
           };
         const current = deps.encryptor.decryptJson<TenantConnection>(row.credentials, context);
@@ -103,28 +110,35 @@ export async function rotateStorePassword(deps: PasswordDeps, storeId: string, a
           bind: [pending, storeId],
           transaction: t,
         });
-        return { row, pending, connection };
+        return { row, server, connection };
       });
       if ('skip' in staged) return { storeId, outcome: 'skipped', reason: staged.skip, server: staged.server ?? null };
-      const { row, pending, connection } = staged;
+      const { row, server, connection } = staged;
 
       // 2. The password on the tenant server.
-      const server = deps.servers.find((s) => s.key === row.server);
-      if (!server) throw new Error(`tenant server ${row.server} is not in TENANT_SERVERS`);
       await deps.adminPools.withAdmin(server.adminUrl, (admin) =>
         admin.query(`ALTER ROLE ${ident(connection.user)} PASSWORD ${literal(connection.password)}`),
       );
 
-      // 3. Current, unless another attempt finished it meanwhile.
+      // 3. Current, unless another attempt finished it meanwhile. Compared by plaintext: a key rotation may
+      // have encrypted the pending settings again in the meantime.
       const committed = await master.sequelize.transaction(async (t) => {
-        const [, affected] = await master.sequelize.query(
+        const [now] = await master.sequelize.query<{ pending: string | null }>(
+          'SELECT pending_credentials AS pending FROM store_databases WHERE store_id = $1 FOR UPDATE',
+          { bind: [storeId], type: QueryTypes.SELECT, transaction: t },
+        );
+        if (
+          !now?.pending ||
+          deps.encryptor.decryptJson<TenantConnection>(now.pending, context).password !== connection.password
+        )
+          return false;
+        await master.sequelize.query(
           `UPDATE store_databases
               SET credentials = pending_credentials, pending_credentials = NULL,
                   credentials_rotated_at = now(), updated_at = now()
-            WHERE store_id = $1 AND pending_credentials = $2`,
-          { bind: [storeId, pending], type: QueryTypes.UPDATE, transaction: t },
+            WHERE store_id = $1`,
+          { bind: [storeId], transaction: t },
         );
-        if (affected !== 1) return false;
         await audit(master, t, {
           actorUserId: null,
           storeId,

@@ -29,10 +29,16 @@ const stores: { id: string; host: string }[] = [];
 let external = '';
 let second: Instance;
 
-function cli(args: string[]) {
+function cli(args: string[], env: Record<string, string> = {}) {
   const child = t.spawn(process.execPath, [path.join(root, 'bin', 'tenantry.js'), ...args], {
     cwd: root,
-    env: { ...process.env, DATABASE_URL: t.db.url, REDIS_PREFIX: t.ctx.redisPrefix, TENANT_SERVERS: adminUrl },
+    env: {
+      ...process.env,
+      DATABASE_URL: t.db.url,
+      REDIS_PREFIX: t.ctx.redisPrefix,
+      TENANT_SERVERS: adminUrl,
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -206,4 +212,25 @@ test('the schedule rotates the stores whose password is older than the configure
   expect((await storeConnection(t, old.id)).password).not.toBe(before.password);
   expect(await rotateDuePasswords(deps, { days: 30, perRun: 5 })).toEqual({ rotated: 0, skipped: 0, failed: 0 });
   expect(await rotateDuePasswords(deps, { days: 0, perRun: 5 })).toEqual({ rotated: 0, skipped: 0, failed: 0 });
+});
+
+test('tenants:rotate-passwords names the stores it could not rotate and exits 2, changing nothing for them', async () => {
+  const [s] = stores;
+  const before = await storeConnection(t, s.id);
+  // A command run with a configuration that does not list the store's server.
+  const run = await cli(['tenants:rotate-passwords', '--stores', s.id], {
+    TENANT_SERVERS: 'postgres://postgres@127.0.0.1:5432/postgres',
+  });
+  expect(run.out).toContain(
+    `failed: store ${s.id}: tenant server ${before.host}:${before.port} is not in TENANT_SERVERS`,
+  );
+  expect(run.out).toContain('Passwords rotated: 0, skipped: 0, failed: 1 (of 1 stores).');
+  expect(run.code).toBe(2);
+  expect(await storeConnection(t, s.id)).toEqual(before);
+  const [row] = await t.ctx.master.sequelize.query<{ pending: string | null }>(
+    'SELECT pending_credentials AS pending FROM store_databases WHERE store_id = $1',
+    { bind: [s.id], type: QueryTypes.SELECT },
+  );
+  expect(row.pending).toBeNull();
+  expect(await loginFails(before)).toBeUndefined();
 });

@@ -1,5 +1,7 @@
+import { randomBytes } from 'node:crypto';
 import request from 'supertest';
 import { QueryTypes } from 'sequelize';
+import { schemaDigest } from '../../src/db/migrate';
 import { processMaintenance } from '../../src/maintenance';
 import { provisioningJobId, QueueName } from '../../src/queue/queues';
 import { registerAdmin } from '../helpers/admins';
@@ -163,6 +165,43 @@ describe('POST /api/admin/tenants/reconcile', () => {
     const res = await post({ apply: true, drop: true });
     expect(res.status).toBe(400);
     expect(res.body.code).toBe('VALIDATION_FAILED');
+  });
+});
+
+describe('leftovers of the warm pool and of template builds', () => {
+  const prep = `${prefix}prep_${schemaDigest('tenant')}_0123456789ab`;
+  const poolRole = `${prefix}pool_${schemaDigest('tenant')}_ba9876543210`;
+  const building = `tenantry_tpl_test${randomBytes(3).toString('hex')}_building`;
+
+  beforeAll(async () => {
+    for (const name of [prep, building]) dropAfterwards(t, 'DATABASE', name);
+    dropAfterwards(t, 'ROLE', poolRole);
+    await adminQuery(`CREATE DATABASE "${prep}"`);
+    await adminQuery(`CREATE ROLE "${poolRole}" NOLOGIN`);
+    await adminQuery(`CREATE DATABASE "${building}"`);
+  });
+
+  test('are found, and dropped on apply (without dropOrphans)', async () => {
+    const kinds = (body: { findings: Finding[] }) =>
+      body.findings
+        .filter((f) => [prep, poolRole, building].includes(f.name))
+        .map(({ kind, name, repaired }) => ({ kind, name, repaired }))
+        .sort((a, b) => a.name.localeCompare(b.name));
+    const dry = await post({ graceMinutes: 0 });
+    expect(kinds(dry.body)).toEqual(
+      [
+        { kind: 'warm_pool_leftover', name: prep, repaired: false },
+        { kind: 'warm_pool_leftover', name: poolRole, repaired: false },
+        { kind: 'interrupted_template_build', name: building, repaired: false },
+      ].sort((a, b) => a.name.localeCompare(b.name)),
+    );
+    // A half-prepared warm database younger than the grace period may be one being prepared.
+    expect(kinds((await post()).body).map((f) => f.name)).not.toContain(prep);
+    const applied = await post({ apply: true, graceMinutes: 0 });
+    expect(kinds(applied.body).every((f) => f.repaired)).toBe(true);
+    expect(await exists('database', prep)).toBe(false);
+    expect(await exists('role', poolRole)).toBe(false);
+    expect(await exists('database', building)).toBe(false);
   });
 });
 

@@ -188,7 +188,7 @@ export async function rotateKeys(
         return rows.length;
       });
       done += handled;
-      if (handled) opts.onProgress?.(Math.min(done, Math.max(total, done)), Math.max(total, done));
+      if (handled) opts.onProgress?.(done, Math.max(total, done));
       if (handled < batchSize) break;
     }
   }

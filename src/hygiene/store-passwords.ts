@@ -16,19 +16,22 @@ import { Semaphore } from '../lib/semaphore';
  * Postgres keeps one password per role, and nothing spans the master and a tenant server, so the steps are
  * ordered for a crash between any two of them to be finished by the next attempt:
  *   1. the new settings are written to `pending_credentials` (committed): `credentials` still works;
- *   2. ALTER ROLE … PASSWORD on the tenant server (idempotent: the same password again);
- *   3. `credentials` := `pending_credentials` if it is still that one (compare-and-set), with the audit row and
- *      `credentials_rotated_at`, in one transaction;
+ *   2. in one master transaction: `credentials` := the pending settings (if they are still pending), with
+ *      `credentials_rotated_at` and the audit row; then, before it commits, ALTER ROLE … PASSWORD on the tenant
+ *      server (idempotent: the same password again). A failing ALTER rolls the master back: still pending;
+ *   3. the master transaction commits;
  *   4. the store's handle is dropped on every instance (ConnectionManager.invalidate, over the bus).
- * A store with a pending password is finished with that password, never given another one. Between 2 and 3 (a
- * crash there) new connections of the store fail until the next attempt, which the scheduled task makes within
- * a minute (it takes such stores first), as does `tenantry tenants:rotate-passwords` again.
+ * A store with a pending password is finished with that password, never given another one. A crash between the
+ * server's change and the master's commit leaves new connections of the store failing until the next attempt,
+ * which the scheduled task makes within a minute (it takes such stores first), as does the command again.
  *
  * Sessions already open are not touched by a password change (Postgres checks a password when a session
  * starts): the old handle's connections finish their queries and close with it (TenantHandle.close waits for
- * its requests), while the new handle connects with the new password. Between 2 and 4 (a few ms) an instance
- * opening a new connection with the old handle would be refused; under steady load a handle reuses its pooled
- * connections, so that window sees no new connection in practice.
+ * its requests), while the new handle connects with the new password. Between the server's change and step 4
+ * (a master commit and a bus message: a few ms) an instance opening a *new* connection with its old handle
+ * would be refused; under steady load a handle reuses its pooled connections, so that window sees no new
+ * connection in practice. Closing it entirely needs the connection manager to retry a refused password once
+ * with freshly read credentials.
  *
  * One rotation per store at a time: a transaction-level advisory lock on the master DB, held over the steps
  * (another process finds it taken and skips the store).
@@ -115,18 +118,15 @@ export async function rotateStorePassword(deps: PasswordDeps, storeId: string, a
       if ('skip' in staged) return { storeId, outcome: 'skipped', reason: staged.skip, server: staged.server ?? null };
       const { row, server, connection } = staged;
 
-      // 2. The password on the tenant server.
-      await deps.adminPools.withAdmin(server.adminUrl, (admin) =>
-        admin.query(`ALTER ROLE ${ident(connection.user)} PASSWORD ${literal(connection.password)}`),
-      );
-
-      // 3. Current, unless another attempt finished it meanwhile. Compared by plaintext: a key rotation may
-      // have encrypted the pending settings again in the meantime.
+      // 2 and 3. The master's change is made first and committed right after the server's, so that the two
+      // differ for as short a time as can be: the instances' cached handles use the old password until step 4.
+      // Should the server's change fail, nothing changes in the master and the password stays pending.
       const committed = await master.sequelize.transaction(async (t) => {
         const [now] = await master.sequelize.query<{ pending: string | null }>(
           'SELECT pending_credentials AS pending FROM store_databases WHERE store_id = $1 FOR UPDATE',
           { bind: [storeId], type: QueryTypes.SELECT, transaction: t },
         );
+        // Compared by plaintext: a key rotation may have encrypted the pending settings again meanwhile.
         if (
           !now?.pending ||
           deps.encryptor.decryptJson<TenantConnection>(now.pending, context).password !== connection.password
@@ -147,6 +147,9 @@ export async function rotateStorePassword(deps: PasswordDeps, storeId: string, a
           targetId: storeId,
           data: { actor, server: row.server },
         });
+        await deps.adminPools.withAdmin(server.adminUrl, (admin) =>
+          admin.query(`ALTER ROLE ${ident(connection.user)} PASSWORD ${literal(connection.password)}`),
+        );
         return true;
       });
 

@@ -5,7 +5,7 @@ import { QueryTypes } from 'sequelize';
 import request from 'supertest';
 import { tenantServers } from '../../src/db/tenant-servers';
 import type { TenantConnection } from '../../src/db/tenant-types';
-import { rotateDuePasswords } from '../../src/hygiene/store-passwords';
+import { rotateDuePasswords, rotateStorePasswords } from '../../src/hygiene/store-passwords';
 import { secretContext } from '../../src/lib/crypto';
 import { processMaintenance } from '../../src/maintenance';
 import { registerUser } from '../helpers/app';
@@ -233,4 +233,38 @@ test('tenants:rotate-passwords names the stores it could not rotate and exits 2,
   );
   expect(row.pending).toBeNull();
   expect(await loginFails(before)).toBeUndefined();
+});
+
+test('a password the server refuses to set leaves the master as it was, the password still pending', async () => {
+  const [, s] = stores;
+  const current = await storeConnection(t, s.id);
+  // Settings the server cannot apply (no such role): ALTER ROLE fails.
+  const staged = { ...current, user: 'no_such_role', password: 'never-set' };
+  const pending = t.ctx.encryptor.encryptJson(staged, secretContext.storeCredentials(s.id));
+  await t.ctx.master.sequelize.query('UPDATE store_databases SET pending_credentials = $1 WHERE store_id = $2', {
+    bind: [pending, s.id],
+  });
+  const [result] = await rotateStorePasswords(
+    {
+      master: t.ctx.master,
+      encryptor: t.ctx.encryptor,
+      adminPools: t.ctx.adminPools,
+      servers: tenantServers(t.ctx),
+      invalidate: (storeId) => t.ctx.tenants.invalidate(storeId),
+    },
+    [s.id],
+    { actor: 'test' },
+  );
+  expect(result).toMatchObject({ storeId: s.id, outcome: 'failed', reason: expect.stringContaining('no_such_role') });
+  expect(await storeConnection(t, s.id)).toEqual(current);
+  const [row] = await t.ctx.master.sequelize.query<{ pending: string }>(
+    'SELECT pending_credentials AS pending FROM store_databases WHERE store_id = $1',
+    { bind: [s.id], type: QueryTypes.SELECT },
+  );
+  expect(row.pending).toBe(pending);
+  await t.ctx.tenants.invalidate(s.id);
+  for (const app of [t.app, second.app]) await request(app).get('/api/store/products').set('Host', s.host).expect(200);
+  await t.ctx.master.sequelize.query('UPDATE store_databases SET pending_credentials = NULL WHERE store_id = $1', {
+    bind: [s.id],
+  });
 });

@@ -51,6 +51,16 @@ export class Encryptor {
     this.byId = new Map(keys.map((k) => [k.id, k.key]));
   }
 
+  /** The key new data is encrypted with (the first listed); streams use it through stream-cipher.ts. */
+  currentKey(): EncryptionKey {
+    return this.keys[0];
+  }
+
+  /** A listed key by its id, or undefined when this process does not have it. */
+  keyById(id: string): Buffer | undefined {
+    return this.byId.get(id);
+  }
+
   encrypt(plaintext: string, context: SecretContext): string {
     const { id, key } = this.keys[0];
     const iv = randomBytes(12);

@@ -72,6 +72,13 @@ const EnvSchema = z.object({
   TENANT_MIGRATE_ON_START: bool.default(true),
   /** The tenant migrations fleet runs apply (default: sql/tenant of the code); for tests and operators' trials. */
   TENANT_MIGRATIONS_DIR: z.string().min(1).optional(),
+  /**
+   * The lowest tenant schema version this code serves: `latest` (the newest tenant migration shipped, the
+   * default: safe whatever a migration changes) or a number — lower it to the previous version when the new
+   * code still works on the old schema (an additive migration), so a deploy never holds requests for it.
+   * A store below it is migrated on its first request (held up to 2 s) or answers 503 TENANT_MIGRATING.
+   */
+  TENANT_MIN_SCHEMA: z.union([z.literal('latest'), z.coerce.number().int().min(0)]).default('latest'),
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   JWT_EXPIRES_IN: z
     .string()
@@ -292,6 +299,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     fleetMigrations: Object.freeze({
       onStart: e.TENANT_MIGRATE_ON_START,
       dir: e.TENANT_MIGRATIONS_DIR ? path.resolve(e.TENANT_MIGRATIONS_DIR) : undefined,
+      minSchema: e.TENANT_MIN_SCHEMA,
     }),
     jwt: Object.freeze({
       secret: jwtSecret,

@@ -15,7 +15,8 @@ import { TokenSigner } from './lib/jwt';
 import { logger, safeUrl } from './lib/logger';
 import { connectRedis, createRedis } from './lib/redis';
 import { Queues } from './queue/queues';
-import { startRunIfFleetBehind } from './migrations/migration-runs.service';
+import { migrateStore } from './migrations/migration-runner';
+import { fleetTargetVersion, minTenantSchema, startRunIfFleetBehind } from './migrations/migration-runs.service';
 
 export interface ContextOptions {
   config?: Config;
@@ -104,6 +105,13 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
     const encryptor = new Encryptor(config.encryptionKeys);
     // One connection budget per Postgres server, leased through Redis with every other instance and worker.
     const leases = new ServerLeases(config.redisUrl, { prefix: redisPrefix, ...config.tenant.leases });
+    // The lowest tenant schema this code serves; a store below it is migrated (with this context) before it is.
+    const minSchema = minTenantSchema(config);
+    if (minSchema > fleetTargetVersion(config))
+      throw new Error(
+        `TENANT_MIN_SCHEMA (${minSchema}) is above the newest tenant migration (${fleetTargetVersion(config)}): no store could be served`,
+      );
+    let ctxForMigrations: AppContext | undefined;
     const serverKey = (adminUrl: string) => `${new URL(adminUrl).hostname}:${Number(new URL(adminUrl).port || 5432)}`;
     const tenants = new ConnectionManager(
       master,
@@ -114,6 +122,13 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
         managedServers: tenantServers({ config, masterUrl: url }).map((s) => ({ key: s.key, adminUrl: s.adminUrl })),
         masterKey: serverKey(url),
         masterPoolMax: config.masterPoolMax,
+        schema: {
+          minVersion: minSchema,
+          migrate: async (storeId) => {
+            const done = await migrateStore(ctxForMigrations!, storeId);
+            return done.outcome === 'failed' ? null : done.toVersion;
+          },
+        },
       },
       storefrontRefusal,
       leases,
@@ -143,6 +158,7 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
         if (embedded) await embedded.stop();
       },
     };
+    ctxForMigrations = ctx;
     if (config.fleetMigrations.onStart) {
       // The master is migrated: tenant databases behind this code's tenant migrations get a run (one, however
       // many instances start). A failure here is logged, not fatal: the sweep or an operator can start it.

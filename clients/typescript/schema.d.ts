@@ -1075,6 +1075,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/stores/{id}/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download the store's data as a portable archive (owner)
+         * @description Streamed as it is read, from one consistent snapshot of the store database. One export per store at a time; a suspended store may be exported, a deleted one must be restored first.
+         */
+        get: operations["exportStore"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -4510,7 +4530,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) | SERVICE_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) | SERVICE_UNAVAILABLE (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4634,7 +4654,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) | SERVICE_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) | SERVICE_UNAVAILABLE (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4722,7 +4742,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4806,7 +4826,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4892,7 +4912,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -4986,7 +5006,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5102,7 +5122,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5190,7 +5210,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5276,7 +5296,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5394,7 +5414,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5482,7 +5502,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5575,7 +5595,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5692,7 +5712,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5785,7 +5805,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5899,7 +5919,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -5987,7 +6007,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description TENANT_UNAVAILABLE (with Retry-After) */
+            /** @description TENANT_UNAVAILABLE | TENANT_MIGRATING (with Retry-After) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -6847,6 +6867,92 @@ export interface operations {
             };
             /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) | FORBIDDEN (not a platform admin) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    exportStore: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The archive, as an attachment */
+            200: {
+                headers: {
+                    "Content-Disposition": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/gzip": string;
+                };
+            };
+            /** @description VALIDATION_FAILED */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description UNAUTHENTICATED (missing, invalid, expired or revoked token) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description WRONG_TOKEN_TYPE (a store token: this route needs a platform token) | FORBIDDEN (not the owner) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description STORE_NOT_FOUND */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description STORE_NOT_READY | CONFLICT (an export of this store is already running) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description RATE_LIMITED (too many exports of your stores at once) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description SERVICE_UNAVAILABLE (too many exports on this server) | TENANT_UNAVAILABLE */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

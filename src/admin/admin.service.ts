@@ -4,6 +4,7 @@ import { audit } from '../db/audit';
 import { decodeCursor, olderThan, toPage } from '../http/pagination';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { statusOfItsDatabase } from '../stores/lifecycle';
+import { migrateComingBack } from '../migrations/migration-runner';
 import { resumeBackgroundWork } from '../stores/stores.service';
 
 interface TenantRow {
@@ -90,6 +91,8 @@ export async function setSuspended(ctx: AppContext, adminId: string, storeId: st
     return row;
   });
   if (!suspend) await resumeBackgroundWork(ctx, storeId, store.status);
+  // Fleet runs pass suspended stores by: it catches up before its first request.
+  if (!suspend && store.status === 'active') await migrateComingBack(ctx, storeId);
   // Every instance drops its handle: store routes answer 423 at once.
   await ctx.tenants.invalidate(storeId);
   return { id: store.id, status: store.status };

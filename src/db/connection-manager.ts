@@ -45,6 +45,20 @@ export interface ConnectionManagerOptions extends HostResolverOptions {
   serverHeadroom?: number;
   externalServerConnections?: number;
   serverBudgetRefreshMs?: number;
+  /** What the running code needs of a store's schema (absent: any schema is served, as before). */
+  schema?: SchemaGate;
+}
+
+/**
+ * The lowest tenant schema the running code serves, and how a store behind it is brought there. The
+ * migration is injected (db knows connections, not how a feature migrates a store).
+ */
+export interface SchemaGate {
+  minVersion: number;
+  /** Migrate the store's database; resolves to the version it reached, null when it failed. */
+  migrate: (storeId: string) => Promise<number | null>;
+  /** How long a request waits for its store's migration before 503 TENANT_MIGRATING (ms); default 2000. */
+  waitMs?: number;
 }
 
 /** What the master DB says about a store: as much as deciding whether to serve it needs. */
@@ -52,6 +66,10 @@ export interface StoreState {
   status: StoreStatus;
   dbStatus: string | null;
   credentials: string | null;
+  /** store_databases.schema_version (null: no database row). */
+  schemaVersion?: number | null;
+  /** A fleet run is migrating its database now (its row `running`): for instances that missed the bus event. */
+  migrating?: boolean;
 }
 
 /**
@@ -80,6 +98,17 @@ const FULL_RETRY_FIRST_MS = 20;
 const FULL_RETRY_MAX_MS = 250;
 
 /**
+ * How long a store is taken as migrating after the event said so, without the event saying it is done: then
+ * its state is read from the master again (a migrating session that died leaves no "migrated" event).
+ */
+const MIGRATING_MARK_MS = 30_000;
+
+interface MigratingMark {
+  until: number;
+  waiters: Set<() => void>;
+}
+
+/**
  * The only owner of tenant database handles. Two budgets: many cheap cached handles (an LRU of
  * TENANT_CACHE_MAX) and few connections (pools of min 0 and TENANT_POOL_MAX, under one budget per Postgres
  * server, shared with the other processes through leases: see server-budgets.ts and server-leases.ts).
@@ -99,7 +128,20 @@ export class ConnectionManager implements TenantGuard {
   readonly hosts: HostResolver;
   private readonly fences = new Map<string, { until: number; reason: string }>();
   private readonly settings: HandleSettings;
-  private readonly counters = { hits: 0, misses: 0, evictions: 0, builds: 0, buildMsTotal: 0, fenced: 0 };
+  private readonly counters = {
+    hits: 0,
+    misses: 0,
+    evictions: 0,
+    builds: 0,
+    buildMsTotal: 0,
+    fenced: 0,
+    migratedOnDemand: 0,
+    migratingRefusals: 0,
+  };
+  /** Stores whose database is being migrated now (bus events, or the master's run rows): requests wait. */
+  private readonly migrating = new Map<string, MigratingMark>();
+  /** On-demand migrations in flight in this process: concurrent first requests share one. */
+  private readonly onDemand = new Map<string, Promise<number | null>>();
 
   constructor(
     private readonly master: MasterDb,
@@ -149,10 +191,13 @@ export class ConnectionManager implements TenantGuard {
     this.refusals = new LRUCache({ max: 10_000, ttl: options.statusTtlMs ?? 2000 });
     this.hosts = new HostResolver(master, bus, options);
     bus.on('tenant.invalidate', (e) => this.dropLocal(e.storeId));
+    bus.on('tenant.migrating', (e) => this.markMigrating(e.storeId));
+    bus.on('tenant.migrated', (e) => this.migrationDone(e.storeId));
     bus.onReconnect(() => {
       // Messages may have been missed while disconnected: forget everything that could be stale.
       this.refusals.clear();
       this.handles.clear();
+      for (const storeId of [...this.migrating.keys()]) this.migrationDone(storeId);
     });
   }
 
@@ -168,12 +213,19 @@ export class ConnectionManager implements TenantGuard {
    */
   cachedHandle(storeId: string): TenantHandle | undefined {
     this.checkFence(storeId);
+    // A store being migrated is answered after its migration (forStore waits for it).
+    if (this.migrating.size && this.migrating.has(storeId)) return undefined;
     const cached = this.handles.get(storeId);
     if (cached) this.counters.hits++;
     return cached;
   }
 
   private async buildOnce(storeId: string): Promise<TenantHandle> {
+    if (this.migrating.has(storeId)) {
+      await this.waitForMigration(storeId);
+      const cached = this.handles.get(storeId);
+      if (cached) return cached;
+    }
     const refused = this.refusals.get(storeId);
     if (refused) throw refused;
     let pending = this.building.get(storeId);
@@ -279,6 +331,10 @@ export class ConnectionManager implements TenantGuard {
       misses: this.counters.misses,
       evictions: this.counters.evictions,
       builds: this.counters.builds,
+      /** Stores migrated on their first request (below the code's minimum schema), and requests refused meanwhile. */
+      migratedOnDemand: this.counters.migratedOnDemand,
+      migratingRefusals: this.counters.migratingRefusals,
+      migrating: this.migrating.size,
       avgBuildMs: this.counters.builds ? +(this.counters.buildMsTotal / this.counters.builds).toFixed(2) : 0,
       hostCache: this.hosts.stats(),
       fenced: [...this.fences.entries()]
@@ -302,16 +358,99 @@ export class ConnectionManager implements TenantGuard {
     await this.leases?.close();
   }
 
+  /**
+   * A store's database is being migrated (a fleet run, or a migration on demand, here or on another
+   * instance): its requests wait for the "migrated" event. The mark expires: then the master is asked again.
+   */
+  private markMigrating(storeId: string): void {
+    const mark = this.migrating.get(storeId);
+    if (mark) mark.until = Date.now() + MIGRATING_MARK_MS;
+    else this.migrating.set(storeId, { until: Date.now() + MIGRATING_MARK_MS, waiters: new Set() });
+  }
+
+  /** Its migration ended (migrated or failed): waiting requests go on, and read the store's state again if refused. */
+  private migrationDone(storeId: string): void {
+    const mark = this.migrating.get(storeId);
+    this.migrating.delete(storeId);
+    this.refusals.delete(storeId);
+    for (const wake of mark?.waiters ?? []) wake();
+  }
+
+  /** Wait (up to the gate's waitMs) for the store's migration to end; then 503 TENANT_MIGRATING. */
+  private async waitForMigration(storeId: string): Promise<void> {
+    const mark = this.migrating.get(storeId);
+    if (!mark) return;
+    if (mark.until <= Date.now()) {
+      // No word for a long while: forget the mark and the handle, the build reads the master's state again.
+      this.migrating.delete(storeId);
+      this.handles.delete(storeId);
+      return;
+    }
+    const waitMs = this.options.schema?.waitMs ?? 2000;
+    let wake!: () => void;
+    const ended = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), waitMs);
+      wake = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      mark.waiters.add(wake);
+    });
+    mark.waiters.delete(wake);
+    if (!ended) throw this.migratingRefusal();
+  }
+
+  private migratingRefusal(): AppError {
+    this.counters.migratingRefusals++;
+    return fail(ErrorCode.TENANT_MIGRATING, "This store's database is being migrated; try again shortly", {
+      retryAfterSeconds: 2,
+    });
+  }
+
+  /**
+   * A store below the code's minimum schema: migrated now, one migration per store in this process however
+   * many requests ask (each waits up to waitMs, the migration goes on after). Never served below it.
+   */
+  private async migrateOnDemand(storeId: string, gate: SchemaGate): Promise<void> {
+    let pending = this.onDemand.get(storeId);
+    if (!pending) {
+      this.counters.migratedOnDemand++;
+      pending = gate
+        .migrate(storeId)
+        .catch((err: Error) => {
+          logger.warn({ storeId, err: err.message }, 'migrating a store on demand failed');
+          return null;
+        })
+        .finally(() => this.onDemand.delete(storeId));
+      this.onDemand.set(storeId, pending);
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const reached = await Promise.race([
+      pending,
+      new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), gate.waitMs ?? 2000))),
+    ]).finally(() => clearTimeout(timer));
+    if (reached === 'late') throw this.migratingRefusal();
+    if (reached === null || reached < gate.minVersion) {
+      // It failed: refused briefly (the refusal cache), then the next request tries again.
+      const refusal = this.migratingRefusal();
+      this.refusals.set(storeId, refusal);
+      throw refusal;
+    }
+  }
+
   private dropLocal(storeId: string): void {
     this.handles.delete(storeId);
     this.refusals.delete(storeId);
     this.fences.delete(storeId);
   }
 
-  private async build(storeId: string): Promise<TenantHandle> {
-    const started = performance.now();
+  private async readStore(storeId: string): Promise<StoreRecord | undefined> {
     const rows = await this.master.sequelize.query<StoreRecord>(
-      `SELECT s.status, s.owner_id AS "ownerId", d.status AS "dbStatus", d.mode, d.credentials
+      `SELECT s.status, s.owner_id AS "ownerId", d.status AS "dbStatus", d.mode, d.credentials,
+              d.schema_version AS "schemaVersion",
+              EXISTS (SELECT 1 FROM migration_run_stores m JOIN migration_runs r ON r.id = m.run_id
+                       WHERE m.store_id = s.id AND m.state = 'running'
+                         AND r.state IN ('canary', 'running', 'paused')) AS migrating
          FROM stores s LEFT JOIN store_databases d ON d.store_id = s.id
         WHERE s.id = $1`,
       { bind: [storeId], type: QueryTypes.SELECT },
@@ -320,6 +459,25 @@ export class ConnectionManager implements TenantGuard {
     if (refusal) {
       this.refusals.set(storeId, refusal);
       throw refusal;
+    }
+    return rows[0];
+  }
+
+  private async build(storeId: string): Promise<TenantHandle> {
+    const started = performance.now();
+    let rows = [(await this.readStore(storeId))!];
+    const gate = this.options.schema;
+    if (gate) {
+      // A fleet run is migrating it (an event this instance missed): wait for it like the others.
+      if (rows[0].migrating) {
+        this.markMigrating(storeId);
+        await this.waitForMigration(storeId);
+        rows = [(await this.readStore(storeId))!];
+      }
+      if ((rows[0].schemaVersion ?? 0) < gate.minVersion) {
+        await this.migrateOnDemand(storeId, gate);
+        rows = [(await this.readStore(storeId))!];
+      }
     }
     // Credentials are decrypted here only, and live on inside the handle's Sequelize config.
     const connection = this.credentialsOf(storeId, rows[0].credentials as string);

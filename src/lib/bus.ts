@@ -6,6 +6,9 @@ export type BusEvent =
   | { type: 'token.revoked'; jti: string; exp: number }
   | { type: 'tenant.invalidate'; storeId: string }
   | { type: 'hostnames.changed'; hostnames: string[] }
+  /** A store's database is being migrated (its requests wait), then is done (migrated or failed: they go on). */
+  | { type: 'tenant.migrating'; storeId: string }
+  | { type: 'tenant.migrated'; storeId: string }
   /** A platform role was granted or revoked (by the operator's command line): cached roles are dropped. */
   | { type: 'user.role.changed'; userId: string };
 

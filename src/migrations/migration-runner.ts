@@ -7,6 +7,7 @@ import { audit } from '../db/audit';
 import { migrateWith } from '../db/migrate';
 import { withClient } from '../db/pg-client';
 import type { TenantConnection } from '../db/tenant-types';
+import type { BusEvent } from '../lib/bus';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
 import type { JobPayloads } from '../queue/queues';
@@ -85,6 +86,8 @@ export async function migrateStore(
     return { outcome: 'skipped', fromVersion: row.schemaVersion, toVersion: row.schemaVersion, ms: 0 };
   let fromVersion: number | null = null;
   let reached: number | null = null;
+  // Every instance holds this store's requests until "migrated" (up to 2 s, then 503 TENANT_MIGRATING).
+  await announce(deps, { type: 'tenant.migrating', storeId });
   try {
     const result = await withClient(connectionOf(deps, storeId, row), async (client) => {
       await client.query(`SELECT pg_advisory_lock(${STORE_LOCK})`);
@@ -111,7 +114,34 @@ export async function migrateStore(
       logger.warn({ storeId, err: e.message }, 'could not record a failed migration'),
     );
     return { outcome: 'failed', fromVersion, toVersion: reached ?? fromVersion, ms: Date.now() - started, error };
+  } finally {
+    await announce(deps, { type: 'tenant.migrated', storeId });
   }
+}
+
+/** A bus message about a store's migration; lost ones are covered (the marks expire, the master has the rows). */
+async function announce(deps: RunnerDeps, event: BusEvent): Promise<void> {
+  await deps.bus
+    .publish(event)
+    .catch((err: Error) => logger.warn({ err: err.message, event: event.type }, 'could not announce a migration'));
+}
+
+/**
+ * A store coming back (resumed, restored) is brought to the fleet's version before its first request. Bounded:
+ * migrateStore waits without bound for a store another session migrates; past `timeoutMs` the migration goes
+ * on, and the store's first requests wait for it or answer 503 TENANT_MIGRATING (the ConnectionManager's
+ * schema gate), so it is never served below the code's minimum either way.
+ */
+export async function migrateComingBack(
+  deps: RunnerDeps,
+  storeId: string,
+  timeoutMs = 10_000,
+): Promise<StoreOutcome | 'late'> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), timeoutMs)));
+  const outcome = await Promise.race([migrateStore(deps, storeId), late]).finally(() => clearTimeout(timer));
+  if (outcome === 'late') logger.warn({ storeId, timeoutMs }, 'a store coming back is still being migrated');
+  return outcome;
 }
 
 async function recordVersion(

@@ -41,6 +41,12 @@ export const tenantMigrationsDir = (config: FleetDeps['config']): string =>
 /** The version a run brings every store to: the newest file of those migrations. */
 export const fleetTargetVersion = (config: FleetDeps['config']): number =>
   latestSchemaVersion('tenant', tenantMigrationsDir(config));
+/**
+ * The lowest tenant schema the running code serves (TENANT_MIN_SCHEMA; `latest`: the newest file of the code's
+ * own sql/tenant, whatever TENANT_MIGRATIONS_DIR says). A store below it is migrated before it is served.
+ */
+export const minTenantSchema = (config: FleetDeps['config']): number =>
+  config.fleetMigrations.minSchema === 'latest' ? latestSchemaVersion('tenant') : config.fleetMigrations.minSchema;
 
 interface FleetStore {
   storeId: string;

@@ -36,7 +36,7 @@ const TENANT_ERRORS = {
   404: ErrorCode.STORE_NOT_FOUND,
   409: ErrorCode.STORE_NOT_READY,
   423: ErrorCode.STORE_SUSPENDED,
-  503: `${ErrorCode.TENANT_UNAVAILABLE} (with Retry-After)`,
+  503: `${ErrorCode.TENANT_UNAVAILABLE} | ${ErrorCode.TENANT_MIGRATING} (with Retry-After)`,
 };
 /** Creations a plan limits; every write (POST, PUT, PATCH, DELETE) of a store over its storage limit is refused. */
 const PLAN_LIMITS = {
@@ -80,7 +80,7 @@ export function storefrontRoutes(ctx: AppContext): ApiRouter {
     limit: ctx.config.rateLimit.registerMax,
     keyGenerator: (req) => `${currentStoreId()}:${ipKeyGenerator(req.ip ?? '')}`,
   });
-  const hashingBusy = `${ErrorCode.TENANT_UNAVAILABLE} | ${ErrorCode.SERVICE_UNAVAILABLE} (with Retry-After)`;
+  const hashingBusy = `${ErrorCode.TENANT_UNAVAILABLE} | ${ErrorCode.TENANT_MIGRATING} | ${ErrorCode.SERVICE_UNAVAILABLE} (with Retry-After)`;
 
   api.post(
     '/auth/register',

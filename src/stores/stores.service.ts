@@ -5,6 +5,7 @@ import { rethrowTaken } from '../db/errors';
 import { ErrorCode, fail } from '../lib/errors';
 import { secretContext } from '../lib/crypto';
 import { logger } from '../lib/logger';
+import { migrateComingBack } from '../migrations/migration-runner';
 import type { MemberRole, StoreRow, StoreStatus } from '../models/master';
 import { queueProvisioning } from '../provisioning/provisioning.service';
 import { requestCreditSync } from '../queue/credit-sync-request';
@@ -206,6 +207,8 @@ export async function restoreStore(ctx: AppContext, userId: string, storeId: str
     return restored;
   });
   await resumeBackgroundWork(ctx, storeId, status);
+  // Fleet runs pass deleted stores by: it catches up before its first request.
+  if (status === 'active') await migrateComingBack(ctx, storeId);
   await ctx.tenants.invalidate(storeId);
   return toStoreDto(ctx, store, role);
 }

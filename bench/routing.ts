@@ -46,7 +46,7 @@ const tenantConnection = (database: string) => benchConnection(database, { user:
 const storeUuid = (i: number) => stableUuid('tenantry-bench-store', i);
 
 /** The template (schema + 20 products) and one database per store made from it; kept across runs. */
-async function prepareTenants(stores: number): Promise<void> {
+export async function prepareTenants(stores: number): Promise<void> {
   const template = `${PREFIX}_tpl`;
   const exists = await admin('SELECT 1 FROM pg_database WHERE datname = $1', [template]);
   if (!exists.rowCount) {
@@ -83,7 +83,7 @@ async function prepareTenants(stores: number): Promise<void> {
 }
 
 /** A fresh master DB with N active stores pointing at the bench tenant databases. */
-async function prepareMaster(stores: number, encryptor: Encryptor): Promise<string> {
+export async function prepareMaster(stores: number, encryptor: Encryptor): Promise<string> {
   const master = `${PREFIX}_master`;
   await admin(`DROP DATABASE IF EXISTS ${master} WITH (FORCE)`);
   await admin(`CREATE DATABASE ${master}`);
@@ -200,12 +200,12 @@ export async function settle(): Promise<void> {
 
 export async function runScenario(
   name: string,
-  opts: { path: string; host?: () => string; duration: number; connections: number },
+  opts: { path: string; host?: () => string; duration: number; connections: number; port?: number },
 ): Promise<ScenarioResult> {
   await settle();
   const run = (duration: number) =>
     autocannon({
-      url: `http://127.0.0.1:${PORT}`,
+      url: `http://127.0.0.1:${opts.port ?? PORT}`,
       connections: opts.connections,
       duration,
       requests: [
@@ -243,7 +243,7 @@ export function bestOf(runs: ScenarioResult[]): ScenarioResult {
   };
 }
 
-function printResults(results: ScenarioResult[]): void {
+export function printResults(results: ScenarioResult[]): void {
   printTable(
     ['scenario', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx', 'peak tenant conns', 'peak server conns'],
     results.map((r) => [
@@ -259,27 +259,21 @@ function printResults(results: ScenarioResult[]): void {
   );
 }
 
-export async function routingBenchmark(opts: {
-  stores: number;
-  duration: number;
-  connections: number;
-  rounds: number;
-  scenarios?: number[];
-}): Promise<void> {
+/** A fresh encryption key and the master DB of `stores` bench stores (their databases made once, kept). */
+export async function prepareRouting(stores: number): Promise<{ keys: string; masterUrl: string }> {
   const keys = `bench:${randomBytes(32).toString('base64')}`;
   const encryptor = new Encryptor([{ id: 'bench', key: Buffer.from(keys.slice(6), 'base64') }]);
-  await prepareTenants(opts.stores);
-  const masterUrl = await prepareMaster(opts.stores, encryptor);
-  const firstDb = `${PREFIX}_t_0000`;
-  const openRate = await connectionOpenRate(opts.stores);
-  console.log(
-    `connections this machine opens (8 at a time): ${openRate.sameDb}/s to one database; ${openRate.freshDbWithQuery}/s to a different database each, with the first query`,
-  );
+  await prepareTenants(stores);
+  return { keys, masterUrl: await prepareMaster(stores, encryptor) };
+}
 
-  const server = await startServer({
+/** The bench server's settings: the bench stores' master, the cap, one owner's share lifted. */
+export function routingServerEnv(masterUrl: string, keys: string, port = PORT): Record<string, string> {
+  return {
     NODE_ENV: 'development',
-    PORT: String(PORT),
+    PORT: String(port),
     DATABASE_URL: masterUrl,
+    REDIS_PREFIX: `tenantry-bench-${port}`,
     WORKER: 'off',
     LOG_LEVEL: 'warn',
     JWT_SECRET: randomBytes(32).toString('hex'),
@@ -290,8 +284,24 @@ export async function routingBenchmark(opts: {
     TENANT_OWNER_SHARE: '100',
     TENANT_CACHE_MAX: '5000',
     BENCH_FIXED_STORE: storeUuid(0),
-    BENCH_FIXED_CONNECTION: JSON.stringify(tenantConnection(firstDb)),
-  });
+    BENCH_FIXED_CONNECTION: JSON.stringify(tenantConnection(`${PREFIX}_t_0000`)),
+  };
+}
+
+export async function routingBenchmark(opts: {
+  stores: number;
+  duration: number;
+  connections: number;
+  rounds: number;
+  scenarios?: number[];
+}): Promise<void> {
+  const { keys, masterUrl } = await prepareRouting(opts.stores);
+  const openRate = await connectionOpenRate(opts.stores);
+  console.log(
+    `connections this machine opens (8 at a time): ${openRate.sameDb}/s to one database; ${openRate.freshDbWithQuery}/s to a different database each, with the first query`,
+  );
+
+  const server = await startServer(routingServerEnv(masterUrl, keys));
   try {
     const zipf = zipfSampler(opts.stores, 1.1);
     let next = 0;

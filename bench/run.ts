@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only routing] [--stores 1000] [--duration 10] [--connections 50]`
+ * `npm run bench [-- --only routing,usage] [--stores 1000] [--duration 10] [--connections 50]`
  * `npm run bench -- --only fleet [--stores 1000] [--fleet-instances 3] [--fleet-max-connections 50]`
  * Benchmarks are not tests: they print figures and ratios against baselines measured in the same run.
  */
@@ -8,6 +8,7 @@ import { creditsBenchmark } from './credits';
 import { fleetBenchmark } from './fleet';
 import { provisioningBenchmark } from './provisioning';
 import { routingBenchmark } from './routing';
+import { usageBenchmark } from './usage';
 
 async function main() {
   const { values } = parseArgs({
@@ -39,6 +40,15 @@ async function main() {
       connections: Number(values.connections),
       rounds: Number(values.rounds),
       scenarios: values.scenarios?.split(',').map(Number),
+    });
+  }
+  if (want('usage')) {
+    console.log('\n## Usage counting on the read path\n');
+    await usageBenchmark({
+      stores: Number(values.stores),
+      duration: Number(values.duration),
+      connections: Number(values.connections),
+      rounds: Number(values.rounds),
     });
   }
   if (want('provisioning')) {

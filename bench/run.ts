@@ -1,10 +1,12 @@
 /**
  * `npm run bench [-- --only routing,usage] [--stores 1000] [--duration 10] [--connections 50]`
  * `npm run bench -- --only fleet [--stores 1000] [--fleet-instances 3] [--fleet-max-connections 50]`
+ * `npm run bench -- --only drift [--stores 1000] [--rounds 2]`
  * Benchmarks are not tests: they print figures and ratios against baselines measured in the same run.
  */
 import { parseArgs } from 'node:util';
 import { creditsBenchmark } from './credits';
+import { driftBenchmark } from './drift';
 import { fleetBenchmark } from './fleet';
 import { provisioningBenchmark } from './provisioning';
 import { routingBenchmark } from './routing';
@@ -77,6 +79,10 @@ async function main() {
       instances: Number(values['fleet-instances']),
       maxConnections: Number(values['fleet-max-connections']),
     });
+  }
+  if (want('drift')) {
+    console.log('\n## Drift: a check over the fleet\n');
+    await driftBenchmark({ stores: Number(values.stores), rounds: Number(values.rounds) });
   }
 }
 

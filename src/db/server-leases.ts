@@ -12,14 +12,16 @@ import { logger } from '../lib/logger';
  * waits and its lease is used up, renews its liveness by heartbeat, gives back what it has not needed for a
  * while, and gives back its unused part at once when other processes are short. One Lua script does all of it
  * atomically, so the leases of a server never add up to more than its budget. A process that stops
- * heart-beating is forgotten (its leases with it) by the next script call after LEASE_TTL_MS.
+ * heart-beating is forgotten (its leases with it) by the next script call after LEASE_TTL_MS. When Redis has
+ * lost the leases (restarted empty) while processes still hold connections, nobody is granted more than it held
+ * until every process has had a TTL to register its open connections (see recoverUntil in the script).
  *
  * Keys, per server (`{host:port}` is a Redis Cluster hash tag: a server's keys stay on one node):
  *   <prefix>:conn:{host:port}:leases  HASH instance → connections leased
  *   <prefix>:conn:{host:port}:alive   ZSET instance → expiry (ms, Redis clock)
  *   <prefix>:conn:{host:port}:demand  HASH instance → connections wanted (open + waiting, peak of the last while)
  *   <prefix>:conn:{host:port}:owners  HASH instance → "ownerId=open,…" (its open connections per store owner)
- *   <prefix>:conn:{host:port}:info    HASH budget, at
+ *   <prefix>:conn:{host:port}:info    HASH budget, at, recoverUntil
  *
  * Without Redis a process falls back to a static share: the last known budget divided by the last known number
  * of processes (at least 1), and takes up leasing again when Redis answers.
@@ -30,7 +32,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me = ARGV[1]
 local used, wanted, desired, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local ttl, keyTtl, owners = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local ttl, keyTtl, owners, held = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local reaped = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('HDEL', KEYS[1], id)
@@ -38,6 +40,14 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('HDEL', KEYS[4], id)
   redis.call('ZREM', KEYS[2], id)
   reaped = reaped + 1
+end
+-- A process Redis does not know (it restarted empty, or forgot the process) that holds connections: others may
+-- be in the same case, their connections open but not in the leases yet. Until each has had a TTL to say so,
+-- nobody is granted more than it held before (its lease, or its static share) or has open.
+local recoverUntil = tonumber(redis.call('HGET', KEYS[5], 'recoverUntil') or 0)
+if not redis.call('ZSCORE', KEYS[2], me) and (held > 0 or used > 0) then
+  recoverUntil = math.max(recoverUntil, now + ttl)
+  redis.call('HSET', KEYS[5], 'recoverUntil', recoverUntil)
 end
 redis.call('ZADD', KEYS[2], now + ttl, me)
 redis.call('HSET', KEYS[3], me, wanted)
@@ -66,6 +76,7 @@ if total > budget and short > 0 then
   if wanted > 0 and share < 1 then share = 1 end
   if share < cap then cap = share end
 end
+if now < recoverUntil then cap = math.min(cap, math.max(used, held)) end
 local free = budget - others - mine
 local lease = mine
 if cap > mine then
@@ -434,6 +445,8 @@ export class ServerLease {
           this.fleet.options.ttlMs,
           Math.max(60_000, this.fleet.options.ttlMs * 10),
           owners,
+          // What this process may hold as it stands (a stale lease does not count once it fell back).
+          this.mode === 'static' ? this.allowance : this.leased,
         ),
       );
     } catch {

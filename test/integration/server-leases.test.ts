@@ -198,6 +198,40 @@ test('the leases of a process that stopped heart-beating go to the others within
   expect(await leasedInRedis(server)).toEqual({ [bMember.instanceId]: 10 });
 });
 
+test('Redis back empty: the first process to ask gets no more than it held until the others have registered their open connections', async () => {
+  const server = 'restart:5432';
+  const keys = ['leases', 'alive', 'demand', 'owners', 'info'].map((k) => `${prefix}:conn:{${server}}:${k}`);
+  const a = leaseOf(await fleetMember({ ttlMs: 1000 }), 15, server);
+  const b = leaseOf(await fleetMember({ ttlMs: 1000 }), 15, server);
+  b.usage.waiting = 10;
+  await b.lease.sync();
+  a.usage.waiting = 3;
+  await a.lease.sync();
+  expect([a.lease.leased, b.lease.leased]).toEqual([3, 12]);
+  a.usage.open = 2;
+  a.usage.waiting = 0;
+  b.usage.open = 10;
+  b.usage.waiting = 0;
+
+  // Redis restarts with nothing in it; A has many requests waiting and asks first, B asks next.
+  await redis.del(...keys);
+  a.usage.waiting = 13;
+  await a.lease.sync();
+  await b.lease.sync();
+  // B's 10 sessions are real: A may not have taken what B still holds.
+  expect(sum(await leasedInRedis(server))).toBeLessThanOrEqual(15);
+  expect(a.lease.allowance + b.usage.open).toBeLessThanOrEqual(15);
+  expect(b.lease.leased).toBeGreaterThanOrEqual(b.usage.open);
+
+  // Once both are known, A borrows again as usual (B gives back what it does not use).
+  await eventually(async () => {
+    await b.lease.sync();
+    await a.lease.sync();
+    expect(a.lease.allowance).toBeGreaterThan(3);
+  }, 5000);
+  expect(sum(await leasedInRedis(server))).toBeLessThanOrEqual(15);
+});
+
 test('without Redis a process uses the last known budget divided by the last known number of processes, and leases again when it is back', async () => {
   const server = 'redis-down:5432';
   const port = await freePort();

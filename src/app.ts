@@ -25,6 +25,7 @@ import { migrationRunRoutes } from './migrations/migration-runs.routes';
 import { registerMigrationMetrics } from './migrations/migration.metrics';
 import { hygieneRoutes } from './hygiene/hygiene.routes';
 import { registerHygieneMetrics } from './hygiene/hygiene.metrics';
+import { backupRoutes } from './backups/backups.routes';
 
 /**
  * Every route of the API. Building them registers them in the OpenAPI document (see ApiRouter), which is how
@@ -44,6 +45,7 @@ export function apiRouters(ctx: AppContext): ApiRouter[] {
     ...subscriptionRoutes(ctx, requirePlatformAdmin(ctx)),
     usageRoutes(ctx),
     ...auditRoutes(ctx, requirePlatformAdmin(ctx)),
+    backupRoutes(ctx),
   ];
 }
 

@@ -50,6 +50,12 @@ const EnvSchema = z.object({
    * GET /api/stores/:id/usage. Off: nothing is counted (a benchmark's baseline); usage then shows no requests.
    */
   USAGE_COUNTING: bool.default(true),
+  /** Where backup archives are kept (a local directory); default `<DATA_DIR>/backups`. */
+  BACKUP_DIR: z.string().optional(),
+  /** How long backups are kept (days) when the store's plan sets no retention of its own. */
+  BACKUP_RETENTION_DAYS: int(7, 1, 3650),
+  /** Backups and restores run at once per tenant server by one worker process. */
+  BACKUPS_PER_SERVER: int(2, 1, 64),
   /** Prefix of the names of managed tenant databases and their roles (the store id follows). */
   TENANT_DB_PREFIX: z
     .string()
@@ -290,6 +296,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       databasePrefix: e.TENANT_DB_PREFIX,
       templates: e.TENANT_TEMPLATES,
       warmPool: e.TENANT_WARM_POOL,
+    }),
+    backups: Object.freeze({
+      dir: path.resolve(e.BACKUP_DIR ?? path.join(e.DATA_DIR, 'backups')),
+      retentionDays: e.BACKUP_RETENTION_DAYS,
+      perServer: e.BACKUPS_PER_SERVER,
     }),
     workerLockMs: e.WORKER_LOCK_MS,
     passwordRotation: Object.freeze({

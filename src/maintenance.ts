@@ -1,6 +1,7 @@
 import { Op } from 'sequelize';
 import type { AppContext } from './app-context';
 import { tenantServers } from './db/tenant-servers';
+import { removeExpired, scheduleDueBackups } from './backups/backups.service';
 import { rotateDuePasswords } from './hygiene/store-passwords';
 import { reconcile } from './hygiene/reconcile';
 import { resumeOrphanedRuns } from './migrations/migration-runs.service';
@@ -52,6 +53,10 @@ export async function processMaintenance(
         },
         ctx.config.passwordRotation,
       );
+    case 'schedule-backups':
+      return scheduleDueBackups(ctx);
+    case 'expire-backups':
+      return removeExpired(ctx);
     case 'prune-revoked-tokens': {
       const removed = await ctx.master.models.RevokedToken.destroy({ where: { expiresAt: { [Op.lt]: new Date() } } });
       return { removed };

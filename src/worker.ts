@@ -10,6 +10,8 @@ import { processMaintenance } from './maintenance';
 import { processProvisioning } from './provisioning/provisioning.service';
 import { processMigrationRun } from './migrations/migration-runner';
 import { processCreditSync } from './credits/credit-sync';
+import { processBackupJob } from './backups/backups.service';
+import { tenantServers } from './db/tenant-servers';
 import { backoffStrategy, bullConnection, QueueName, type JobPayloads } from './queue/queues';
 
 export interface Workers {
@@ -29,6 +31,11 @@ function processors(ctx: AppContext): {
     // The signal: a shutting-down worker hands the run over (see processMigrationRun).
     'tenant-migrations': { processor: (job, _token, signal) => processMigrationRun(ctx, job, signal), concurrency: 1 },
     'credit-sync': { processor: (job) => processCreditSync(ctx, job.data), concurrency: 4 },
+    // Bounded per tenant server inside the processor (BACKUPS_PER_SERVER); this lets servers run side by side.
+    backups: {
+      processor: (job) => processBackupJob(ctx, job.data),
+      concurrency: ctx.config.backups.perServer * tenantServers(ctx).length + 1,
+    },
   };
 }
 
@@ -91,6 +98,17 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
     'reconcile-dry-run',
     { every: 24 * 3600_000 },
     { name: 'reconcile-dry-run', data: { task: 'reconcile-dry-run' } },
+  );
+  // A daily backup per active store, each at its own time of day (see scheduleDueBackups); expired ones removed.
+  await maintenance.upsertJobScheduler(
+    'schedule-backups',
+    { every: 10 * 60_000 },
+    { name: 'schedule-backups', data: { task: 'schedule-backups' } },
+  );
+  await maintenance.upsertJobScheduler(
+    'expire-backups',
+    { every: 3600_000 },
+    { name: 'expire-backups', data: { task: 'expire-backups' } },
   );
   // Manual subscriptions' next billing period, and included credits an account could not be given yet.
   await maintenance.upsertJobScheduler(

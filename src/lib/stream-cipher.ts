@@ -88,7 +88,7 @@ export function encryptStream(encryptor: Encryptor, context: string): Transform 
  * chunk or with bytes after it. Chunks are passed on only once authenticated.
  */
 export function decryptStream(encryptor: Encryptor, context: string): Transform {
-  let buf = Buffer.alloc(0);
+  let buf: Buffer = Buffer.alloc(0);
   let header: Buffer | null = null;
   let key: Buffer | undefined;
   let base: Buffer;

@@ -7,6 +7,7 @@ export const QueueName = {
   provisioning: 'provisioning',
   tenantMigrations: 'tenant-migrations',
   creditSync: 'credit-sync',
+  backups: 'backups',
 } as const;
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
 
@@ -21,12 +22,16 @@ export interface JobPayloads {
       | 'settle-subscriptions'
       | 'flush-request-counts'
       | 'rotate-store-passwords'
-      | 'reconcile-dry-run';
+      | 'reconcile-dry-run'
+      | 'schedule-backups'
+      | 'expire-backups';
   };
   provisioning: { storeId: string };
   /** Drive one fleet migration run from its rows in the master DB (see src/migrations). */
   'tenant-migrations': { runId: string };
   'credit-sync': { storeId: string };
+  /** A store backup or restore (src/backups), by its row in store_backups / store_restores. */
+  backups: { kind: 'backup' | 'restore'; id: string };
 }
 
 /** One provisioning job per store: a second request finds the same job. */

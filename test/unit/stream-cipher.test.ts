@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { Readable, Writable, type Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { DecryptionError, Encryptor } from '../../src/lib/crypto';
 import { decryptStream, encryptStream } from '../../src/lib/stream-cipher';
@@ -7,11 +7,14 @@ import { decryptStream, encryptStream } from '../../src/lib/stream-cipher';
 const oldKey = { id: 'old', key: randomBytes(32) };
 const newKey = { id: 'new', key: randomBytes(32) };
 
-async function collect(source: Buffer, transform: NodeJS.ReadWriteStream): Promise<Buffer> {
+async function collect(source: Buffer, transform: Transform): Promise<Buffer> {
   const out: Buffer[] = [];
-  await pipeline(Readable.from([source]), transform, async (chunks: AsyncIterable<Buffer>) => {
-    for await (const c of chunks) out.push(c);
-  });
+  await pipeline(Readable.from([source]), transform, new Writable({
+    write(chunk: Buffer, _enc, done) {
+      out.push(chunk);
+      done();
+    },
+  }));
   return Buffer.concat(out);
 }
 

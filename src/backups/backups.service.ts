@@ -1,0 +1,591 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip, createGzip } from 'node:zlib';
+import type pg from 'pg';
+import { QueryTypes, type Transaction } from 'sequelize';
+import type { AppContext } from '../app-context';
+import { audit } from '../db/audit';
+import { migrateWith, migrationFiles } from '../db/migrate';
+import { withClient } from '../db/pg-client';
+import type { TenantConnection } from '../db/tenant-handle';
+import { ensureTenantDatabase, handOverSql, ident } from '../db/tenant-server-admin';
+import { serverByKey, type TenantServer } from '../db/tenant-servers';
+import { secretContext } from '../lib/crypto';
+import { ErrorCode, fail } from '../lib/errors';
+import { logger } from '../lib/logger';
+import { Semaphore } from '../lib/semaphore';
+import { decryptStream, encryptStream } from '../lib/stream-cipher';
+import { fleetTargetVersion, tenantMigrationsDir } from '../migrations/migration-runs.service';
+import { ensureTemplate } from '../provisioning/templates';
+import { externalAccess, tenantPgConfig } from '../provisioning/tenant-db';
+import { requestCreditSync } from '../queue/credit-sync-request';
+import { QueueName, type JobPayloads } from '../queue/queues';
+import { requireStoreAccess } from '../stores/membership';
+import { archiveFrames, ARCHIVE_FORMAT, countLines, readFrames, type BackupManifest } from './archive';
+import { LocalDirectoryStorage, type BackupStorage } from './storage';
+import { copyIn, inSnapshot, tenantSchemaVersion, type TenantTable } from './tenant-tables';
+
+// Per-store logical backups and restores. A backup reads every table of the store's database in one
+// snapshot (COPY text), gzips and encrypts the stream (stream-cipher.ts) into the backup storage; a restore
+// fills a new database on the same server from it, checks every table against the manifest, migrates it to
+// the current schema, then switches the store to it in one master transaction.
+
+export type BackupState = 'queued' | 'running' | 'completed' | 'failed';
+
+interface BackupRow {
+  id: string;
+  store_id: string;
+  state: BackupState;
+  trigger: 'manual' | 'schedule';
+  schema_version: number | null;
+  bytes: string | null;
+  storage_key: string | null;
+  manifest: BackupManifest | null;
+  created_at: Date;
+  expires_at: Date;
+}
+
+interface RestoreRow {
+  id: string;
+  store_id: string;
+  backup_id: string;
+  state: BackupState;
+  requested_by: string | null;
+}
+
+const storages = new Map<string, BackupStorage>();
+
+/** The archives' store (BACKUP_DIR). Another implementation (S3-compatible) would be chosen here. */
+export function backupStorage(ctx: Pick<AppContext, 'config'>): BackupStorage {
+  const dir = ctx.config.backups.dir;
+  let s = storages.get(dir);
+  if (!s) storages.set(dir, (s = new LocalDirectoryStorage(dir)));
+  return s;
+}
+
+/** What binds an archive to its store and backup: another store's archive does not decrypt as this one. */
+const archiveContext = (storeId: string, backupId: string) => `store-backup:${storeId}:${backupId}`;
+export const backupJobId = (backupId: string) => `backup-${backupId}`;
+export const restoreJobId = (restoreId: string) => `restore-${restoreId}`;
+
+const select = <R extends object>(ctx: AppContext, sql: string, bind: unknown[], t?: Transaction) =>
+  ctx.master.sequelize.query<R>(sql, { bind, type: QueryTypes.SELECT, transaction: t });
+
+const run = (ctx: AppContext, sql: string, bind: unknown[], t?: Transaction) =>
+  ctx.master.sequelize.query(sql, { bind, transaction: t });
+
+/** Record a backup (queued, expiring after the store's plan's retention) and queue its job. */
+export async function queueBackup(
+  ctx: AppContext,
+  storeId: string,
+  trigger: 'manual' | 'schedule',
+  userId: string | null,
+): Promise<string> {
+  const [row] = await select<{ id: string }>(
+    ctx,
+    `INSERT INTO store_backups (store_id, trigger, requested_by, expires_at)
+     SELECT s.id, $2, $3::uuid, now() + make_interval(days => coalesce(p.backup_retention_days, $4::int))
+       FROM stores s
+       LEFT JOIN subscriptions sub ON sub.user_id = s.owner_id AND sub.status = 'active'
+       JOIN plans p ON p.id = coalesce(sub.plan_id, 'free')
+      WHERE s.id = $1::uuid
+      LIMIT 1
+     RETURNING id`,
+    [storeId, trigger, userId, ctx.config.backups.retentionDays],
+  );
+  await ctx.queues
+    .get(QueueName.backups)
+    .add('backup', { kind: 'backup', id: row.id }, { jobId: backupJobId(row.id), attempts: 1 });
+  return row.id;
+}
+
+/** The store's database row, refusing a store without a ready database (409 STORE_NOT_READY). */
+async function readyDatabase(ctx: AppContext, storeId: string) {
+  const db = await ctx.master.models.StoreDatabase.findByPk(storeId);
+  if (!db || db.status !== 'ready') throw fail(ErrorCode.STORE_NOT_READY, 'This store has no database ready yet');
+  return db;
+}
+
+/** POST /api/stores/:id/backups: an on-demand backup (owner/admin). */
+export async function requestBackup(ctx: AppContext, userId: string, storeId: string) {
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
+  await readyDatabase(ctx, storeId);
+  return { backupId: await queueBackup(ctx, storeId, 'manual', userId) };
+}
+
+/** GET /api/stores/:id/backups: newest first, expired ones gone. */
+export async function listBackups(ctx: AppContext, userId: string, storeId: string) {
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin']);
+  const rows = await select<BackupRow>(
+    ctx,
+    `SELECT * FROM store_backups WHERE store_id = $1::uuid ORDER BY created_at DESC, id LIMIT 500`,
+    [storeId],
+  );
+  return {
+    items: rows.map((r) => ({
+      id: r.id,
+      state: r.state,
+      schemaVersion: r.schema_version,
+      bytes: r.bytes === null ? null : Number(r.bytes),
+      createdAt: new Date(r.created_at).toISOString(),
+      expiresAt: new Date(r.expires_at).toISOString(),
+    })),
+  };
+}
+
+/** How a worker reaches a store's database: managed ones as the server's admin, external ones with their credentials. */
+function storeDatabaseConfig(
+  ctx: AppContext,
+  db: { storeId: string; mode: 'managed' | 'external'; server: string | null; credentials: string },
+): pg.ClientConfig {
+  const connection = ctx.encryptor.decryptJson<TenantConnection>(
+    db.credentials,
+    secretContext.storeCredentials(db.storeId),
+  );
+  if (db.mode === 'managed') return { connectionString: databaseUrl(serverByKey(ctx, db.server!), connection.database) };
+  return tenantPgConfig(connection, externalAccess(ctx, db.mode));
+}
+
+const databaseUrl = (server: TenantServer, database: string) => {
+  const u = new URL(server.adminUrl);
+  u.pathname = `/${database}`;
+  return u.toString();
+};
+
+/** The backup job: snapshot, COPY, gzip, encrypt, store; the row completed with its size and manifest. */
+export async function processBackup(ctx: AppContext, backupId: string) {
+  const [row] = await select<BackupRow>(ctx, `SELECT * FROM store_backups WHERE id = $1::uuid`, [backupId]);
+  if (!row || row.state === 'completed' || row.state === 'failed') return { skipped: row?.state ?? 'missing' };
+  await run(ctx, `UPDATE store_backups SET state = 'running' WHERE id = $1::uuid`, [backupId]);
+  const storeId = row.store_id;
+  const key = `${storeId}/${backupId}.tbk`;
+  const started = performance.now();
+  try {
+    const db = await readyDatabase(ctx, storeId);
+    const { manifest, bytes } = await withClient(storeDatabaseConfig(ctx, db), (client) =>
+      inSnapshot(client, async () => {
+        const schemaVersion = await tenantSchemaVersion(client);
+        const header = { format: ARCHIVE_FORMAT, storeId, backupId, schemaVersion };
+        const manifest: BackupManifest = {
+          ...header,
+          createdAt: new Date().toISOString(),
+          tables: [],
+          sequences: [],
+        };
+        const body = Readable.from(archiveFrames(client, header, manifest))
+          .pipe(createGzip({ level: 6 }))
+          .pipe(encryptStream(ctx.encryptor, archiveContext(storeId, backupId)));
+        const { bytes } = await backupStorage(ctx).put(key, body);
+        return { manifest, bytes };
+      }),
+    );
+    await run(
+      ctx,
+      `UPDATE store_backups SET state = 'completed', schema_version = $2, bytes = $3, storage_key = $4, key_id = $5,
+              manifest = $6::jsonb, completed_at = now(), error = NULL
+        WHERE id = $1::uuid`,
+      [backupId, manifest.schemaVersion, bytes, key, ctx.encryptor.currentKey().id, JSON.stringify(manifest)],
+    );
+    const rows = manifest.tables.reduce((n, t) => n + t.rows, 0);
+    return { bytes, rows, ms: Math.round(performance.now() - started) };
+  } catch (err) {
+    await backupStorage(ctx)
+      .delete(key)
+      .catch(() => {});
+    await run(ctx, `UPDATE store_backups SET state = 'failed', error = $2 WHERE id = $1::uuid`, [
+      backupId,
+      (err as Error).message.slice(0, 500),
+    ]);
+    throw err;
+  }
+}
+
+/** POST /api/stores/:id/backups/:backupId/restore (owner/admin): queue the restore. */
+export async function requestRestore(ctx: AppContext, userId: string, storeId: string, backupId: string) {
+  await requireStoreAccess(ctx.master, storeId, userId, ['owner', 'admin'], { notSuspended: true });
+  const db = await readyDatabase(ctx, storeId);
+  const [backup] = await select<BackupRow>(
+    ctx,
+    `SELECT * FROM store_backups WHERE id = $1::uuid AND store_id = $2::uuid AND expires_at > now()`,
+    [backupId, storeId],
+  );
+  if (!backup) throw fail(ErrorCode.NOT_FOUND, 'This store has no such backup');
+  if (backup.state !== 'completed') throw fail(ErrorCode.CONFLICT, 'Only a completed backup can be restored');
+  if (db.mode !== 'managed')
+    throw fail(ErrorCode.CONFLICT, "A store on its own database is restored by its owner's tools, not here");
+  const restoreId = await ctx.master.sequelize.transaction(async (t) => {
+    // One restore per store at a time (the store row's lock orders two requests).
+    await select(ctx, `SELECT id FROM stores WHERE id = $1::uuid FOR UPDATE`, [storeId], t);
+    const [busy] = await select<{ id: string }>(
+      ctx,
+      `SELECT id FROM store_restores WHERE store_id = $1::uuid AND state IN ('queued', 'running')`,
+      [storeId],
+      t,
+    );
+    if (busy) throw fail(ErrorCode.CONFLICT, 'A restore of this store is already in progress');
+    const [row] = await select<{ id: string }>(
+      ctx,
+      `INSERT INTO store_restores (store_id, backup_id, requested_by, server) VALUES ($1::uuid, $2::uuid, $3::uuid, $4)
+       RETURNING id`,
+      [storeId, backupId, userId, db.server],
+      t,
+    );
+    await audit(ctx.master, t, {
+      actorUserId: userId,
+      storeId,
+      action: 'store.restore.requested',
+      targetType: 'store',
+      targetId: storeId,
+      data: { backupId, restoreId: row.id },
+    });
+    return row.id;
+  });
+  const jobId = restoreJobId(restoreId);
+  await ctx.queues.get(QueueName.backups).add('restore', { kind: 'restore', id: restoreId }, { jobId, attempts: 1 });
+  return { jobId };
+}
+
+/** A restored database's name: the store's database name with a random suffix (one suffix, however many restores). */
+const restoredName = (current: string) =>
+  `${current.replace(/_r[0-9a-f]{8}$/, '').slice(0, 50)}_r${randomBytes(4).toString('hex')}`;
+
+/** A backup or restore refused because what it read is not what was written. */
+export class ArchiveIntegrityError extends Error {
+  override readonly name = 'ArchiveIntegrityError';
+}
+
+/**
+ * The restore job: a new database (template of the backup's schema, else created and migrated to it), the
+ * archive copied in and checked table by table, migrated to the current schema, then the store switched to
+ * it. Anything failing before the switch drops the new database and leaves the store as it was.
+ */
+export async function processRestore(ctx: AppContext, restoreId: string) {
+  const [restore] = await select<RestoreRow>(ctx, `SELECT * FROM store_restores WHERE id = $1::uuid`, [restoreId]);
+  if (!restore || restore.state === 'completed' || restore.state === 'failed')
+    return { skipped: restore?.state ?? 'missing' };
+  const { store_id: storeId } = restore;
+  const [backup] = await select<BackupRow>(ctx, `SELECT * FROM store_backups WHERE id = $1::uuid`, [restore.backup_id]);
+  const db = await readyDatabase(ctx, storeId);
+  const server = serverByKey(ctx, db.server!);
+  const connection = ctx.encryptor.decryptJson<TenantConnection>(
+    db.credentials,
+    secretContext.storeCredentials(storeId),
+  );
+  const newDatabase = restoredName(connection.database);
+  await run(
+    ctx,
+    `UPDATE store_restores SET state = 'running', new_database = $2, new_role = $3, updated_at = now() WHERE id = $1::uuid`,
+    [restoreId, newDatabase, connection.user],
+  );
+  const started = performance.now();
+  try {
+    if (!backup?.manifest || !backup.storage_key) throw new Error('the backup is gone or was never completed');
+    const version = backup.schema_version ?? 0;
+    await createDatabaseAt(ctx, server, connection, newDatabase, version);
+    const url = databaseUrl(server, newDatabase);
+    const rows = await fillFromArchive(ctx, url, backup);
+    const schemaVersion = await withClient(url, async (client) => {
+      await client.query(`SET ROLE ${ident(connection.user)}`);
+      return (await migrateWith('tenant', client, tenantMigrationsDir(ctx.config))).schemaVersion;
+    });
+    await switchStore(ctx, restore, { ...connection, database: newDatabase }, connection.database, schemaVersion);
+    // The replaced database is kept (for the retention period) but no longer reachable: an instance that
+    // missed the switch cannot write into it.
+    await withClient(server.adminUrl, async (client) => {
+      await client.query(`ALTER DATABASE ${ident(connection.database)} WITH ALLOW_CONNECTIONS false`);
+      await client.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`,
+        [connection.database],
+      );
+    }).catch((err: Error) => logger.warn({ storeId, err: err.message }, 'could not close the replaced database'));
+    await requestCreditSync(ctx, storeId);
+    return { rows, schemaVersion, database: newDatabase, ms: Math.round(performance.now() - started) };
+  } catch (err) {
+    logger.warn({ storeId, restoreId, err: (err as Error).message }, 'restore failed; the store keeps its database');
+    await withClient(server.adminUrl, (client) =>
+      client.query(`DROP DATABASE IF EXISTS ${ident(newDatabase)} WITH (FORCE)`),
+    ).catch(() => {});
+    await run(ctx, `UPDATE store_restores SET state = 'failed', error = $2, updated_at = now() WHERE id = $1::uuid`, [
+      restoreId,
+      (err as Error).message.slice(0, 500),
+    ]);
+    throw err;
+  }
+}
+
+/** The new database, owned by the store's role with CONNECT for it alone (as provisioning makes one), at `version`. */
+async function createDatabaseAt(
+  ctx: AppContext,
+  server: TenantServer,
+  connection: TenantConnection,
+  database: string,
+  version: number,
+): Promise<void> {
+  const dir = tenantMigrationsDir(ctx.config);
+  const latest = fleetTargetVersion(ctx.config);
+  if (version > latest) throw new Error(`the backup's schema ${version} is newer than this code's ${latest}`);
+  const template =
+    version === latest && ctx.config.provisioning.templates ? await ensureTemplate(server).catch(() => null) : null;
+  await ensureTenantDatabase(ctx.adminPools, server.adminUrl, {
+    database,
+    role: connection.user,
+    password: connection.password,
+    template: template ?? undefined,
+  });
+  // Up to the backup's version only: the data is copied in as it was, then migrated with the current code.
+  const upTo = version === latest ? dir : await migrationsUpTo(dir, version);
+  try {
+    await withClient(databaseUrl(server, database), async (client) => {
+      await client.query(handOverSql(connection.user));
+      await client.query(`SET ROLE ${ident(connection.user)}`);
+      await migrateWith('tenant', client, upTo);
+    });
+  } finally {
+    if (upTo !== dir) await rm(upTo, { recursive: true, force: true });
+  }
+}
+
+async function migrationsUpTo(dir: string, version: number): Promise<string> {
+  const out = await mkdtemp(path.join(tmpdir(), 'tenantry-schema-'));
+  for (const f of migrationFiles(dir).filter((f) => f.version <= version))
+    await copyFile(path.join(dir, f.fileName), path.join(out, f.fileName));
+  return out;
+}
+
+/**
+ * Copy the archive into the (empty) database in one transaction, triggers and foreign-key checks off
+ * (replica mode: the rows are a consistent snapshot already), each table's rows and checksum compared with
+ * the manifest recorded at backup time. A chunk that does not authenticate, a checksum or count that differs,
+ * a missing table or a missing end: the transaction is rolled back and the restore fails.
+ */
+async function fillFromArchive(ctx: AppContext, url: string, backup: BackupRow): Promise<number> {
+  const expected = backup.manifest!;
+  const byName = new Map(expected.tables.map((t) => [t.name, t]));
+  const source = await backupStorage(ctx).get(backup.storage_key!);
+  return withClient(url, async (client) => {
+    await client.query(`SET session_replication_role = replica`);
+    await client.query('BEGIN');
+    const names = expected.tables.map((t) => `public.${ident(t.name)}`);
+    if (names.length) await client.query(`TRUNCATE ${names.join(', ')}`);
+    const seen = new Set<string>();
+    let total = 0;
+    let ended = false;
+    await pipeline(
+      source,
+      decryptStream(ctx.encryptor, archiveContext(backup.store_id, backup.id)),
+      createGunzip(),
+      async (plain: AsyncIterable<Buffer>) => {
+        let table: TenantTable | null = null;
+        let sink: ReturnType<typeof copyIn> | null = null;
+        let hash = createHash('sha256');
+        let rows = 0;
+        for await (const frame of readFrames(Readable.from(plain))) {
+          if (frame.type === 'H') {
+            if (frame.header.storeId !== backup.store_id || frame.header.backupId !== backup.id)
+              throw new ArchiveIntegrityError('the archive belongs to another backup');
+          } else if (frame.type === 'T') {
+            const want = byName.get(frame.table.name);
+            if (!want || seen.has(want.name)) throw new ArchiveIntegrityError(`unexpected table ${frame.table.name}`);
+            table = { name: want.name, columns: want.columns };
+            sink = copyIn(client, table);
+            hash = createHash('sha256');
+            rows = 0;
+          } else if (frame.type === 'D') {
+            if (!sink) throw new ArchiveIntegrityError('rows outside a table');
+            hash.update(frame.data);
+            rows += countLines(frame.data);
+            if (!sink.write(frame.data)) await once(sink, 'drain');
+          } else if (frame.type === 'E') {
+            if (!sink || !table) throw new ArchiveIntegrityError('a table end outside a table');
+            sink.end();
+            await once(sink, 'finish');
+            const want = byName.get(table.name)!;
+            if (want.rows !== rows || want.sha256 !== hash.digest('hex'))
+              throw new ArchiveIntegrityError(`table ${table.name} does not match the manifest`);
+            seen.add(table.name);
+            total += rows;
+            sink = null;
+            table = null;
+          } else if (frame.type === 'M') {
+            // Field by field: the recorded copy went through jsonb, which orders keys its own way.
+            const fingerprint = (m: BackupManifest) =>
+              JSON.stringify(m.tables.map((x) => [x.name, x.columns, x.rows, x.bytes, x.sha256]));
+            const same = fingerprint(frame.manifest) === fingerprint(expected) && frame.manifest.backupId === backup.id;
+            if (!same) throw new ArchiveIntegrityError("the archive's manifest differs from the recorded one");
+            ended = true;
+          }
+        }
+      },
+    );
+    if (!ended || seen.size !== expected.tables.length)
+      throw new ArchiveIntegrityError('the archive ends before all of its tables');
+    for (const s of expected.sequences)
+      await client.query(`SELECT setval($1::regclass, $2::bigint, $3)`, [
+        `public.${ident(s.name)}`,
+        s.lastValue,
+        s.isCalled,
+      ]);
+    await client.query('COMMIT');
+    return total;
+  });
+}
+
+/**
+ * The switch, in one master transaction under the store's row lock: the store's credentials and database name
+ * point at the restored database, the restore is completed with the replaced database's drop date. Every
+ * instance holds the store's requests meanwhile (the migration gate: up to 2 s, then 503 TENANT_MIGRATING
+ * with Retry-After) and drops its handle afterwards. Ledger, hostnames and members are not touched.
+ */
+async function switchStore(
+  ctx: AppContext,
+  restore: RestoreRow,
+  connection: TenantConnection,
+  replaced: string,
+  schemaVersion: number,
+): Promise<void> {
+  const storeId = restore.store_id;
+  await ctx.bus.publish({ type: 'tenant.migrating', storeId });
+  try {
+    await ctx.master.sequelize.transaction(async (t) => {
+      const [store] = await select<{ status: string }>(
+        ctx,
+        `SELECT status FROM stores WHERE id = $1::uuid FOR UPDATE`,
+        [storeId],
+        t,
+      );
+      const [db] = await select<{ database_name: string }>(
+        ctx,
+        `SELECT database_name FROM store_databases WHERE store_id = $1::uuid FOR UPDATE`,
+        [storeId],
+        t,
+      );
+      if (store?.status !== 'active' || db?.database_name !== replaced)
+        throw new Error('the store changed while it was being restored (suspended, deleted or moved)');
+      await run(
+        ctx,
+        `UPDATE store_databases SET credentials = $2, database_name = $3, schema_version = $4, updated_at = now()
+          WHERE store_id = $1::uuid`,
+        [
+          storeId,
+          ctx.encryptor.encryptJson(connection, secretContext.storeCredentials(storeId)),
+          connection.database,
+          schemaVersion,
+        ],
+        t,
+      );
+      const [backup] = await select<{ days: number }>(
+        ctx,
+        `SELECT greatest(1, ceil(extract(epoch FROM b.expires_at - b.created_at) / 86400))::int AS days
+           FROM store_backups b WHERE b.id = $1::uuid`,
+        [restore.backup_id],
+        t,
+      );
+      await run(
+        ctx,
+        `UPDATE store_restores SET state = 'completed', replaced_database = $2, replaced_role = $3,
+                drop_after = now() + make_interval(days => $4::int), updated_at = now()
+          WHERE id = $1::uuid`,
+        [restore.id, replaced, connection.user, backup?.days ?? ctx.config.backups.retentionDays],
+        t,
+      );
+      await audit(ctx.master, t, {
+        actorUserId: restore.requested_by,
+        storeId,
+        action: 'store.restored',
+        targetType: 'store',
+        targetId: storeId,
+        data: { backupId: restore.backup_id, restoreId: restore.id },
+      });
+    });
+  } finally {
+    await ctx.tenants.invalidate(storeId);
+    await ctx.bus.publish({ type: 'tenant.migrated', storeId });
+  }
+}
+
+/** A day's worth of seconds: each store has its own time of day for its scheduled backup. */
+const DAY_S = 86_400;
+
+/**
+ * The schedule's task: a backup for every active store whose time of day (spread over the day by its id)
+ * has come since its last scheduled backup, at most `limit` per run (the queue then bounds them per server).
+ */
+export async function scheduleDueBackups(ctx: AppContext, limit = 200): Promise<{ queued: number }> {
+  const due = await select<{ id: string }>(
+    ctx,
+    `WITH slots AS (
+       SELECT s.id,
+              date_trunc('day', now()) + make_interval(secs => ((('x' || substr(md5(s.id::text), 1, 8))::bit(32)::bigint) % ${DAY_S})) AS today
+         FROM stores s JOIN store_databases d ON d.store_id = s.id
+        WHERE s.status = 'active' AND d.status = 'ready'
+     )
+     SELECT id FROM slots
+      WHERE NOT EXISTS (
+        SELECT 1 FROM store_backups b
+         WHERE b.store_id = slots.id AND b.trigger = 'schedule'
+           AND b.created_at >= CASE WHEN slots.today > now() THEN slots.today - interval '1 day' ELSE slots.today END)
+      ORDER BY id LIMIT $1`,
+    [limit],
+  );
+  for (const { id } of due) await queueBackup(ctx, id, 'schedule', null);
+  return { queued: due.length };
+}
+
+/** The retention's task: expired archives and their rows removed, replaced databases past their date dropped. */
+export async function removeExpired(ctx: AppContext): Promise<{ archives: number; databases: number }> {
+  const expired = await select<{ id: string; storage_key: string | null }>(
+    ctx,
+    `SELECT id, storage_key FROM store_backups WHERE expires_at <= now() AND state <> 'running' LIMIT 1000`,
+    [],
+  );
+  for (const b of expired) {
+    if (b.storage_key) await backupStorage(ctx).delete(b.storage_key);
+    await run(ctx, `DELETE FROM store_backups WHERE id = $1::uuid`, [b.id]);
+  }
+  const replaced = await select<{ id: string; server: string; replaced_database: string }>(
+    ctx,
+    `SELECT id, server, replaced_database FROM store_restores
+      WHERE state = 'completed' AND drop_after <= now() AND dropped_at IS NULL AND replaced_database IS NOT NULL LIMIT 100`,
+    [],
+  );
+  let databases = 0;
+  for (const r of replaced) {
+    try {
+      await withClient(serverByKey(ctx, r.server).adminUrl, (client) =>
+        client.query(`DROP DATABASE IF EXISTS ${ident(r.replaced_database)} WITH (FORCE)`),
+      );
+      await run(ctx, `UPDATE store_restores SET dropped_at = now(), updated_at = now() WHERE id = $1::uuid`, [r.id]);
+      databases++;
+    } catch (err) {
+      logger.warn({ restoreId: r.id, err: (err as Error).message }, 'could not drop a replaced database');
+    }
+  }
+  return { archives: expired.length, databases };
+}
+
+const perServer = new Map<string, Semaphore>();
+
+/**
+ * The backups queue's processor: at most BACKUPS_PER_SERVER backups and restores per tenant server in this
+ * worker process at once (the queue's concurrency lets several servers' jobs run side by side).
+ */
+export async function processBackupJob(ctx: AppContext, data: JobPayloads['backups']) {
+  const [row] = await select<{ server: string | null }>(
+    ctx,
+    data.kind === 'backup'
+      ? `SELECT d.server FROM store_backups b JOIN store_databases d ON d.store_id = b.store_id WHERE b.id = $1::uuid`
+      : `SELECT d.server FROM store_restores r JOIN store_databases d ON d.store_id = r.store_id WHERE r.id = $1::uuid`,
+    [data.id],
+  );
+  const key = row?.server ?? 'external';
+  let gate = perServer.get(key);
+  if (!gate) perServer.set(key, (gate = new Semaphore(ctx.config.backups.perServer, 100_000)));
+  return gate.run<Record<string, unknown>>(() =>
+    data.kind === 'backup' ? processBackup(ctx, data.id) : processRestore(ctx, data.id),
+  );
+}

@@ -58,6 +58,7 @@ export function budgetedPgModule(slots: ConnectionSlots, holder: BudgetHolder, l
           slots.release(holder);
           throw err;
         }
+        slots.answered?.();
         this.once('end', () => slots.release(holder));
         // Ahead of pg's own parser: a chunk is counted before the query it completes can report success.
         if (limit > 0) this.connection.stream.prependListener('data', (chunk: Buffer) => this.count(chunk.length));
@@ -87,6 +88,7 @@ export function budgetedPgModule(slots: ConnectionSlots, holder: BudgetHolder, l
       if (cb) {
         const done: Callback = (err, result) => {
           const failure = this.outcome(err, meter);
+          if (!failure) slots.answered?.();
           cb(failure, failure ? undefined : result);
         };
         return typeof values === 'function' ? send.call(this, config, done) : send.call(this, config, values, done);
@@ -96,7 +98,10 @@ export function budgetedPgModule(slots: ConnectionSlots, holder: BudgetHolder, l
         send.call(this, config, values, (err: Error | null, result: unknown) => {
           const failure = this.outcome(err, meter);
           if (failure) reject(failure);
-          else resolve(result);
+          else {
+            slots.answered?.();
+            resolve(result);
+          }
         });
       });
     }

@@ -68,6 +68,8 @@ export class ConnectionBudget implements ConnectionSlots {
   reclaimed = 0;
   /** Total ms requests spent waiting for a slot (divide by `waits`). */
   waitedMs = 0;
+  /** When the server last answered (a connection opened, a query returned), for any store (ms since epoch). */
+  answeredAt = 0;
   /** Connections the stores of one owner may hold together (in this budget; see BudgetOptions.ownerCap). */
   readonly ownerMax: number;
   private readonly hooks: Pick<BudgetOptions, 'ownerCap' | 'onShort' | 'onRelease' | 'canGrow'>;
@@ -136,6 +138,10 @@ export class ConnectionBudget implements ConnectionSlots {
 
   get waiting(): number {
     return this.waitingCount;
+  }
+
+  answered(): void {
+    this.answeredAt = Date.now();
   }
 
   acquire(holder: BudgetHolder): Promise<void> {

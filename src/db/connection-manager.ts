@@ -7,7 +7,7 @@ import { logger } from '../lib/logger';
 import type { StoreStatus } from '../models/master';
 import { ClientErrorCode } from './budgeted-client';
 import { BudgetTimeoutError, ownerMaxFor } from './connection-budget';
-import { isConnectionFailure, isServerFull, PgCode, pgCode } from './errors';
+import { isConnectionFailure, isServerFull, isTransientConnectionFailure, PgCode, pgCode } from './errors';
 import { HostResolver, type HostResolverOptions } from './host-resolver';
 import type { MasterDb } from './master';
 import { ServerBudgets, type ManagedServer, type ServerBudget } from './server-budgets';
@@ -544,6 +544,9 @@ export class ConnectionManager implements TenantGuard {
         retryAfterSeconds: 1,
       });
     if (!isConnectionFailure(err)) return err;
+    // A timeout or a dropped connection while the server answers the others: overload, not this store's
+    // database failing — 503 busy, no fence. A server that answers nobody is fenced as before.
+    if (isTransientConnectionFailure(err) && this.serverOf.get(handle)?.answeredRecently()) return this.busy(handle);
     const reason = (err as Error).message;
     this.fences.set(storeId, { until: Date.now() + this.options.fenceMs, reason });
     this.counters.fenced++;

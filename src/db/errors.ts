@@ -91,6 +91,17 @@ export function isConnectionFailure(err: unknown): boolean {
 }
 
 /**
+ * A connection failure that says nothing about the store's own database or credentials: the connection
+ * timed out or was dropped on the way. Overload when the server answers the others, a dead server when not.
+ */
+export function isTransientConnectionFailure(err: unknown): boolean {
+  const code = pgCode(err);
+  if (code === 'ETIMEDOUT' || code === 'ECONNRESET' || code === 'EPIPE') return true;
+  const message = (err as Error)?.message ?? '';
+  return /timeout expired|due to connection timeout|connect ETIMEDOUT/i.test(message);
+}
+
+/**
  * Whether the server refused a new session because it has no slot left: 53300, both "sorry, too many clients
  * already" and "remaining connection slots are reserved for …". Overload of the server, not a failing database.
  */

@@ -26,6 +26,12 @@ export interface ServerBudgetsOptions {
   refreshMs: number;
 }
 
+/**
+ * How recently a server must have answered (any store's connection or query) for a timeout or a dropped
+ * connection of one store to be taken as overload rather than as that store's database failing (ms).
+ */
+export const SERVER_ANSWERED_WITHIN_MS = 5000;
+
 /** How a server's key is spelled: `host:port`, the host in lower case. */
 export const serverKeyOf = (c: { host: string; port: number }): string => `${c.host.toLowerCase()}:${c.port}`;
 
@@ -79,6 +85,11 @@ export class ServerBudget {
       // Borrow ahead of the first request's wait.
       void lease.sync();
     }
+  }
+
+  /** The server answered someone (a connection opened, a query returned) a moment ago: it is alive. */
+  answeredRecently(now = Date.now()): boolean {
+    return now - this.budget.answeredAt < SERVER_ANSWERED_WITHIN_MS;
   }
 
   stats() {

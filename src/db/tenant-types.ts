@@ -49,4 +49,6 @@ export interface BudgetHolder {
 export interface ConnectionSlots {
   acquire(holder: BudgetHolder): Promise<void>;
   release(holder: BudgetHolder): void;
+  /** The server answered: a connection opened, or a query returned (a sign of life; see ServerBudget.answeredRecently). */
+  answered?(): void;
 }

@@ -26,6 +26,7 @@ import { registerMigrationMetrics } from './migrations/migration.metrics';
 import { hygieneRoutes } from './hygiene/hygiene.routes';
 import { registerHygieneMetrics } from './hygiene/hygiene.metrics';
 import { backupRoutes } from './backups/backups.routes';
+import { exportRoutes } from './exports/export.routes';
 
 /**
  * Every route of the API. Building them registers them in the OpenAPI document (see ApiRouter), which is how
@@ -46,6 +47,7 @@ export function apiRouters(ctx: AppContext): ApiRouter[] {
     usageRoutes(ctx),
     ...auditRoutes(ctx, requirePlatformAdmin(ctx)),
     backupRoutes(ctx),
+    exportRoutes(ctx),
   ];
 }
 

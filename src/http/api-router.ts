@@ -42,6 +42,11 @@ export interface RouteSpec<
   /** Status of the success answer (default 200); 204 sends no body. */
   status?: number;
   response?: ZodType;
+  /**
+   * A success body the handler streams itself instead of JSON (a download): its media type and schema, for the
+   * document. The handler writes the response; refusals before the first byte are still thrown (problem JSON).
+   */
+  download?: { contentType: string; schema: ZodType; description: string; headers?: ZodObject };
   /** Error answers this route documents, by status: `CODE (when) | CODE`. */
   errors?: Record<number, string>;
   /** Answers other than the success and problems (the 503 of /ready, which carries its checks). */
@@ -245,10 +250,16 @@ export class ApiRouter {
         headers: headers as never,
       },
       responses: {
-        [status]: {
-          description: status === 204 ? 'No content' : 'Success',
-          ...(spec.response ? { content: { 'application/json': { schema: spec.response } } } : {}),
-        },
+        [status]: spec.download
+          ? {
+              description: spec.download.description,
+              content: { [spec.download.contentType]: { schema: spec.download.schema } },
+              ...(spec.download.headers ? { headers: spec.download.headers } : {}),
+            }
+          : {
+              description: status === 204 ? 'No content' : 'Success',
+              ...(spec.response ? { content: { 'application/json': { schema: spec.response } } } : {}),
+            },
         ...Object.fromEntries(Object.entries(errors).map(([code, description]) => [code, { description, ...problem }])),
         ...Object.fromEntries(
           Object.entries(spec.otherResponses ?? {}).map(([code, { description, schema }]) => [

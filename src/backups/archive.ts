@@ -96,18 +96,54 @@ export async function* archiveFrames(
   yield frame('M', JSON.stringify(manifest));
 }
 
+/**
+ * Bytes arriving in pieces, taken out by length: pieces are joined only as far as a read needs (joining
+ * every arrival onto what is left would copy a large frame over and over).
+ */
+class ByteQueue {
+  private pieces: Buffer[] = [];
+  length = 0;
+
+  push(piece: Buffer): void {
+    this.pieces.push(piece);
+    this.length += piece.length;
+  }
+
+  /** The first `n` bytes, left in place (n <= length). */
+  peek(n: number): Buffer {
+    if (this.pieces[0].length < n) this.pieces = [Buffer.concat(this.pieces)];
+    return this.pieces[0].subarray(0, n);
+  }
+
+  /** Take the first `n` bytes out (n <= length). */
+  take(n: number): Buffer {
+    const out = this.peek(n);
+    const first = this.pieces[0];
+    if (first.length === n) this.pieces.shift();
+    else this.pieces[0] = first.subarray(n);
+    this.length -= n;
+    return out;
+  }
+}
+
 /** Parse the frames of a decrypted, decompressed archive stream. Fails on a malformed stream. */
 export async function* readFrames(source: Readable): AsyncGenerator<Frame> {
-  let buf: Buffer = Buffer.alloc(0);
+  const queue = new ByteQueue();
+  let need = 5;
   for await (const chunk of source as AsyncIterable<Buffer>) {
-    buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
-    while (buf.length >= 5) {
-      const len = buf.readUInt32BE(1);
+    queue.push(chunk);
+    while (queue.length >= need) {
+      const head = queue.peek(5);
+      const len = head.readUInt32BE(1);
       if (len > MAX_FRAME) throw new Error('malformed archive: a frame is too large');
-      if (buf.length < 5 + len) break;
-      const type = String.fromCharCode(buf[0]);
-      const payload = buf.subarray(5, 5 + len);
-      buf = buf.subarray(5 + len);
+      if (queue.length < 5 + len) {
+        need = 5 + len;
+        break;
+      }
+      const type = String.fromCharCode(head[0]);
+      queue.take(5);
+      const payload = len ? queue.take(len) : Buffer.alloc(0);
+      need = 5;
       switch (type) {
         case 'H':
           yield { type, header: JSON.parse(payload.toString()) as ArchiveHeader };
@@ -129,7 +165,7 @@ export async function* readFrames(source: Readable): AsyncGenerator<Frame> {
       }
     }
   }
-  if (buf.length) throw new Error('malformed archive: it ends inside a frame');
+  if (queue.length) throw new Error('malformed archive: it ends inside a frame');
 }
 
 export { countLines };

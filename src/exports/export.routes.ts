@@ -43,6 +43,17 @@ export function exportRoutes(ctx: AppContext, limits?: ExportLimits): ApiRouter 
     async ({ params, req, res }) => {
       const { userId, requestId } = platformActorOf(req);
       const started = await openExport(ctx, slots, { storeId: params.id, userId, requestId });
+      const headers = {
+        'Content-Type': 'application/gzip',
+        'Content-Disposition': `attachment; filename="${started.fileName}"`,
+        'Cache-Control': 'no-store',
+      };
+      if (req.method === 'HEAD') {
+        // Express answers HEAD with the GET route: the checks, without reading the store.
+        await started.close();
+        res.status(200).set(headers).end();
+        return;
+      }
       const abort = new AbortController();
       let clientLeft = false;
       res.on('close', () => {
@@ -50,11 +61,7 @@ export function exportRoutes(ctx: AppContext, limits?: ExportLimits): ApiRouter 
         clientLeft = true;
         abort.abort(new Error('the client closed the download'));
       });
-      res.status(200).set({
-        'Content-Type': 'application/gzip',
-        'Content-Disposition': `attachment; filename="${started.fileName}"`,
-        'Cache-Control': 'no-store',
-      });
+      res.status(200).set(headers);
       try {
         await started.write(res, abort);
       } catch (err) {

@@ -221,9 +221,29 @@ describe('the archive', () => {
     // Timestamps with their microseconds, in UTC.
     expect(storeRow.created_at).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?\+00:00$/);
 
+    // Written to the store's audit trail, with what was taken.
+    const row = await t.ctx.master.models.AuditLog.findOne({
+      where: { storeId: store.id, action: 'store.exported' },
+      order: [['createdAt', 'DESC']],
+    });
+    expect(row?.actorUserId).toBe(owner.user.id);
+    expect((row?.data as { rows: number }).rows).toBe(manifest.tables.reduce((n, x) => n + x.rows, 0));
+
     // Nothing left behind: no session, no spool files.
     await eventually(async () => expect(await exportSessions(store.database)).toBe(0));
     expect(await exportDirs()).toBe(0);
+  });
+
+  test('HEAD answers the checks without reading the store', async () => {
+    const res = await request(t.app).head(`/api/stores/${store.id}/export`).set(auth(owner.token)).expect(200);
+    expect(res.headers['content-type']).toBe('application/gzip');
+    expect(await t.ctx.master.models.AuditLog.count({ where: { storeId: store.id, action: 'store.exported' } })).toBe(
+      1,
+    );
+    await request(t.app)
+      .head('/api/stores/00000000-0000-4000-8000-000000000000/export')
+      .set(auth(owner.token))
+      .expect(404);
   });
 
   test('a suspended store can be exported (suspension stops changes, not reading)', async () => {
@@ -327,7 +347,6 @@ describe('bounds', () => {
     const products = manifest.tables.find((x) => x.name === 'products')!;
     expect(products.rows).toBe(50_000);
     const growth = peak - baseline;
-    // eslint-disable-next-line no-console
     console.log(
       `export of 50,000 rows: ${(uncompressed / 2 ** 20).toFixed(1)} MiB uncompressed, ${(compressed / 2 ** 20).toFixed(1)} MiB sent; ` +
         `RSS ${(baseline / 2 ** 20).toFixed(0)} → peak ${(peak / 2 ** 20).toFixed(0)} MiB (+${(growth / 2 ** 20).toFixed(1)} MiB)`,

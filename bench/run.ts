@@ -2,12 +2,14 @@
  * `npm run bench [-- --only routing,usage] [--stores 1000] [--duration 10] [--connections 50]`
  * `npm run bench -- --only fleet [--stores 1000] [--fleet-instances 3] [--fleet-max-connections 50]`
  * `npm run bench -- --only drift [--stores 1000] [--rounds 2]`
+ * `npm run bench -- --only migrations [--stores 1000] [--naive-sample 200] [--per-server 4]`
  * Benchmarks are not tests: they print figures and ratios against baselines measured in the same run.
  */
 import { parseArgs } from 'node:util';
 import { creditsBenchmark } from './credits';
 import { driftBenchmark } from './drift';
 import { fleetBenchmark } from './fleet';
+import { migrationsBenchmark } from './migrations';
 import { provisioningBenchmark } from './provisioning';
 import { routingBenchmark } from './routing';
 import { usageBenchmark } from './usage';
@@ -31,6 +33,9 @@ async function main() {
       'fleet-instances': { type: 'string', default: '3' },
       /** max_connections of the fleet benchmark's own Postgres */
       'fleet-max-connections': { type: 'string', default: '50' },
+      /** stores the naive migration baseline migrates (the rest extrapolated), and the run's perServer */
+      'naive-sample': { type: 'string', default: '200' },
+      'per-server': { type: 'string', default: '4' },
     },
   });
   const want = (name: string) => !values.only || values.only.split(',').includes(name);
@@ -83,6 +88,16 @@ async function main() {
   if (want('drift')) {
     console.log('\n## Drift: a check over the fleet\n');
     await driftBenchmark({ stores: Number(values.stores), rounds: Number(values.rounds) });
+  }
+  if (want('migrations')) {
+    console.log('\n## Fleet migrations: naive vs a Tenantry run\n');
+    await migrationsBenchmark({
+      stores: Number(values.stores),
+      naiveSample: Number(values['naive-sample']),
+      perServer: Number(values['per-server']),
+      connections: 10,
+      rate: 200,
+    });
   }
 }
 

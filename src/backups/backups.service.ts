@@ -13,7 +13,7 @@ import { audit } from '../db/audit';
 import { migrateWith, migrationFiles } from '../db/migrate';
 import { withClient } from '../db/pg-client';
 import type { TenantConnection } from '../db/tenant-handle';
-import { ensureTenantDatabase, handOverSql, ident } from '../db/tenant-server-admin';
+import { databaseOfRoleSql, handOverSql, ident } from '../db/tenant-server-admin';
 import { serverByKey, type TenantServer } from '../db/tenant-servers';
 import { secretContext } from '../lib/crypto';
 import { ErrorCode, fail } from '../lib/errors';
@@ -293,7 +293,7 @@ export async function processRestore(ctx: AppContext, restoreId: string) {
       await client.query(`SET ROLE ${ident(connection.user)}`);
       return (await migrateWith('tenant', client, tenantMigrationsDir(ctx.config))).schemaVersion;
     });
-    await switchStore(ctx, restore, { ...connection, database: newDatabase }, connection.database, schemaVersion);
+    await switchStore(ctx, restore, newDatabase, connection.database, schemaVersion);
     // The replaced database is kept (for the retention period) but no longer reachable: an instance that
     // missed the switch cannot write into it.
     await withClient(server.adminUrl, async (client) => {
@@ -331,11 +331,11 @@ async function createDatabaseAt(
   if (version > latest) throw new Error(`the backup's schema ${version} is newer than this code's ${latest}`);
   const template =
     version === latest && ctx.config.provisioning.templates ? await ensureTemplate(server).catch(() => null) : null;
-  await ensureTenantDatabase(ctx.adminPools, server.adminUrl, {
-    database,
-    role: connection.user,
-    password: connection.password,
-    template: template ?? undefined,
+  // The store's role is left as it is (its password may be in the middle of a rotation): only the database is new.
+  await ctx.adminPools.withAdmin(server.adminUrl, async (client) => {
+    const from = template ? ` TEMPLATE ${ident(template)}` : '';
+    await client.query(`CREATE DATABASE ${ident(database)} OWNER ${ident(connection.user)}${from}`);
+    await client.query(databaseOfRoleSql(database, connection.user));
   });
   // Up to the backup's version only: the data is copied in as it was, then migrated with the current code.
   const upTo = version === latest ? dir : await migrationsUpTo(dir, version);
@@ -444,11 +444,12 @@ async function fillFromArchive(ctx: AppContext, url: string, backup: BackupRow):
 async function switchStore(
   ctx: AppContext,
   restore: RestoreRow,
-  connection: TenantConnection,
+  database: string,
   replaced: string,
   schemaVersion: number,
 ): Promise<void> {
   const storeId = restore.store_id;
+  // Every instance holds the store's requests from here until "migrated" (up to 2 s, then 503 TENANT_MIGRATING).
   await ctx.bus.publish({ type: 'tenant.migrating', storeId });
   try {
     await ctx.master.sequelize.transaction(async (t) => {
@@ -458,22 +459,27 @@ async function switchStore(
         [storeId],
         t,
       );
-      const [db] = await select<{ database_name: string }>(
+      const [db] = await select<{ database_name: string; credentials: string }>(
         ctx,
-        `SELECT database_name FROM store_databases WHERE store_id = $1::uuid FOR UPDATE`,
+        `SELECT database_name, credentials FROM store_databases WHERE store_id = $1::uuid FOR UPDATE`,
         [storeId],
         t,
       );
       if (store?.status !== 'active' || db?.database_name !== replaced)
         throw new Error('the store changed while it was being restored (suspended, deleted or moved)');
+      // The credentials as they are now (a password rotated meanwhile stays rotated): only the database changes.
+      const current = ctx.encryptor.decryptJson<TenantConnection>(
+        db.credentials,
+        secretContext.storeCredentials(storeId),
+      );
       await run(
         ctx,
         `UPDATE store_databases SET credentials = $2, database_name = $3, schema_version = $4, updated_at = now()
           WHERE store_id = $1::uuid`,
         [
           storeId,
-          ctx.encryptor.encryptJson(connection, secretContext.storeCredentials(storeId)),
-          connection.database,
+          ctx.encryptor.encryptJson({ ...current, database }, secretContext.storeCredentials(storeId)),
+          database,
           schemaVersion,
         ],
         t,
@@ -490,7 +496,7 @@ async function switchStore(
         `UPDATE store_restores SET state = 'completed', replaced_database = $2, replaced_role = $3,
                 drop_after = now() + make_interval(days => $4::int), updated_at = now()
           WHERE id = $1::uuid`,
-        [restore.id, replaced, connection.user, backup?.days ?? ctx.config.backups.retentionDays],
+        [restore.id, replaced, current.user, backup?.days ?? ctx.config.backups.retentionDays],
         t,
       );
       await audit(ctx.master, t, {
@@ -503,8 +509,12 @@ async function switchStore(
       });
     });
   } finally {
-    await ctx.tenants.invalidate(storeId);
-    await ctx.bus.publish({ type: 'tenant.migrated', storeId });
+    // Never thrown from here: once the switch is committed, nothing may undo the restored database. A lost
+    // message is covered: the migration marks expire, and the replaced database refuses connections.
+    await ctx.tenants
+      .invalidate(storeId)
+      .then(() => ctx.bus.publish({ type: 'tenant.migrated', storeId }))
+      .catch((err: Error) => logger.warn({ storeId, err: err.message }, 'could not announce the switch of a restored store'));
   }
 }
 

@@ -26,7 +26,7 @@ import { createRun, FINAL_STATES, getRun } from '../src/migrations/migration-run
 import { migrateTenant, seedTenant } from '../src/provisioning/tenant-db';
 import { Queues } from '../src/queue/queues';
 import { startPasswordServer, type PasswordServer } from '../test/helpers/password-server';
-import { admin, databaseUrl, printTable, startServer, stopProcess } from './common';
+import { printTable, startServer, stopProcess } from './common';
 
 const PREFIX = 'tenantry_bench_mig';
 const ROLE = 'mig_store';
@@ -118,12 +118,16 @@ async function makeDatabases(pg: PasswordServer, names: string[]): Promise<void>
   });
 }
 
-/** A fresh master DB with one active store per database, all recorded at `version`. */
+/**
+ * A fresh master DB with one active store per database, all recorded at `version`: on the benchmark's own
+ * Postgres (the shared test server's load would be the run's, not the naive baseline's, which reads no master).
+ */
 async function prepareMaster(pg: PasswordServer, databases: string[], encryptor: Encryptor, version: number) {
   const master = `${PREFIX}_master`;
-  await admin(`DROP DATABASE IF EXISTS ${master} WITH (FORCE)`);
-  await admin(`CREATE DATABASE ${master}`);
-  const url = databaseUrl(master);
+  await withClient(adminUrlOf(pg), (c) => c.query(`CREATE DATABASE ${master}`));
+  const u = new URL(adminUrlOf(pg));
+  u.pathname = `/${master}`;
+  const url = u.toString();
   await runMigrations('master', { connectionString: url });
   const ids = await withClient(url, async (c) => {
     const { rows } = await c.query(
@@ -309,6 +313,5 @@ export async function migrationsBenchmark(opts: MigrationsOptions): Promise<void
     await master?.sequelize.close();
     await pg.stop();
     for (const dir of [first.dir, second.dir]) rmSync(dir, { recursive: true, force: true });
-    await admin(`DROP DATABASE IF EXISTS ${PREFIX}_master WITH (FORCE)`).catch(() => {});
   }
 }

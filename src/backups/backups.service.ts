@@ -518,6 +518,8 @@ async function switchStore(
   }
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 /** A day's worth of seconds: each store has its own time of day for its scheduled backup. */
 const DAY_S = 86_400;
 
@@ -546,7 +548,10 @@ export async function scheduleDueBackups(ctx: AppContext, limit = 200): Promise<
   return { queued: due.length };
 }
 
-/** The retention's task: expired archives and their rows removed, replaced databases past their date dropped. */
+/**
+ * The retention's task: expired archives and their rows removed, the archives of purged stores too, and
+ * replaced databases past their date dropped.
+ */
 export async function removeExpired(ctx: AppContext): Promise<{ archives: number; databases: number }> {
   const expired = await select<{ id: string; storage_key: string | null }>(
     ctx,
@@ -556,6 +561,21 @@ export async function removeExpired(ctx: AppContext): Promise<{ archives: number
   for (const b of expired) {
     if (b.storage_key) await backupStorage(ctx).delete(b.storage_key);
     await run(ctx, `DELETE FROM store_backups WHERE id = $1::uuid`, [b.id]);
+  }
+  // A purged store's rows went with it (ON DELETE CASCADE): its archives are found by their key prefix.
+  const storage = backupStorage(ctx);
+  const prefixes = (await storage.list('')).filter((p) => UUID.test(p));
+  const known = new Set(
+    (
+      await select<{ id: string }>(ctx, `SELECT id::text AS id FROM stores WHERE id = ANY($1::uuid[])`, [prefixes])
+    ).map((r) => r.id),
+  );
+  let orphaned = 0;
+  for (const prefix of prefixes.filter((p) => !known.has(p))) {
+    for (const key of await storage.list(prefix)) {
+      await storage.delete(key);
+      orphaned++;
+    }
   }
   const replaced = await select<{ id: string; server: string; replaced_database: string }>(
     ctx,
@@ -575,7 +595,7 @@ export async function removeExpired(ctx: AppContext): Promise<{ archives: number
       logger.warn({ restoreId: r.id, err: (err as Error).message }, 'could not drop a replaced database');
     }
   }
-  return { archives: expired.length, databases };
+  return { archives: expired.length + orphaned, databases };
 }
 
 const perServer = new Map<string, Semaphore>();

@@ -16,7 +16,7 @@ export interface BackupStorage {
   get(key: string): Promise<Readable>;
   /** Remove the object; nothing to remove is not an error. */
   delete(key: string): Promise<void>;
-  /** The keys under `prefix` (a store's `<storeId>/`). */
+  /** The keys under `prefix` (a store's id); with '' the top-level prefixes (the store ids). */
   list(prefix: string): Promise<string[]>;
 }
 
@@ -56,7 +56,7 @@ export class LocalDirectoryStorage implements BackupStorage {
   }
 
   async list(prefix: string): Promise<string[]> {
-    const dir = path.join(this.root, prefix);
+    const dir = prefix ? this.file(prefix) : this.root;
     const names = await readdir(dir).catch(() => [] as string[]);
     return names.filter((n) => !n.endsWith('.partial')).map((n) => path.posix.join(prefix, n));
   }

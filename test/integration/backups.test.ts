@@ -286,4 +286,13 @@ describe('schedule and retention', () => {
     const list = await request(t.app).get(`/api/stores/${store.id}/backups`).set(auth(owner.token));
     expect(list.body.items).toEqual([]);
   });
+
+  it("removes a purged store's archives (its rows went with it)", async () => {
+    const store = await createActiveStore(t, { ownerId: owner.user.id });
+    const backupId = await backUp(store);
+    expect(readdirSync(path.join(backupDir, store.id))).toEqual([`${backupId}.tbk`]);
+    await t.ctx.master.sequelize.query('DELETE FROM stores WHERE id = $1::uuid', { bind: [store.id] });
+    await removeExpired(t.ctx);
+    expect(readdirSync(path.join(backupDir, store.id))).toEqual([]);
+  });
 });

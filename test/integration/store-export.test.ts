@@ -117,10 +117,10 @@ const exportSessions = async (database: string, waitEventType?: string) => {
     await client.end();
   }
 };
-/** A session of the store's own role holding its products table: an export reading it waits. */
-async function holdProducts(s: TestStore): Promise<pg.Client> {
+/** A session of the store's own role holding one of its tables: an export reading it waits. */
+async function holdTable(s: TestStore, table = 'products'): Promise<pg.Client> {
   const locker = await t.pgClient({ ...s.connection });
-  await locker.query('BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE');
+  await locker.query(`BEGIN; LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
   return locker;
 }
 const exportDirs = async () => (await readdir(tmpdir())).filter((f) => f.startsWith('tenantry-export-')).length;
@@ -246,6 +246,28 @@ describe('the archive', () => {
       .expect(404);
   });
 
+  test('is one snapshot: rows committed while the export runs are not in it', async () => {
+    const s = await createActiveStore(t, { ownerId: owner.user.id });
+    // The export stops at audit_log, the first table it reads, after its snapshot was taken; products comes later.
+    const locker = await holdTable(s, 'audit_log');
+    let res: http.IncomingMessage;
+    try {
+      const pending = download(s.id);
+      await eventually(async () => expect(await exportSessions(s.database, 'Lock')).toBe(1), 10_000);
+      await tenantQuery(s, `INSERT INTO products (sku, name, price_cents) VALUES ('late', 'Late', 1)`);
+      await locker.query('COMMIT');
+      res = await pending;
+    } finally {
+      await locker.query('ROLLBACK');
+    }
+    const { files } = await unpack(res);
+    const manifest = JSON.parse(files.get('manifest.json')!.toString('utf8')) as ExportManifest;
+    expect(manifest.tables.map((x) => x.name).indexOf('audit_log')).toBe(0);
+    expect(manifest.tables.find((x) => x.name === 'products')!.rows).toBe(0);
+    expect(files.get('tables/products.ndjson')!.length).toBe(0);
+    expect((await tenantQuery<{ n: number }>(s, 'SELECT count(*)::int AS n FROM products'))[0].n).toBe(1);
+  });
+
   test('a suspended store can be exported (suspension stops changes, not reading)', async () => {
     await setStoreStatus(t, store.id, 'suspended');
     try {
@@ -299,7 +321,7 @@ describe('who may export', () => {
 describe('bounds', () => {
   test('one export per store at a time (409 CONFLICT); the client leaving ends its session, even one waiting on a lock', async () => {
     // Hold the products table so that the first export stops in the middle of its snapshot.
-    const locker = await holdProducts(store);
+    const locker = await holdTable(store);
     try {
       const dirsBefore = await exportDirs();
       const first = download(store.id);
@@ -367,7 +389,7 @@ describe('bounds', () => {
 
   test('at most two exports per owner at a time on an instance (429), then more as they end', async () => {
     const stores = await Promise.all([1, 2, 3].map(() => createActiveStore(t, { ownerId: owner.user.id })));
-    const lockers = await Promise.all(stores.slice(0, 2).map(holdProducts));
+    const lockers = await Promise.all(stores.slice(0, 2).map((s) => holdTable(s)));
     try {
       const running = stores.slice(0, 2).map((s) => download(s.id));
       for (const r of running) r.catch(() => {});

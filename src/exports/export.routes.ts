@@ -6,6 +6,9 @@ import { logger } from '../lib/logger';
 import { ExportArchive, ExportHeaders } from './export.schemas';
 import { ExportSlots, openExport, type ExportLimits } from './export.service';
 
+/** How long a download may go without the client taking a byte before it is cut (ms). */
+const STALLED_READER_MS = 60_000;
+
 /**
  * GET /api/stores/:id/export (owner): the store's data streamed as a tar.gz (see export.service.ts for who
  * and when, store-archive.ts for the archive). Refusals are problem JSON; once the archive has started, a
@@ -61,12 +64,16 @@ export function exportRoutes(ctx: AppContext, limits?: ExportLimits): ApiRouter 
         clientLeft = true;
         abort.abort(new Error('the client closed the download'));
       });
+      // A reader that takes nothing for this long is dropped: it would hold its slot and the spool files.
+      res.setTimeout(STALLED_READER_MS, () => res.destroy());
       res.status(200).set(headers);
       try {
         await started.write(res, abort);
       } catch (err) {
         if (!clientLeft) logger.warn({ storeId: params.id, err: (err as Error).message }, 'export failed midway');
         res.destroy();
+      } finally {
+        res.setTimeout(0);
       }
     },
   );

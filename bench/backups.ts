@@ -43,7 +43,7 @@ async function main() {
 
     const { jobId } = await requestRestore(t.ctx, owner.user.id, store.id, backupId);
     started = performance.now();
-    await processRestore(t.ctx, jobId.replace(/^restore-/, ''));
+    const restored = (await processRestore(t.ctx, jobId.replace(/^restore-/, ''))) as { steps: object };
     const restoreMs = performance.now() - started;
 
     // The store's database now (the restored one: the one it replaced is closed), same data.
@@ -65,7 +65,7 @@ async function main() {
         .padStart(9)} rows/s ${(copyMb / (ms / 1000)).toFixed(1).padStart(7)} MB/s   archive ${(bytes / 1e6).toFixed(2)} MB`;
     console.log(`${products} products, ${backup.rows} rows in all, ${copyMb.toFixed(1)} MB of COPY text`);
     console.log(line('tenantry backup', backupMs, backup.bytes));
-    console.log(line('tenantry restore', restoreMs, backup.bytes));
+    console.log(line('tenantry restore', restoreMs, backup.bytes), JSON.stringify(restored.steps));
     console.log(line('pg_dump -Fc', dumpMs, statSync(dump).size));
     console.log(line('pg_restore', pgRestoreMs, statSync(dump).size));
   } finally {

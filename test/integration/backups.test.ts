@@ -115,6 +115,11 @@ describe('backup and restore', () => {
     const store = await createActiveStore(t, { ownerId: owner.user.id });
     await seed(store, 300);
     const before = await dump(store.database);
+    const indexes = (database: string) =>
+      withClient(serverUrl(database), async (c) =>
+        (await c.query(`SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname`)).rows,
+      );
+    const indexesBefore = await indexes(store.database);
     const backupId = await backUp(store);
 
     const list = await request(t.app).get(`/api/stores/${store.id}/backups`).set(auth(owner.token));
@@ -142,6 +147,7 @@ describe('backup and restore', () => {
     const now = await currentDatabase(store.id);
     expect(now).not.toBe(store.database);
     expect(await dump(now)).toEqual(before);
+    expect(await indexes(now)).toEqual(indexesBefore); // set aside during the copy, built again after it
     const orders = await withClient(serverUrl(now), (c) => c.query('SELECT id FROM orders WHERE id = $1', [lateOrder]));
     expect(orders.rowCount).toBe(0);
     expect(await ledger(store.id)).toEqual(ledgerBefore);

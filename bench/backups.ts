@@ -62,7 +62,9 @@ async function main() {
     const line = (name: string, ms: number, bytes: number) =>
       `${name.padEnd(22)} ${(ms / 1000).toFixed(2).padStart(7)} s ${Math.round(backup.rows / (ms / 1000))
         .toString()
-        .padStart(9)} rows/s ${(copyMb / (ms / 1000)).toFixed(1).padStart(7)} MB/s   archive ${(bytes / 1e6).toFixed(2)} MB`;
+        .padStart(
+          9,
+        )} rows/s ${(copyMb / (ms / 1000)).toFixed(1).padStart(7)} MB/s   archive ${(bytes / 1e6).toFixed(2)} MB`;
     console.log(`${products} products, ${backup.rows} rows in all, ${copyMb.toFixed(1)} MB of COPY text`);
     console.log(line('tenantry backup', backupMs, backup.bytes));
     console.log(line('tenantry restore', restoreMs, backup.bytes), JSON.stringify(restored.steps));

@@ -162,7 +162,9 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
     if (config.fleetMigrations.onStart) {
       // The master is migrated: tenant databases behind this code's tenant migrations get a run (one, however
       // many instances start). A failure here is logged, not fatal: the sweep or an operator can start it.
-      await startRunIfFleetBehind(ctx).catch((err: Error) => logger.error({ err: err.message }, 'could not start the tenant migration run'));
+      await startRunIfFleetBehind(ctx).catch((err: Error) =>
+        logger.error({ err: err.message }, 'could not start the tenant migration run'),
+      );
     }
     return ctx;
   } catch (err) {

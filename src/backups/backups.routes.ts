@@ -21,7 +21,7 @@ export function backupRoutes(ctx: AppContext): ApiRouter {
       operationId: 'createStoreBackup',
       summary: "Back the store's database up now (owner/admin)",
       description:
-        'A consistent snapshot of every table, compressed and encrypted, kept for the plan\'s backup retention. ' +
+        "A consistent snapshot of every table, compressed and encrypted, kept for the plan's backup retention. " +
         'Runs in the background: the list shows its state and size.',
       params: StoreIdParams,
       status: 202,

@@ -147,7 +147,8 @@ function storeDatabaseConfig(
     db.credentials,
     secretContext.storeCredentials(db.storeId),
   );
-  if (db.mode === 'managed') return { connectionString: databaseUrl(serverByKey(ctx, db.server!), connection.database) };
+  if (db.mode === 'managed')
+    return { connectionString: databaseUrl(serverByKey(ctx, db.server!), connection.database) };
   return tenantPgConfig(connection, externalAccess(ctx, db.mode));
 }
 
@@ -534,7 +535,9 @@ async function switchStore(
     await ctx.tenants
       .invalidate(storeId)
       .then(() => ctx.bus.publish({ type: 'tenant.migrated', storeId }))
-      .catch((err: Error) => logger.warn({ storeId, err: err.message }, 'could not announce the switch of a restored store'));
+      .catch((err: Error) =>
+        logger.warn({ storeId, err: err.message }, 'could not announce the switch of a restored store'),
+      );
   }
 }
 
@@ -586,9 +589,9 @@ export async function removeExpired(ctx: AppContext): Promise<{ archives: number
   const storage = backupStorage(ctx);
   const prefixes = (await storage.list('')).filter((p) => UUID.test(p));
   const known = new Set(
-    (
-      await select<{ id: string }>(ctx, `SELECT id::text AS id FROM stores WHERE id = ANY($1::uuid[])`, [prefixes])
-    ).map((r) => r.id),
+    (await select<{ id: string }>(ctx, `SELECT id::text AS id FROM stores WHERE id = ANY($1::uuid[])`, [prefixes])).map(
+      (r) => r.id,
+    ),
   );
   let orphaned = 0;
   for (const prefix of prefixes.filter((p) => !known.has(p))) {

@@ -27,7 +27,8 @@ export class LocalDirectoryStorage implements BackupStorage {
   constructor(private readonly root: string) {}
 
   private file(key: string): string {
-    if (!KEY.test(key) || key.split('/').some((p) => p === '..' || p === '.')) throw new Error(`bad storage key "${key}"`);
+    if (!KEY.test(key) || key.split('/').some((p) => p === '..' || p === '.'))
+      throw new Error(`bad storage key "${key}"`);
     return path.join(this.root, key);
   }
 

@@ -43,7 +43,9 @@ export async function listTenantTables(client: pg.ClientBase): Promise<TenantTab
   const placed = new Set<string>();
   let pending = tables;
   while (pending.length) {
-    const ready = pending.filter((t) => (t.refs ?? []).every((r) => placed.has(r) || !pending.some((p) => p.name === r)));
+    const ready = pending.filter((t) =>
+      (t.refs ?? []).every((r) => placed.has(r) || !pending.some((p) => p.name === r)),
+    );
     const next = ready.length ? ready : pending; // a cycle: the rest in name order
     for (const t of next) {
       ordered.push({ name: t.name, columns: t.columns });

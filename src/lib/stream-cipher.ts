@@ -98,7 +98,8 @@ export function decryptStream(encryptor: Encryptor, context: string): Transform 
   const step = (t: Transform): void => {
     if (!header) {
       if (buf.length < MAGIC.length + 1) return;
-      if (!buf.subarray(0, MAGIC.length).equals(MAGIC)) throw new DecryptionError('not an encrypted stream of this format');
+      if (!buf.subarray(0, MAGIC.length).equals(MAGIC))
+        throw new DecryptionError('not an encrypted stream of this format');
       const idLen = buf[MAGIC.length];
       const headerLen = MAGIC.length + 1 + idLen + BASE_BYTES;
       if (buf.length < headerLen) return;
@@ -131,7 +132,8 @@ export function decryptStream(encryptor: Encryptor, context: string): Transform 
       let plain = tryOpen(false);
       if (!plain) {
         plain = tryOpen(true);
-        if (!plain) throw new DecryptionError(`chunk ${index} does not authenticate (tampered with, reordered or another key)`);
+        if (!plain)
+          throw new DecryptionError(`chunk ${index} does not authenticate (tampered with, reordered or another key)`);
         ended = true;
       }
       index++;

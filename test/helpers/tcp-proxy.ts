@@ -63,7 +63,10 @@ function startupDatabase(message: Buffer): string | undefined {
  * new session to a database in `stalled` is held without an answer, as a server too busy to start it in time,
  * while the sessions of every other database go through.
  */
-export async function startStallingPgProxy(port: number, target: { host: string; port: number }): Promise<StallingPgProxy> {
+export async function startStallingPgProxy(
+  port: number,
+  target: { host: string; port: number },
+): Promise<StallingPgProxy> {
   const sockets = new Set<net.Socket>();
   const stalled = new Set<string>();
   const track = (s: net.Socket) => {

@@ -116,8 +116,10 @@ describe('backup and restore', () => {
     await seed(store, 300);
     const before = await dump(store.database);
     const indexes = (database: string) =>
-      withClient(serverUrl(database), async (c) =>
-        (await c.query(`SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname`)).rows,
+      withClient(
+        serverUrl(database),
+        async (c) =>
+          (await c.query(`SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname`)).rows,
       );
     const indexesBefore = await indexes(store.database);
     const backupId = await backUp(store);
@@ -223,7 +225,10 @@ describe('backup and restore', () => {
     expect(now).not.toBe(store.database);
     expect(await dump(now)).toEqual(before);
     // without the old key, nothing of the store (credentials, archive) can be read: the store keeps its database
-    const newOnly = await t.instance({ BACKUP_DIR: backupDir, ENCRYPTION_KEYS: `rotated:${randomBytes(32).toString('base64')}` });
+    const newOnly = await t.instance({
+      BACKUP_DIR: backupDir,
+      ENCRYPTION_KEYS: `rotated:${randomBytes(32).toString('base64')}`,
+    });
     const store2 = await createActiveStore(t, { ownerId: owner.user.id });
     const backup2 = await backUp(store2);
     const restore2 = await askRestore(store2, backup2);
@@ -236,8 +241,16 @@ describe('access', () => {
   it('answers 403 to a non-member (another store owner) and 404 for an unknown store or backup', async () => {
     const store = await createActiveStore(t, { ownerId: owner.user.id });
     const other = await createActiveStore(t, { ownerId: stranger.user.id });
-    expectProblem(await request(t.app).post(`/api/stores/${store.id}/backups`).set(auth(stranger.token)), 403, 'FORBIDDEN');
-    expectProblem(await request(t.app).get(`/api/stores/${store.id}/backups`).set(auth(stranger.token)), 403, 'FORBIDDEN');
+    expectProblem(
+      await request(t.app).post(`/api/stores/${store.id}/backups`).set(auth(stranger.token)),
+      403,
+      'FORBIDDEN',
+    );
+    expectProblem(
+      await request(t.app).get(`/api/stores/${store.id}/backups`).set(auth(stranger.token)),
+      403,
+      'FORBIDDEN',
+    );
     expectProblem(
       await request(t.app).post(`/api/stores/${randomUUID()}/backups`).set(auth(owner.token)),
       404,

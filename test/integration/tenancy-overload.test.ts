@@ -25,8 +25,10 @@ beforeAll(async () => {
   );
   slow = stores[0];
   const target = { host: slow.connection.host, port: slow.connection.port };
-  proxy = await t.open('the stalling Postgres proxy', async () => startStallingPgProxy(await freePort(), target), (p) =>
-    p.close(),
+  proxy = await t.open(
+    'the stalling Postgres proxy',
+    async () => startStallingPgProxy(await freePort(), target),
+    (p) => p.close(),
   );
   // Both stores' databases now behind the proxy: one server, as far as Tenantry can tell.
   for (const store of stores) {

@@ -9,12 +9,16 @@ const newKey = { id: 'new', key: randomBytes(32) };
 
 async function collect(source: Buffer, transform: Transform): Promise<Buffer> {
   const out: Buffer[] = [];
-  await pipeline(Readable.from([source]), transform, new Writable({
-    write(chunk: Buffer, _enc, done) {
-      out.push(chunk);
-      done();
-    },
-  }));
+  await pipeline(
+    Readable.from([source]),
+    transform,
+    new Writable({
+      write(chunk: Buffer, _enc, done) {
+        out.push(chunk);
+        done();
+      },
+    }),
+  );
   return Buffer.concat(out);
 }
 

@@ -216,6 +216,8 @@ export async function migrationsBenchmark(opts: MigrationsOptions): Promise<void
     const fleetRun = async (dir: string) => {
       const worker = await startServer({ ...env, TENANT_MIGRATIONS_DIR: dir, WORKER: 'on', PORT: String(API_PORT + 1) });
       children.push(worker);
+      // As deployed, the worker is up before the run: its start-up (module loading, schedulers) is not the run's.
+      await new Promise((r) => setTimeout(r, 3000));
       const config = loadConfig({ ...process.env, ...env, TENANT_MIGRATIONS_DIR: dir });
       await queues?.close();
       queues = new Queues({ config, redisPrefix: env.REDIS_PREFIX });

@@ -96,6 +96,10 @@ function printStatus(status: KeyStatus): void {
   const outdated = Object.entries(status.outdated);
   if (outdated.length) console.log(`Still to rotate: ${outdated.map(([id, n]) => `${n} under "${id}"`).join(', ')}.`);
   else console.log(`Every ciphertext is under "${status.newestKeyId}".`);
+  for (const a of status.archives)
+    console.log(
+      `${a.count} backup archive${a.count === 1 ? '' : 's'} use${a.count === 1 ? 's' : ''} key "${a.keyId}" until ${new Date(a.until).toISOString()} (archives are not re-encrypted: the key stays until they expire).`,
+    );
   for (const id of status.unusedKeyIds)
     console.log(`Key "${id}" is used by no ciphertext: it can be removed from ENCRYPTION_KEYS.`);
 }

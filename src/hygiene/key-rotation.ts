@@ -78,7 +78,12 @@ export interface KeyStatus {
   usage: KeyUsage[];
   /** Ciphertexts not yet under the newest key, per key id (all columns). */
   outdated: Record<string, number>;
-  /** Configured key ids no ciphertext uses any more: they can be removed from ENCRYPTION_KEYS. */
+  /**
+   * Backup archives (store_backups.key_id, not yet expired) per key id. Archives are files and are never
+   * re-encrypted: their key is needed until the last of them expires.
+   */
+  archives: { keyId: string; count: number; until: Date }[];
+  /** Configured key ids no ciphertext and no backup archive uses any more: they can be removed from ENCRYPTION_KEYS. */
   unusedKeyIds: string[];
 }
 
@@ -126,8 +131,20 @@ export async function keyStatus(deps: KeyDeps): Promise<KeyStatus> {
   }
   const outdated: Record<string, number> = {};
   for (const u of usage.filter((x) => !x.current)) outdated[u.keyId] = (outdated[u.keyId] ?? 0) + u.count;
-  const used = new Set(usage.map((u) => u.keyId));
-  return { newestKeyId: newest, usage, outdated, unusedKeyIds: deps.keyIds.slice(1).filter((id) => !used.has(id)) };
+  // An expired archive is about to be deleted by the retention's task: it no longer needs its key.
+  const archives = await deps.master.sequelize.query<{ keyId: string; count: number; until: Date }>(
+    `SELECT key_id AS "keyId", count(*)::int AS count, max(expires_at) AS until
+       FROM store_backups WHERE key_id IS NOT NULL AND expires_at > now() GROUP BY 1 ORDER BY 1`,
+    { type: QueryTypes.SELECT },
+  );
+  const used = new Set([...usage, ...archives].map((u) => u.keyId));
+  return {
+    newestKeyId: newest,
+    usage,
+    outdated,
+    archives,
+    unusedKeyIds: deps.keyIds.slice(1).filter((id) => !used.has(id)),
+  };
 }
 
 /**

@@ -196,3 +196,24 @@ test('a row the application rewrites while the rotation has read it is left as t
   expect(result.status.outdated).toEqual({});
   expect(result.failed).toEqual([]);
 });
+
+test('a backup archive under the old key keeps it: not removable, and the report says until when', async () => {
+  const [s] = stores;
+  const deps = { master: rotating.ctx.master, encryptor: rotating.ctx.encryptor, keyIds: ['new', 'old'] };
+  expect((await keyStatus(deps)).unusedKeyIds).toEqual(['old']);
+  // An archive is a file: rotation does not re-encrypt it, so its key is needed until it expires.
+  await t.ctx.master.sequelize.query(
+    `INSERT INTO store_backups (store_id, state, trigger, storage_key, key_id, completed_at, expires_at)
+     VALUES ($1, 'completed', 'manual', 'k', 'old', now(), '2099-01-02T00:00:00Z'),
+            ($1, 'completed', 'manual', 'k2', 'old', now(), '2099-01-01T00:00:00Z'),
+            ($1, 'completed', 'manual', 'k3', 'old', now(), now() - interval '1 day')`,
+    { bind: [s.id] },
+  );
+  const status = await keyStatus(deps);
+  expect(status.unusedKeyIds).toEqual([]);
+  expect(status.archives).toEqual([{ keyId: 'old', count: 2, until: new Date('2099-01-02T00:00:00Z') }]);
+  const printed = await cli(['keys:status'], `${NEW},${OLD}`);
+  expect(printed.code).toBe(0);
+  expect(printed.out).toContain('2 backup archives use key "old" until 2099-01-02T00:00:00.000Z');
+  expect(printed.out).not.toContain('it can be removed');
+});

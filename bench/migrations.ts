@@ -96,7 +96,11 @@ async function makeDatabases(pg: PasswordServer, names: string[]): Promise<void>
     await c.query(`CREATE DATABASE ${template} OWNER ${ident(ROLE)}`);
   });
   await migrateTenant(connectionOf(pg, template));
-  await seedTenant(connectionOf(pg, template), { id: '00000000-0000-4000-8000-000000000001', name: 'Bench', slug: 'bench' });
+  await seedTenant(connectionOf(pg, template), {
+    id: '00000000-0000-4000-8000-000000000001',
+    name: 'Bench',
+    slug: 'bench',
+  });
   await withClient(connectionOf(pg, template), async (c) => {
     await c.query(`INSERT INTO products (sku, name, description, price_cents, created_at)
       SELECT 'SKU-' || g, 'Product ' || g, 'A fine product number ' || g, 100 * g, now() - g * interval '1 minute'
@@ -214,7 +218,12 @@ export async function migrationsBenchmark(opts: MigrationsOptions): Promise<void
     const actor = { userId: null, label: 'bench' };
     /** A run to the newest migration of `dir` by a fresh worker process; resolves with it once finished, and its time. */
     const fleetRun = async (dir: string) => {
-      const worker = await startServer({ ...env, TENANT_MIGRATIONS_DIR: dir, WORKER: 'on', PORT: String(API_PORT + 1) });
+      const worker = await startServer({
+        ...env,
+        TENANT_MIGRATIONS_DIR: dir,
+        WORKER: 'on',
+        PORT: String(API_PORT + 1),
+      });
       children.push(worker);
       // As deployed, the worker is up before the run: its start-up (module loading, schedulers) is not the run's.
       await new Promise((r) => setTimeout(r, 3000));
@@ -273,7 +282,8 @@ export async function migrationsBenchmark(opts: MigrationsOptions): Promise<void
       const total = r.requests.total + r.errors + r.timeouts;
       return `${(((r.errors + r.timeouts + r.non2xx) / Math.max(1, total)) * 100).toFixed(2)} % (${r.non2xx} non-2xx, ${r.errors + r.timeouts} errors of ${total})`;
     };
-    const runNote = (r: typeof compared.run) => `${r.state}: ${r.migrated} migrated, ${r.failed} failed, ${r.skipped} skipped`;
+    const runNote = (r: typeof compared.run) =>
+      `${r.state}: ${r.migrated} migrated, ${r.failed} failed, ${r.skipped} skipped`;
     console.log(
       `\n${n} stores, one migration (a column and an index on products), perServer ${opts.perServer}, a worker process`,
     );
@@ -302,7 +312,13 @@ export async function migrationsBenchmark(opts: MigrationsOptions): Promise<void
     printTable(
       ['store requests', 'req/s', 'p50 ms', 'p99 ms', 'error rate'],
       [
-        ['during a run', Math.round(during.requests.average), during.latency.p50, during.latency.p99, errorRate(during)],
+        [
+          'during a run',
+          Math.round(during.requests.average),
+          during.latency.p50,
+          during.latency.p99,
+          errorRate(during),
+        ],
         ['no run', Math.round(quiet.requests.average), quiet.latency.p50, quiet.latency.p99, errorRate(quiet)],
       ],
     );

@@ -1661,11 +1661,12 @@ export interface components {
                 warm_pool_leftover?: number;
                 interrupted_template_build?: number;
                 stale_template?: number;
+                replaced_database_overdue?: number;
                 unreachable_server?: number;
             };
             findings: {
                 /** @enum {string} */
-                kind: "orphaned_database" | "orphaned_role" | "missing_database" | "stuck_provisioning" | "ownership_differs" | "connect_differs" | "warm_pool_leftover" | "interrupted_template_build" | "stale_template" | "unreachable_server";
+                kind: "orphaned_database" | "orphaned_role" | "missing_database" | "stuck_provisioning" | "ownership_differs" | "connect_differs" | "warm_pool_leftover" | "interrupted_template_build" | "stale_template" | "replaced_database_overdue" | "unreachable_server";
                 /** @description host:port of the tenant server (external for an external store) */
                 server: string;
                 /** @description the database, role or store */
@@ -1682,10 +1683,19 @@ export interface components {
             /** @description what this call repaired */
             repairs: {
                 /** @enum {string} */
-                kind: "orphaned_database" | "orphaned_role" | "missing_database" | "stuck_provisioning" | "ownership_differs" | "connect_differs" | "warm_pool_leftover" | "interrupted_template_build" | "stale_template" | "unreachable_server";
+                kind: "orphaned_database" | "orphaned_role" | "missing_database" | "stuck_provisioning" | "ownership_differs" | "connect_differs" | "warm_pool_leftover" | "interrupted_template_build" | "stale_template" | "replaced_database_overdue" | "unreachable_server";
                 server: string;
                 name: string;
                 action: string;
+            }[];
+            /** @description databases a restore replaced, kept (closed to connections) until their drop date: not orphans */
+            kept: {
+                server: string;
+                name: string;
+                /** Format: uuid */
+                storeId: string;
+                /** @description when the retention drops it (ISO 8601) */
+                until: string;
             }[];
         };
         BackupCreated: {

@@ -65,6 +65,8 @@ function printReconcile(report: ReconcileReport): void {
           : 'report only';
     console.log(`  ${f.kind}  ${f.server}  ${f.detail}  [${state}]`);
   }
+  for (const k of report.kept)
+    console.log(`  kept  ${k.server}  replaced database ${k.name} of store ${k.storeId} kept until ${k.until}`);
   const left = report.findings.filter((f) => !f.repaired).length;
   console.log(
     `${report.findings.length} found, ${report.repairs.length} repaired, ${left} left.` +

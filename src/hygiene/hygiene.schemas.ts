@@ -82,5 +82,15 @@ export const ReconcileReport = registry.register(
     repairs: z
       .array(z.object({ kind: ReconcileKind, server: z.string(), name: z.string(), action: z.string() }))
       .describe('what this call repaired'),
+    kept: z
+      .array(
+        z.object({
+          server: z.string(),
+          name: z.string(),
+          storeId: z.uuid(),
+          until: z.string().describe('when the retention drops it (ISO 8601)'),
+        }),
+      )
+      .describe('databases a restore replaced, kept (closed to connections) until their drop date: not orphans'),
   }),
 );

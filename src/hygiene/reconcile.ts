@@ -25,7 +25,12 @@ import type { HygieneDeps } from './drift';
  *     under the lock their builder takes, so one being made is left alone);
  * and with `dropOrphans` as well, orphaned_database: a managed-prefix database that no registry row names,
  * older than the grace period, dropped with its role — audited, one entry per database.
- * missing_database and unreachable_server are only reported.
+ * missing_database, replaced_database_overdue and unreachable_server are only reported.
+ *
+ * A database a restore replaced (store_restores.replaced_database, not yet dropped) is no orphan: it is kept,
+ * closed to connections, until its drop date (the backup's retention), listed in `kept`, and never dropped here.
+ * Past that date it is a replaced_database_overdue finding, still not dropped here: the retention's task
+ * (expire-backups) drops it and records the drop.
  *
  * A database's age is its PG_VERSION file's modification time (pg_stat_file, written when the database is
  * created or copied; needs the admin role to be a superuser or have pg_read_server_files): a database whose age
@@ -44,6 +49,7 @@ export const RECONCILE_KINDS = [
   'warm_pool_leftover',
   'interrupted_template_build',
   'stale_template',
+  'replaced_database_overdue',
   'unreachable_server',
 ] as const;
 export type ReconcileKind = (typeof RECONCILE_KINDS)[number];
@@ -82,6 +88,8 @@ export interface ReconcileReport {
   findings: ReconcileFinding[];
   /** The findings repaired by this call. */
   repairs: { kind: ReconcileKind; server: string; name: string; action: string }[];
+  /** Databases a restore replaced, kept until their drop date (not findings). */
+  kept: { server: string; name: string; storeId: string; until: string }[];
 }
 
 export const DEFAULT_GRACE_MINUTES = 60;
@@ -191,10 +199,12 @@ export async function reconcile(
     counts: emptyCounts(),
     findings: [],
     repairs: [],
+    kept: [],
   };
   // An empty prefix would make every database on the server look managed: nothing is listed as an orphan then.
   const prefixed = (name: string) => prefix.length > 0 && name.startsWith(prefix);
   const entries = await registry(deps);
+  const replaced = await replacedDatabases(deps);
 
   for (const server of tenantServers(deps)) {
     const mine = entries.filter((e) => e.server === server.key);
@@ -206,7 +216,7 @@ export async function reconcile(
           server,
           mine,
           entries,
-          { actor, apply, dropOrphans, grace, prefix, prefixed },
+          { actor, apply, dropOrphans, grace, prefix, prefixed, replaced },
           report,
         ),
       );
@@ -256,6 +266,24 @@ interface ServerScope {
   grace: number;
   prefix: string;
   prefixed: (name: string) => boolean;
+  replaced: ReplacedDatabase[];
+}
+
+interface ReplacedDatabase {
+  storeId: string;
+  server: string;
+  database: string;
+  dropAfter: Date;
+}
+
+/** The databases restores replaced and the retention has not dropped yet (store_restores). */
+async function replacedDatabases(deps: HygieneDeps): Promise<ReplacedDatabase[]> {
+  return deps.master.sequelize.query<ReplacedDatabase>(
+    `SELECT store_id AS "storeId", server, replaced_database AS database, drop_after AS "dropAfter"
+       FROM store_restores
+      WHERE state = 'completed' AND replaced_database IS NOT NULL AND dropped_at IS NULL AND server IS NOT NULL`,
+    { type: QueryTypes.SELECT },
+  );
 }
 
 async function reconcileServer(
@@ -385,6 +413,22 @@ async function reconcileServer(
             : `warm database ${d.datname} was left half-prepared`,
         repair: 'DROP DATABASE (and its role)',
       });
+      continue;
+    }
+    const kept = scope.replaced.find((r) => r.server === server.key && r.database === d.datname);
+    if (kept) {
+      const until = new Date(kept.dropAfter);
+      if (until.getTime() > Date.now())
+        report.kept.push({ server: server.key, name: d.datname, storeId: kept.storeId, until: until.toISOString() });
+      else
+        add({
+          kind: 'replaced_database_overdue',
+          server: server.key,
+          name: d.datname,
+          storeId: kept.storeId,
+          detail: `database ${d.datname}, replaced by a restore of store ${kept.storeId}, was to be dropped on ${until.toISOString()} (expire-backups drops it)`,
+          repair: null,
+        });
       continue;
     }
     const age = d.ageMinutes === null ? 'of unknown age' : `${Math.floor(d.ageMinutes)} min old`;

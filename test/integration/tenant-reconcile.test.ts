@@ -168,6 +168,42 @@ describe('POST /api/admin/tenants/reconcile', () => {
   });
 });
 
+describe('databases a restore replaced (store_restores.replaced_database)', () => {
+  const kept = `${prefix}replaced_kept`;
+  const overdue = `${prefix}replaced_overdue`;
+
+  beforeAll(async () => {
+    for (const name of [kept, overdue]) {
+      dropAfterwards(t, 'DATABASE', name);
+      await adminQuery(`CREATE DATABASE "${name}" OWNER "${clean.database}" ALLOW_CONNECTIONS false`);
+    }
+    await t.ctx.master.sequelize.query(
+      `INSERT INTO store_restores (store_id, state, server, replaced_database, replaced_role, drop_after)
+       VALUES ($1, 'completed', '127.0.0.1:5432', $2, $4, '2099-01-01T00:00:00Z'),
+              ($1, 'completed', '127.0.0.1:5432', $3, $4, now() - interval '1 day')`,
+      { bind: [clean.id, kept, overdue, clean.database] },
+    );
+  });
+
+  test('are no orphans: kept until their date, overdue after it, never dropped by reconcile', async () => {
+    const res = await post({ apply: true, dropOrphans: true, graceMinutes: 0 });
+    expect(res.status).toBe(200);
+    const about = (res.body.findings as Finding[]).filter((f) => [kept, overdue].includes(f.name));
+    expect(about.map(({ kind, name, storeId, repaired }) => ({ kind, name, storeId, repaired }))).toEqual([
+      { kind: 'replaced_database_overdue', name: overdue, storeId: clean.id, repaired: false },
+    ]);
+    expect(res.body.kept).toEqual([
+      { server: '127.0.0.1:5432', name: kept, storeId: clean.id, until: '2099-01-01T00:00:00.000Z' },
+    ]);
+    expect(await exists('database', kept)).toBe(true);
+    expect(await exists('database', overdue)).toBe(true);
+    const cli = await tenantry(t, ['tenants:reconcile', '--grace', '0']);
+    expect(cli.stdout).toContain(
+      `  kept  127.0.0.1:5432  replaced database ${kept} of store ${clean.id} kept until 2099-01-01T00:00:00.000Z\n`,
+    );
+  });
+});
+
 describe('leftovers of the warm pool and of template builds', () => {
   const prep = `${prefix}prep_${schemaDigest('tenant')}_0123456789ab`;
   const poolRole = `${prefix}pool_${schemaDigest('tenant')}_ba9876543210`;

@@ -206,6 +206,9 @@ export class ServerLeases {
       maxRetriesPerRequest: 0,
       commandTimeout: this.options.callTimeoutMs,
       connectTimeout: 1000,
+      // close() while Redis is away: ioredis then waits this long (a timer holding the process) for a socket
+      // that has already closed. Nothing is left to say over it: the leases were given back, or cannot be.
+      disconnectTimeout: this.options.callTimeoutMs,
       connectionName: 'tenantry-leases',
       // Reconnect for ever, at most a second apart: leases come back soon after Redis does.
       retryStrategy: (attempt) => Math.min(attempt * 100, 1000),

@@ -51,7 +51,7 @@ export async function processCreditSync(ctx: AppContext, { storeId }: { storeId:
     if (err instanceof AppError && err.status !== 503) return { skipped: err.code };
     throw err;
   }
-  return ctx.tenants.guard(handle, async () => {
+  return ctx.tenants.guard(handle, async (handle) => {
     const head = await masterHead(ctx, storeId);
     const target = Number(head.seq);
     let have = await copiedUpTo(handle, head);

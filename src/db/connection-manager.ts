@@ -142,6 +142,11 @@ export class ConnectionManager implements TenantGuard {
   private readonly migrating = new Map<string, MigratingMark>();
   /** On-demand migrations in flight in this process: concurrent first requests share one. */
   private readonly onDemand = new Map<string, Promise<number | null>>();
+  /**
+   * The handle built from the master's credentials again after this (cached) one's password was refused: one
+   * re-read per handle, so concurrent requests failing on it share it.
+   */
+  private readonly rereads = new WeakMap<TenantHandle, Promise<TenantHandle>>();
 
   constructor(
     private readonly master: MasterDb,
@@ -239,14 +244,49 @@ export class ConnectionManager implements TenantGuard {
 
   /**
    * Run tenant work, turning a failing database into a fast TENANT_UNAVAILABLE for this store only. A server
-   * that refuses the session as full is tried again (see retryWhileFull).
+   * that refuses the session as full is tried again (see retryWhileFull); one that refuses the password is
+   * tried again with the master's credentials (see retryWithFreshCredentials). The work is given the handle
+   * to use: after a password refusal, that is not the one it was first given.
    */
-  async guard<T>(handle: TenantHandle, work: () => Promise<T>): Promise<T> {
+  async guard<T>(handle: TenantHandle, work: (handle: TenantHandle) => Promise<T>): Promise<T> {
     try {
-      return await work();
+      return await work(handle);
     } catch (err) {
       if (isServerFull(err)) return this.retryWhileFull(handle, work);
+      if (pgCode(err) === PgCode.INVALID_PASSWORD) return this.retryWithFreshCredentials(handle, work, err);
       throw this.classify(handle, err);
+    }
+  }
+
+  /**
+   * The server refused the password of a new session (28P01). A rotation changes it on the server before the
+   * bus tells this instance (tenant.invalidate): the cached handle may hold the old one. Nothing ran yet, so
+   * the work is tried once more on a handle built from the master's credentials, read again (once for every
+   * request failing on the same handle); only if those are refused too is the store fenced, as before.
+   */
+  private async retryWithFreshCredentials<T>(
+    stale: TenantHandle,
+    work: (handle: TenantHandle) => Promise<T>,
+    refused: unknown,
+  ): Promise<T> {
+    let pending = this.rereads.get(stale);
+    if (!pending) {
+      const storeId = stale.storeId;
+      if (this.handles.peek(storeId) === stale) this.handles.delete(storeId);
+      pending = this.forStore(storeId);
+      this.rereads.set(stale, pending);
+    }
+    let fresh: TenantHandle;
+    try {
+      fresh = await pending;
+    } catch (err) {
+      throw err instanceof AppError ? err : this.classify(stale, refused);
+    }
+    try {
+      return await work(fresh);
+    } catch (err) {
+      if (isServerFull(err)) return this.retryWhileFull(fresh, work);
+      throw this.classify(fresh, err);
     }
   }
 
@@ -255,7 +295,7 @@ export class ConnectionManager implements TenantGuard {
    * comes before the session exists — so the work is tried again, with a short doubling back-off, until the
    * acquire timeout; then 503 busy. Never a fence, never the store's failure.
    */
-  private async retryWhileFull<T>(handle: TenantHandle, work: () => Promise<T>): Promise<T> {
+  private async retryWhileFull<T>(handle: TenantHandle, work: (handle: TenantHandle) => Promise<T>): Promise<T> {
     const server = this.serverOf.get(handle);
     const deadline = Date.now() + this.options.acquireTimeoutMs;
     for (let delay = FULL_RETRY_FIRST_MS; ; delay = Math.min(delay * 2, FULL_RETRY_MAX_MS)) {
@@ -263,7 +303,7 @@ export class ConnectionManager implements TenantGuard {
       if (Date.now() + delay >= deadline) break;
       await sleep(delay);
       try {
-        return await work();
+        return await work(handle);
       } catch (err) {
         if (!isServerFull(err)) throw this.classify(handle, err);
       }

@@ -8,7 +8,8 @@ import type { ReadMeter } from './tenant-types';
 
 /** What runs tenant work (the ConnectionManager): a failing database fails fast, for its store alone. */
 export interface TenantGuard {
-  guard<T>(handle: TenantHandle, work: () => Promise<T>): Promise<T>;
+  /** `work` runs on the handle it is given (after a refused password, a fresh one: not always `handle`). */
+  guard<T>(handle: TenantHandle, work: (handle: TenantHandle) => Promise<T>): Promise<T>;
 }
 
 interface TenantScope {
@@ -52,10 +53,10 @@ export function currentStoreId(): string {
 export const tenantDb = {
   query<T extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<T[]> {
     const s = scope();
-    return s.manager.guard(s.handle, () => s.handle.query<T>(text, values));
+    return s.manager.guard(s.handle, (handle) => handle.query<T>(text, values));
   },
   transaction<T>(fn: (t: Transaction, models: TenantModels) => Promise<T>): Promise<T> {
     const s = scope();
-    return s.manager.guard(s.handle, () => s.handle.transaction((t) => fn(t, s.handle.models)));
+    return s.manager.guard(s.handle, (handle) => handle.transaction((t) => fn(t, handle.models)));
   },
 };

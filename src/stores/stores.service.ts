@@ -146,7 +146,7 @@ export async function renameStore(ctx: AppContext, userId: string, storeId: stri
 async function renameInTenant(ctx: AppContext, storeId: string, name: string) {
   try {
     const handle = await ctx.tenants.forStore(storeId);
-    await ctx.tenants.guard(handle, () =>
+    await ctx.tenants.guard(handle, (handle) =>
       handle.query('UPDATE stores SET name = $1, updated_at = now() WHERE id = $2', [name, storeId]),
     );
   } catch (err) {

@@ -26,7 +26,7 @@ export async function sampleStorage(ctx: AppContext): Promise<{ sampled: number;
       const storeId = stores[next++].id;
       try {
         const handle = await ctx.tenants.forStore(storeId);
-        const [row] = await ctx.tenants.guard(handle, () =>
+        const [row] = await ctx.tenants.guard(handle, (handle) =>
           handle.query<{ bytes: string }>('SELECT pg_database_size(current_database())::text AS bytes'),
         );
         await ctx.master.sequelize.query(

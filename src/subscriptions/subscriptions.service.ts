@@ -102,7 +102,7 @@ async function usageOf(ctx: AppContext, userId: string, t?: Transaction) {
 async function tenantCounts(ctx: AppContext, storeId: string): Promise<{ products: number; staff: number }> {
   try {
     const handle = await ctx.tenants.forStore(storeId);
-    return await ctx.tenants.guard(handle, async () => {
+    return await ctx.tenants.guard(handle, async (handle) => {
       const [p] = await handle.query<{ n: number }>(PRODUCT_COUNT_SQL);
       const [s] = await handle.query<{ n: number }>(STAFF_COUNT_SQL);
       return { products: p.n, staff: s.n };

@@ -69,7 +69,7 @@ interface TenantFigures {
 async function tenantFigures(ctx: AppContext, storeId: string): Promise<TenantFigures | null> {
   try {
     const handle = await ctx.tenants.forStore(storeId);
-    const [row] = await ctx.tenants.guard(handle, () =>
+    const [row] = await ctx.tenants.guard(handle, (handle) =>
       handle.query<{ products: number; staff: number; sizeBytes: string }>(
         `SELECT (SELECT count(*) FROM products WHERE deleted_at IS NULL)::int AS products,
                 (SELECT count(*) FROM users WHERE role IN ('admin', 'staff') AND platform_user_id IS NULL)::int AS staff,

@@ -268,3 +268,43 @@ test('a password the server refuses to set leaves the master as it was, the pass
     bind: [s.id],
   });
 });
+
+test('a password changed on the server before this instance hears of it: the request reads the credentials again and is served, the store is not fenced; credentials that stay wrong still fence', async () => {
+  const [, , s] = stores;
+  const setPassword = async (user: string, password: string) => {
+    const admin = await t.pgClient({ connectionString: adminUrl });
+    await admin.query(`ALTER ROLE "${user}" PASSWORD '${password}'`);
+  };
+  await request(t.app).get('/api/store/products').set('Host', s.host).expect(200);
+  const current = await storeConnection(t, s.id);
+  const changed = { ...current, password: `unannounced-${randomBytes(6).toString('hex')}` };
+  // The rotation's window: the server and the master have the new password, the bus has not told this instance.
+  await setPassword(current.user, changed.password);
+  await t.ctx.master.sequelize.query('UPDATE store_databases SET credentials = $1 WHERE store_id = $2', {
+    bind: [t.ctx.encryptor.encryptJson(changed, secretContext.storeCredentials(s.id)), s.id],
+  });
+  // The cached handle still holds the old password; without its pooled sessions the next request logs in anew.
+  const stale = t.ctx.tenants.cachedHandle(s.id)!;
+  expect(stale).toBeDefined();
+  stale.closeIdle(Number.MAX_SAFE_INTEGER);
+  expect(stale.idleConnections()).toBe(0);
+
+  const res = await request(t.app).get('/api/store/products').set('Host', s.host);
+  expect(res.status).toBe(200);
+  expect(t.ctx.tenants.stats().fenced).toEqual([]);
+  expect(t.ctx.tenants.cachedHandle(s.id)).not.toBe(stale);
+
+  // Refused with the master's credentials too: fenced, as before.
+  const fresh = t.ctx.tenants.cachedHandle(s.id)!;
+  await setPassword(current.user, `elsewhere-${randomBytes(6).toString('hex')}`);
+  fresh.closeIdle(Number.MAX_SAFE_INTEGER);
+  const refused = await request(t.app).get('/api/store/products').set('Host', s.host);
+  expect(refused.status).toBe(503);
+  expect(refused.body.code).toBe('TENANT_UNAVAILABLE');
+  expect(t.ctx.tenants.stats().fenced.map((f) => f.storeId)).toEqual([s.id]);
+
+  await setPassword(current.user, changed.password);
+  await t.ctx.tenants.invalidate(s.id);
+  for (const app of [t.app, second.app])
+    await eventually(() => request(app).get('/api/store/products').set('Host', s.host).expect(200), 5000);
+});

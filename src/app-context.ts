@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import type { BatchedCounter } from './lib/batched-counter';
 import type { Config } from './config';
 import type { ConnectionManager } from './db/connection-manager';
 import type { MasterDb } from './db/master';
@@ -27,5 +28,7 @@ export interface AppContext {
   queues: Queues;
   /** Prefix of every Redis key this process writes (rate limits, queues), so test runs cannot collide. */
   redisPrefix: string;
+  /** Per-store request counts, added to Redis once a second (see usage/request-counter). */
+  requestCounts: BatchedCounter;
   close(): Promise<void>;
 }

@@ -9,6 +9,7 @@ import type { AppContext } from './app-context';
 import { RevocationList } from './db/revocations';
 import { AdminPools } from './db/tenant-server-admin';
 import { storefrontRefusal } from './stores/lifecycle';
+import { BatchedCounter } from './lib/batched-counter';
 import { busChannel, EventBus } from './lib/bus';
 import { Encryptor } from './lib/crypto';
 import { TokenSigner } from './lib/jwt';
@@ -17,6 +18,7 @@ import { connectRedis, createRedis } from './lib/redis';
 import { Queues } from './queue/queues';
 import { migrateStore } from './migrations/migration-runner';
 import { fleetTargetVersion, minTenantSchema, startRunIfFleetBehind } from './migrations/migration-runs.service';
+import { REQUEST_COUNTER_TTL_SECONDS } from './usage/request-counter';
 
 export interface ContextOptions {
   config?: Config;
@@ -147,8 +149,14 @@ export async function createContext(options: ContextOptions = {}): Promise<AppCo
       adminPools: new AdminPools(),
       queues: new Queues({ config, redisPrefix }),
       redisPrefix,
+      requestCounts: new BatchedCounter(redis, {
+        intervalMs: 1000,
+        ttlSeconds: REQUEST_COUNTER_TTL_SECONDS,
+        onError: (err, keys) => logger.warn({ err: err.message, keys }, 'store request counts not yet in Redis'),
+      }),
       async close() {
         revocations.stop();
+        await ctx.requestCounts.close();
         await ctx.queues.close();
         await tenants.close();
         await ctx.adminPools.close();

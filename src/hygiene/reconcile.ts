@@ -273,15 +273,25 @@ interface ReplacedDatabase {
   storeId: string;
   server: string;
   database: string;
-  dropAfter: Date;
+  /** Null for the database a restore is filling now (`restoring`). */
+  dropAfter: Date | null;
+  restoring: boolean;
 }
 
-/** The databases restores replaced and the retention has not dropped yet (store_restores). */
+/**
+ * The databases restores replaced and the retention has not dropped yet, and those a queued or running
+ * restore is filling (touched within a day: a restore whose worker died long ago leaves an orphan like any other).
+ */
 async function replacedDatabases(deps: HygieneDeps): Promise<ReplacedDatabase[]> {
   return deps.master.sequelize.query<ReplacedDatabase>(
-    `SELECT store_id AS "storeId", server, replaced_database AS database, drop_after AS "dropAfter"
+    `SELECT store_id AS "storeId", server, replaced_database AS database, drop_after AS "dropAfter", false AS restoring
        FROM store_restores
-      WHERE state = 'completed' AND replaced_database IS NOT NULL AND dropped_at IS NULL AND server IS NOT NULL`,
+      WHERE state = 'completed' AND replaced_database IS NOT NULL AND dropped_at IS NULL AND server IS NOT NULL
+     UNION ALL
+     SELECT store_id, server, new_database, NULL, true
+       FROM store_restores
+      WHERE state IN ('queued', 'running') AND new_database IS NOT NULL AND server IS NOT NULL
+        AND updated_at > now() - interval '1 day'`,
     { type: QueryTypes.SELECT },
   );
 }
@@ -416,7 +426,9 @@ async function reconcileServer(
       continue;
     }
     const kept = scope.replaced.find((r) => r.server === server.key && r.database === d.datname);
-    if (kept) {
+    // A restore is filling it: not ours to report or drop until the restore ends.
+    if (kept?.restoring) continue;
+    if (kept?.dropAfter) {
       const until = new Date(kept.dropAfter);
       if (until.getTime() > Date.now())
         report.kept.push({ server: server.key, name: d.datname, storeId: kept.storeId, until: until.toISOString() });

@@ -1,6 +1,5 @@
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../app-context';
-import { logger } from '../lib/logger';
 
 /**
  * API requests per store and UTC day, counted in Redis on the hot path and copied into the master DB by the
@@ -14,7 +13,7 @@ import { logger } from '../lib/logger';
  */
 
 /** Keys live well past their day, so the flushes after midnight (or after a worker's outage) still see them. */
-const KEY_TTL_SECONDS = 3 * 86400;
+export const REQUEST_COUNTER_TTL_SECONDS = 3 * 86400;
 /** Keys read per round trip of a flush. */
 const FLUSH_BATCH = 500;
 
@@ -28,18 +27,13 @@ export const requestCounterKey = (redisPrefix: string, storeId: string, day: str
 const KEY_TAIL = /^([0-9a-f-]{36}):(\d{4}-\d{2}-\d{2})$/;
 
 /**
- * Count one request of `storeId` (unless USAGE_COUNTING=off). Fire and forget: the request does not wait for
- * Redis, and a Redis error costs a count, never the request.
+ * Count one request of `storeId` (unless USAGE_COUNTING=off): a Map update in this process; its counts are
+ * added to Redis once a second (ctx.requestCounts, one pipeline for all stores), so the request neither waits
+ * for Redis nor sends it a command.
  */
 export function countStoreRequest(ctx: AppContext, storeId: string): void {
   if (!ctx.config.usageCounting) return;
-  const key = requestCounterKey(ctx.redisPrefix, storeId, utcDay());
-  ctx.redis
-    .pipeline()
-    .incr(key)
-    .expire(key, KEY_TTL_SECONDS)
-    .exec()
-    .catch((err: Error) => logger.warn({ storeId, err: err.message }, 'store request not counted'));
+  ctx.requestCounts.add(requestCounterKey(ctx.redisPrefix, storeId, utcDay()));
 }
 
 /** The live counts of one store for these days (those Redis still holds), by day. */
@@ -50,6 +44,7 @@ export async function liveRequestCounts(
 ): Promise<Map<string, number>> {
   const counts = new Map<string, number>();
   if (!days.length) return counts;
+  await ctx.requestCounts.flush();
   const values = await ctx.redis.mget(days.map((day) => requestCounterKey(ctx.redisPrefix, storeId, day)));
   values.forEach((v, i) => {
     if (v !== null) counts.set(days[i], Number(v));
@@ -62,6 +57,8 @@ export async function liveRequestCounts(
  * counts kept). Idempotent; safe beside another flush. Counters of stores the master does not know are skipped.
  */
 export async function flushRequestCounts(ctx: AppContext): Promise<{ counters: number; rows: number }> {
+  // This process's counts first (another instance's reach Redis within a second of theirs).
+  await ctx.requestCounts.flush();
   const prefix = keyPrefix(ctx.redisPrefix);
   let counters = 0;
   let rows = 0;

@@ -171,9 +171,10 @@ describe('POST /api/admin/tenants/reconcile', () => {
 describe('databases a restore replaced (store_restores.replaced_database)', () => {
   const kept = `${prefix}replaced_kept`;
   const overdue = `${prefix}replaced_overdue`;
+  const restoring = `${prefix}restoring_new`;
 
   beforeAll(async () => {
-    for (const name of [kept, overdue]) {
+    for (const name of [kept, overdue, restoring]) {
       dropAfterwards(t, 'DATABASE', name);
       await adminQuery(`CREATE DATABASE "${name}" OWNER "${clean.database}" ALLOW_CONNECTIONS false`);
     }
@@ -183,6 +184,17 @@ describe('databases a restore replaced (store_restores.replaced_database)', () =
               ($1, 'completed', '127.0.0.1:5432', $3, $4, now() - interval '1 day')`,
       { bind: [clean.id, kept, overdue, clean.database] },
     );
+    await t.ctx.master.sequelize.query(
+      `INSERT INTO store_restores (store_id, state, server, new_database) VALUES ($1, 'running', '127.0.0.1:5432', $2)`,
+      { bind: [clean.id, restoring] },
+    );
+  });
+
+  test('the database a running restore is filling is neither reported nor dropped', async () => {
+    const res = await post({ apply: true, dropOrphans: true, graceMinutes: 0 });
+    expect(res.status).toBe(200);
+    expect((res.body.findings as Finding[]).filter((f) => f.name === restoring)).toEqual([]);
+    expect(await exists('database', restoring)).toBe(true);
   });
 
   test('are no orphans: kept until their date, overdue after it, never dropped by reconcile', async () => {

@@ -106,9 +106,24 @@ async function balanceShown(ctx: AppContext, storeId: string, row: LedgerRow): P
   return row.status === 'completed' ? undefined : currentBalance(ctx, storeId);
 }
 
-/** The row a repeated request gets back: as it is now (a pending purchase may have been paid since). */
-async function replay(ctx: AppContext, storeId: string, row: LedgerRow) {
-  return changeDto(row, await balanceShown(ctx, storeId, row));
+/**
+ * What a change request answers: the new row (its store's credit cache sync queued), or for a repeated request
+ * the first one's row as it is now (a pending purchase may have been paid since).
+ */
+async function answer<T>(
+  ctx: AppContext,
+  storeId: string,
+  key: string | null | undefined,
+  outcome: ChangeOutcome,
+  sameRequest: (row: LedgerRow) => boolean,
+  dto: (row: LedgerRow, balanceNow?: number) => T,
+): Promise<T> {
+  if (outcome.kind === 'applied') {
+    await requestCreditSync(ctx, storeId);
+    return dto(outcome.row);
+  }
+  const first = await settle(ctx, storeId, key, outcome, sameRequest);
+  return dto(first, await balanceShown(ctx, storeId, first));
 }
 
 export async function getCredits(
@@ -169,18 +184,9 @@ export async function spendCredits(
     },
     actor,
   );
-  if (outcome.kind === 'applied') {
-    await requestCreditSync(ctx, storeId);
-    return changeDto(outcome.row);
-  }
-  const first = await settle(
-    ctx,
-    storeId,
-    input.idempotencyKey,
-    outcome,
-    (r) => r.type === 'spend' && r.service === input.service && r.quantity === input.quantity,
-  );
-  return replay(ctx, storeId, first);
+  const sameRequest = (r: LedgerRow) =>
+    r.type === 'spend' && r.service === input.service && r.quantity === input.quantity;
+  return answer(ctx, storeId, input.idempotencyKey, outcome, sameRequest, changeDto);
 }
 
 /**
@@ -204,12 +210,7 @@ export async function purchaseCredits(
       { storeId, type: 'purchase', amount: input.amount, idempotencyKey: input.idempotencyKey, payment },
       actor,
     );
-    if (outcome.kind === 'applied') {
-      await requestCreditSync(ctx, storeId);
-      return purchaseDto(outcome.row);
-    }
-    const first = await settle(ctx, storeId, input.idempotencyKey, outcome, sameRequest);
-    return purchaseDto(first, await balanceShown(ctx, storeId, first));
+    return answer(ctx, storeId, input.idempotencyKey, outcome, sameRequest, purchaseDto);
   }
 
   if (input.amount < MIN_STRIPE_PURCHASE) {
@@ -254,16 +255,7 @@ export async function adjustCredits(
     { storeId, type: 'adjustment', amount: input.amount, reason: input.reason, idempotencyKey: input.idempotencyKey },
     actor,
   );
-  if (outcome.kind === 'applied') {
-    await requestCreditSync(ctx, storeId);
-    return changeDto(outcome.row);
-  }
-  const first = await settle(
-    ctx,
-    storeId,
-    input.idempotencyKey,
-    outcome,
-    (r) => r.type === 'adjustment' && Number(r.amount) === input.amount && r.reason === input.reason,
-  );
-  return replay(ctx, storeId, first);
+  const sameRequest = (r: LedgerRow) =>
+    r.type === 'adjustment' && Number(r.amount) === input.amount && r.reason === input.reason;
+  return answer(ctx, storeId, input.idempotencyKey, outcome, sameRequest, changeDto);
 }

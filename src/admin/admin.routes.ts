@@ -6,7 +6,7 @@ import { z } from 'zod';
 import type { AppContext } from '../app-context';
 import { AdjustBody, CreditChangeDto } from '../credits/credits.schemas';
 import { adjustCredits } from '../credits/credits.service';
-import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
+import { platformAdminRouter, type ApiRouter } from '../http/api-router';
 import { platformActorOf, platformClaims, requireAuth } from '../http/authenticate';
 import { ListQuery } from '../http/pagination';
 import { StoreIdParams } from '../http/schemas';
@@ -35,13 +35,7 @@ export function requirePlatformAdmin(ctx: AppContext): RequestHandler[] {
 }
 
 export function adminRoutes(ctx: AppContext): ApiRouter {
-  const api = new ApiRouter('/api/admin', { securedErrors: { 403: WRONG_TOKEN } });
-  const common = {
-    tags: ['platform admin'],
-    secured: true,
-    middleware: requirePlatformAdmin(ctx),
-    errors: { 403: 'FORBIDDEN (not a platform admin)' },
-  };
+  const { api, common } = platformAdminRouter(requirePlatformAdmin(ctx));
   api.get(
     '/tenants',
     {

@@ -1,6 +1,6 @@
 import type { RequestHandler } from 'express';
 import type { AppContext } from '../app-context';
-import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
+import { ApiRouter, NOT_PLATFORM_ADMIN, WRONG_TOKEN } from '../http/api-router';
 import { platformActorOf, requireAuth } from '../http/authenticate';
 import { StoreIdParams } from '../http/schemas';
 import { AdminAuditQuery, AuditPageDto, StoreAuditQuery } from './audit.schemas';
@@ -49,7 +49,7 @@ export function auditRoutes(ctx: AppContext, adminOnly: RequestHandler[]): ApiRo
       summary: 'The whole audit trail, every store and the platform, newest first (platform admins)',
       query: AdminAuditQuery,
       response: AuditPageDto,
-      errors: { 400: FILTERS_400, 403: 'FORBIDDEN (not a platform admin)' },
+      errors: { 400: FILTERS_400, 403: NOT_PLATFORM_ADMIN },
     },
     ({ query }) => auditTrail.platformAuditTrail(ctx, query),
   );

@@ -134,6 +134,24 @@ export function mergeErrors(...sources: (Record<number, string> | undefined)[]):
 /** What a store token sent to a platform route (requireAuth(ctx, 'platform')) gets. */
 export const WRONG_TOKEN = `${ErrorCode.WRONG_TOKEN_TYPE} (a store token: this route needs a platform token)`;
 
+/** What a platform token of someone who is not a platform admin gets from an admin route. */
+export const NOT_PLATFORM_ADMIN = `${ErrorCode.FORBIDDEN} (not a platform admin)`;
+
+/**
+ * A router of platform-admin routes under /api/admin, and the spec parts they all share (`adminOnly`: the
+ * admin guard, requirePlatformAdmin).
+ */
+export function platformAdminRouter(adminOnly: RequestHandler[]) {
+  const api = new ApiRouter('/api/admin', { securedErrors: { 403: WRONG_TOKEN } });
+  const common = {
+    tags: ['platform admin'],
+    secured: true,
+    middleware: adminOnly,
+    errors: { 403: NOT_PLATFORM_ADMIN } as Record<number, string>,
+  };
+  return { api, common };
+}
+
 /** Answers of the HTTP layer that every route with a JSON body can give, before the route runs. */
 const BODY_ERRORS = {
   400: `${ErrorCode.VALIDATION_FAILED} | ${ErrorCode.MALFORMED_JSON}`,

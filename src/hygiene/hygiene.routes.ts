@@ -1,6 +1,6 @@
 import type { RequestHandler } from 'express';
 import type { AppContext } from '../app-context';
-import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
+import { platformAdminRouter, type ApiRouter } from '../http/api-router';
 import { platformClaims } from '../http/authenticate';
 import { runDriftCheck } from './drift';
 import { DriftQuery, DriftReport, ReconcileBody, ReconcileReport } from './hygiene.schemas';
@@ -8,13 +8,7 @@ import { reconcile } from './reconcile';
 
 /** Fleet hygiene: drift and reconcile (platform admins: `adminOnly` is the admin router's guard). */
 export function hygieneRoutes(ctx: AppContext, adminOnly: RequestHandler[]): ApiRouter {
-  const api = new ApiRouter('/api/admin', { securedErrors: { 403: WRONG_TOKEN } });
-  const common = {
-    tags: ['platform admin'],
-    secured: true,
-    middleware: adminOnly,
-    errors: { 403: 'FORBIDDEN (not a platform admin)' },
-  };
+  const { api, common } = platformAdminRouter(adminOnly);
   api.get(
     '/tenants/drift',
     {

@@ -1,6 +1,6 @@
 import type { RequestHandler } from 'express';
 import type { AppContext } from '../app-context';
-import { ApiRouter, WRONG_TOKEN } from '../http/api-router';
+import { platformAdminRouter, type ApiRouter } from '../http/api-router';
 import { platformClaims } from '../http/authenticate';
 import {
   DryRunPlan,
@@ -20,13 +20,7 @@ const actorOf = (auth: Parameters<typeof platformClaims>[0]): runs.Actor => {
 
 /** Fleet migration runs (platform admins: `adminOnly` is the admin router's guard). */
 export function migrationRunRoutes(ctx: AppContext, adminOnly: RequestHandler[]): ApiRouter {
-  const api = new ApiRouter('/api/admin', { securedErrors: { 403: WRONG_TOKEN } });
-  const common = {
-    tags: ['platform admin'],
-    secured: true,
-    middleware: adminOnly,
-    errors: { 403: 'FORBIDDEN (not a platform admin)' },
-  };
+  const { api, common } = platformAdminRouter(adminOnly);
   const run = { ...common, params: RunIdParams, errors: { ...common.errors, 404: 'NOT_FOUND (no such run)' } };
   api.post(
     '/tenants/migrate',

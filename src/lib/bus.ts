@@ -10,7 +10,9 @@ export type BusEvent =
   | { type: 'tenant.migrating'; storeId: string }
   | { type: 'tenant.migrated'; storeId: string }
   /** A platform role was granted or revoked (by the operator's command line): cached roles are dropped. */
-  | { type: 'user.role.changed'; userId: string };
+  | { type: 'user.role.changed'; userId: string }
+  /** An account's plan or subscription status changed (committed): cached limits of its stores are dropped. */
+  | { type: 'plan.changed'; userId: string };
 
 /** The pub/sub channel of one deployment (every process sharing a Redis prefix hears the same messages). */
 export const busChannel = (redisPrefix: string): string => `${redisPrefix}:events`;

@@ -3,6 +3,8 @@ import { LRUCache } from 'lru-cache';
 import { QueryTypes, type Sequelize, type Transaction } from 'sequelize';
 import type { AppContext } from '../app-context';
 import { currentStoreId } from '../db/tenant-context';
+import type { EventBus } from '../lib/bus';
+import { logger } from '../lib/logger';
 import { planLimitReached } from '../stores/plans';
 
 export const MB = 1024 * 1024;
@@ -23,25 +25,46 @@ export interface StoreLimits {
 }
 
 /**
- * Per instance, for at most this long: a plan change made here drops the cache at once; one made on another
- * instance (or a new storage sample) is seen within this time.
+ * For at most this long. A plan change publishes `plan.changed` once committed: every instance drops that
+ * owner's stores at once (see announcePlanChange); a new storage sample is seen within this time.
  */
 export const STORE_LIMITS_TTL_MS = 10_000;
-const cache = new LRUCache<string, StoreLimits>({ max: 50_000, ttl: STORE_LIMITS_TTL_MS });
+/** Keyed by instance and store: instances sharing a process (tests) keep caches of their own, as in production. */
+const cache = new LRUCache<string, StoreLimits & { ownerId: string | null }>({ max: 50_000, ttl: STORE_LIMITS_TTL_MS });
+const instanceIds = new WeakMap<EventBus, string>();
+let lastInstanceId = 0;
+
+/** This instance's prefix of cache keys; the first call subscribes it to plan changes. */
+function instanceKey(bus: EventBus): string {
+  let id = instanceIds.get(bus);
+  if (id) return id;
+  instanceIds.set(bus, (id = `${++lastInstanceId}:`));
+  const prefix = id;
+  const drop = (ownerId?: string) => {
+    for (const [key, limits] of cache.entries())
+      if (key.startsWith(prefix) && (ownerId === undefined || limits.ownerId === ownerId)) cache.delete(key);
+  };
+  bus.on('plan.changed', (e) => drop(e.userId));
+  // Changes may have been missed while the subscriber was away.
+  bus.onReconnect(() => drop());
+  return id;
+}
 
 /** The limits in force for a store's creations and writes (read from the master, cached briefly). */
 export async function limitsOfStore(ctx: AppContext, storeId: string): Promise<StoreLimits> {
-  const hit = cache.get(storeId);
+  const key = instanceKey(ctx.bus) + storeId;
+  const hit = cache.get(key);
   if (hit) return hit;
   const [row] = await ctx.master.sequelize.query<{
+    ownerId: string;
     planName: string;
     products: number | null;
     staff: number | null;
     storageMb: number | null;
     storageBytes: string | null;
   }>(
-    `SELECT p.name AS "planName", p.max_products AS products, p.max_staff AS staff, p.max_storage_mb AS "storageMb",
-            s.storage_bytes::text AS "storageBytes"
+    `SELECT s.owner_id AS "ownerId", p.name AS "planName", p.max_products AS products, p.max_staff AS staff,
+            p.max_storage_mb AS "storageMb", s.storage_bytes::text AS "storageBytes"
        FROM stores s
        LEFT JOIN subscriptions sub ON sub.user_id = s.owner_id AND sub.status = 'active'
        JOIN plans p ON p.id = coalesce(sub.plan_id, 'free')
@@ -49,17 +72,29 @@ export async function limitsOfStore(ctx: AppContext, storeId: string): Promise<S
     { bind: [storeId], type: QueryTypes.SELECT },
   );
   // The store was resolved a moment ago: without a row it is being removed, and the free plan's limits hold.
-  const limits: StoreLimits = row
+  const limits = row
     ? { ...row, storageBytes: row.storageBytes === null ? null : Number(row.storageBytes) }
-    : { planName: 'Free', products: 0, staff: 0, storageMb: 0, storageBytes: null };
-  cache.set(storeId, limits);
+    : { ownerId: null, planName: 'Free', products: 0, staff: 0, storageMb: 0, storageBytes: null };
+  cache.set(key, limits);
   return limits;
 }
 
-/** Drop cached limits (after a plan change or a storage sample): of one store, or of all. */
-export function forgetStoreLimits(storeId?: string): void {
-  if (storeId) cache.delete(storeId);
-  else cache.clear();
+/** Drop every cached limit in this process (after a storage sample, or a test's direct write). */
+export function forgetStoreLimits(): void {
+  cache.clear();
+}
+
+/**
+ * Tell every instance, this one at once, that an account's plan changed: they drop its stores' cached limits.
+ * Call it after the transaction commits (before, another instance could read and cache the old plan again).
+ * The change stands if Redis cannot take the message: the other instances then see it within the TTL.
+ */
+export async function announcePlanChange(ctx: AppContext, userId: string): Promise<void> {
+  try {
+    await ctx.bus.publish({ type: 'plan.changed', userId });
+  } catch (err) {
+    logger.warn({ err, userId }, 'Could not announce a plan change; other instances see it within the cache TTL');
+  }
 }
 
 /** The store's database size in megabytes (rounded up) when it is over its plan's storage limit, else null. */

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import type { AppContext } from '../app-context';
 import { logger } from '../lib/logger';
 import { requestCreditSync } from '../queue/credit-sync-request';
-import { forgetStoreLimits } from './store-limits';
+import { announcePlanChange } from './store-limits';
 import { writePlanState, type PlanState } from './subscriptions.service';
 
 /** Stripe's subscription events we act on (the Stripe webhook hands them here once their signature holds). */
@@ -156,7 +156,7 @@ export async function handleSubscriptionEvent(
         `UPDATE subscription_requests SET status = 'applied', updated_at = now() WHERE reference = $1::text RETURNING reference`,
         [reference],
       );
-    return { ack: { received: true as const }, synced };
+    return { ack: { received: true as const }, synced, userId };
   });
   if (!('ack' in outcome)) {
     logger.info(
@@ -165,7 +165,7 @@ export async function handleSubscriptionEvent(
     );
     return outcome;
   }
-  forgetStoreLimits();
+  await announcePlanChange(ctx, outcome.userId);
   if (outcome.synced) await requestCreditSync(ctx, outcome.synced);
   return outcome.ack;
 }

@@ -9,7 +9,7 @@ import { Semaphore } from '../lib/semaphore';
 import type { MasterModels } from '../models/master';
 import { requestCreditSync } from '../queue/credit-sync-request';
 import { planOf, type LimitedResource } from '../stores/plans';
-import { forgetStoreLimits, MB, STAFF_COUNT_SQL, PRODUCT_COUNT_SQL } from './store-limits';
+import { announcePlanChange, MB, STAFF_COUNT_SQL, PRODUCT_COUNT_SQL } from './store-limits';
 import type { ChangePlanInput, PlanDto, SubscriptionDto, SubscriptionUsage } from './subscriptions.schemas';
 
 type Plan = InstanceType<MasterModels['Plan']>;
@@ -338,7 +338,7 @@ async function applyPlanNow(ctx: AppContext, userId: string, planId: string, act
       current,
     );
   });
-  forgetStoreLimits();
+  await announcePlanChange(ctx, userId);
   if (synced) await requestCreditSync(ctx, synced);
 }
 
@@ -410,7 +410,7 @@ export async function settleSubscriptionPeriods(ctx: AppContext): Promise<{ rene
   let renewed = 0;
   let granted = 0;
   for (const { userId } of due) {
-    const synced = await ctx.master.sequelize.transaction(async (t) => {
+    const settled = await ctx.master.sequelize.transaction(async (t) => {
       await lockUser(ctx, userId, t);
       const current = await liveSubscription(ctx, userId, t, true);
       if (!current || current.status !== 'active') return null;
@@ -421,7 +421,7 @@ export async function settleSubscriptionPeriods(ctx: AppContext): Promise<{ rene
         while (end <= new Date()) [start, end] = [end, addMonth(end)];
         renewed++;
       }
-      return writePlanState(
+      const synced = await writePlanState(
         ctx,
         t,
         userId,
@@ -429,7 +429,11 @@ export async function settleSubscriptionPeriods(ctx: AppContext): Promise<{ rene
         { userId: null, requestId: null },
         current,
       );
+      return { synced };
     });
+    if (!settled) continue;
+    await announcePlanChange(ctx, userId);
+    const { synced } = settled;
     if (synced) {
       granted++;
       await requestCreditSync(ctx, synced);

@@ -22,7 +22,7 @@ import { Encryptor, secretContext } from '../src/lib/crypto';
 import { migrateTenant } from '../src/provisioning/tenant-db';
 import { startPasswordServer, type PasswordServer } from '../test/helpers/password-server';
 import { admin, databaseUrl, printTable, startServer, stopProcess } from './common';
-import { zipfSampler } from './routing';
+import { zipfSampler } from '../test/helpers/zipf';
 
 const PREFIX = 'tenantry_bench_fleet';
 const ROLE = 'fleet_store';

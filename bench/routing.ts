@@ -28,6 +28,7 @@ import { withClient } from '../src/db/pg-client';
 import { AdminPools, ensureTenantDatabase, ident } from '../src/db/tenant-server-admin';
 import { migrateTenant } from '../src/provisioning/tenant-db';
 import { productListSql } from '../src/storefront/products.service';
+import { zipfSampler } from '../test/helpers/zipf';
 
 const PREFIX = 'tenantry_bench';
 const ROLE = `${PREFIX}_role`;
@@ -146,25 +147,6 @@ async function connectionOpenRate(stores: number): Promise<{ sameDb: number; fre
   return {
     sameDb: await measure(() => db(0), false),
     freshDbWithQuery: await measure((i) => db(stores - 1 - i), true),
-  };
-}
-
-/** Zipf(s) over n items: returns a sampler of 0-based ranks. */
-export function zipfSampler(n: number, s: number): () => number {
-  const cdf = new Float64Array(n);
-  let sum = 0;
-  for (let k = 1; k <= n; k++) cdf[k - 1] = sum += 1 / Math.pow(k, s);
-  for (let i = 0; i < n; i++) cdf[i] /= sum;
-  return () => {
-    const u = Math.random();
-    let lo = 0;
-    let hi = n - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (cdf[mid] < u) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
   };
 }
 

@@ -17,6 +17,7 @@ import { startPasswordServer, type PasswordServer } from './password-server';
 import { registerAdmin } from './admins';
 import { useSuite, type Suite, type SuiteResources } from './suite';
 import { freePort } from './tcp-proxy';
+import { zipfSampler } from './zipf';
 
 /**
  * A fleet as operators run one, seen from outside: API instances and a queue worker as child processes
@@ -437,25 +438,6 @@ export async function sampleServer(s: SuiteResources, server: FleetServer): Prom
 
 // ---------------------------------------------------------------------------------------------------------
 // Load
-
-/** Zipf(s) over n items: a sampler of 0-based ranks. */
-export function zipfSampler(n: number, s: number): () => number {
-  const cdf = new Float64Array(n);
-  let sum = 0;
-  for (let k = 1; k <= n; k++) cdf[k - 1] = sum += 1 / Math.pow(k, s);
-  for (let i = 0; i < n; i++) cdf[i] /= sum;
-  return () => {
-    const u = Math.random();
-    let lo = 0;
-    let hi = n - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (cdf[mid] < u) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
-}
 
 export interface LoadCounts {
   ok: number;

@@ -1,4 +1,11 @@
 // Loaded by jest before every test file, before any module reads the configuration.
+import http from 'node:http';
+
+// supertest listens on a random port per request and reaches it through Node's global agent, which keeps
+// sockets alive across suites (jest shares core modules): a socket kept open to another suite's server (a child
+// process still draining) could carry a request to that process once its port comes round to a new server.
+// One connection per request in tests.
+http.globalAgent = new http.Agent({ keepAlive: false });
 process.env.NODE_ENV = 'test';
 process.env.LOG_LEVEL ??= 'silent';
 process.env.JWT_SECRET ??= 'test-secret-that-is-long-enough-for-hs256-0123456789';

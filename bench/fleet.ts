@@ -11,8 +11,6 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { statfsSync } from 'node:fs';
-import os from 'node:os';
 import autocannon from 'autocannon';
 import { latestSchemaVersion, runMigrations } from '../src/db/migrate';
 import { withClient } from '../src/db/pg-client';
@@ -21,6 +19,7 @@ import type { TenantConnection } from '../src/db/tenant-types';
 import { Encryptor, secretContext } from '../src/lib/crypto';
 import { migrateTenant } from '../src/provisioning/tenant-db';
 import { startPasswordServer, type PasswordServer } from '../test/helpers/password-server';
+import { DATABASE_BYTES, scratchRoot } from '../test/helpers/scratch';
 import { admin, databaseUrl, printTable, startServer, stopProcess } from './common';
 import { zipfSampler } from '../test/helpers/zipf';
 
@@ -90,20 +89,6 @@ async function sampleLeases(ports: number[], serverKey: string, stop: { done: bo
   }
   const avg = (v: number) => (v / Math.max(1, n)).toFixed(1);
   return `leased ${avg(sums.leased)}, allowance ${avg(sums.allowance)}, open ${avg(sums.open)}, waiting ${avg(sums.waiting)} (averages of ${n} samples, summed over the instances)`;
-}
-
-/** An empty Postgres database takes this much disk (its catalogs). */
-const DATABASE_BYTES = 8 * 1024 * 1024;
-
-/** /dev/shm (memory) when it has room to spare: copying and deleting 1,000 databases on a busy disk takes minutes. */
-function scratchRoot(bytes: number): string {
-  try {
-    const fs = statfsSync('/dev/shm');
-    if (fs.bavail * fs.bsize > bytes * 2) return '/dev/shm';
-  } catch {
-    // No /dev/shm (not Linux).
-  }
-  return os.tmpdir();
 }
 
 const storeDb = (i: number) => `${PREFIX}_t_${String(i).padStart(4, '0')}`;

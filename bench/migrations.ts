@@ -11,7 +11,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import autocannon from 'autocannon';
@@ -26,6 +26,7 @@ import { createRun, FINAL_STATES, getRun } from '../src/migrations/migration-run
 import { migrateTenant, seedTenant } from '../src/provisioning/tenant-db';
 import { Queues } from '../src/queue/queues';
 import { startPasswordServer, type PasswordServer } from '../test/helpers/password-server';
+import { DATABASE_BYTES, scratchRoot } from '../test/helpers/scratch';
 import { printTable, startServer, stopProcess } from './common';
 
 const PREFIX = 'tenantry_bench_mig';
@@ -45,18 +46,6 @@ export interface MigrationsOptions {
 
 const storeDb = (i: number) => `${PREFIX}_t_${String(i).padStart(4, '0')}`;
 const naiveDb = (i: number) => `${PREFIX}_n_${String(i).padStart(4, '0')}`;
-const DATABASE_BYTES = 8 * 1024 * 1024;
-
-/** /dev/shm (memory) when it has room to spare: copying a thousand databases on a busy disk takes minutes. */
-function scratchRoot(bytes: number): string {
-  try {
-    const fs = statfsSync('/dev/shm');
-    if (fs.bavail * fs.bsize > bytes * 2) return '/dev/shm';
-  } catch {
-    // No /dev/shm (not Linux).
-  }
-  return os.tmpdir();
-}
 
 const adminUrlOf = (pg: PasswordServer) => `postgres://postgres:${pg.password}@${pg.host}:${pg.port}/postgres`;
 const connectionOf = (pg: PasswordServer, database: string): TenantConnection => ({

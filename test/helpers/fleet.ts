@@ -1,8 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { statfsSync } from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import pg from 'pg';
@@ -14,6 +12,7 @@ import { secretContext } from '../../src/lib/crypto';
 import { migrateTenant } from '../../src/provisioning/tenant-db';
 import type { TestApp } from './app';
 import { startPasswordServer, type PasswordServer } from './password-server';
+import { DATABASE_BYTES, scratchRoot } from './scratch';
 import { registerAdmin } from './admins';
 import { useSuite, type Suite, type SuiteResources } from './suite';
 import { freePort } from './tcp-proxy';
@@ -120,23 +119,6 @@ export interface FleetServer extends PasswordServer {
   role: { user: string; password: string };
   connection(database: string): TenantConnection;
 }
-
-/**
- * Where a throw-away cluster of `bytes` had better live: /dev/shm (memory) when it has room to spare, as
- * copying and deleting a few hundred databases on a busy disk takes minutes; the usual temp folder otherwise.
- */
-export function scratchRoot(bytes: number): string {
-  try {
-    const fs = statfsSync('/dev/shm');
-    if (fs.bavail * fs.bsize > bytes * 2) return '/dev/shm';
-  } catch {
-    // No /dev/shm (not Linux).
-  }
-  return os.tmpdir();
-}
-
-/** An empty Postgres database takes this much disk (its catalogs). */
-export const DATABASE_BYTES = 8 * 1024 * 1024;
 
 /**
  * A throw-away Postgres with `max_connections`, fast to fill with `databases` databases (no fsync: nothing

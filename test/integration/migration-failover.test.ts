@@ -53,6 +53,16 @@ describe('a worker killed mid-run', () => {
         throw new Error(`run is at ${states.join(', ')}`);
     }, 30_000);
     await first.kill('SIGKILL');
+    // A statement the killed worker had already sent (a store's `migrated` update) still runs to its end in its
+    // server session; the snapshot is taken once no session on the master is busy, so it is the state it left.
+    await eventually(async () => {
+      const [{ busy }] = await t.ctx.master.sequelize.query<{ busy: number }>(
+        `SELECT count(*)::int AS busy FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'`,
+        { type: QueryTypes.SELECT },
+      );
+      if (busy > 0) throw new Error(`${busy} master sessions still busy`);
+    }, 10_000);
     const cut = await rowStates(t, runId);
     expect(Object.values(cut)).toContain('migrated');
 

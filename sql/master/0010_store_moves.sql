@@ -34,6 +34,8 @@ CREATE TABLE store_moves (
   -- From holding the store's requests to releasing them (the final catch-up and the switch).
   write_pause_ms   integer,
   attempts         integer NOT NULL DEFAULT 0,
+  -- When its job was queued (a drain queues its moves `per_server` at a time; NULL: waiting for its turn).
+  dispatched_at    timestamptz,
   error            text,
   requested_by     text NOT NULL,
   requested_by_user uuid REFERENCES users (id) ON DELETE SET NULL,

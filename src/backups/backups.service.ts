@@ -330,8 +330,8 @@ export async function processRestore(ctx: AppContext, restoreId: string) {
   }
 }
 
-/** The new database, owned by the store's role with CONNECT for it alone (as provisioning makes one), at `version`. */
-async function createDatabaseAt(
+/** The new database, owned by the store's role with CONNECT for it alone (as provisioning makes one), at `version` (also a move's target). */
+export async function createDatabaseAt(
   ctx: AppContext,
   server: TenantServer,
   connection: TenantConnection,

@@ -1,7 +1,7 @@
 import { Op } from 'sequelize';
 import type { AppContext } from './app-context';
 import { tenantServers } from './db/tenant-servers';
-import { removeExpired, scheduleDueBackups } from './backups/backups.service';
+import { endAbandoned, removeExpired, scheduleDueBackups } from './backups/backups.service';
 import { rotateDuePasswords } from './hygiene/store-passwords';
 import { reconcile } from './hygiene/reconcile';
 import { resumeOrphanedRuns } from './migrations/migration-runs.service';
@@ -54,7 +54,8 @@ export async function processMaintenance(
         ctx.config.passwordRotation,
       );
     case 'schedule-backups':
-      return scheduleDueBackups(ctx);
+      // Backups and restores whose worker died for good are ended first (so the store can have new ones).
+      return { ...(await endAbandoned(ctx)), ...(await scheduleDueBackups(ctx)) };
     case 'expire-backups':
       return removeExpired(ctx);
     case 'prune-revoked-tokens': {

@@ -56,6 +56,8 @@ interface RestoreRow {
   backup_id: string;
   state: BackupState;
   requested_by: string | null;
+  server: string | null;
+  new_database: string | null;
 }
 
 const storages = new Map<string, BackupStorage>();
@@ -70,6 +72,8 @@ export function backupStorage(ctx: Pick<AppContext, 'config'>): BackupStorage {
 
 /** What binds an archive to its store and backup: another store's archive does not decrypt as this one. */
 const archiveContext = (storeId: string, backupId: string) => `store-backup:${storeId}:${backupId}`;
+/** Where a backup's archive is kept: known before it is written, so an unfinished one can be found and removed. */
+const archiveKey = (storeId: string, backupId: string) => `${storeId}/${backupId}.tbk`;
 export const backupJobId = (backupId: string) => `backup-${backupId}`;
 export const restoreJobId = (restoreId: string) => `restore-${restoreId}`;
 
@@ -158,13 +162,17 @@ const databaseUrl = (server: TenantServer, database: string) => {
   return u.toString();
 };
 
-/** The backup job: snapshot, COPY, gzip, encrypt, store; the row completed with its size and manifest. */
+/**
+ * The backup job: snapshot, COPY, gzip, encrypt, store; the row completed with its size and manifest. A row
+ * found `running` is a backup whose worker died (its job handed over as stalled): it is made again from the
+ * start, over whatever the first attempt had written (the storage publishes an archive only once whole).
+ */
 export async function processBackup(ctx: AppContext, backupId: string) {
   const [row] = await select<BackupRow>(ctx, `SELECT * FROM store_backups WHERE id = $1::uuid`, [backupId]);
   if (!row || row.state === 'completed' || row.state === 'failed') return { skipped: row?.state ?? 'missing' };
   await run(ctx, `UPDATE store_backups SET state = 'running' WHERE id = $1::uuid`, [backupId]);
   const storeId = row.store_id;
-  const key = `${storeId}/${backupId}.tbk`;
+  const key = archiveKey(storeId, backupId);
   const started = performance.now();
   try {
     const db = await readyDatabase(ctx, storeId);
@@ -269,6 +277,14 @@ export async function processRestore(ctx: AppContext, restoreId: string) {
   const [restore] = await select<RestoreRow>(ctx, `SELECT * FROM store_restores WHERE id = $1::uuid`, [restoreId]);
   if (!restore || restore.state === 'completed' || restore.state === 'failed')
     return { skipped: restore?.state ?? 'missing' };
+  if (restore.state === 'running') {
+    // An earlier attempt's worker died (the job came back as stalled). Not resumed: a restore throws away what
+    // the store wrote since its backup, so it must not happen later than its owner saw it running. The store
+    // kept its database; the half-built one goes, and the owner can ask again.
+    const reason = `${INTERRUPTED_RESTORE} (its job was handed to another worker)`;
+    await endRestore(ctx, restore, reason);
+    throw new Error(reason);
+  }
   const { store_id: storeId } = restore;
   const [backup] = await select<BackupRow>(ctx, `SELECT * FROM store_backups WHERE id = $1::uuid`, [restore.backup_id]);
   const db = await readyDatabase(ctx, storeId);
@@ -319,15 +335,95 @@ export async function processRestore(ctx: AppContext, restoreId: string) {
     return { rows, schemaVersion, database: newDatabase, ms: Math.round(performance.now() - started), steps };
   } catch (err) {
     logger.warn({ storeId, restoreId, err: (err as Error).message }, 'restore failed; the store keeps its database');
-    await withClient(server.adminUrl, (client) =>
-      client.query(`DROP DATABASE IF EXISTS ${ident(newDatabase)} WITH (FORCE)`),
-    ).catch(() => {});
-    await run(ctx, `UPDATE store_restores SET state = 'failed', error = $2, updated_at = now() WHERE id = $1::uuid`, [
-      restoreId,
-      (err as Error).message.slice(0, 500),
-    ]);
+    await endRestore(ctx, { ...restore, new_database: newDatabase, server: server.key }, (err as Error).message);
     throw err;
   }
+}
+
+const INTERRUPTED_RESTORE =
+  'interrupted: the worker running this restore stopped before the switch; the store kept its database';
+const INTERRUPTED_BACKUP =
+  'interrupted: the worker running this backup stopped before it finished; no archive was kept';
+
+/**
+ * A restore that will not finish: the database it was filling dropped, the row failed with `reason`. Never
+ * the store's own database: when the switch's commit went through after all (its answer lost), the store is on
+ * it, and the row says completed, which this leaves as it is.
+ */
+async function endRestore(
+  ctx: AppContext,
+  restore: Pick<RestoreRow, 'id' | 'store_id' | 'server' | 'new_database'>,
+  reason: string,
+): Promise<void> {
+  const [db] = await select<{ database_name: string | null }>(
+    ctx,
+    `SELECT database_name FROM store_databases WHERE store_id = $1::uuid`,
+    [restore.store_id],
+  );
+  const database = restore.new_database;
+  if (database && restore.server && db?.database_name !== database)
+    await withClient(serverByKey(ctx, restore.server).adminUrl, (client) =>
+      client.query(`DROP DATABASE IF EXISTS ${ident(database)} WITH (FORCE)`),
+    ).catch((err: Error) =>
+      // Left to reconcile, which reports it as an orphan once the row is no longer running.
+      logger.warn({ restoreId: restore.id, database, err: err.message }, "could not drop a restore's database"),
+    );
+  await run(
+    ctx,
+    `UPDATE store_restores SET state = 'failed', error = $2, updated_at = now()
+      WHERE id = $1::uuid AND state IN ('queued', 'running')`,
+    [restore.id, reason.slice(0, 500)],
+  );
+}
+
+/**
+ * Backups and restores whose job will never run them to the end: the job gone from the queue, or failed
+ * without its processor recording it (a worker killed once more than the queue hands a stalled job over). Each
+ * is failed with a reason, its unfinished archive or half-built database removed, so the store's next backup or
+ * restore can be asked for. Rows younger than `graceSeconds` are left alone (their job may be about to be
+ * queued). Part of the schedule-backups task.
+ */
+export async function endAbandoned(ctx: AppContext, graceSeconds = 60): Promise<{ abandoned: number }> {
+  const queue = ctx.queues.get(QueueName.backups);
+  /** Why the job will not finish the row, or null while it may still (waiting, delayed, active). */
+  const ended = async (jobId: string): Promise<string | null> => {
+    const job = await queue.getJob(jobId);
+    if (!job) return 'its job is gone from the queue';
+    const state = await job.getState();
+    if (state !== 'failed' && state !== 'completed' && state !== 'unknown') return null;
+    return `its job ${state}${job.failedReason ? `: ${job.failedReason}` : ''}`;
+  };
+  let abandoned = 0;
+  const backups = await select<{ id: string; store_id: string }>(
+    ctx,
+    `SELECT id, store_id FROM store_backups
+      WHERE state IN ('queued', 'running') AND created_at < now() - make_interval(secs => $1) LIMIT 500`,
+    [graceSeconds],
+  );
+  for (const b of backups) {
+    const why = await ended(backupJobId(b.id));
+    if (!why) continue;
+    await backupStorage(ctx).delete(archiveKey(b.store_id, b.id));
+    await run(
+      ctx,
+      `UPDATE store_backups SET state = 'failed', error = $2 WHERE id = $1::uuid AND state IN ('queued', 'running')`,
+      [b.id, `${INTERRUPTED_BACKUP} (${why})`.slice(0, 500)],
+    );
+    abandoned++;
+  }
+  const restores = await select<RestoreRow>(
+    ctx,
+    `SELECT * FROM store_restores
+      WHERE state IN ('queued', 'running') AND updated_at < now() - make_interval(secs => $1) LIMIT 500`,
+    [graceSeconds],
+  );
+  for (const r of restores) {
+    const why = await ended(restoreJobId(r.id));
+    if (!why) continue;
+    await endRestore(ctx, r, `${INTERRUPTED_RESTORE} (${why})`);
+    abandoned++;
+  }
+  return { abandoned };
 }
 
 /** The new database, owned by the store's role with CONNECT for it alone (as provisioning makes one), at `version` (also a move's target). */

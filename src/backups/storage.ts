@@ -14,7 +14,7 @@ export interface BackupStorage {
   put(key: string, body: Readable): Promise<{ bytes: number }>;
   /** The object's bytes; fails when there is none. */
   get(key: string): Promise<Readable>;
-  /** Remove the object; nothing to remove is not an error. */
+  /** Remove the object and what an unfinished write of it left (a worker killed mid-put); nothing to remove is not an error. */
   delete(key: string): Promise<void>;
   /** The keys under `prefix` (a store's id); with '' the top-level prefixes (the store ids). */
   list(prefix: string): Promise<string[]>;
@@ -22,7 +22,10 @@ export interface BackupStorage {
 
 const KEY = /^[A-Za-z0-9_-]+(\/[A-Za-z0-9_.-]+)*$/;
 
-/** Archives as files under one directory (BACKUP_DIR), written to a temporary name and renamed when complete. */
+/**
+ * Archives as files under one directory (BACKUP_DIR), written to a temporary name (`<key>.partial`), flushed to
+ * disk and renamed when complete: a file under its key is always a whole archive, even after a crash.
+ */
 export class LocalDirectoryStorage implements BackupStorage {
   constructor(private readonly root: string) {}
 
@@ -37,7 +40,8 @@ export class LocalDirectoryStorage implements BackupStorage {
     await mkdir(path.dirname(file), { recursive: true });
     const partial = `${file}.partial`;
     try {
-      await pipeline(body, createWriteStream(partial, { mode: 0o600 }));
+      // flush: fsync before close, so the rename never publishes a file whose bytes a crash could still lose.
+      await pipeline(body, createWriteStream(partial, { mode: 0o600, flush: true }));
       await rename(partial, file);
     } catch (err) {
       await rm(partial, { force: true });
@@ -53,7 +57,9 @@ export class LocalDirectoryStorage implements BackupStorage {
   }
 
   async delete(key: string): Promise<void> {
-    await rm(this.file(key), { force: true });
+    const file = this.file(key);
+    await rm(`${file}.partial`, { force: true });
+    await rm(file, { force: true });
   }
 
   async list(prefix: string): Promise<string[]> {

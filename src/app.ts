@@ -24,6 +24,7 @@ import { usageRoutes } from './usage/usage.routes';
 import { migrationRunRoutes } from './migrations/migration-runs.routes';
 import { registerMigrationMetrics } from './migrations/migration.metrics';
 import { hygieneRoutes } from './hygiene/hygiene.routes';
+import { moveRoutes } from './moves/moves.routes';
 import { registerHygieneMetrics } from './hygiene/hygiene.metrics';
 import { backupRoutes } from './backups/backups.routes';
 import { exportRoutes } from './exports/export.routes';
@@ -41,6 +42,7 @@ export function apiRouters(ctx: AppContext): ApiRouter[] {
     adminRoutes(ctx),
     migrationRunRoutes(ctx, requirePlatformAdmin(ctx)),
     hygieneRoutes(ctx, requirePlatformAdmin(ctx)),
+    moveRoutes(ctx, requirePlatformAdmin(ctx)),
     storefrontRoutes(ctx),
     ...creditsRoutes(ctx),
     ...subscriptionRoutes(ctx, requirePlatformAdmin(ctx)),

@@ -17,6 +17,8 @@ import { registerHygieneCommands } from './hygiene/hygiene-cli';
 import { registerFleetCheckCommands } from './hygiene/fleet-check-cli';
 import { registerFleetCommands } from './migrations/migration-cli';
 import type { FleetDeps } from './migrations/migration-runs.service';
+import { registerMoveCommands } from './moves/move-cli';
+import type { MoveDeps } from './moves/moves.service';
 import { Queues } from './queue/queues';
 
 /**
@@ -55,6 +57,23 @@ async function withFleet<T>(run: (deps: FleetDeps) => Promise<T>): Promise<T> {
     embedded = prepared.embedded;
     master = openMasterDb(prepared.url, 2);
     return await run({ master, queues, config });
+  } finally {
+    await queues.close();
+    await master?.sequelize.close();
+    await embedded?.stop();
+  }
+}
+
+/** The store move commands: the master DB and its URL (the tenant servers default to its server), the queues. */
+async function withMoves<T>(run: (deps: MoveDeps) => Promise<T>): Promise<T> {
+  let embedded: EmbeddedServer | undefined;
+  let master: MasterDb | undefined;
+  const queues = new Queues({ config, redisPrefix: config.redisPrefix });
+  try {
+    const prepared = await prepareMaster(config, undefined, { reuseRunningEmbedded: true });
+    embedded = prepared.embedded;
+    master = openMasterDb(prepared.url, 2);
+    return await run({ master, queues, config, masterUrl: prepared.url });
   } finally {
     await queues.close();
     await master?.sequelize.close();
@@ -129,6 +148,7 @@ function buildProgram(): Command {
   registerFleetCommands(program, withFleet, operator);
   registerHygieneCommands(program, withMaster, operator);
   registerFleetCheckCommands(program, withMaster, operator);
+  registerMoveCommands(program, withMoves, operator);
   return program;
 }
 

@@ -56,6 +56,10 @@ const EnvSchema = z.object({
   BACKUP_RETENTION_DAYS: int(7, 1, 3650),
   /** Backups and restores run at once per tenant server by one worker process. */
   BACKUPS_PER_SERVER: int(2, 1, 64),
+  /** Hours a moved store's source database is kept (closed to connections) before maintenance drops it. */
+  STORE_MOVE_KEEP_HOURS: int(24, 0, 24 * 90),
+  /** Store moves run at once off one tenant server by one worker process (a drain sets its own, lower or equal). */
+  STORE_MOVES_PER_SERVER: int(2, 1, 16),
   /** Prefix of the names of managed tenant databases and their roles (the store id follows). */
   TENANT_DB_PREFIX: z
     .string()
@@ -301,6 +305,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       dir: path.resolve(e.BACKUP_DIR ?? path.join(e.DATA_DIR, 'backups')),
       retentionDays: e.BACKUP_RETENTION_DAYS,
       perServer: e.BACKUPS_PER_SERVER,
+    }),
+    moves: Object.freeze({
+      keepHours: e.STORE_MOVE_KEEP_HOURS,
+      perServer: e.STORE_MOVES_PER_SERVER,
     }),
     workerLockMs: e.WORKER_LOCK_MS,
     passwordRotation: Object.freeze({

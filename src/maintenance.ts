@@ -5,6 +5,7 @@ import { endAbandoned, removeExpired, scheduleDueBackups } from './backups/backu
 import { rotateDuePasswords } from './hygiene/store-passwords';
 import { reconcile } from './hygiene/reconcile';
 import { resumeOrphanedRuns } from './migrations/migration-runs.service';
+import { tendMoves } from './moves/move-runner';
 import { refillWarmPool } from './provisioning/templates';
 import type { JobPayloads } from './queue/queues';
 import { purgeDeletedStores } from './stores/purge';
@@ -58,6 +59,8 @@ export async function processMaintenance(
       return { ...(await endAbandoned(ctx)), ...(await scheduleDueBackups(ctx)) };
     case 'expire-backups':
       return removeExpired(ctx);
+    case 'tend-store-moves':
+      return tendMoves(ctx);
     case 'prune-revoked-tokens': {
       const removed = await ctx.master.models.RevokedToken.destroy({ where: { expiresAt: { [Op.lt]: new Date() } } });
       return { removed };

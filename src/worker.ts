@@ -11,6 +11,7 @@ import { processProvisioning } from './provisioning/provisioning.service';
 import { processMigrationRun } from './migrations/migration-runner';
 import { processCreditSync } from './credits/credit-sync';
 import { processBackupJob } from './backups/backups.service';
+import { processMoveJob } from './moves/move-runner';
 import { tenantServers } from './db/tenant-servers';
 import { backoffStrategy, bullConnection, QueueName, type JobPayloads } from './queue/queues';
 
@@ -35,6 +36,11 @@ function processors(ctx: AppContext): {
     backups: {
       processor: (job) => processBackupJob(ctx, job.data),
       concurrency: ctx.config.backups.perServer * tenantServers(ctx).length + 1,
+    },
+    // Bounded per source server inside the processor (STORE_MOVES_PER_SERVER), servers side by side.
+    'store-moves': {
+      processor: (job) => processMoveJob(ctx, job.data.moveId),
+      concurrency: ctx.config.moves.perServer * tenantServers(ctx).length,
     },
   };
 }
@@ -109,6 +115,12 @@ export async function startWorkers(ctx: AppContext): Promise<Workers> {
     'expire-backups',
     { every: 3600_000 },
     { name: 'expire-backups', data: { task: 'expire-backups' } },
+  );
+  // Moved stores' old databases dropped after STORE_MOVE_KEEP_HOURS; lost move jobs queued again; drains kept going.
+  await maintenance.upsertJobScheduler(
+    'tend-store-moves',
+    { every: 60_000 },
+    { name: 'tend-store-moves', data: { task: 'tend-store-moves' } },
   );
   // Manual subscriptions' next billing period, and included credits an account could not be given yet.
   await maintenance.upsertJobScheduler(

@@ -7,7 +7,14 @@ import { logger } from '../lib/logger';
 import type { StoreStatus } from '../models/master';
 import { ClientErrorCode } from './budgeted-client';
 import { BudgetTimeoutError, ownerMaxFor } from './connection-budget';
-import { isConnectionFailure, isServerFull, isTransientConnectionFailure, PgCode, pgCode } from './errors';
+import {
+  isConnectionFailure,
+  isServerFull,
+  isTransientConnectionFailure,
+  PgCode,
+  pgCode,
+  storeMovingRefusal,
+} from './errors';
 import { HostResolver, type HostResolverOptions } from './host-resolver';
 import type { MasterDb } from './master';
 import { ServerBudgets, type ManagedServer, type ServerBudget } from './server-budgets';
@@ -575,6 +582,11 @@ export class ConnectionManager implements TenantGuard {
     if (budgetFull || isServerFull(err)) return this.busy(handle);
     // The database is alive, only slow, locked or too talkative: this request fails, the store is not fenced.
     const code = pgCode(err);
+    if (code === PgCode.STORE_MOVED) {
+      // Its writes are frozen for a move: the next request reads where the store lives from the master again.
+      this.handles.delete(storeId);
+      return storeMovingRefusal();
+    }
     if (code === ClientErrorCode.READ_LIMIT)
       return fail(ErrorCode.TENANT_UNAVAILABLE, "This store's database returned more data than allowed", {
         retryAfterSeconds: 1,

@@ -29,6 +29,11 @@ export const PgCode = {
   LOCK_NOT_AVAILABLE: '55P03',
   /** idle_in_transaction_session_timeout ended the session. */
   IDLE_IN_TRANSACTION_TIMEOUT: '25P03',
+  /**
+   * Ours: a write reached a store database that is being (or has been) moved to another server, after its
+   * writes were frozen for the switch (src/moves/change-capture.ts). Nothing was written; ask again.
+   */
+  STORE_MOVED: 'TMOVE',
 } as const;
 
 /**
@@ -109,12 +114,19 @@ export function isServerFull(err: unknown): boolean {
   return pgCode(err) === PgCode.TOO_MANY_CONNECTIONS;
 }
 
+/** A write refused by a frozen (moving) store database: the same answer as a store held for its migration. */
+export const storeMovingRefusal = (): AppError =>
+  fail(ErrorCode.TENANT_MIGRATING, "This store's database is being moved; try again shortly", {
+    retryAfterSeconds: 2,
+  });
+
 /**
  * The one place where database errors become API errors. Constraint names and SQL never reach the client.
  * Returns undefined for errors that are the server's own fault (they become 500).
  */
 export function mapDatabaseError(err: unknown): AppError | undefined {
   if (!(err instanceof BaseError) && !pgCode(err)) return undefined;
+  if (pgCode(err) === PgCode.STORE_MOVED) return storeMovingRefusal();
   if (err instanceof UniqueConstraintError || pgCode(err) === PgCode.UNIQUE_VIOLATION) {
     return fail(ErrorCode.CONFLICT, 'A resource with these values already exists');
   }

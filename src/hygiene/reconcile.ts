@@ -291,6 +291,17 @@ async function replacedDatabases(deps: HygieneDeps): Promise<ReplacedDatabase[]>
      SELECT store_id, server, new_database, NULL, true
        FROM store_restores
       WHERE state IN ('queued', 'running') AND new_database IS NOT NULL AND server IS NOT NULL
+        AND updated_at > now() - interval '1 day'
+     UNION ALL
+     -- A moved store's old database, kept closed until its drop date (tend-store-moves drops it).
+     SELECT store_id, source_server, source_database, drop_after, false
+       FROM store_moves
+      WHERE state = 'completed' AND dropped_at IS NULL AND drop_after IS NOT NULL
+     UNION ALL
+     -- The target a move is filling (the same name as the store's on another server, or a suffixed one).
+     SELECT store_id, target_server, target_database, NULL, true
+       FROM store_moves
+      WHERE state IN ('copying', 'catching_up', 'switching') AND target_database IS NOT NULL
         AND updated_at > now() - interval '1 day'`,
     { type: QueryTypes.SELECT },
   );
@@ -406,7 +417,11 @@ async function reconcileServer(
 
   // Managed-prefix databases nobody registered: orphans, or the warm pool's.
   for (const d of databases) {
-    if (!prefixed(d.datname) || registryDatabases.has(d.datname)) continue;
+    if (!prefixed(d.datname)) continue;
+    // Kept or being filled by a restore or a move: by server and name, since a moved store's old database
+    // keeps the name its registry row now gives the database on the other server.
+    const kept = scope.replaced.find((r) => r.server === server.key && r.database === d.datname);
+    if (registryDatabases.has(d.datname) && !(kept && !mine.some((e) => e.database === d.datname))) continue;
     if (isWarm(d.datname)) {
       const ready = d.datname.startsWith(pool) && d.owner === d.datname;
       const young = d.datname.startsWith(`${prefix}prep_`) && (d.ageMinutes === null || d.ageMinutes < grace);
@@ -425,8 +440,7 @@ async function reconcileServer(
       });
       continue;
     }
-    const kept = scope.replaced.find((r) => r.server === server.key && r.database === d.datname);
-    // A restore is filling it: not ours to report or drop until the restore ends.
+    // A restore or a move is filling it: not ours to report or drop until it ends.
     if (kept?.restoring) continue;
     if (kept?.dropAfter) {
       const until = new Date(kept.dropAfter);
@@ -438,7 +452,7 @@ async function reconcileServer(
           server: server.key,
           name: d.datname,
           storeId: kept.storeId,
-          detail: `database ${d.datname}, replaced by a restore of store ${kept.storeId}, was to be dropped on ${until.toISOString()} (expire-backups drops it)`,
+          detail: `database ${d.datname}, replaced by a restore or a move of store ${kept.storeId}, was to be dropped on ${until.toISOString()} (expire-backups or tend-store-moves drops it)`,
           repair: null,
         });
       continue;

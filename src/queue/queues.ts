@@ -8,6 +8,7 @@ export const QueueName = {
   tenantMigrations: 'tenant-migrations',
   creditSync: 'credit-sync',
   backups: 'backups',
+  storeMoves: 'store-moves',
 } as const;
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
 
@@ -24,7 +25,8 @@ export interface JobPayloads {
       | 'rotate-store-passwords'
       | 'reconcile-dry-run'
       | 'schedule-backups'
-      | 'expire-backups';
+      | 'expire-backups'
+      | 'tend-store-moves';
   };
   provisioning: { storeId: string };
   /** Drive one fleet migration run from its rows in the master DB (see src/migrations). */
@@ -32,6 +34,8 @@ export interface JobPayloads {
   'credit-sync': { storeId: string };
   /** A store backup or restore (src/backups), by its row in store_backups / store_restores. */
   backups: { kind: 'backup' | 'restore'; id: string };
+  /** Move one store's database to another tenant server (src/moves), by its row in store_moves. */
+  'store-moves': { moveId: string };
 }
 
 /** One provisioning job per store: a second request finds the same job. */

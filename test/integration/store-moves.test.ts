@@ -1,0 +1,270 @@
+import path from 'node:path';
+import { QueryTypes } from 'sequelize';
+import request from 'supertest';
+import { tendMoves } from '../../src/moves/move-runner';
+import { drainStatus, startDrain } from '../../src/moves/moves.service';
+import { registerAdmin } from '../helpers/admins';
+import { registerUser } from '../helpers/app';
+import { adminQuery, SECOND_SERVER_URL, TEST_SERVER_URL } from '../helpers/db';
+import { eventually } from '../helpers/fixtures';
+import { expectProblem } from '../helpers/http';
+import { auth, provisionManagedStore, queryWith, storeConnection } from '../helpers/stores';
+import { useSuite } from '../helpers/suite';
+
+/**
+ * Moving a store's managed database to another tenant server (issue 15, item 5), with the suite's worker
+ * running the move jobs: under concurrent reads and writes, bad requests, a drain, and the command line.
+ */
+
+const SERVERS = `${TEST_SERVER_URL},${SECOND_SERVER_URL}`;
+const t = useSuite('moves', { WORKER: 'on', TENANT_SERVERS: SERVERS, PAYMENTS_PROVIDER: 'manual' });
+const root = path.join(__dirname, '..', '..');
+
+const keyOf = (url: string) => {
+  const u = new URL(url);
+  return `${u.hostname}:${u.port || 5432}`;
+};
+const urlOf = (key: string) => [TEST_SERVER_URL, SECOND_SERVER_URL].find((u) => keyOf(u) === key)!;
+
+let admin: Awaited<ReturnType<typeof registerAdmin>>;
+let owner: Awaited<ReturnType<typeof registerUser>>;
+type Store = Awaited<ReturnType<typeof provisionManagedStore>>;
+
+beforeAll(async () => {
+  admin = await registerAdmin(t);
+  owner = await registerUser(t.app);
+  // Agency: no product or store limit gets in the way of the load.
+  await request(t.app)
+    .put(`/api/admin/users/${owner.user.id}/plan`)
+    .set(auth(admin.token))
+    .send({ planId: 'agency' })
+    .expect(200);
+  // Old databases of moved stores (not in the registry any more), whatever a failing test left.
+  t.defer('the moved stores old databases', async () => {
+    const rows = await t.ctx.master.sequelize
+      .query<{ server: string; name: string; role: string | null }>(
+        `SELECT source_server AS server, source_database AS name, role FROM store_moves WHERE dropped_at IS NULL
+         UNION ALL SELECT target_server, target_database, role FROM store_moves WHERE state = 'failed' AND target_database IS NOT NULL`,
+        { type: QueryTypes.SELECT },
+      )
+      .catch(() => []);
+    for (const r of rows) {
+      await adminQuery(`DROP DATABASE IF EXISTS "${r.name}" WITH (FORCE)`, urlOf(r.server)).catch(() => {});
+      if (r.role) await adminQuery(`DROP ROLE IF EXISTS "${r.role}"`, urlOf(r.server)).catch(() => {});
+    }
+  });
+});
+
+const placement = async (storeId: string) => (await t.ctx.master.models.StoreDatabase.findByPk(storeId))!;
+
+const moveRow = async (storeId: string) =>
+  (
+    await t.ctx.master.sequelize.query<{
+      id: string;
+      state: string;
+      write_pause_ms: number | null;
+      error: string | null;
+      source_server: string;
+      source_database: string;
+    }>(`SELECT * FROM store_moves WHERE store_id = $1 ORDER BY created_at DESC LIMIT 1`, {
+      bind: [storeId],
+      type: QueryTypes.SELECT,
+    })
+  )[0];
+
+async function moveFinished(storeId: string, timeoutMs = 40_000) {
+  return eventually(async () => {
+    const row = await moveRow(storeId);
+    if (row?.state !== 'completed' && row?.state !== 'failed') throw new Error(`move ${row?.state}`);
+    return row;
+  }, timeoutMs);
+}
+
+/** Writes and reads on a store through the storefront API until stopped; what each answered. */
+function load(store: Store, token: string, label: string) {
+  const host = `${store.slug}.localhost`;
+  const written: string[] = [];
+  const unexpected: string[] = [];
+  let migrating = 0;
+  let stopped = false;
+  let n = 0;
+  const check = (res: request.Response, ok: number) => {
+    if (res.status === ok) return true;
+    if (res.status === 503 && res.body?.code === 'TENANT_MIGRATING' && res.headers['retry-after']) migrating++;
+    else unexpected.push(`${res.status} ${res.text.slice(0, 200)}`);
+    return false;
+  };
+  const writer = async () => {
+    while (!stopped) {
+      const sku = `${label}-${++n}`;
+      const res = await request(t.app)
+        .post('/api/store/products')
+        .set('Host', host)
+        .set(auth(token))
+        .send({ sku, name: `Product ${sku}`, priceCents: 100, stock: 5 });
+      if (check(res, 201)) written.push(sku);
+    }
+  };
+  const reader = async () => {
+    while (!stopped) check(await request(t.app).get('/api/store/products?limit=5').set('Host', host), 200);
+  };
+  const running = Promise.all([writer(), writer(), reader()]);
+  return {
+    written,
+    unexpected,
+    migrating: () => migrating,
+    async stop() {
+      stopped = true;
+      await running;
+    },
+  };
+}
+
+describe('POST /api/admin/stores/:id/move', () => {
+  test('moves a store to the other server under concurrent reads and writes: no write lost, only 503 TENANT_MIGRATING meanwhile, another store untouched', async () => {
+    const store = await provisionManagedStore(t.app, owner.token);
+    const other = await provisionManagedStore(t.app, owner.token);
+    const from = (await placement(store.id)).server!;
+    const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== from)!;
+    // Rows for the bulk copy to carry.
+    await queryWith(
+      await storeConnection(t, store.id),
+      `INSERT INTO products (sku, name, price_cents) SELECT 'bulk-' || i, 'Bulk ' || i, i FROM generate_series(1, 3000) i`,
+    );
+
+    const moving = load(store, owner.token, 'moving');
+    const bystander = load(other, owner.token, 'other');
+    await new Promise((r) => setTimeout(r, 300));
+    const res = await request(t.app)
+      .post(`/api/admin/stores/${store.id}/move`)
+      .set(auth(admin.token))
+      .send({ server: to })
+      .expect(202);
+    expect(res.body).toEqual({ jobId: expect.stringMatching(/^move-/) });
+    const row = await moveFinished(store.id);
+    await new Promise((r) => setTimeout(r, 300));
+    await Promise.all([moving.stop(), bystander.stop()]);
+
+    expect(row).toMatchObject({ state: 'completed', error: null, source_server: from });
+    expect(row.write_pause_ms).toEqual(expect.any(Number));
+    expect(moving.unexpected).toEqual([]);
+    expect(bystander.unexpected).toEqual([]);
+    expect(bystander.migrating()).toBe(0);
+    expect(moving.written.length).toBeGreaterThan(5);
+
+    // Placement: the master, the credentials and the data all say the target server.
+    const db = await placement(store.id);
+    expect(db.server).toBe(to);
+    const conn = await storeConnection(t, store.id);
+    expect(`${conn.host}:${conn.port}`).toBe(to);
+    const skus = new Set((await queryWith<{ sku: string }>(conn, `SELECT sku FROM products`)).map((r) => r.sku));
+    expect(moving.written.filter((s) => !skus.has(s))).toEqual([]);
+    expect([...skus].filter((s) => s.startsWith('bulk-'))).toHaveLength(3000);
+    // The store is served from there: a new product lands on the target.
+    await request(t.app)
+      .post('/api/store/products')
+      .set('Host', `${store.slug}.localhost`)
+      .set(auth(owner.token))
+      .send({ sku: 'after-move', name: 'After', priceCents: 1, stock: 1 })
+      .expect(201);
+    expect(await queryWith(conn, `SELECT sku FROM products WHERE sku = 'after-move'`)).toHaveLength(1);
+    // No capture left on the target; the source kept, closed, then dropped by maintenance after its grace.
+    expect(await queryWith(conn, `SELECT 1 FROM pg_namespace WHERE nspname = 'tenantry_move'`)).toEqual([]);
+    const source = await adminQuery(
+      `SELECT datallowconn FROM pg_database WHERE datname = '${row.source_database}'`,
+      urlOf(from),
+    );
+    expect(source.rows).toEqual([{ datallowconn: false }]);
+    const audit = await t.ctx.master.sequelize.query<{ action: string }>(
+      `SELECT action FROM audit_log WHERE store_id = $1 AND action LIKE 'store.move.%' ORDER BY id`,
+      { bind: [store.id], type: QueryTypes.SELECT },
+    );
+    expect(audit.map((a) => a.action)).toEqual(['store.move.requested', 'store.move.completed']);
+    await t.ctx.master.sequelize.query(`UPDATE store_moves SET drop_after = now() WHERE id = $1`, { bind: [row.id] });
+    expect((await tendMoves(t.ctx)).dropped).toBe(1);
+    expect(
+      (await adminQuery(`SELECT 1 FROM pg_database WHERE datname = '${row.source_database}'`, urlOf(from))).rowCount,
+    ).toBe(0);
+  });
+
+  test('refuses what it cannot do, changing nothing: not an admin 403, unknown store 404, bad or same server 400, external or suspended store 409, a second move 409', async () => {
+    const store = await provisionManagedStore(t.app, owner.token);
+    const here = (await placement(store.id)).server!;
+    const there = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== here)!;
+    const move = (id: string, body: unknown, token = admin.token) =>
+      request(t.app)
+        .post(`/api/admin/stores/${id}/move`)
+        .set(auth(token))
+        .send(body as object);
+
+    expectProblem(await move(store.id, { server: there }, owner.token), 403, 'FORBIDDEN');
+    expectProblem(await move('00000000-0000-4000-8000-000000000000', { server: there }), 404, 'STORE_NOT_FOUND');
+    expectProblem(await move(store.id, { server: '10.0.0.9:5432' }), 400, 'VALIDATION_FAILED');
+    expectProblem(await move(store.id, { server: 'not a server' }), 400, 'VALIDATION_FAILED');
+    expectProblem(await move(store.id, { server: there, extra: 1 }), 400, 'VALIDATION_FAILED');
+    expectProblem(await move(store.id, { server: here }), 400, 'VALIDATION_FAILED');
+
+    const external = await provisionManagedStore(t.app, owner.token);
+    await t.ctx.master.sequelize.query(`UPDATE store_databases SET mode = 'external' WHERE store_id = $1`, {
+      bind: [external.id],
+    });
+    expectProblem(await move(external.id, { server: there }), 409, 'CONFLICT');
+    await t.ctx.master.sequelize.query(`UPDATE store_databases SET mode = 'managed' WHERE store_id = $1`, {
+      bind: [external.id],
+    });
+    await request(t.app).post(`/api/admin/stores/${store.id}/suspend`).set(auth(admin.token)).expect(200);
+    expectProblem(await move(store.id, { server: there }), 409, 'CONFLICT');
+    await request(t.app).post(`/api/admin/stores/${store.id}/resume`).set(auth(admin.token)).expect(200);
+
+    const rows = await t.ctx.master.sequelize.query(`SELECT 1 FROM store_moves WHERE store_id = ANY($1::uuid[])`, {
+      bind: [[store.id, external.id]],
+      type: QueryTypes.SELECT,
+    });
+    expect(rows).toEqual([]);
+    expect((await placement(store.id)).server).toBe(here);
+
+    // One move at a time: the second while the first is under way is refused.
+    await move(store.id, { server: there }).expect(202);
+    const second = await move(store.id, { server: there });
+    if ((await moveRow(store.id)).state !== 'completed') expectProblem(second, 409, 'CONFLICT');
+    expect((await moveFinished(store.id)).state).toBe('completed');
+    expect((await placement(store.id)).server).toBe(there);
+  });
+});
+
+describe('draining and the command line', () => {
+  test('tenants:move moves a store and exits 0 with the write pause; a drain then empties a server', async () => {
+    const store = await provisionManagedStore(t.app, owner.token);
+    const from = (await placement(store.id)).server!;
+    const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== from)!;
+    const child = t.spawn(process.execPath, [path.join(root, 'bin', 'tenantry.js'), 'tenants:move', store.id, to], {
+      cwd: root,
+      env: { ...process.env, DATABASE_URL: t.db.url, REDIS_PREFIX: t.ctx.redisPrefix, TENANT_SERVERS: SERVERS },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    expect(stdout).toMatch(new RegExp(`Move .* completed: store ${store.id} is on ${to}; .* writes paused \\d+ ms\\.`));
+    expect((await placement(store.id)).server).toBe(to);
+
+    // Every active managed store on `to` now goes back to `from` (the only other server).
+    const onTo = await t.ctx.master.sequelize.query<{ store_id: string }>(
+      `SELECT d.store_id FROM store_databases d JOIN stores s ON s.id = d.store_id
+        WHERE d.server = $1 AND d.mode = 'managed' AND s.status = 'active'`,
+      { bind: [to], type: QueryTypes.SELECT },
+    );
+    expect(onTo.length).toBeGreaterThan(0);
+    const { drainId } = await startDrain(t.ctx, { userId: null, label: 'test' }, to, 2);
+    const status = await eventually(async () => {
+      const s = await drainStatus(t.ctx, drainId);
+      if (s.state === 'running') throw new Error(`drain ${s.completed}/${s.total}`);
+      return s;
+    }, 50_000);
+    expect(status).toMatchObject({ state: 'completed', total: onTo.length, completed: onTo.length, failed: 0 });
+    for (const { store_id } of onTo) expect((await placement(store_id)).server).toBe(from);
+  });
+});

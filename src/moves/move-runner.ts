@@ -212,10 +212,10 @@ async function copyAndSwitch(ctx: AppContext, work: Work) {
       await setState(ctx, move.id, 'catching_up', ', rows_copied = $3', [work.rows]);
       await catchUp(src, dst, tables, work);
       await setState(ctx, move.id, 'switching', ', changes_replayed = $3', [work.changes]);
-      let writePauseMs = 0;
+      let pause = { ms: 0, steps: {} as Record<string, number> };
       for (let attempt = 1; ; attempt++) {
         try {
-          writePauseMs = await finalSwitch(ctx, src, dst, tables, work);
+          pause = await finalSwitch(ctx, src, dst, tables, work);
           break;
         } catch (err) {
           // Writes in flight outlasted the lock's wait (or the lock gave way in a deadlock): the store went on as
@@ -226,7 +226,7 @@ async function copyAndSwitch(ctx: AppContext, work: Work) {
       }
       await run(ctx, `UPDATE store_moves SET write_pause_ms = $2, updated_at = now() WHERE id = $1::uuid`, [
         move.id,
-        writePauseMs,
+        pause.ms,
       ]);
       await closeSource(ctx, work, src, tables);
       return {
@@ -236,7 +236,8 @@ async function copyAndSwitch(ctx: AppContext, work: Work) {
         database: work.targetDatabase,
         rows: work.rows,
         changes: work.changes,
-        writePauseMs,
+        writePauseMs: pause.ms,
+        pauseSteps: pause.steps,
       };
     }),
   );
@@ -303,7 +304,7 @@ async function catchUp(src: pg.ClientBase, dst: pg.ClientBase, tables: KeyedTabl
 
 /**
  * The write pause (see the module's comment, step 3). Returns its length in ms, from holding the store's
- * requests to releasing them. Throws (having undone the freeze) when the master could not be switched.
+ * requests to releasing them, and the steps it took. Throws (having undone the freeze) when the master could not be switched.
  */
 async function finalSwitch(
   ctx: AppContext,
@@ -311,15 +312,24 @@ async function finalSwitch(
   dst: pg.ClientBase,
   tables: KeyedTable[],
   work: Work,
-): Promise<number> {
+): Promise<{ ms: number; steps: Record<string, number> }> {
   const storeId = work.move.store_id;
   const held = performance.now();
+  // Where the pause goes (ms per step), in the job's result.
+  const steps: Record<string, number> = {};
+  let since = held;
+  const step = (name: string) => {
+    steps[name] = Math.round(performance.now() - since);
+    since = performance.now();
+  };
   await ctx.bus.publish({ type: 'tenant.migrating', storeId });
+  step('hold');
   let switched = false;
   try {
     await src.query('BEGIN');
     try {
       await freezeWrites(src, tables, FREEZE_LOCK_MS);
+      step('lock');
       for (let n = REPLAY_BATCH; n === REPLAY_BATCH;) {
         n = await replayChanges(src, dst, tables, REPLAY_BATCH, true);
         work.changes += n;
@@ -330,7 +340,9 @@ async function finalSwitch(
           s.lastValue,
           s.isCalled,
         ]);
+      step('replay');
       await compareCounts(src, dst, tables);
+      step('verify');
       await src.query('COMMIT');
     } catch (err) {
       await src.query('ROLLBACK').catch(() => {});
@@ -340,6 +352,7 @@ async function finalSwitch(
     try {
       await switchPlacement(ctx, work, held);
       switched = true;
+      step('switch');
     } catch (err) {
       await unfreeze(src, tables).catch((e: Error) =>
         logger.error({ storeId, err: e.message }, 'could not open the writes of a store whose move failed'),
@@ -353,7 +366,8 @@ async function finalSwitch(
       .then(() => ctx.bus.publish({ type: 'tenant.migrated', storeId }))
       .catch((err: Error) => logger.warn({ storeId, err: err.message }, 'could not announce the end of a store move'));
   }
-  return Math.round(performance.now() - held);
+  step('release');
+  return { ms: Math.round(performance.now() - held), steps };
 }
 
 async function unfreeze(src: pg.ClientBase, tables: KeyedTable[]): Promise<void> {

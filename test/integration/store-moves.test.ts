@@ -1,7 +1,11 @@
 import path from 'node:path';
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
-import { tendMoves } from '../../src/moves/move-runner';
+import { listTenantTables } from '../../src/backups/tenant-tables';
+import { withClient } from '../../src/db/pg-client';
+import { reconcile } from '../../src/hygiene/reconcile';
+import { freezeWrites, startCapture, withPrimaryKeys } from '../../src/moves/change-capture';
+import { processMove, tendMoves } from '../../src/moves/move-runner';
 import { drainStatus, startDrain } from '../../src/moves/moves.service';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
@@ -180,6 +184,12 @@ describe('POST /api/admin/stores/:id/move', () => {
       { bind: [store.id], type: QueryTypes.SELECT },
     );
     expect(audit.map((a) => a.action)).toEqual(['store.move.requested', 'store.move.completed']);
+    // Reconcile knows the kept source: listed as kept until its drop date, never an orphan.
+    const report = await reconcile(t.ctx, { userId: null, label: 'test' });
+    expect(report.kept).toContainEqual(
+      expect.objectContaining({ server: from, name: row.source_database, storeId: store.id }),
+    );
+    expect(report.findings.filter((f) => f.name === row.source_database)).toEqual([]);
     await t.ctx.master.sequelize.query(`UPDATE store_moves SET drop_after = now() WHERE id = $1`, { bind: [row.id] });
     expect((await tendMoves(t.ctx)).dropped).toBe(1);
     expect(
@@ -229,6 +239,51 @@ describe('POST /api/admin/stores/:id/move', () => {
     if ((await moveRow(store.id)).state !== 'completed') expectProblem(second, 409, 'CONFLICT');
     expect((await moveFinished(store.id)).state).toBe('completed');
     expect((await placement(store.id)).server).toBe(there);
+  });
+});
+
+describe('a move cut off by its worker', () => {
+  test('is undone and made again: the source, frozen mid-switch, refuses writes with 503 TENANT_MIGRATING until the move ends on the target', async () => {
+    const store = await provisionManagedStore(t.app, owner.token);
+    const from = (await placement(store.id)).server!;
+    const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== from)!;
+    const conn = await storeConnection(t, store.id);
+    const sourceUrl = new URL(urlOf(from));
+    sourceUrl.pathname = `/${conn.database}`;
+    // What a worker killed in the middle of the switch leaves: the row switching, a target database begun, the
+    // capture and the write refusal committed on the source.
+    const [row] = await t.ctx.master.sequelize.query<{ id: string }>(
+      `INSERT INTO store_moves (store_id, state, source_server, source_database, target_server, target_database, role,
+                                requested_by, attempts)
+       VALUES ($1, 'switching', $2, $3, $4, $3, $5, 'test', 1) RETURNING id`,
+      { bind: [store.id, from, conn.database, to, conn.user], type: QueryTypes.SELECT },
+    );
+    await adminQuery(`CREATE DATABASE "${conn.database}"`, urlOf(to));
+    await withClient(sourceUrl.toString(), async (c) => {
+      const tables = await withPrimaryKeys(c, await listTenantTables(c));
+      await startCapture(c, tables, 1000);
+      await c.query('BEGIN');
+      await freezeWrites(c, tables, 1000);
+      await c.query('COMMIT');
+    });
+    const write = (sku: string) =>
+      request(t.app)
+        .post('/api/store/products')
+        .set('Host', `${store.slug}.localhost`)
+        .set(auth(owner.token))
+        .send({ sku, name: sku, priceCents: 1, stock: 1 });
+    const refused = await write('while-cut-off');
+    expectProblem(refused, 503, 'TENANT_MIGRATING');
+    expect(refused.headers['retry-after']).toBe('2');
+
+    // The job comes back (BullMQ's stalled hand-over): undone, copied again, switched.
+    const result = await processMove(t.ctx, row.id);
+    expect(result).toMatchObject({ from, to, writePauseMs: expect.any(Number) });
+    expect(await moveRow(store.id)).toMatchObject({ state: 'completed', error: null });
+    expect((await placement(store.id)).server).toBe(to);
+    await write('after-recovery').expect(201);
+    const moved = await storeConnection(t, store.id);
+    expect(await queryWith(moved, `SELECT sku FROM products`)).toEqual([{ sku: 'after-recovery' }]);
   });
 });
 

@@ -313,8 +313,8 @@ export async function processRestore(ctx: AppContext, restoreId: string) {
     await createDatabaseAt(ctx, server, connection, newDatabase, version);
     step('create');
     const url = databaseUrl(server, newDatabase);
-    const rows = await fillFromArchive(ctx, url, backup);
-    step('copy');
+    const rows = await fillFromArchive(ctx, url, backup, step);
+    step('indexes');
     const schemaVersion = await withClient(url, async (client) => {
       await client.query(`SET ROLE ${ident(connection.user)}`);
       return (await migrateWith('tenant', client, tenantMigrationsDir(ctx.config))).schemaVersion;
@@ -474,26 +474,40 @@ const RESTORE_LANES = 2;
  * time. A chunk that does not authenticate, a checksum or count that differs, a missing table or a missing
  * end: the restore fails, and its database (never seen by the store) is dropped with everything in it — so
  * the copy needs no transaction of its own, and runs on RESTORE_LANES connections at once: each table's rows,
- * cut at line ends, go to whichever connection's turn it is, and the indexes that no constraint needs are set
- * aside during the copy and built after it, shared between the connections (as pg_restore does).
+ * cut at line ends, go to whichever connection's turn it is. The indexes that no constraint needs are set aside
+ * and built once their table's rows are in (as pg_restore does): on one more connection while the next tables
+ * are copied, then on every connection once the copy is done.
  */
-async function fillFromArchive(ctx: AppContext, url: string, backup: BackupRow): Promise<number> {
+async function fillFromArchive(
+  ctx: AppContext,
+  url: string,
+  backup: BackupRow,
+  step: (name: string) => void,
+): Promise<number> {
   const expected = backup.manifest!;
   const byName = new Map(expected.tables.map((t) => [t.name, t]));
   const source = await backupStorage(ctx).get(backup.storage_key!);
-  return withClients(url, RESTORE_LANES, async (lanes) => {
+  return withClients(url, RESTORE_LANES + 1, async ([indexer, ...lanes]) => {
     for (const lane of lanes) await lane.query(`SET session_replication_role = replica`);
     const [first] = lanes;
     await emptyTables(
       first,
       expected.tables.map((t) => t.name),
     );
-    const { rows: indexes } = await first.query<{ name: string; def: string }>(
-      `SELECT i.relname AS name, pg_get_indexdef(i.oid) AS def
+    const { rows: indexes } = await first.query<{ name: string; def: string; table: string }>(
+      `SELECT i.relname AS name, pg_get_indexdef(i.oid) AS def, t.relname AS table
          FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace
+         JOIN pg_class t ON t.oid = x.indrelid
         WHERE n.nspname = 'public' AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)`,
     );
     for (const { name } of indexes) await first.query(`DROP INDEX public.${ident(name)}`);
+    // The definitions of the indexes whose table is in, not yet being built; each connection given to
+    // `build` takes the next one until none is left.
+    const pending: string[] = [];
+    const build = async (client: pg.ClientBase) => {
+      for (let def = pending.shift(); def; def = pending.shift()) await client.query(def);
+    };
+    let indexing = Promise.resolve();
     const seen = new Set<string>();
     let total = 0;
     let ended = false;
@@ -531,6 +545,13 @@ async function fillFromArchive(ctx: AppContext, url: string, backup: BackupRow):
               throw new ArchiveIntegrityError(`table ${table.name} does not match the manifest`);
             seen.add(table.name);
             total += rows;
+            const ready = indexes.filter((i) => i.table === table!.name);
+            if (ready.length) {
+              pending.push(...ready.map((i) => i.def));
+              indexing = indexing.then(() => build(indexer));
+              // Awaited below; a failure is not to be an unhandled rejection meanwhile.
+              indexing.catch(() => {});
+            }
             copy = null;
             table = null;
           } else if (frame.type === 'M') {
@@ -548,13 +569,10 @@ async function fillFromArchive(ctx: AppContext, url: string, backup: BackupRow):
     );
     if (!ended || seen.size !== expected.tables.length)
       throw new ArchiveIntegrityError('the archive ends before all of its tables');
-    // Each connection takes the next index to build until none is left.
-    const pending = indexes.map((i) => i.def);
-    await Promise.all(
-      lanes.map(async (lane) => {
-        for (let def = pending.shift(); def; def = pending.shift()) await lane.query(def);
-      }),
-    );
+    step('copy');
+    // Those of tables no archive holds (the migration runner's own) were dropped too: built again here.
+    pending.push(...indexes.filter((i) => !seen.has(i.table)).map((i) => i.def));
+    await Promise.all([indexing, ...lanes.map(build)]);
     for (const s of expected.sequences)
       await first.query(`SELECT setval($1::regclass, $2::bigint, $3)`, [
         `public.${ident(s.name)}`,

@@ -113,6 +113,8 @@ interface Work {
   target: TenantServer;
   connection: TenantConnection;
   targetDatabase: string;
+  /** The schema version copied: the source must still be at it when the store switches. */
+  version: number;
   rows: number;
   changes: number;
 }
@@ -190,7 +192,7 @@ async function prepare(ctx: AppContext, move: MoveRow): Promise<Work> {
   if (version > fleetTargetVersion(ctx.config))
     throw new Error(`the store's schema ${version} is newer than this code's ${fleetTargetVersion(ctx.config)}`);
   await createDatabaseAt(ctx, target, connection, targetDatabase, version);
-  return { move, source, target, connection, targetDatabase, rows: 0, changes: 0 };
+  return { move, source, target, connection, targetDatabase, version, rows: 0, changes: 0 };
 }
 
 /** The store's database name without a restore's or move's suffix, or with a new suffix when taken on the target. */
@@ -330,6 +332,10 @@ async function finalSwitch(
     try {
       await freezeWrites(src, tables, FREEZE_LOCK_MS);
       step('lock');
+      // A fleet migration run may have migrated the source meanwhile: the copy's schema would be behind.
+      const version = await tenantSchemaVersion(src);
+      if (version !== work.version)
+        throw new Error(`the store's schema went from ${work.version} to ${version} during the move`);
       for (let n = REPLAY_BATCH; n === REPLAY_BATCH;) {
         n = await replayChanges(src, dst, tables, REPLAY_BATCH, true);
         work.changes += n;
@@ -354,6 +360,13 @@ async function finalSwitch(
       switched = true;
       step('switch');
     } catch (err) {
+      // A commit whose answer was lost may have gone through: then the store is on the target, and its old
+      // database must stay frozen.
+      if (await isOnTarget(ctx, { ...work.move, target_database: work.targetDatabase }).catch(() => true)) {
+        switched = true;
+        logger.warn({ storeId, err: (err as Error).message }, 'a store move switched although its commit failed');
+        return { ms: Math.round(performance.now() - held), steps };
+      }
       await unfreeze(src, tables).catch((e: Error) =>
         logger.error({ storeId, err: e.message }, 'could not open the writes of a store whose move failed'),
       );
@@ -368,6 +381,18 @@ async function finalSwitch(
   }
   step('release');
   return { ms: Math.round(performance.now() - held), steps };
+}
+
+async function isOnTarget(
+  ctx: AppContext,
+  move: Pick<MoveRow, 'store_id' | 'target_server' | 'target_database'>,
+): Promise<boolean> {
+  const [db] = await select<{ server: string; database_name: string }>(
+    ctx,
+    `SELECT server, database_name FROM store_databases WHERE store_id = $1::uuid`,
+    [move.store_id],
+  );
+  return db?.server === move.target_server && db.database_name === move.target_database;
 }
 
 async function unfreeze(src: pg.ClientBase, tables: KeyedTable[]): Promise<void> {
@@ -469,13 +494,7 @@ async function closeSource(ctx: AppContext, work: Work, src: pg.ClientBase, tabl
  * the source, the target database dropped. Never while the master points at the target (then it is the store's).
  */
 async function undo(ctx: AppContext, move: MoveRow): Promise<void> {
-  const [db] = await select<{ server: string; database_name: string }>(
-    ctx,
-    `SELECT server, database_name FROM store_databases WHERE store_id = $1::uuid`,
-    [move.store_id],
-  );
-  const switched = db?.server === move.target_server && db.database_name === move.target_database;
-  if (switched) throw new Error('the store is already on the target: nothing to undo');
+  if (await isOnTarget(ctx, move)) throw new Error('the store is already on the target: nothing to undo');
   await withClient(databaseUrl(serverByKey(ctx, move.source_server), move.source_database), removeCapture);
   if (move.target_database)
     await ctx.adminPools.withAdmin(serverByKey(ctx, move.target_server).adminUrl, (admin) =>

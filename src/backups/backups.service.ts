@@ -58,6 +58,8 @@ interface RestoreRow {
   requested_by: string | null;
   server: string | null;
   new_database: string | null;
+  replaced_database: string | null;
+  dropped_at: Date | null;
 }
 
 const storages = new Map<string, BackupStorage>();
@@ -275,6 +277,11 @@ export class ArchiveIntegrityError extends Error {
  */
 export async function processRestore(ctx: AppContext, restoreId: string) {
   const [restore] = await select<RestoreRow>(ctx, `SELECT * FROM store_restores WHERE id = $1::uuid`, [restoreId]);
+  if (restore?.state === 'completed' && restore.replaced_database && restore.server && !restore.dropped_at) {
+    // Switched, but the job came back (its worker died right after the switch): what follows it is done again.
+    await afterSwitch(ctx, restore.store_id, serverByKey(ctx, restore.server), restore.replaced_database);
+    return { skipped: restore.state };
+  }
   if (!restore || restore.state === 'completed' || restore.state === 'failed')
     return { skipped: restore?.state ?? 'missing' };
   if (restore.state === 'running') {
@@ -322,22 +329,29 @@ export async function processRestore(ctx: AppContext, restoreId: string) {
     step('migrate');
     await switchStore(ctx, restore, newDatabase, connection.database, schemaVersion);
     step('switch');
-    // The replaced database is kept (for the retention period) but no longer reachable: an instance that
-    // missed the switch cannot write into it.
-    await withClient(server.adminUrl, async (client) => {
-      await client.query(`ALTER DATABASE ${ident(connection.database)} WITH ALLOW_CONNECTIONS false`);
-      await client.query(
-        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`,
-        [connection.database],
-      );
-    }).catch((err: Error) => logger.warn({ storeId, err: err.message }, 'could not close the replaced database'));
-    await requestCreditSync(ctx, storeId);
+    await afterSwitch(ctx, storeId, server, connection.database);
     return { rows, schemaVersion, database: newDatabase, ms: Math.round(performance.now() - started), steps };
   } catch (err) {
     logger.warn({ storeId, restoreId, err: (err as Error).message }, 'restore failed; the store keeps its database');
     await endRestore(ctx, { ...restore, new_database: newDatabase, server: server.key }, (err as Error).message);
     throw err;
   }
+}
+
+/**
+ * After a restore's switch (again, should its job come back): the replaced database is kept (for the retention
+ * period) but no longer reachable, so an instance that missed the switch cannot write into it; the store's
+ * credit cache is synced again.
+ */
+async function afterSwitch(ctx: AppContext, storeId: string, server: TenantServer, replaced: string): Promise<void> {
+  await withClient(server.adminUrl, async (client) => {
+    await client.query(`ALTER DATABASE ${ident(replaced)} WITH ALLOW_CONNECTIONS false`);
+    await client.query(
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`,
+      [replaced],
+    );
+  }).catch((err: Error) => logger.warn({ storeId, err: err.message }, 'could not close the replaced database'));
+  await requestCreditSync(ctx, storeId);
 }
 
 const INTERRUPTED_RESTORE =

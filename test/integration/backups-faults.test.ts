@@ -36,6 +36,14 @@ let store: TestStore;
 
 beforeAll(async () => {
   t.defer('the backup directory', () => rmSync(backupDir, { recursive: true, force: true }));
+  // The databases restores made (the store's first one goes with the test tenants), while the master is open.
+  t.defer('the restored databases', async () => {
+    const made = await t.ctx.master.sequelize.query<{ name: string }>(
+      `SELECT new_database AS name FROM store_restores WHERE new_database IS NOT NULL`,
+      { type: QueryTypes.SELECT },
+    );
+    for (const { name } of made) await adminQuery(`DROP DATABASE IF EXISTS ${ident(name)} WITH (FORCE)`);
+  });
   // Stopped before the app and its database go.
   t.defer('the worker processes', killAllWorkers);
   owner = await registerUser(t.app);
@@ -233,5 +241,11 @@ describe('a worker SIGKILLed in the middle', () => {
     const restored = await currentDatabase();
     expect(restored).not.toBe(store.database);
     expect(await productCount(restored)).toBe(PRODUCTS);
+
+    // Its job coming back after the switch (the worker killed right after it) closes the replaced database again.
+    await adminQuery(`ALTER DATABASE ${ident(store.database)} WITH ALLOW_CONNECTIONS true`);
+    expect(await processRestore(t.ctx, again)).toEqual({ skipped: 'completed' });
+    const { rows } = await adminQuery(`SELECT datallowconn FROM pg_database WHERE datname = '${store.database}'`);
+    expect(rows[0]).toEqual({ datallowconn: false });
   });
 });

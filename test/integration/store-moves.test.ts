@@ -138,16 +138,21 @@ describe('POST /api/admin/stores/:id/move', () => {
 
     const moving = load(store, owner.token, 'moving');
     const bystander = load(other, owner.token, 'other');
-    await new Promise((r) => setTimeout(r, 300));
-    const res = await request(t.app)
-      .post(`/api/admin/stores/${store.id}/move`)
-      .set(auth(admin.token))
-      .send({ server: to })
-      .expect(202);
-    expect(res.body).toEqual({ jobId: expect.stringMatching(/^move-/) });
-    const row = await moveFinished(store.id);
-    await new Promise((r) => setTimeout(r, 300));
-    await Promise.all([moving.stop(), bystander.stop()]);
+    let row: Awaited<ReturnType<typeof moveFinished>>;
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      const res = await request(t.app)
+        .post(`/api/admin/stores/${store.id}/move`)
+        .set(auth(admin.token))
+        .send({ server: to })
+        .expect(202);
+      expect(res.body).toEqual({ jobId: expect.stringMatching(/^move-/) });
+      row = await moveFinished(store.id);
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      // Also when the move fails: no request may outlive the test.
+      await Promise.all([moving.stop(), bystander.stop()]);
+    }
 
     expect(row).toMatchObject({ state: 'completed', error: null, source_server: from });
     expect(row.write_pause_ms).toEqual(expect.any(Number));

@@ -4,7 +4,7 @@ import pg from 'pg';
 import { QueryTypes } from 'sequelize';
 import type { AppContext } from '../app-context';
 import { audit } from '../db/audit';
-import { migrateWith } from '../db/migrate';
+import { migrateFromRecord, migrateWith } from '../db/migrate';
 import { withClient } from '../db/pg-client';
 import type { TenantConnection } from '../db/tenant-types';
 import type { BusEvent } from '../lib/bus';
@@ -69,8 +69,9 @@ function connectionOf(deps: RunnerDeps, storeId: string, row: StoreDatabaseRow):
  * lock another session holds is waited for (it is being migrated: the migrations table then says it is done).
  * Never throws for the store's own failures: they come back as `failed`.
  *
- * This is the one entry point for migrating a store: fleet runs call it per claimed row, and it is the hook
- * for migrating a store on demand (its first request, a resume or restore).
+ * This is the one entry point for migrating a single store: it is the hook for migrating a store on demand (its
+ * first request, a resume or restore); fleet runs do the same per claimed row (migrateOpen, recordOutcomes),
+ * recording many stores per statement.
  */
 export async function migrateStore(
   deps: RunnerDeps,
@@ -84,39 +85,137 @@ export async function migrateStore(
   if (!row) return { outcome: 'failed', fromVersion: null, toVersion: null, ms: 0, error: 'the store has no database' };
   if (row.schemaVersion >= target)
     return { outcome: 'skipped', fromVersion: row.schemaVersion, toVersion: row.schemaVersion, ms: 0 };
-  let fromVersion: number | null = null;
-  let reached: number | null = null;
   // Every instance holds this store's requests until "migrated" (up to 2 s, then 503 TENANT_MIGRATING).
   await announce(deps, { type: 'tenant.migrating', storeId });
+  const done = await migrateOpen(deps, storeId, row, target, dir, started);
   try {
-    const result = await withClient(connectionOf(deps, storeId, row), async (client) => {
+    await recordOutcomes(deps, null, [done]);
+    return done.outcome;
+  } catch (err) {
+    const error = (err as Error).message.slice(0, 500);
+    logger.warn({ storeId, err: error }, 'could not record a migration');
+    return { ...done.outcome, outcome: 'failed', ms: Date.now() - started, error };
+  } finally {
+    await done.client?.end().catch(() => {});
+    await announce(deps, { type: 'tenant.migrated', storeId });
+  }
+}
+
+/** A store's migration, finished: what to record, and its connection, still holding the store's lock until recorded. */
+interface Finished {
+  storeId: string;
+  outcome: StoreOutcome;
+  /** Its database was tried: its version (null: unknown, keep the record's) and error go to store_databases. */
+  tried: boolean;
+  version: number | null;
+  client?: pg.Client;
+}
+
+async function connect(config: pg.ClientConfig): Promise<pg.Client> {
+  const client = new pg.Client(config);
+  // A lost connection also fails the pending query; unheard, the 'error' event would crash the process.
+  client.on('error', () => {});
+  try {
+    await client.connect();
+  } catch (err) {
+    await client.end().catch(() => {});
+    throw err;
+  }
+  return client;
+}
+
+/**
+ * Migrate one store over a connection of its own, under the per-store lock, and leave both open: the caller
+ * records the outcome, then ends the connection (which frees the lock), so a session that is gone always means
+ * a store whose outcome is either recorded or still to be read from its database. The common case is two round
+ * trips after connecting (migrateFromRecord: the locks and the migrations table, checked against the master's
+ * record; then the files); a database that differs from its record goes through postgres-migrations, which
+ * reads and validates its table itself.
+ */
+async function migrateOpen(
+  deps: RunnerDeps,
+  storeId: string,
+  row: StoreDatabaseRow,
+  target: number,
+  dir: string,
+  started: number,
+): Promise<Finished> {
+  let client: pg.Client | undefined;
+  let fromVersion: number | null = null;
+  let reached: number | null = null;
+  try {
+    client = await connect(connectionOf(deps, storeId, row));
+    fromVersion = row.schemaVersion;
+    let result = await migrateFromRecord(client, dir, row.schemaVersion, STORE_LOCK);
+    if (!result) {
+      // Taken again (a session's advisory locks stack): the shortcut may have returned before taking it.
       await client.query(`SELECT pg_advisory_lock(${STORE_LOCK})`);
       fromVersion = await databaseVersion(client);
-      const { applied, schemaVersion } = await migrateWith('tenant', client, dir);
-      reached = schemaVersion;
-      // The record follows the database's own table, not what the runner believes it applied.
-      if (schemaVersion < target)
-        throw new Error(`the database is at version ${schemaVersion} after migrating, not ${target}`);
-      await recordVersion(deps, storeId, schemaVersion, null);
-      await client.query(`SELECT pg_advisory_unlock(${STORE_LOCK})`);
-      return { applied, schemaVersion };
-    });
+      result = await migrateWith('tenant', client, dir);
+    }
+    reached = result.schemaVersion;
+    // The record follows the database's own table, not what the runner believes it applied.
+    if (result.schemaVersion < target)
+      throw new Error(`the database is at version ${result.schemaVersion} after migrating, not ${target}`);
+    const outcome = result.applied.length ? 'migrated' : 'skipped';
     return {
-      outcome: result.applied.length ? 'migrated' : 'skipped',
-      fromVersion,
-      toVersion: result.schemaVersion,
-      ms: Date.now() - started,
+      storeId,
+      outcome: { outcome, fromVersion, toVersion: result.schemaVersion, ms: Date.now() - started },
+      tried: true,
+      version: result.schemaVersion,
+      client,
     };
   } catch (err) {
     const error = (err as Error).message.slice(0, 500);
     logger.warn({ storeId, err: error }, 'tenant migration failed');
-    await recordVersion(deps, storeId, reached ?? fromVersion, error).catch((e: Error) =>
-      logger.warn({ storeId, err: e.message }, 'could not record a failed migration'),
-    );
-    return { outcome: 'failed', fromVersion, toVersion: reached ?? fromVersion, ms: Date.now() - started, error };
-  } finally {
-    await announce(deps, { type: 'tenant.migrated', storeId });
+    const version = reached ?? fromVersion;
+    return {
+      storeId,
+      outcome: { outcome: 'failed', fromVersion, toVersion: version, ms: Date.now() - started, error },
+      tried: true,
+      version,
+      client,
+    };
   }
+}
+
+/**
+ * Stores' outcomes in one statement: store_databases (schema_version, migration_error) for those whose
+ * database was tried, and, in a run, their rows while still this driver's claims (a stopped run's rows are
+ * recorded too).
+ */
+async function recordOutcomes(
+  deps: RunnerDeps,
+  run: { runId: string; driver: string } | null,
+  done: Finished[],
+): Promise<void> {
+  const column = <T>(f: (d: Finished) => T) => done.map(f);
+  await deps.master.sequelize.query(
+    `WITH o AS (
+       SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::int[], $6::text[], $7::boolean[], $8::int[])
+         AS o(store_id, outcome, from_version, to_version, ms, error, tried, version)
+     ), versions AS (
+       UPDATE store_databases d SET schema_version = coalesce(o.version, d.schema_version), migration_error = o.error, updated_at = now()
+         FROM o WHERE o.tried AND d.store_id = o.store_id
+     )
+     UPDATE migration_run_stores m SET state = o.outcome, from_version = coalesce(o.from_version, m.from_version), to_version = o.to_version,
+            ms = o.ms, error = o.error, finished_at = now()
+       FROM o WHERE m.run_id = $9::uuid AND m.store_id = o.store_id AND m.state = 'running' AND m.claimed_by = $10`,
+    {
+      bind: [
+        column((d) => d.storeId),
+        column((d) => d.outcome.outcome),
+        column((d) => d.outcome.fromVersion),
+        column((d) => d.outcome.toVersion),
+        column((d) => d.outcome.ms),
+        column((d) => d.outcome.error ?? null),
+        column((d) => d.tried),
+        column((d) => d.version),
+        run?.runId ?? null,
+        run?.driver ?? null,
+      ],
+    },
+  );
 }
 
 /** A bus message about a store's migration; lost ones are covered (the marks expire, the master has the rows). */
@@ -161,6 +260,10 @@ interface ClaimedRow {
   server: string;
   claimedBy: string | null;
   fromVersion: number | null;
+  /** The store's database row, read with the claim (null without one). */
+  credentials: string | null;
+  mode: string | null;
+  schemaVersion: number | null;
 }
 
 interface DriverTally {
@@ -172,13 +275,22 @@ interface DriverTally {
 const RUNNABLE: readonly RunState[] = ['canary', 'running'];
 /** How often a driver looks again at the run's state (a pause, a stop) and at claims that are not its own. */
 const RECHECK_MS = 1000;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Until `woken` or `ms` have passed, whichever comes first (the timer cleared: a turn per store leaves none behind). */
+async function wakeOrSleep(woken: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([woken, new Promise((resolve) => (timer = setTimeout(resolve, ms)))]);
+  clearTimeout(timer);
+}
 
 /**
  * The tenant-migrations job: drive one run from its rows until it is finished, paused or stopped. Each
  * server migrates at most `perServer` stores at once (claims are made under the run row's lock, counting the
  * stores running there, so two drivers together keep the bound too), servers side by side. Returns what this
  * driver did (the metrics count it per store).
+ *
+ * The master's work is per batch, not per store: each turn records every store finished since the last (one
+ * statement), then claims as many as the bound frees (one transaction, the stores' database rows with them).
+ * A store stays `running`, its session and lock open, until its outcome is recorded.
  */
 export async function processMigrationRun(
   deps: RunnerDeps,
@@ -201,33 +313,113 @@ export async function processMigrationRun(
   tally.done += await start(deps, runId);
 
   const inflight = new Map<string, Promise<void>>();
+  const finished: Finished[] = [];
+  let wake = () => {};
+  let failedSinceLook = false;
+  /** Records what finished, ends those sessions (freeing their locks), and says so to every instance. */
+  const flush = async (batch: Finished[]) => {
+    try {
+      await recordOutcomes(deps, { runId, driver }, batch);
+    } finally {
+      await Promise.all(
+        batch.map(async (d) => {
+          await d.client?.end().catch(() => {});
+          if (d.tried) await announce(deps, { type: 'tenant.migrated', storeId: d.storeId });
+        }),
+      );
+    }
+    for (const d of batch) {
+      tally.done++;
+      if (d.outcome.outcome === 'migrated') tally.migrated++;
+      if (d.outcome.outcome === 'failed') {
+        tally.failures.push({ storeId: d.storeId, error: d.outcome.error ?? '' });
+        failedSinceLook = true;
+      }
+    }
+  };
+  // Group recording: a store is recorded as soon as it finishes, with whatever else finished while the
+  // previous statement ran — one statement per batch, and no store waits for the driver's turn.
+  let flushing: Promise<void> | undefined;
+  let flushError: unknown;
+  const flushSoon = () => {
+    flushing ??= (async () => {
+      try {
+        while (finished.length && flushError === undefined) await flush(finished.splice(0));
+      } catch (err) {
+        flushError = err;
+      } finally {
+        flushing = undefined;
+        wake();
+      }
+    })();
+  };
   let recheckedAt = 0;
-  for (;;) {
-    if (Date.now() - recheckedAt >= RECHECK_MS) {
-      await recoverClaims(deps, runId, driver, [...inflight.keys()], target);
-      recheckedAt = Date.now();
+  let state: RunState = head.state;
+  let claimed: ClaimedRow[] = [];
+  try {
+    for (;;) {
+      const woken = new Promise<void>((resolve) => (wake = resolve));
+      if (flushError !== undefined) throw flushError;
+      // The run's state is read again (a scan of its rows) only when it can have changed: stores failed, a
+      // claim found nothing (the canaries done, the run done, paused or stopped), or a while has passed.
+      let stale = failedSinceLook || claimed.length === 0;
+      failedSinceLook = false;
+      if (Date.now() - recheckedAt >= RECHECK_MS) {
+        await recoverClaims(deps, runId, driver, [...inflight.keys()], target);
+        recheckedAt = Date.now();
+        stale = true;
+      }
+      if (stale) state = await advance(deps, runId);
+      claimed = [];
+      if (RUNNABLE.includes(state) && !signal?.aborted) claimed = await claim(deps, runId, driver, state === 'canary');
+      for (const row of claimed) {
+        const work = migrateClaimed(deps, row, target, dir).then((done) => {
+          finished.push(done);
+          inflight.delete(row.storeId);
+          flushSoon();
+        });
+        inflight.set(row.storeId, work);
+      }
+      const idle = inflight.size === 0 && finished.length === 0 && !flushing;
+      if (idle && !RUNNABLE.includes(state)) break;
+      // Another worker (or this one restarted) takes the run over from its rows.
+      if (idle && signal?.aborted) throw new Error('the worker is shutting down: the run is handed over');
+      // Wake up when stores are recorded (their slots free), or in a while to see a pause, a stop, or another
+      // driver's claims.
+      await wakeOrSleep(woken, inflight.size ? RECHECK_MS : RECHECK_MS / 4);
     }
-    const state = await advance(deps, runId);
-    let claimed: ClaimedRow[] = [];
-    if (RUNNABLE.includes(state) && !signal?.aborted) claimed = await claim(deps, runId, driver, state === 'canary');
-    for (const row of claimed) {
-      const work = migrateStore(deps, row.storeId, { targetVersion: target, dir })
-        .then(async (result) => {
-          await record(deps, runId, row.storeId, driver, result);
-          tally.done++;
-          if (result.outcome === 'migrated') tally.migrated++;
-          if (result.outcome === 'failed') tally.failures.push({ storeId: row.storeId, error: result.error ?? '' });
-        })
-        .finally(() => inflight.delete(row.storeId));
-      inflight.set(row.storeId, work);
-    }
-    if (inflight.size === 0 && !RUNNABLE.includes(state)) break;
-    // Another worker (or this one restarted) takes the run over from its rows.
-    if (inflight.size === 0 && signal?.aborted) throw new Error('the worker is shutting down: the run is handed over');
-    // Wake up when a store finishes, or in a while to see a pause, a stop, or another driver's claims.
-    await Promise.race([...inflight.values(), sleep(inflight.size ? RECHECK_MS : RECHECK_MS / 4)]);
+  } finally {
+    // Leaving on an error (the master gone): the stores under way end, their sessions close unrecorded (their
+    // rows stay `running` under this claim: the next driver reads each one's outcome from its database).
+    await Promise.allSettled(inflight.values());
+    await flushing;
+    for (const d of finished.splice(0)) await d.client?.end().catch(() => {});
   }
   return tally;
+}
+
+/** One claimed store, from its claim row (which carries the store's database row): skipped, failed or migrated. */
+async function migrateClaimed(deps: RunnerDeps, row: ClaimedRow, target: number, dir: string): Promise<Finished> {
+  const started = Date.now();
+  const { storeId } = row;
+  if (row.credentials === null || row.mode === null || row.schemaVersion === null) {
+    const outcome = {
+      outcome: 'failed',
+      fromVersion: null,
+      toVersion: null,
+      ms: 0,
+      error: 'the store has no database',
+    };
+    return { storeId, outcome: outcome as StoreOutcome, tried: false, version: null };
+  }
+  if (row.schemaVersion >= target) {
+    const outcome = { outcome: 'skipped', fromVersion: row.schemaVersion, toVersion: row.schemaVersion, ms: 0 };
+    return { storeId, outcome: outcome as StoreOutcome, tried: false, version: null };
+  }
+  // Every instance holds this store's requests until "migrated" (up to 2 s, then 503 TENANT_MIGRATING).
+  await announce(deps, { type: 'tenant.migrating', storeId });
+  const database = { credentials: row.credentials, mode: row.mode, schemaVersion: row.schemaVersion };
+  return migrateOpen(deps, storeId, database, target, dir, started);
 }
 
 async function runHead(deps: RunnerDeps, runId: string) {
@@ -332,27 +524,13 @@ async function claim(deps: RunnerDeps, runId: string, driver: string, canaryOnly
            FROM migration_run_stores s WHERE s.run_id = $1 AND s.state = 'pending' AND (NOT $3 OR s.canary)
        )
        UPDATE migration_run_stores m SET state = 'running', attempt = m.attempt + 1, claimed_by = $4, started_at = now(), error = NULL
-         FROM next LEFT JOIN busy ON busy.server = next.server
+         FROM next LEFT JOIN busy ON busy.server = next.server LEFT JOIN store_databases d ON d.store_id = next.store_id
         WHERE m.run_id = $1 AND m.store_id = next.store_id AND next.k <= $2 - coalesce(busy.n, 0)
-       RETURNING m.store_id AS "storeId", m.server, m.claimed_by AS "claimedBy", m.from_version AS "fromVersion"`,
+       RETURNING m.store_id AS "storeId", m.server, m.claimed_by AS "claimedBy", m.from_version AS "fromVersion",
+                 d.credentials, d.mode, d.schema_version AS "schemaVersion"`,
       { bind: [runId, run.perServer, canaryOnly, driver], type: QueryTypes.SELECT, transaction: t },
     );
   });
-}
-
-/** A store's result in its row, while the row is still this driver's claim (a stopped run's rows are recorded too). */
-async function record(
-  deps: RunnerDeps,
-  runId: string,
-  storeId: string,
-  driver: string,
-  r: StoreOutcome,
-): Promise<void> {
-  await deps.master.sequelize.query(
-    `UPDATE migration_run_stores SET state = $3, from_version = coalesce($4::int, from_version), to_version = $5, ms = $6, error = $7, finished_at = now()
-      WHERE run_id = $1 AND store_id = $2 AND state = 'running' AND claimed_by = $8`,
-    { bind: [runId, storeId, r.outcome, r.fromVersion, r.toVersion, r.ms, r.error ?? null, driver] },
-  );
 }
 
 /**
@@ -368,7 +546,7 @@ async function recoverClaims(
   mine: string[],
   target: number,
 ): Promise<void> {
-  const rows = await deps.master.sequelize.query<ClaimedRow>(
+  const rows = await deps.master.sequelize.query<Pick<ClaimedRow, 'storeId' | 'server' | 'claimedBy' | 'fromVersion'>>(
     `SELECT store_id AS "storeId", server, claimed_by AS "claimedBy", from_version AS "fromVersion" FROM migration_run_stores
       WHERE run_id = $1 AND state = 'running' AND claimed_by IS DISTINCT FROM $2 AND NOT (store_id = ANY($3::uuid[])) LIMIT 100`,
     { bind: [runId, driver, mine], type: QueryTypes.SELECT },

@@ -3,7 +3,13 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { latestSchemaVersion, MigrationError, migrationsDir, runMigrations } from '../../src/db/migrate';
+import {
+  latestSchemaVersion,
+  migrateFromRecord,
+  MigrationError,
+  migrationsDir,
+  runMigrations,
+} from '../../src/db/migrate';
 import { adminQuery, createTestDatabase, type TestDatabase } from '../helpers/db';
 
 const dirs: string[] = [];
@@ -242,5 +248,78 @@ describe('runMigrations', () => {
       applied: [],
       schemaVersion: first.schemaVersion,
     });
+  });
+});
+
+describe("migrateFromRecord (fleet runs: the files after the master's record, in two round trips)", () => {
+  const STORE_LOCK = '7245, 1';
+  /** `fn` on a client of its own, ended afterwards. */
+  async function withDb<T>(db: TestDatabase, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+    const client = new pg.Client({ connectionString: db.url });
+    await client.connect();
+    try {
+      return await fn(client);
+    } finally {
+      await client.end();
+    }
+  }
+  /** Whether another session can take postgres-migrations' lock now. */
+  const runnerLockFree = (db: TestDatabase) =>
+    withDb(db, async (c) => {
+      const { rows } = await c.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(-8525285245963000605) AS ok');
+      return rows[0].ok;
+    });
+  const firstOnly = () => migrationDir({ '0001_create_widgets.sql': FILES['0001_create_widgets.sql'] });
+
+  test('applies the files after the record, each with the row postgres-migrations would write', async () => {
+    const db = await freshDatabase('mig_record');
+    const reference = await freshDatabase('mig_record_ref');
+    await runMigrations('tenant', { connectionString: db.url }, firstOnly());
+    const dir = migrationDir(FILES);
+    await runMigrations('tenant', { connectionString: reference.url }, dir);
+
+    const result = await withDb(db, (c) => migrateFromRecord(c, dir, 1, STORE_LOCK));
+    expect(result).toEqual({ applied: ['0002_seed_widgets.sql', '0003_create_gadgets.sql'], schemaVersion: 3 });
+    const rows = (r: { id: number; name: string; hash: string }[]) =>
+      r.map(({ id, name, hash }) => ({ id, name, hash }));
+    expect(rows(await appliedRows(db))).toEqual(rows(await appliedRows(reference)));
+    expect(await tables(db)).toEqual(['gadgets', 'migrations', 'widgets']);
+    expect(await runnerLockFree(db)).toBe(true);
+    // Up to date: the same runner then applies nothing.
+    expect(await runMigrations('tenant', { connectionString: db.url }, dir)).toEqual({ applied: [], schemaVersion: 3 });
+  });
+
+  test('a table that is not as recorded (behind, ahead, another checksum, none) applies nothing and returns null', async () => {
+    const db = await freshDatabase('mig_record_differs');
+    const dir = migrationDir(FILES);
+    // No migrations table at all.
+    expect(await withDb(db, (c) => migrateFromRecord(c, dir, 1, STORE_LOCK))).toBeNull();
+    await runMigrations('tenant', { connectionString: db.url }, firstOnly());
+    // The record says 2 (the database is behind it), or 0 (ahead of it).
+    expect(await withDb(db, (c) => migrateFromRecord(c, dir, 2, STORE_LOCK))).toBeNull();
+    expect(await withDb(db, (c) => migrateFromRecord(c, dir, 0, STORE_LOCK))).toBeNull();
+    // File 1 changed since it was applied.
+    const edited = migrationDir({ ...FILES, '0001_create_widgets.sql': 'CREATE TABLE widgets (id int, name text);\n' });
+    expect(await withDb(db, (c) => migrateFromRecord(c, edited, 1, STORE_LOCK))).toBeNull();
+    expect((await appliedRows(db)).map((r) => r.id)).toEqual([0, 1]);
+    expect(await tables(db)).toEqual(['migrations', 'widgets']);
+    expect(await runnerLockFree(db)).toBe(true);
+  });
+
+  test("a failing file rolls back only itself, is named, and the runner's lock is given back", async () => {
+    const db = await freshDatabase('mig_record_fail');
+    await runMigrations('tenant', { connectionString: db.url }, firstOnly());
+    const dir = migrationDir({
+      '0001_create_widgets.sql': FILES['0001_create_widgets.sql'],
+      '0002_seed_widgets.sql': FILES['0002_seed_widgets.sql'],
+      '0003_broken.sql': 'CREATE TABLE half_done (id int);\nSELECT 1 / 0;\n',
+      '0004_create_gadgets.sql': FILES['0003_create_gadgets.sql'],
+    });
+    const run = withDb(db, (c) => migrateFromRecord(c, dir, 1, STORE_LOCK));
+    await expect(run).rejects.toBeInstanceOf(MigrationError);
+    await expect(run).rejects.toThrow(/broken.*division by zero/s);
+    expect((await appliedRows(db)).map((r) => r.id)).toEqual([0, 1, 2]);
+    expect(await tables(db)).toEqual(['migrations', 'widgets']);
+    expect(await runnerLockFree(db)).toBe(true);
   });
 });

@@ -141,7 +141,9 @@ export async function processMove(ctx: AppContext, moveId: string): Promise<Reco
   } catch (err) {
     const message = (err as Error).message;
     logger.warn({ moveId, storeId: move.store_id, err: message }, 'store move failed; the store keeps its database');
-    await failMove(ctx, { ...move, target_database: work?.targetDatabase ?? move.target_database }, message);
+    // As the row is now: the target and role this attempt named there (it may have failed making them).
+    const [now] = await select<MoveRow>(ctx, `SELECT * FROM store_moves WHERE id = $1::uuid`, [moveId]).catch(() => []);
+    await failMove(ctx, now ?? { ...move, target_database: work?.targetDatabase ?? move.target_database }, message);
     throw err;
   } finally {
     if (move.drain_id)
@@ -495,11 +497,14 @@ async function closeSource(ctx: AppContext, work: Work, src: pg.ClientBase, tabl
  */
 async function undo(ctx: AppContext, move: MoveRow): Promise<void> {
   if (await isOnTarget(ctx, move)) throw new Error('the store is already on the target: nothing to undo');
-  await withClient(databaseUrl(serverByKey(ctx, move.source_server), move.source_database), removeCapture);
+  // The target first: a source that cannot be reached (a restore replaced and closed it, say) leaves no copy.
   if (move.target_database)
-    await ctx.adminPools.withAdmin(serverByKey(ctx, move.target_server).adminUrl, (admin) =>
-      admin.query(`DROP DATABASE IF EXISTS ${ident(move.target_database!)} WITH (FORCE)`),
-    );
+    await ctx.adminPools.withAdmin(serverByKey(ctx, move.target_server).adminUrl, async (admin) => {
+      await admin.query(`DROP DATABASE IF EXISTS ${ident(move.target_database!)} WITH (FORCE)`);
+      // The role made for it too, unless it still owns something there (an older move's kept database).
+      if (move.role) await admin.query(`DROP ROLE IF EXISTS ${ident(move.role)}`).catch(() => {});
+    });
+  await withClient(databaseUrl(serverByKey(ctx, move.source_server), move.source_database), removeCapture);
 }
 
 /** The move failed: undone (best effort: what cannot be is left to reconcile), the row failed and audited. */

@@ -247,6 +247,49 @@ describe('POST /api/admin/stores/:id/move', () => {
   });
 });
 
+describe('a move that cannot finish', () => {
+  test('leaves the store as it was: no target database or role, no triggers on the source, store.move.failed audited', async () => {
+    const store = await provisionManagedStore(t.app, owner.token);
+    const from = (await placement(store.id)).server!;
+    const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== from)!;
+    const conn = await storeConnection(t, store.id);
+    const sourceUrl = new URL(urlOf(from));
+    sourceUrl.pathname = `/${conn.database}`;
+    // A table whose rows a move could not match (no primary key): found once the target is made.
+    await withClient(sourceUrl.toString(), (c) => c.query(`CREATE TABLE public.no_key (v integer)`));
+    try {
+      await request(t.app)
+        .post(`/api/admin/stores/${store.id}/move`)
+        .set(auth(admin.token))
+        .send({ server: to })
+        .expect(202);
+      const row = await moveFinished(store.id);
+      expect(row).toMatchObject({ state: 'failed', error: expect.stringMatching(/no_key has no primary key/) });
+    } finally {
+      await withClient(sourceUrl.toString(), (c) => c.query(`DROP TABLE IF EXISTS public.no_key`));
+    }
+    expect((await placement(store.id)).server).toBe(from);
+    const target = await adminQuery(
+      `SELECT (SELECT count(*) FROM pg_database WHERE datname = '${conn.database}')::int AS dbs,
+              (SELECT count(*) FROM pg_roles WHERE rolname = '${conn.user}')::int AS roles`,
+      urlOf(to),
+    );
+    expect(target.rows).toEqual([{ dbs: 0, roles: 0 }]);
+    expect(await queryWith(conn, `SELECT 1 FROM pg_namespace WHERE nspname = 'tenantry_move'`)).toEqual([]);
+    await request(t.app)
+      .post('/api/store/products')
+      .set('Host', `${store.slug}.localhost`)
+      .set(auth(owner.token))
+      .send({ sku: 'still-here', name: 'Still here', priceCents: 1, stock: 1 })
+      .expect(201);
+    const audit = await t.ctx.master.sequelize.query<{ action: string }>(
+      `SELECT action FROM audit_log WHERE store_id = $1 AND action LIKE 'store.move.%' ORDER BY id`,
+      { bind: [store.id], type: QueryTypes.SELECT },
+    );
+    expect(audit.map((a) => a.action)).toEqual(['store.move.requested', 'store.move.failed']);
+  });
+});
+
 describe('a move cut off by its worker', () => {
   test('is undone and made again: the source, frozen mid-switch, refuses writes with 503 TENANT_MIGRATING until the move ends on the target', async () => {
     const store = await provisionManagedStore(t.app, owner.token);

@@ -6,7 +6,7 @@ import { withClient } from '../../src/db/pg-client';
 import { reconcile } from '../../src/hygiene/reconcile';
 import { freezeWrites, startCapture, withPrimaryKeys } from '../../src/moves/change-capture';
 import { processMove, tendMoves } from '../../src/moves/move-runner';
-import { drainStatus, startDrain } from '../../src/moves/moves.service';
+import { drainStatus } from '../../src/moves/moves.service';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
 import { adminQuery, SECOND_SERVER_URL, TEST_SERVER_URL } from '../helpers/db';
@@ -335,23 +335,31 @@ describe('a move cut off by its worker', () => {
   });
 });
 
+/** `tenantry …` in a child process on this suite's master DB, Redis prefix and tenant servers. */
+async function cli(args: string[]) {
+  const child = t.spawn(process.execPath, [path.join(root, 'bin', 'tenantry.js'), ...args], {
+    cwd: root,
+    env: { ...process.env, DATABASE_URL: t.db.url, REDIS_PREFIX: t.ctx.redisPrefix, TENANT_SERVERS: SERVERS },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+  return { code, stdout, stderr };
+}
+
 describe('draining and the command line', () => {
-  test('tenants:move moves a store and exits 0 with the write pause; a drain then empties a server', async () => {
+  test('tenants:move moves a store and exits 0 with the write pause; tenants:drain then empties a server, exit 0', async () => {
     const store = await provisionManagedStore(t.app, owner.token);
     const from = (await placement(store.id)).server!;
     const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== from)!;
-    const child = t.spawn(process.execPath, [path.join(root, 'bin', 'tenantry.js'), 'tenants:move', store.id, to], {
-      cwd: root,
-      env: { ...process.env, DATABASE_URL: t.db.url, REDIS_PREFIX: t.ctx.redisPrefix, TENANT_SERVERS: SERVERS },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
-    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
-    expect(stdout).toMatch(new RegExp(`Move .* completed: store ${store.id} is on ${to}; .* writes paused \\d+ ms\\.`));
+    const moved = await cli(['tenants:move', store.id, to]);
+    expect({ code: moved.code, stderr: moved.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(moved.stdout).toMatch(
+      new RegExp(`Move .* completed: store ${store.id} is on ${to}; .* writes paused \\d+ ms\\.`),
+    );
     expect((await placement(store.id)).server).toBe(to);
 
     // Every active managed store on `to` now goes back to `from` (the only other server).
@@ -361,13 +369,16 @@ describe('draining and the command line', () => {
       { bind: [to], type: QueryTypes.SELECT },
     );
     expect(onTo.length).toBeGreaterThan(0);
-    const { drainId } = await startDrain(t.ctx, { userId: null, label: 'test' }, to, 2);
-    const status = await eventually(async () => {
-      const s = await drainStatus(t.ctx, drainId);
-      if (s.state === 'running') throw new Error(`drain ${s.completed}/${s.total}`);
-      return s;
-    }, 50_000);
-    expect(status).toMatchObject({ state: 'completed', total: onTo.length, completed: onTo.length, failed: 0 });
+    const drained = await cli(['tenants:drain', to, '--per-server', '2']);
+    expect({ code: drained.code, stderr: drained.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(drained.stdout).toMatch(
+      new RegExp(`Drain .* completed: ${onTo.length} moved, 0 failed of ${onTo.length}\\.`),
+    );
+    const drainId = /Drain (\S+) started\./.exec(drained.stdout)![1];
+    expect(await drainStatus(t.ctx, drainId)).toMatchObject({ state: 'completed', total: onTo.length, failed: 0 });
+    // Given again, the drain of an empty server has nothing to move and succeeds at once.
+    const again = await cli(['tenants:drain', to]);
+    expect(again).toMatchObject({ code: 0, stdout: expect.stringMatching(/completed: 0 moved, 0 failed of 0\./) });
     for (const { store_id } of onTo) expect((await placement(store_id)).server).toBe(from);
   });
 });

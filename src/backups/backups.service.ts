@@ -488,9 +488,9 @@ const RESTORE_LANES = 2;
  * time. A chunk that does not authenticate, a checksum or count that differs, a missing table or a missing
  * end: the restore fails, and its database (never seen by the store) is dropped with everything in it — so
  * the copy needs no transaction of its own, and runs on RESTORE_LANES connections at once: each table's rows,
- * cut at line ends, go to whichever connection's turn it is. The indexes that no constraint needs are set aside
- * and built once their table's rows are in (as pg_restore does): on one more connection while the next tables
- * are copied, then on every connection once the copy is done.
+ * cut at line ends, go to whichever connection's turn it is. Indexes and the keys of large tables are set
+ * aside (setAside) and built once their table's rows are in: on one more connection while the next tables are
+ * copied, then on every connection once the copy is done; the foreign keys resting on those keys last.
  */
 async function fillFromArchive(
   ctx: AppContext,
@@ -508,18 +508,15 @@ async function fillFromArchive(
       first,
       expected.tables.map((t) => t.name),
     );
-    const { rows: indexes } = await first.query<{ name: string; def: string; table: string }>(
-      `SELECT i.relname AS name, pg_get_indexdef(i.oid) AS def, t.relname AS table
-         FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace
-         JOIN pg_class t ON t.oid = x.indrelid
-        WHERE n.nspname = 'public' AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)`,
+    const aside = await setAside(
+      first,
+      expected.tables.filter((t) => t.rows >= KEYS_AFTER_ROWS).map((t) => t.name),
     );
-    for (const { name } of indexes) await first.query(`DROP INDEX public.${ident(name)}`);
-    // The definitions of the indexes whose table is in, not yet being built; each connection given to
+    // The statements (index and key builds) of the tables that are in, not yet run; each connection given to
     // `build` takes the next one until none is left.
     const pending: string[] = [];
     const build = async (client: pg.ClientBase) => {
-      for (let def = pending.shift(); def; def = pending.shift()) await client.query(def);
+      for (let sql = pending.shift(); sql; sql = pending.shift()) await client.query(sql);
     };
     let indexing = Promise.resolve();
     const seen = new Set<string>();
@@ -559,9 +556,10 @@ async function fillFromArchive(
               throw new ArchiveIntegrityError(`table ${table.name} does not match the manifest`);
             seen.add(table.name);
             total += rows;
-            const ready = indexes.filter((i) => i.table === table!.name);
+            const ready = aside.builds.get(table.name) ?? [];
+            aside.builds.delete(table.name);
             if (ready.length) {
-              pending.push(...ready.map((i) => i.def));
+              pending.push(...ready);
               indexing = indexing.then(() => build(indexer));
               // Awaited below; a failure is not to be an unhandled rejection meanwhile.
               indexing.catch(() => {});
@@ -585,8 +583,10 @@ async function fillFromArchive(
       throw new ArchiveIntegrityError('the archive ends before all of its tables');
     step('copy');
     // Those of tables no archive holds (the migration runner's own) were dropped too: built again here.
-    pending.push(...indexes.filter((i) => !seen.has(i.table)).map((i) => i.def));
+    for (const rest of aside.builds.values()) pending.push(...rest);
     await Promise.all([indexing, ...lanes.map(build)]);
+    // Once every key is back (checked as they are added, as pg_restore does; they take the same locks: one by one).
+    for (const sql of aside.foreignKeys) await first.query(sql);
     for (const s of expected.sequences)
       await first.query(`SELECT setval($1::regclass, $2::bigint, $3)`, [
         `public.${ident(s.name)}`,
@@ -595,6 +595,54 @@ async function fillFromArchive(
       ]);
     return total;
   });
+}
+
+/** A table with this many rows or more gets its primary key and unique constraints after its copy, not during it. */
+const KEYS_AFTER_ROWS = 10_000;
+
+/**
+ * What is set aside while the rows are copied, as pg_restore does it: a btree filled row by row in the order
+ * of the rows (random, for a uuid key) costs about twice a build of it from sorted rows. Dropped here: every
+ * index that no constraint needs; the primary key and unique constraints of the `big` tables, with the
+ * foreign keys that rest on them. Answered: the statements that put them back — per table, to run once its
+ * rows are in (`builds`), and the foreign keys, to run once every key is back. Names and definitions are as
+ * the catalog gives them, so the schema ends as it began.
+ */
+async function setAside(
+  client: pg.ClientBase,
+  big: string[],
+): Promise<{ builds: Map<string, string[]>; foreignKeys: string[] }> {
+  const { rows } = await client.query<{ table: string; name: string; def: string; kind: 'i' | 'p' | 'u' | 'f' }>(
+    `WITH keys AS (
+       SELECT c.oid, c.conindid FROM pg_constraint c
+         JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE n.nspname = 'public' AND c.contype IN ('p', 'u') AND t.relname = ANY($1::text[]))
+     SELECT t.relname AS table, i.relname AS name, pg_get_indexdef(i.oid) AS def, 'i' AS kind
+       FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+       JOIN pg_namespace n ON n.oid = i.relnamespace
+      WHERE n.nspname = 'public' AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
+     UNION ALL
+     SELECT t.relname, c.conname, pg_get_constraintdef(c.oid), c.contype::text
+       FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+      WHERE c.oid IN (SELECT oid FROM keys) OR (c.contype = 'f' AND c.conindid IN (SELECT conindid FROM keys))`,
+    [big],
+  );
+  const table = (name: string) => `public.${ident(name)}`;
+  const drop = (kinds: string[]) => {
+    const byTable = new Map<string, string[]>();
+    for (const r of rows.filter((r) => kinds.includes(r.kind)))
+      byTable.set(r.table, [...(byTable.get(r.table) ?? []), `DROP CONSTRAINT ${ident(r.name)}`]);
+    return [...byTable].map(([t, clauses]) => `ALTER TABLE ${table(t)} ${clauses.join(', ')}`);
+  };
+  // The foreign keys first: a key they rest on cannot go before them.
+  for (const sql of [...drop(['f']), ...drop(['p', 'u'])]) await client.query(sql);
+  for (const r of rows.filter((r) => r.kind === 'i')) await client.query(`DROP INDEX public.${ident(r.name)}`);
+  const builds = new Map<string, string[]>();
+  const add = (r: (typeof rows)[number]) => `ALTER TABLE ${table(r.table)} ADD CONSTRAINT ${ident(r.name)} ${r.def}`;
+  // A table's keys before its other indexes (nothing waits on those).
+  for (const r of [...rows.filter((r) => r.kind === 'p' || r.kind === 'u'), ...rows.filter((r) => r.kind === 'i')])
+    builds.set(r.table, [...(builds.get(r.table) ?? []), r.kind === 'i' ? r.def : add(r)]);
+  return { builds, foreignKeys: rows.filter((r) => r.kind === 'f').map(add) };
 }
 
 /** `n` clients on `url` for the length of `fn`, all ended afterwards. */

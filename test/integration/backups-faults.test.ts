@@ -121,6 +121,19 @@ const productCount = async (database: string) =>
 
 const withDatabase = <T>(database: string, fn: (c: pg.ClientBase) => Promise<T>) => withClient(urlFor(database), fn);
 
+/** The tenant schema's indexes and constraints, as the catalog describes them. */
+const schema = (database: string) =>
+  withDatabase(database, async (c) => ({
+    indexes: (await c.query(`SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname`)).rows,
+    constraints: (
+      await c.query(
+        `SELECT conrelid::regclass::text AS table, conname, contype, convalidated, pg_get_constraintdef(c.oid) AS def
+           FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+          WHERE n.nspname = 'public' ORDER BY conrelid::regclass::text, conname`,
+      )
+    ).rows,
+  }));
+
 let backupId: string;
 /** The worker process running now (each test kills it, and the next one starts another). */
 let worker: WorkerProcess;
@@ -235,12 +248,15 @@ describe('a worker SIGKILLed in the middle', () => {
     expect(await productCount(store.database)).toBe(PRODUCTS + 1);
 
     // Not blocked by a row left running: a new restore of the handed-over backup runs to its end, whole.
+    const original = await schema(store.database);
     const again = await requestRestore(backupId);
     await processRestore(t.ctx, again);
     expect((await restoreRow(again))?.state).toBe('completed');
     const restored = await currentDatabase();
     expect(restored).not.toBe(store.database);
     expect(await productCount(restored)).toBe(PRODUCTS);
+    // The keys of the large table were set aside during the copy and put back: the same schema as the original's.
+    expect(await schema(restored)).toEqual(original);
 
     // Its job coming back after the switch (the worker killed right after it) closes the replaced database again.
     await adminQuery(`ALTER DATABASE ${ident(store.database)} WITH ALLOW_CONNECTIONS true`);

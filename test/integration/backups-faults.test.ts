@@ -192,19 +192,26 @@ describe('a worker SIGKILLed in the middle', () => {
   test('of a restore, during the copy: the store keeps its database, unchanged; the next attempt drops the half-built one and fails the restore', async () => {
     // Written after the backup: a restore would take it away.
     await tenantQuery(store, `INSERT INTO products (sku, name, price_cents) VALUES ('late', 'Late product', 1)`);
+    // A net under the poll: the switch locks the store's database row, held here, so a copy too quick to be seen
+    // still leaves the restore short of its switch when the worker is killed.
+    const holder = await t.pgClient({ connectionString: t.db.url });
+    await holder.query('BEGIN');
+    await holder.query(`SELECT 1 FROM store_databases WHERE store_id = $1::uuid FOR UPDATE`, [store.id]);
     const restoreId = await requestRestore(backupId);
     // Polled closely: the copy of the products lasts a fraction of a second.
     let halfBuilt: string | null = null;
     const deadline = Date.now() + 30_000;
     while (!halfBuilt) {
       const row = await restoreRow(restoreId);
-      if (row?.new_database && (await sessions(row.new_database, 'COPY%FROM STDIN%', false)) > 0)
-        halfBuilt = row.new_database;
+      const copying = row?.new_database && (await sessions(row.new_database, 'COPY%FROM STDIN%', false)) > 0;
+      if (copying || (await sessions(t.db.name, '%FROM store_databases%FOR UPDATE%', true)) > 0)
+        halfBuilt = row!.new_database;
       else if (row?.state !== 'queued' && row?.state !== 'running') throw new Error(`restore ${JSON.stringify(row)}`);
       else if (Date.now() > deadline) throw new Error('the restore never began its copy');
     }
     // The worker that took the job is the one the first test left running.
     await worker.kill('SIGKILL');
+    await holder.query('ROLLBACK');
     expect((await restoreRow(restoreId))?.state).toBe('running');
     expect(await currentDatabase()).toBe(store.database);
     expect(await productCount(store.database)).toBe(PRODUCTS + 1);

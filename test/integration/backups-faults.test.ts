@@ -185,6 +185,7 @@ describe('a worker SIGKILLed in the middle', () => {
     expect(ended).toMatchObject({ state: 'failed', manifest: null });
     expect(ended!.error).toMatch(/^interrupted: .*job is gone/);
     expect(archiveFiles().filter((f) => f.startsWith(lost))).toEqual([]);
+    expect(archiveFiles().filter((f) => f.endsWith('.partial'))).toEqual([]);
     expect((await endAbandoned(t.ctx, 0)).abandoned).toBe(0);
     backupId = handedOver;
   });

@@ -316,17 +316,23 @@ export async function processMigrationRun(
   const finished: Finished[] = [];
   let wake = () => {};
   let failedSinceLook = false;
-  /** Records what finished, ends those sessions (freeing their locks), and says so to every instance. */
+  /** Sessions being ended and "migrated" messages being sent: the next batch is recorded meanwhile. */
+  const closing = new Set<Promise<void>>();
+  const close = (batch: Finished[]) => {
+    const done = Promise.all(
+      batch.map(async (d) => {
+        await d.client?.end().catch(() => {});
+        if (d.tried) await announce(deps, { type: 'tenant.migrated', storeId: d.storeId });
+      }),
+    ).then(() => void closing.delete(done));
+    closing.add(done);
+  };
+  /** Records what finished, then ends those sessions (freeing their locks) and says so to every instance. */
   const flush = async (batch: Finished[]) => {
     try {
       await recordOutcomes(deps, { runId, driver }, batch);
     } finally {
-      await Promise.all(
-        batch.map(async (d) => {
-          await d.client?.end().catch(() => {});
-          if (d.tried) await announce(deps, { type: 'tenant.migrated', storeId: d.storeId });
-        }),
-      );
+      close(batch);
     }
     for (const d of batch) {
       tally.done++;
@@ -393,7 +399,8 @@ export async function processMigrationRun(
     // rows stay `running` under this claim: the next driver reads each one's outcome from its database).
     await Promise.allSettled(inflight.values());
     await flushing;
-    for (const d of finished.splice(0)) await d.client?.end().catch(() => {});
+    close(finished.splice(0));
+    await Promise.all(closing);
   }
   return tally;
 }

@@ -13,6 +13,7 @@ import {
   rowStates,
   tenantMigrationsWithOneMore,
 } from '../helpers/tenant-migrations';
+import { queryWith } from '../helpers/stores';
 import { killAllWorkers, spawnWorker } from '../helpers/worker-process';
 
 /**
@@ -65,6 +66,24 @@ describe('a worker killed mid-run', () => {
     }, 10_000);
     const cut = await rowStates(t, runId);
     expect(Object.values(cut)).toContain('migrated');
+    // A store cut off in the middle either rolled back with its session, or had committed its migration (the
+    // kill landed before its outcome was recorded; a statement already sent may also finish server-side):
+    // once no session of the killed worker holds its lock, its own migrations table says which.
+    const cutOff = Object.entries(cut)
+      .filter(([, state]) => state === 'running')
+      .map(([id]) => fleet.find((s) => s.id === id)!);
+    const committedAtCut = new Map<string, boolean>();
+    for (const store of cutOff) {
+      await eventually(async () => {
+        const [{ n }] = await queryWith<{ n: number }>(
+          store.connection,
+          `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = 7245 AND objid = 1
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+        );
+        if (n > 0) throw new Error('the killed worker still migrates this store');
+      }, 10_000);
+      committedAtCut.set(store.id, (await databaseVersion(store)) >= migration.version);
+    }
 
     const second = spawnWorker(t, workerEnv);
     const run = await eventually(async () => {
@@ -84,11 +103,10 @@ describe('a worker killed mid-run', () => {
       { bind: [runId], type: QueryTypes.SELECT },
     );
     expect(rows.map((r) => r.version)).toEqual(fleet.map(() => migration.version));
-    // The stores cut off in the middle were claimed again (their migration had rolled back with the session).
-    const cutOff = Object.entries(cut)
-      .filter(([, state]) => state === 'running')
-      .map(([id]) => id);
-    for (const id of cutOff) expect(rows.find((r) => r.storeId === id)?.attempt).toBe(2);
+    // The stores cut off in the middle: claimed again if their migration had rolled back with the session;
+    // recorded from their own migrations table, never applied again (marks above), if it had committed.
+    for (const store of cutOff)
+      expect(rows.find((r) => r.storeId === store.id)?.attempt).toBe(committedAtCut.get(store.id) ? 1 : 2);
   });
 
   test('a run left without a driver (its job gone) gets one from the maintenance sweep, and only one', async () => {

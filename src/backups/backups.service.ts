@@ -678,6 +678,8 @@ class LaneCopy {
   private readonly sinks: (Writable | null)[];
   private next = 0;
   private carry: Buffer | null = null;
+  /** The first error of any lane's COPY. */
+  private failed: Error | null = null;
 
   constructor(
     private readonly lanes: pg.ClientBase[],
@@ -686,30 +688,39 @@ class LaneCopy {
     this.sinks = lanes.map(() => null);
   }
 
+  private sink(lane: number): Writable {
+    let sink = this.sinks[lane];
+    if (!sink) {
+      sink = copyIn(this.lanes[lane], this.table);
+      // Heard at all times: a COPY the server refuses (a row the schema forbids) while no one waits on its
+      // stream must fail the restore, not the process (an unheard 'error' event) nor leave a wait hanging.
+      sink.on('error', (err: Error) => (this.failed ??= err));
+      this.sinks[lane] = sink;
+    }
+    return sink;
+  }
+
   async write(data: Buffer): Promise<void> {
+    if (this.failed) throw this.failed;
     const piece = this.carry ? Buffer.concat([this.carry, data]) : data;
     // A row never spans two lanes: the piece goes up to its last line end, the rest waits for the next one.
     const cut = piece.lastIndexOf(10) + 1;
     this.carry = cut < piece.length ? piece.subarray(cut) : null;
     if (cut === 0) return;
-    const lane = this.next;
+    const sink = this.sink(this.next);
     this.next = (this.next + 1) % this.lanes.length;
-    const sink = (this.sinks[lane] ??= copyIn(this.lanes[lane], this.table));
+    // once() fails on this stream's error; another lane's is seen at the next write.
     if (!sink.write(cut === piece.length ? piece : piece.subarray(0, cut))) await once(sink, 'drain');
   }
 
   /** Every lane's COPY ended and acknowledged by the server (a bad row fails here). */
   async end(): Promise<void> {
+    // Bytes after the last line end: not a row COPY text can have; the server refuses them as the rest.
+    if (this.carry && !this.failed) this.sink(0).write(this.carry);
+    this.carry = null;
     const open = this.sinks.filter((s): s is Writable => s !== null);
     this.sinks.fill(null);
-    // Bytes after the last line end: not a row COPY text can have; the server refuses them as the rest.
-    if (this.carry) {
-      const tail = this.carry;
-      this.carry = null;
-      const sink = open[0] ?? copyIn(this.lanes[0], this.table);
-      if (!open.includes(sink)) open.push(sink);
-      sink.write(tail);
-    }
+    if (this.failed) throw this.failed;
     await Promise.all(
       open.map(async (sink) => {
         sink.end();

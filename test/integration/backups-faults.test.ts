@@ -4,7 +4,14 @@ import path from 'node:path';
 import type pg from 'pg';
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
-import { backupJobId, endAbandoned, processRestore, restoreJobId } from '../../src/backups/backups.service';
+import {
+  backupJobId,
+  endAbandoned,
+  processBackup,
+  processRestore,
+  queueBackup,
+  restoreJobId,
+} from '../../src/backups/backups.service';
 import { listTenantTables } from '../../src/backups/tenant-tables';
 import { withClient } from '../../src/db/pg-client';
 import { ident } from '../../src/db/tenant-server-admin';
@@ -271,5 +278,37 @@ describe('a worker SIGKILLed in the middle', () => {
     expect(await processRestore(t.ctx, again)).toEqual({ skipped: 'completed' });
     const { rows } = await adminQuery(`SELECT datallowconn FROM pg_database WHERE datname = '${store.database}'`);
     expect(rows[0]).toEqual({ datallowconn: false });
+  });
+});
+
+describe('a COPY the server refuses', () => {
+  test('fails the restore, not the process running it: the row failed with the reason, the new database dropped', async () => {
+    // A store whose database lets through a row the schema forbids (its CHECK dropped): backed up as it is, it
+    // cannot be copied into a database with the schema's constraints.
+    const other = await createActiveStore(t, { ownerId: owner.user.id });
+    await withDatabase(other.database, (c) =>
+      c.query(`ALTER TABLE products DROP CONSTRAINT products_price_cents_check`),
+    );
+    await tenantQuery(
+      other,
+      `INSERT INTO products (sku, name, price_cents)
+       SELECT 'sku-' || i, 'Product ' || i, CASE WHEN i = 15000 THEN -1 ELSE i END FROM generate_series(1, 30000) i`,
+    );
+    const id = await queueBackup(t.ctx, other.id, 'manual', owner.user.id);
+    await processBackup(t.ctx, id);
+    const res = await request(t.app)
+      .post(`/api/stores/${other.id}/backups/${id}/restore`)
+      .set(auth(owner.token))
+      .expect(202);
+    const restoreId = (res.body.jobId as string).replace(/^restore-/, '');
+    await expect(processRestore(t.ctx, restoreId)).rejects.toThrow(/products_price_cents_check/);
+    const row = await restoreRow(restoreId);
+    expect(row).toMatchObject({ state: 'failed', error: expect.stringMatching(/products_price_cents_check/) });
+    expect(await databaseExists(row!.new_database!)).toBe(false);
+    const [db] = await t.ctx.master.sequelize.query<{ name: string }>(
+      `SELECT database_name AS name FROM store_databases WHERE store_id = $1::uuid`,
+      { bind: [other.id], type: QueryTypes.SELECT },
+    );
+    expect(db.name).toBe(other.database);
   });
 });

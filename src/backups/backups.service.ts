@@ -26,6 +26,7 @@ import { externalAccess, tenantPgConfig } from '../provisioning/tenant-db';
 import { requestCreditSync } from '../queue/credit-sync-request';
 import { QueueName, type JobPayloads } from '../queue/queues';
 import { requireStoreAccess } from '../stores/membership';
+import { ACTIVE_MOVE_STATES } from '../moves/moves.service';
 import { archiveFrames, ARCHIVE_FORMAT, countLines, readFrames, type BackupManifest } from './archive';
 import { LocalDirectoryStorage, type BackupStorage } from './storage';
 import { copyIn, inSnapshot, tenantSchemaVersion, type TenantTable } from './tenant-tables';
@@ -232,13 +233,23 @@ export async function requestRestore(ctx: AppContext, userId: string, storeId: s
   const restoreId = await ctx.master.sequelize.transaction(async (t) => {
     // One restore per store at a time (the store row's lock orders two requests).
     await select(ctx, `SELECT id FROM stores WHERE id = $1::uuid FOR UPDATE`, [storeId], t);
-    const [busy] = await select<{ id: string }>(
+    // One restore or move per store at a time (a move's switch would otherwise fail on the restored database).
+    const [busy] = await select<{ kind: string }>(
       ctx,
-      `SELECT id FROM store_restores WHERE store_id = $1::uuid AND state IN ('queued', 'running')`,
-      [storeId],
+      `SELECT 'restore' AS kind FROM store_restores WHERE store_id = $1::uuid AND state IN ('queued', 'running')
+       UNION ALL
+       SELECT 'move' FROM store_moves WHERE store_id = $1::uuid AND state = ANY($2::text[])
+       LIMIT 1`,
+      [storeId, ACTIVE_MOVE_STATES],
       t,
     );
-    if (busy) throw fail(ErrorCode.CONFLICT, 'A restore of this store is already in progress');
+    if (busy)
+      throw fail(
+        ErrorCode.CONFLICT,
+        busy.kind === 'restore'
+          ? 'A restore of this store is already in progress'
+          : 'A move of this store is in progress',
+      );
     const [row] = await select<{ id: string }>(
       ctx,
       `INSERT INTO store_restores (store_id, backup_id, requested_by, server) VALUES ($1::uuid, $2::uuid, $3::uuid, $4)

@@ -271,6 +271,37 @@ describe('access', () => {
   });
 });
 
+describe('a restore while the store is being moved', () => {
+  it("is refused 409 CONFLICT and records nothing (the move would otherwise switch from a database no longer the store's)", async () => {
+    const store = await createActiveStore(t, { ownerId: owner.user.id });
+    const backupId = await backUp(store);
+    const [db] = await t.ctx.master.sequelize.query<{ server: string; database: string }>(
+      `SELECT server, database_name AS database FROM store_databases WHERE store_id = $1::uuid`,
+      { bind: [store.id], type: QueryTypes.SELECT },
+    );
+    // A move under way (its job not needed: the row is what a restore request reads).
+    await t.ctx.master.sequelize.query(
+      `INSERT INTO store_moves (store_id, state, source_server, source_database, target_server, requested_by)
+       VALUES ($1::uuid, 'copying', $2, $3, 'elsewhere:5432', 'test')`,
+      { bind: [store.id, db.server, db.database] },
+    );
+    try {
+      expectProblem(
+        await request(t.app).post(`/api/stores/${store.id}/backups/${backupId}/restore`).set(auth(owner.token)),
+        409,
+        'CONFLICT',
+      );
+      const restores = await t.ctx.master.sequelize.query(`SELECT 1 FROM store_restores WHERE store_id = $1::uuid`, {
+        bind: [store.id],
+        type: QueryTypes.SELECT,
+      });
+      expect(restores).toEqual([]);
+    } finally {
+      await t.ctx.master.sequelize.query(`DELETE FROM store_moves WHERE store_id = $1::uuid`, { bind: [store.id] });
+    }
+  });
+});
+
 describe('schedule and retention', () => {
   it('queues one scheduled backup per active store that is due, not twice', async () => {
     const store = await createActiveStore(t, { ownerId: owner.user.id });

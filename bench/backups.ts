@@ -1,7 +1,7 @@
 /**
  * Backup and restore throughput of one store vs `pg_dump -Fc | pg_restore` of the same database, in the same
- * run: `NODE_ENV=test npx tsx bench/backups.ts [products] [rounds]` (default 20000 and 3; Postgres on
- * 127.0.0.1:5432, Redis); the best of the rounds is kept for each.
+ * run: `npm run bench -- --only backups [--products 100000] [--rounds 3]` (Postgres on 127.0.0.1:5432, Redis);
+ * the best of the rounds is kept for each.
  * Rows/s count every table's rows; MB/s is the COPY text volume (what both tools read and write), the archive
  * sizes are printed beside.
  */
@@ -16,9 +16,7 @@ import { registerUser, startTestApp } from '../test/helpers/app';
 import { adminQuery, urlFor } from '../test/helpers/db';
 import { createActiveStore, dropTestTenants, tenantQuery } from '../test/helpers/tenants';
 
-async function main() {
-  const products = Number(process.argv[2] ?? 20000);
-  const rounds = Number(process.argv[3] ?? 3);
+export async function backupsBenchmark({ products, rounds }: { products: number; rounds: number }): Promise<void> {
   const dir = mkdtempSync(path.join(tmpdir(), 'tenantry-bench-backups-'));
   const t = await startTestApp('bench_backups', { BACKUP_DIR: dir });
   try {
@@ -111,8 +109,3 @@ async function main() {
     rmSync(dir, { recursive: true, force: true });
   }
 }
-
-void main().catch((err: unknown) => {
-  console.error(err);
-  process.exitCode = 1;
-});

@@ -1,8 +1,8 @@
 /**
  * The write pause of a store move (issue 15): a store with `products` products (and their inventory) moved
  * from one tenant server to the other and back, `rounds` times, while writers update its products through the
- * storefront API: `NODE_ENV=test npx tsx bench/moves.ts [products] [rounds] [writers]` (default 100000, 4, 4;
- * Postgres on 127.0.0.1:5432 and 127.0.0.1:5433, Redis). Printed per move: the write pause (from holding the
+ * storefront API: `npm run bench -- --only moves [--products 100000] [--rounds 4] [--writers 4]` (Postgres on
+ * 127.0.0.1:5432 and 127.0.0.1:5433, Redis). Printed per move: the write pause (from holding the
  * store's requests to releasing them) and where it went, the copy's time, the changes replayed, and what the
  * writers saw (answers, 503 TENANT_MIGRATING, the slowest write). Goal: a pause under 1 s.
  */
@@ -20,10 +20,15 @@ const keyOf = (url: string) => {
   return `${u.hostname}:${u.port || 5432}`;
 };
 
-async function main() {
-  const products = Number(process.argv[2] ?? 100_000);
-  const rounds = Number(process.argv[3] ?? 4);
-  const writers = Number(process.argv[4] ?? 4);
+export async function movesBenchmark({
+  products,
+  rounds,
+  writers,
+}: {
+  products: number;
+  rounds: number;
+  writers: number;
+}): Promise<void> {
   const servers = [TEST_SERVER_URL, SECOND_SERVER_URL];
   const t = await startTestApp('bench_moves', {
     TENANT_SERVERS: servers.join(','),
@@ -111,8 +116,3 @@ async function main() {
     await dropTestTenants();
   }
 }
-
-void main().catch((err: unknown) => {
-  console.error(err);
-  process.exitCode = 1;
-});

@@ -3,6 +3,7 @@
  * `npm run bench -- --only fleet [--stores 1000] [--fleet-instances 3] [--fleet-max-connections 50]`
  * `npm run bench -- --only drift [--stores 1000] [--rounds 2]`
  * `npm run bench -- --only migrations [--stores 1000] [--naive-sample 200] [--per-server 4]`
+ * `npm run bench -- --only backups,moves [--products 100000] [--rounds 3] [--writers 4]`
  * Benchmarks are not tests: they print figures and ratios against baselines measured in the same run.
  */
 import { parseArgs } from 'node:util';
@@ -36,6 +37,10 @@ async function main() {
       /** stores the naive migration baseline migrates (the rest extrapolated), and the run's perServer */
       'naive-sample': { type: 'string', default: '200' },
       'per-server': { type: 'string', default: '4' },
+      /** products of the store the backups and moves benchmarks back up, restore and move */
+      products: { type: 'string', default: '100000' },
+      /** writers updating that store's products through the API while it is moved */
+      writers: { type: 'string', default: '4' },
     },
   });
   const want = (name: string) => !values.only || values.only.split(',').includes(name);
@@ -97,6 +102,21 @@ async function main() {
       perServer: Number(values['per-server']),
       connections: 10,
       rate: 200,
+    });
+  }
+  // Loaded only when asked: they run an app in this process with the test harness (test/helpers/env.ts).
+  if (want('backups')) {
+    console.log('\n## Backup and restore of one store vs pg_dump | pg_restore\n');
+    const { backupsBenchmark } = await import('./backups.js');
+    await backupsBenchmark({ products: Number(values.products), rounds: Number(values.rounds) });
+  }
+  if (want('moves')) {
+    console.log("\n## A store's move to another server: the write pause\n");
+    const { movesBenchmark } = await import('./moves.js');
+    await movesBenchmark({
+      products: Number(values.products),
+      rounds: Number(values.rounds),
+      writers: Number(values.writers),
     });
   }
 }

@@ -9,10 +9,15 @@ export interface TenantServer {
   port: number;
 }
 
+/** A server's key, `host:port`, from its connection URL. */
+export function serverKeyOfUrl(url: string): string {
+  const u = new URL(url);
+  return `${u.hostname}:${Number(u.port || 5432)}`;
+}
+
 function toServer(adminUrl: string): TenantServer {
   const u = new URL(adminUrl);
-  const port = Number(u.port || 5432);
-  return { key: `${u.hostname}:${port}`, adminUrl, host: u.hostname, port };
+  return { key: serverKeyOfUrl(adminUrl), adminUrl, host: u.hostname, port: Number(u.port || 5432) };
 }
 
 /** TENANT_SERVERS, or the master's own server (its `postgres` database as the admin entry). */

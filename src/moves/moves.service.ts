@@ -1,7 +1,7 @@
 import { QueryTypes, type Transaction } from 'sequelize';
 import type { AppContext } from '../app-context';
 import { audit } from '../db/audit';
-import { tenantServers } from '../db/tenant-servers';
+import { serverKeyOfUrl, tenantServers } from '../db/tenant-servers';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { QueueName } from '../queue/queues';
 
@@ -125,6 +125,16 @@ async function insertMove(
   return row.id;
 }
 
+/** `host:port` of a server named as such or by a postgres:// URL (unparsable: as given, matching no server). */
+function serverKeyOf(server: string): string {
+  if (!/^postgres(?:ql)?:\/\//.test(server)) return server;
+  try {
+    return serverKeyOfUrl(server);
+  } catch {
+    return server;
+  }
+}
+
 /**
  * POST /api/admin/stores/:id/move and `tenantry tenants:move`: check everything, record the move (queued),
  * queue its job. Refusals change nothing: an unknown store 404, an unknown or the same server 400, an
@@ -136,7 +146,8 @@ export async function requestMove(
   storeId: string,
   server: string,
 ): Promise<{ jobId: string; moveId: string }> {
-  const target = tenantServers(deps).find((s) => s.key === server);
+  const key = serverKeyOf(server);
+  const target = tenantServers(deps).find((s) => s.key === key);
   const moveId = await deps.master.sequelize.transaction(async (t) => {
     const current = await movableStore(deps, storeId, t);
     if (!target)

@@ -238,8 +238,10 @@ describe('POST /api/admin/stores/:id/move', () => {
     expect(rows).toEqual([]);
     expect((await placement(store.id)).server).toBe(here);
 
-    // One move at a time: the second while the first is under way is refused.
-    await move(store.id, { server: there }).expect(202);
+    // One move at a time: the second while the first is under way is refused. (The first names the server by its
+    // TENANT_SERVERS entry, a URL: the same server as its host:port.)
+    const thereUrl = [TEST_SERVER_URL, SECOND_SERVER_URL].find((u) => keyOf(u) === there)!;
+    await move(store.id, { server: thereUrl }).expect(202);
     const second = await move(store.id, { server: there });
     if ((await moveRow(store.id)).state !== 'completed') expectProblem(second, 409, 'CONFLICT');
     expect((await moveFinished(store.id)).state).toBe('completed');

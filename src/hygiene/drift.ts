@@ -13,6 +13,8 @@ import { logger } from '../lib/logger';
 import { mustBePublic } from '../lib/network-guard';
 import { Semaphore } from '../lib/semaphore';
 import { fleetTargetVersion, tenantMigrationsDir } from '../migrations/migration-runs.service';
+import { CAPTURE_TRIGGER_PREFIX } from '../moves/change-capture';
+import { ACTIVE_MOVE_STATES } from '../moves/moves.service';
 import { ensureTemplate, TEMPLATE_OWNER } from '../provisioning/templates';
 import { tenantPgConfig } from '../provisioning/tenant-db';
 
@@ -344,6 +346,7 @@ export async function runDriftCheck(deps: HygieneDeps, actor: string, opts: Drif
   );
   const servers = new Map(tenantServers(deps).map((s) => [s.key, s]));
   const first = tenantServers(deps)[0];
+  const moving = await storesBeingMoved(deps);
   const bounds = new Map<string, Semaphore>();
   const perServer = opts.perServer ?? DRIFT_PER_SERVER;
   let done = total - pending.length;
@@ -359,7 +362,9 @@ export async function runDriftCheck(deps: HygieneDeps, actor: string, opts: Drif
           logger.warn({ server: server.key, err: err.message }, 'drift: no template to compare catalogues with');
           return undefined;
         });
-        const { findings, fingerprint } = await checkStore(deps, store, reference, files);
+        const checked = await checkStore(deps, store, reference, files);
+        const { fingerprint } = checked;
+        const findings = moving.has(store.storeId) ? withoutMoveCapture(checked.findings) : checked.findings;
         await deps.master.sequelize.query(
           `UPDATE drift_check_stores SET state = 'done', findings = $3::jsonb, fingerprint = $4, ms = $5, checked_at = now()
             WHERE check_id = $1 AND store_id = $2`,
@@ -375,6 +380,19 @@ export async function runDriftCheck(deps: HygieneDeps, actor: string, opts: Drif
   );
   return driftReport(deps, checkId, Date.now() - started);
 }
+
+/** Stores with a move under way (src/moves): their database carries the move's change-capture triggers meanwhile. */
+async function storesBeingMoved(deps: HygieneDeps): Promise<Set<string>> {
+  const rows = await deps.master.sequelize.query<{ storeId: string }>(
+    `SELECT store_id AS "storeId" FROM store_moves WHERE state = ANY($1::text[])`,
+    { bind: [ACTIVE_MOVE_STATES], type: QueryTypes.SELECT },
+  );
+  return new Set(rows.map((r) => r.storeId));
+}
+
+/** A moving store's findings without the move's own triggers (the same triggers on a store not moving are reported). */
+const withoutMoveCapture = (findings: DriftFinding[]) =>
+  findings.filter((f) => !(f.kind === 'catalog_differs' && f.detail.includes(`.${CAPTURE_TRIGGER_PREFIX}`)));
 
 /** A check's stores that differ, from its rows. */
 export async function driftReport(deps: HygieneDeps, checkId: string, ms = 0): Promise<DriftReport> {

@@ -12,8 +12,10 @@ import type { TenantTable } from '../backups/tenant-tables';
 // change it); dropping the schema removes every trigger with it.
 
 export const CAPTURE_SCHEMA = 'tenantry_move';
-const CAPTURE_TRIGGER = 'tenantry_move_capture';
-const FROZEN_TRIGGER = 'tenantry_move_frozen';
+/** Every trigger a move puts on a table is named so (drift leaves them out while the store is being moved). */
+export const CAPTURE_TRIGGER_PREFIX = 'tenantry_move_';
+const CAPTURE_TRIGGER = `${CAPTURE_TRIGGER_PREFIX}capture`;
+const FROZEN_TRIGGER = `${CAPTURE_TRIGGER_PREFIX}frozen`;
 
 /** A tenant table with its primary key (a move refuses a table without one: its rows could not be matched). */
 export interface KeyedTable extends TenantTable {

@@ -1,6 +1,10 @@
 import request from 'supertest';
 import { QueryTypes } from 'sequelize';
+import { listTenantTables } from '../../src/backups/tenant-tables';
+import { withClient } from '../../src/db/pg-client';
 import { secretContext } from '../../src/lib/crypto';
+import { removeCapture, startCapture, withPrimaryKeys } from '../../src/moves/change-capture';
+import { urlFor } from '../helpers/db';
 import { registerAdmin } from '../helpers/admins';
 import { registerUser } from '../helpers/app';
 import { createPrefixedStore, tenantry, uniquePrefix, type PrefixedStore } from '../helpers/hygiene';
@@ -131,5 +135,42 @@ describe('tenantry tenants:drift', () => {
     const res = await tenantry(t, ['tenants:drift', '--json']);
     expect(res).toMatchObject({ code: 0, stderr: '' });
     expect(JSON.parse(res.stdout)).toMatchObject({ checked: 5, differing: 0, items: [] });
+  });
+});
+
+describe('a store being moved', () => {
+  test("is not reported for the move's change-capture triggers; the same triggers on a store not moving are", async () => {
+    const ownerId = (await registerUser(t.app)).user.id;
+    const store = await createPrefixedStore(t, ownerId);
+    const [placed] = await t.ctx.master.sequelize.query<{ server: string }>(
+      `SELECT server FROM store_databases WHERE store_id = $1::uuid`,
+      { bind: [store.id], type: QueryTypes.SELECT },
+    );
+    await withClient(urlFor(store.database), async (c) =>
+      startCapture(c, await withPrimaryKeys(c, await listTenantTables(c)), 1000),
+    );
+    await t.ctx.master.sequelize.query(
+      `INSERT INTO store_moves (store_id, state, source_server, source_database, target_server, requested_by)
+       VALUES ($1::uuid, 'copying', $2, $3, 'elsewhere:5432', 'test')`,
+      { bind: [store.id, placed.server, store.database] },
+    );
+    const drift = async () => {
+      const res = await tenantry(t, ['tenants:drift', '--json']);
+      return of((JSON.parse(res.stdout) as { items: Item[] }).items, store);
+    };
+    try {
+      expect(await drift()).toEqual([]);
+      await t.ctx.master.sequelize.query(`UPDATE store_moves SET state = 'failed' WHERE store_id = $1::uuid`, {
+        bind: [store.id],
+      });
+      expect(await drift()).toEqual(
+        expect.arrayContaining([
+          { kind: 'catalog_differs', detail: expect.stringContaining('products.tenantry_move_capture') },
+        ]),
+      );
+    } finally {
+      await withClient(urlFor(store.database), removeCapture);
+      await t.ctx.master.sequelize.query(`DELETE FROM store_moves WHERE store_id = $1::uuid`, { bind: [store.id] });
+    }
   });
 });

@@ -13,8 +13,9 @@ import { QueryTypes } from 'sequelize';
 import { processBackup, processRestore, queueBackup, requestRestore } from '../src/backups/backups.service';
 import { ident } from '../src/db/tenant-server-admin';
 import { registerUser, startTestApp } from '../test/helpers/app';
-import { adminQuery, urlFor } from '../test/helpers/db';
-import { createActiveStore, dropTestTenants, tenantQuery } from '../test/helpers/tenants';
+import { adminQuery } from '../test/helpers/db';
+import { createActiveStore, dropTestTenants } from '../test/helpers/tenants';
+import { seedCatalogue } from './store-fixture';
 
 export async function backupsBenchmark({ products, rounds }: { products: number; rounds: number }): Promise<void> {
   const dir = mkdtempSync(path.join(tmpdir(), 'tenantry-bench-backups-'));
@@ -22,14 +23,7 @@ export async function backupsBenchmark({ products, rounds }: { products: number;
   try {
     const owner = await registerUser(t.app);
     const store = await createActiveStore(t, { ownerId: owner.user.id });
-    await tenantQuery(
-      store,
-      `INSERT INTO products (sku, name, description, price_cents)
-       SELECT 'sku-' || i, 'Product ' || i, repeat('A fine product. ', 8) || i, i FROM generate_series(1, $1::int) i`,
-      [products],
-    );
-    await tenantQuery(store, `INSERT INTO inventory (product_id, stock) SELECT id, 10 FROM products`);
-    await adminQuery(`VACUUM ANALYZE`, urlFor(store.database));
+    await seedCatalogue(store, products);
 
     // Rounds alternate the four runs, each run's best is kept (the machine is shared: a round can be slowed
     // by others' work), and every round's restore ratio is printed beside.

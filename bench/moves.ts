@@ -11,14 +11,11 @@ import request from 'supertest';
 import { processMove, tendMoves } from '../src/moves/move-runner';
 import { requestMove } from '../src/moves/moves.service';
 import { registerUser, startTestApp } from '../test/helpers/app';
-import { adminQuery, SECOND_SERVER_URL, TEST_SERVER_URL, urlFor } from '../test/helpers/db';
+import { adminQuery, SECOND_SERVER_URL, TEST_SERVER_URL } from '../test/helpers/db';
 import { auth } from '../test/helpers/stores';
 import { createActiveStore, dropTestTenants, tenantQuery } from '../test/helpers/tenants';
-
-const keyOf = (url: string) => {
-  const u = new URL(url);
-  return `${u.hostname}:${u.port || 5432}`;
-};
+import { seedCatalogue } from './store-fixture';
+import { serverKeyOfUrl } from '../src/db/tenant-servers';
 
 export async function movesBenchmark({
   products,
@@ -38,14 +35,7 @@ export async function movesBenchmark({
   try {
     const owner = await registerUser(t.app);
     const store = await createActiveStore(t, { ownerId: owner.user.id, server: TEST_SERVER_URL });
-    await tenantQuery(
-      store,
-      `INSERT INTO products (sku, name, description, price_cents)
-       SELECT 'sku-' || i, 'Product ' || i, repeat('A fine product. ', 8) || i, i FROM generate_series(1, $1::int) i`,
-      [products],
-    );
-    await tenantQuery(store, `INSERT INTO inventory (product_id, stock) SELECT id, 10 FROM products`);
-    await adminQuery(`VACUUM ANALYZE`, urlFor(store.database));
+    await seedCatalogue(store, products);
     const ids = (await tenantQuery<{ id: string }>(store, `SELECT id FROM products ORDER BY random() LIMIT 2000`)).map(
       (r) => r.id,
     );
@@ -53,7 +43,7 @@ export async function movesBenchmark({
     const pauses: number[] = [];
     for (let round = 1; round <= rounds; round++) {
       const db = (await t.ctx.master.models.StoreDatabase.findByPk(store.id))!;
-      const to = servers.map(keyOf).find((k) => k !== db.server)!;
+      const to = servers.map(serverKeyOfUrl).find((k) => k !== db.server)!;
       // Writers: product updates through the storefront API, as fast as they are answered.
       let stopped = false;
       const seen = { ok: 0, migrating: 0, other: 0, slowestMs: 0 };
@@ -109,7 +99,7 @@ export async function movesBenchmark({
       .catch(() => []);
     await t.close();
     for (const m of made) {
-      const url = servers.find((u) => keyOf(u) === m.server)!;
+      const url = servers.find((u) => serverKeyOfUrl(u) === m.server)!;
       await adminQuery(`DROP DATABASE IF EXISTS "${m.name}" WITH (FORCE)`, url).catch(() => {});
       await adminQuery(`DROP ROLE IF EXISTS "${m.role}"`, url).catch(() => {});
     }

@@ -47,25 +47,11 @@ async function withPlatform<T>(run: (deps: PlatformAdminDeps) => Promise<T>): Pr
   }
 }
 
-/** The fleet migration commands: the master DB, and the queues to hand a run to the workers. */
-async function withFleet<T>(run: (deps: FleetDeps) => Promise<T>): Promise<T> {
-  let embedded: EmbeddedServer | undefined;
-  let master: MasterDb | undefined;
-  const queues = new Queues({ config, redisPrefix: config.redisPrefix });
-  try {
-    const prepared = await prepareMaster(config, undefined, { reuseRunningEmbedded: true });
-    embedded = prepared.embedded;
-    master = openMasterDb(prepared.url, 2);
-    return await run({ master, queues, config });
-  } finally {
-    await queues.close();
-    await master?.sequelize.close();
-    await embedded?.stop();
-  }
-}
-
-/** The store move commands: the master DB and its URL (the tenant servers default to its server), the queues. */
-async function withMoves<T>(run: (deps: MoveDeps) => Promise<T>): Promise<T> {
+/**
+ * The fleet commands (migrations, moves): the master DB and its URL (the tenant servers default to its server),
+ * and the queues to hand the work to the workers.
+ */
+async function withFleet<T>(run: (deps: FleetDeps & MoveDeps) => Promise<T>): Promise<T> {
   let embedded: EmbeddedServer | undefined;
   let master: MasterDb | undefined;
   const queues = new Queues({ config, redisPrefix: config.redisPrefix });
@@ -148,7 +134,7 @@ function buildProgram(): Command {
   registerFleetCommands(program, withFleet, operator);
   registerHygieneCommands(program, withMaster, operator);
   registerFleetCheckCommands(program, withMaster, operator);
-  registerMoveCommands(program, withMoves, operator);
+  registerMoveCommands(program, withFleet, operator);
   return program;
 }
 

@@ -3,14 +3,10 @@ import { registerUser } from '../helpers/app';
 import { adminQuery, SECOND_SERVER_URL, TEST_SERVER_URL } from '../helpers/db';
 import { auth, createStoreViaApi, queryWith, storeConnection, waitForProvisioning } from '../helpers/stores';
 import { useSuite } from '../helpers/suite';
+import { serverKeyOfUrl } from '../../src/db/tenant-servers';
 
 /** Managed stores spread over every Postgres server in TENANT_SERVERS, each in a database of its own. */
 const t = useSuite('provservers', { WORKER: 'on', TENANT_SERVERS: `${TEST_SERVER_URL},${SECOND_SERVER_URL}` });
-
-const keyOf = (url: string) => {
-  const u = new URL(url);
-  return `${u.hostname}:${u.port || 5432}`;
-};
 
 test("four managed stores spread two and two over two tenant servers, and each store's products live only in its own database", async () => {
   const owners = await Promise.all([0, 1, 2, 3].map(() => registerUser(t.app)));
@@ -31,12 +27,17 @@ test("four managed stores spread two and two over two tenant servers, and each s
   expect(rows).toHaveLength(4);
   const perServer = new Map<string, number>();
   for (const r of rows) perServer.set(r.server!, (perServer.get(r.server!) ?? 0) + 1);
-  expect(Object.fromEntries(perServer)).toEqual({ [keyOf(TEST_SERVER_URL)]: 2, [keyOf(SECOND_SERVER_URL)]: 2 });
+  expect(Object.fromEntries(perServer)).toEqual({
+    [serverKeyOfUrl(TEST_SERVER_URL)]: 2,
+    [serverKeyOfUrl(SECOND_SERVER_URL)]: 2,
+  });
 
   // Each database exists on its server only.
   for (const r of rows) {
     const [home, elsewhere] =
-      r.server === keyOf(TEST_SERVER_URL) ? [TEST_SERVER_URL, SECOND_SERVER_URL] : [SECOND_SERVER_URL, TEST_SERVER_URL];
+      r.server === serverKeyOfUrl(TEST_SERVER_URL)
+        ? [TEST_SERVER_URL, SECOND_SERVER_URL]
+        : [SECOND_SERVER_URL, TEST_SERVER_URL];
     expect((await adminQuery(`SELECT 1 FROM pg_database WHERE datname = '${r.databaseName}'`, home)).rowCount).toBe(1);
     expect(
       (await adminQuery(`SELECT 1 FROM pg_database WHERE datname = '${r.databaseName}'`, elsewhere)).rowCount,

@@ -14,6 +14,7 @@ import { eventually } from '../helpers/fixtures';
 import { expectProblem } from '../helpers/http';
 import { auth, provisionManagedStore, queryWith, storeConnection } from '../helpers/stores';
 import { useSuite } from '../helpers/suite';
+import { serverKeyOfUrl } from '../../src/db/tenant-servers';
 
 /**
  * Moving a store's managed database to another tenant server (issue 15, item 5), with the suite's worker
@@ -24,11 +25,7 @@ const SERVERS = `${TEST_SERVER_URL},${SECOND_SERVER_URL}`;
 const t = useSuite('moves', { WORKER: 'on', TENANT_SERVERS: SERVERS, PAYMENTS_PROVIDER: 'manual' });
 const root = path.join(__dirname, '..', '..');
 
-const keyOf = (url: string) => {
-  const u = new URL(url);
-  return `${u.hostname}:${u.port || 5432}`;
-};
-const urlOf = (key: string) => [TEST_SERVER_URL, SECOND_SERVER_URL].find((u) => keyOf(u) === key)!;
+const urlOf = (key: string) => [TEST_SERVER_URL, SECOND_SERVER_URL].find((u) => serverKeyOfUrl(u) === key)!;
 
 let admin: Awaited<ReturnType<typeof registerAdmin>>;
 let owner: Awaited<ReturnType<typeof registerUser>>;
@@ -60,6 +57,16 @@ beforeAll(async () => {
 });
 
 const placement = async (storeId: string) => (await t.ctx.master.models.StoreDatabase.findByPk(storeId))!;
+
+/** Where a store lives (`from`), the other test server (`to`), its credentials and its database's admin URL. */
+async function sides(storeId: string) {
+  const from = (await placement(storeId)).server!;
+  const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(serverKeyOfUrl).find((k) => k !== from)!;
+  const conn = await storeConnection(t, storeId);
+  const source = new URL(urlOf(from));
+  source.pathname = `/${conn.database}`;
+  return { from, to, conn, sourceUrl: source.toString() };
+}
 
 const moveRow = async (storeId: string) =>
   (
@@ -128,8 +135,7 @@ describe('POST /api/admin/stores/:id/move', () => {
   test('moves a store to the other server under concurrent reads and writes: no write lost, only 503 TENANT_MIGRATING meanwhile, another store untouched', async () => {
     const store = await provisionManagedStore(t.app, owner.token);
     const other = await provisionManagedStore(t.app, owner.token);
-    const from = (await placement(store.id)).server!;
-    const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== from)!;
+    const { from, to } = await sides(store.id);
     // Rows for the bulk copy to carry.
     await queryWith(
       await storeConnection(t, store.id),
@@ -205,7 +211,7 @@ describe('POST /api/admin/stores/:id/move', () => {
   test('refuses what it cannot do, changing nothing: not an admin 403, unknown store 404, bad or same server 400, external or suspended store 409, a second move 409', async () => {
     const store = await provisionManagedStore(t.app, owner.token);
     const here = (await placement(store.id)).server!;
-    const there = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== here)!;
+    const there = [TEST_SERVER_URL, SECOND_SERVER_URL].map(serverKeyOfUrl).find((k) => k !== here)!;
     const move = (id: string, body: unknown, token = admin.token) =>
       request(t.app)
         .post(`/api/admin/stores/${id}/move`)
@@ -240,7 +246,7 @@ describe('POST /api/admin/stores/:id/move', () => {
 
     // One move at a time: the second while the first is under way is refused. (The first names the server by its
     // TENANT_SERVERS entry, a URL: the same server as its host:port.)
-    const thereUrl = [TEST_SERVER_URL, SECOND_SERVER_URL].find((u) => keyOf(u) === there)!;
+    const thereUrl = [TEST_SERVER_URL, SECOND_SERVER_URL].find((u) => serverKeyOfUrl(u) === there)!;
     await move(store.id, { server: thereUrl }).expect(202);
     const second = await move(store.id, { server: there });
     if ((await moveRow(store.id)).state !== 'completed') expectProblem(second, 409, 'CONFLICT');
@@ -252,13 +258,9 @@ describe('POST /api/admin/stores/:id/move', () => {
 describe('a move that cannot finish', () => {
   test('leaves the store as it was: no target database or role, no triggers on the source, store.move.failed audited', async () => {
     const store = await provisionManagedStore(t.app, owner.token);
-    const from = (await placement(store.id)).server!;
-    const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== from)!;
-    const conn = await storeConnection(t, store.id);
-    const sourceUrl = new URL(urlOf(from));
-    sourceUrl.pathname = `/${conn.database}`;
+    const { from, to, conn, sourceUrl } = await sides(store.id);
     // A table whose rows a move could not match (no primary key): found once the target is made.
-    await withClient(sourceUrl.toString(), (c) => c.query(`CREATE TABLE public.no_key (v integer)`));
+    await withClient(sourceUrl, (c) => c.query(`CREATE TABLE public.no_key (v integer)`));
     try {
       await request(t.app)
         .post(`/api/admin/stores/${store.id}/move`)
@@ -268,7 +270,7 @@ describe('a move that cannot finish', () => {
       const row = await moveFinished(store.id);
       expect(row).toMatchObject({ state: 'failed', error: expect.stringMatching(/no_key has no primary key/) });
     } finally {
-      await withClient(sourceUrl.toString(), (c) => c.query(`DROP TABLE IF EXISTS public.no_key`));
+      await withClient(sourceUrl, (c) => c.query(`DROP TABLE IF EXISTS public.no_key`));
     }
     expect((await placement(store.id)).server).toBe(from);
     const target = await adminQuery(
@@ -295,11 +297,7 @@ describe('a move that cannot finish', () => {
 describe('a move cut off by its worker', () => {
   test('is undone and made again: the source, frozen mid-switch, refuses writes with 503 TENANT_MIGRATING until the move ends on the target', async () => {
     const store = await provisionManagedStore(t.app, owner.token);
-    const from = (await placement(store.id)).server!;
-    const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== from)!;
-    const conn = await storeConnection(t, store.id);
-    const sourceUrl = new URL(urlOf(from));
-    sourceUrl.pathname = `/${conn.database}`;
+    const { from, to, conn, sourceUrl } = await sides(store.id);
     // What a worker killed in the middle of the switch leaves: the row switching, a target database begun, the
     // capture and the write refusal committed on the source.
     const [row] = await t.ctx.master.sequelize.query<{ id: string }>(
@@ -309,7 +307,7 @@ describe('a move cut off by its worker', () => {
       { bind: [store.id, from, conn.database, to, conn.user], type: QueryTypes.SELECT },
     );
     await adminQuery(`CREATE DATABASE "${conn.database}"`, urlOf(to));
-    await withClient(sourceUrl.toString(), async (c) => {
+    await withClient(sourceUrl, async (c) => {
       const tables = await withPrimaryKeys(c, await listTenantTables(c));
       await startCapture(c, tables, 1000);
       await c.query('BEGIN');
@@ -355,8 +353,7 @@ async function cli(args: string[]) {
 describe('draining and the command line', () => {
   test('tenants:move moves a store and exits 0 with the write pause; tenants:drain then empties a server, exit 0', async () => {
     const store = await provisionManagedStore(t.app, owner.token);
-    const from = (await placement(store.id)).server!;
-    const to = [TEST_SERVER_URL, SECOND_SERVER_URL].map(keyOf).find((k) => k !== from)!;
+    const { from, to } = await sides(store.id);
     const moved = await cli(['tenants:move', store.id, to]);
     expect({ code: moved.code, stderr: moved.stderr }).toEqual({ code: 0, stderr: '' });
     expect(moved.stdout).toMatch(

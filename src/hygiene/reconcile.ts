@@ -233,6 +233,20 @@ export async function reconcile(
       });
     }
   }
+  // Stores registered on a server no longer in TENANT_SERVERS (taken out after a drain, say): no server listed
+  // above holds their databases, and nothing here can reach them.
+  const configured = new Set(tenantServers(deps).map((s) => s.key));
+  for (const e of entries)
+    if (!configured.has(e.server) && e.dbStatus === 'ready')
+      report.findings.push({
+        kind: 'missing_database',
+        server: e.server,
+        name: e.database,
+        storeId: e.storeId,
+        detail: `store ${e.storeId} (${e.storeStatus}) is registered on ${e.server}, which is not one of TENANT_SERVERS: its database cannot be reached`,
+        repair: null,
+        repaired: false,
+      });
   await stuckProvisioning(deps, grace, apply, report);
 
   for (const f of report.findings) {

@@ -269,3 +269,39 @@ describe('tenantry tenants:reconcile', () => {
     expect(res).toMatchObject({ code: 1, stderr: 'error: --drop-orphans needs --apply\n' });
   });
 });
+
+describe('a store registered on a server no longer in TENANT_SERVERS', () => {
+  test('is reported as missing_database, on that server, and nothing is repaired', async () => {
+    const gone = await createPrefixedStore(t, (await registerUser(t.app)).user.id);
+    const [{ server }] = await t.ctx.master.sequelize.query<{ server: string }>(
+      `SELECT server FROM store_databases WHERE store_id = $1::uuid`,
+      { bind: [gone.id], type: QueryTypes.SELECT },
+    );
+    await t.ctx.master.sequelize.query(
+      `UPDATE store_databases SET server = '10.0.0.9:5432' WHERE store_id = $1::uuid`,
+      {
+        bind: [gone.id],
+      },
+    );
+    try {
+      const res = await post({ apply: true });
+      expect(res.status).toBe(200);
+      const about = (res.body.findings as (Finding & { server: string; detail: string })[]).filter(
+        (f) => f.storeId === gone.id,
+      );
+      expect(about).toEqual([
+        expect.objectContaining({
+          kind: 'missing_database',
+          server: '10.0.0.9:5432',
+          name: gone.database,
+          repaired: false,
+          detail: expect.stringContaining('not one of TENANT_SERVERS'),
+        }),
+      ]);
+    } finally {
+      await t.ctx.master.sequelize.query(`UPDATE store_databases SET server = $2 WHERE store_id = $1::uuid`, {
+        bind: [gone.id, server],
+      });
+    }
+  });
+});

@@ -475,14 +475,20 @@ export class ServerLease {
     this.scheduleRetry();
   }
 
-  /** Redis did not answer: a conservative share of the last known budget, whatever the lease said. */
+  /**
+   * Redis did not answer: a conservative share of the last known budget, whatever the lease said. Shrinking to
+   * it is at once; growing to it waits a lease's TTL: until then another process may still hold more than its
+   * share (it has not noticed yet, or its connections are still busy), and the shares together would go over
+   * the budget. Until then this process keeps what it held (at least one connection, to keep serving).
+   */
   private fallBack(): void {
     if (this.mode === 'leased') {
       this.counters.staticSince = Date.now();
       logger.warn({ server: this.key }, 'connection lease not renewable (Redis); using a static share');
     }
     this.mode = 'static';
-    this.setAllowance(this.staticShare());
+    const settled = Date.now() - this.counters.staticSince >= this.fleet.options.ttlMs;
+    this.setAllowance(settled ? this.staticShare() : Math.min(this.staticShare(), Math.max(1, this.allowance)));
   }
 
   /** The last known budget divided by the last known number of processes (at least 1, at most localMax). */

@@ -79,8 +79,11 @@ export interface CliResult {
   stderr: string;
 }
 
-/** `tenantry …` in a child process, on this suite's master DB, Redis prefix and TENANT_DB_PREFIX. */
-export function tenantry(t: Suite, args: string[]): Promise<CliResult> {
+/**
+ * `tenantry …` in a child process, on this suite's master DB, Redis prefix and TENANT_DB_PREFIX, with `env`
+ * on top (TENANT_SERVERS, say).
+ */
+export function tenantry(t: Suite, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   const root = path.join(__dirname, '..', '..');
   const child = t.spawn(process.execPath, [path.join(root, 'bin', 'tenantry.js'), ...args], {
     cwd: root,
@@ -89,6 +92,7 @@ export function tenantry(t: Suite, args: string[]): Promise<CliResult> {
       DATABASE_URL: t.db.url,
       REDIS_PREFIX: t.ctx.redisPrefix,
       TENANT_DB_PREFIX: t.ctx.config.provisioning.databasePrefix,
+      ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

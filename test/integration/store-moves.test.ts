@@ -1,4 +1,3 @@
-import path from 'node:path';
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
 import { listTenantTables } from '../../src/backups/tenant-tables';
@@ -13,6 +12,7 @@ import { adminQuery, SECOND_SERVER_URL, TEST_SERVER_URL } from '../helpers/db';
 import { eventually } from '../helpers/fixtures';
 import { expectProblem } from '../helpers/http';
 import { auth, provisionManagedStore, queryWith, storeConnection } from '../helpers/stores';
+import { tenantry } from '../helpers/hygiene';
 import { useSuite } from '../helpers/suite';
 import { serverKeyOfUrl } from '../../src/db/tenant-servers';
 
@@ -23,7 +23,6 @@ import { serverKeyOfUrl } from '../../src/db/tenant-servers';
 
 const SERVERS = `${TEST_SERVER_URL},${SECOND_SERVER_URL}`;
 const t = useSuite('moves', { WORKER: 'on', TENANT_SERVERS: SERVERS, PAYMENTS_PROVIDER: 'manual' });
-const root = path.join(__dirname, '..', '..');
 
 const urlOf = (key: string) => [TEST_SERVER_URL, SECOND_SERVER_URL].find((u) => serverKeyOfUrl(u) === key)!;
 
@@ -336,19 +335,7 @@ describe('a move cut off by its worker', () => {
 });
 
 /** `tenantry …` in a child process on this suite's master DB, Redis prefix and tenant servers. */
-async function cli(args: string[]) {
-  const child = t.spawn(process.execPath, [path.join(root, 'bin', 'tenantry.js'), ...args], {
-    cwd: root,
-    env: { ...process.env, DATABASE_URL: t.db.url, REDIS_PREFIX: t.ctx.redisPrefix, TENANT_SERVERS: SERVERS },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
-  return { code, stdout, stderr };
-}
+const cli = (args: string[]) => tenantry(t, args, { TENANT_SERVERS: SERVERS });
 
 describe('draining and the command line', () => {
   test('tenants:move moves a store and exits 0 with the write pause; tenants:drain then empties a server, exit 0', async () => {

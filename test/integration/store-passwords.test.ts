@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import path from 'node:path';
 import pg from 'pg';
 import { QueryTypes } from 'sequelize';
 import request from 'supertest';
@@ -11,6 +10,7 @@ import { processMaintenance } from '../../src/maintenance';
 import { registerUser } from '../helpers/app';
 import { eventually, insertStore } from '../helpers/fixtures';
 import { provisionManagedStore, storeConnection } from '../helpers/stores';
+import { tenantry } from '../helpers/hygiene';
 import { useSuite, type Instance } from '../helpers/suite';
 
 /**
@@ -26,29 +26,14 @@ const t = useSuite('storepw', async (s) => {
   // the rotation's.
   return { WORKER: 'on', TENANT_SERVERS: adminUrl, TENANT_ACQUIRE_TIMEOUT_MS: '10000' };
 });
-const root = path.join(__dirname, '..', '..');
 const stores: { id: string; host: string }[] = [];
 let external = '';
 let second: Instance;
 
-function cli(args: string[], env: Record<string, string> = {}) {
-  const child = t.spawn(process.execPath, [path.join(root, 'bin', 'tenantry.js'), ...args], {
-    cwd: root,
-    env: {
-      ...process.env,
-      DATABASE_URL: t.db.url,
-      REDIS_PREFIX: t.ctx.redisPrefix,
-      TENANT_SERVERS: adminUrl,
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  return new Promise<{ code: number | null; out: string }>((resolve) =>
-    child.once('close', (code) => resolve({ code, out })),
-  );
+/** The command's output, stdout then stderr. */
+async function cli(args: string[], env: Record<string, string> = {}) {
+  const { code, stdout, stderr } = await tenantry(t, args, { TENANT_SERVERS: adminUrl, ...env });
+  return { code, out: stdout + stderr };
 }
 
 /** Connect with these settings: undefined, or the SQLSTATE of the refusal. */

@@ -160,6 +160,11 @@ export async function freezeWrites(client: pg.ClientBase, tables: KeyedTable[], 
     );
 }
 
+/** The writes refused by freezeWrites open again (the switch could not be made; the capture goes on). */
+export async function unfreezeWrites(client: pg.ClientBase, tables: KeyedTable[]): Promise<void> {
+  for (const t of tables) await client.query(`DROP TRIGGER IF EXISTS ${FROZEN_TRIGGER} ON public.${ident(t.name)}`);
+}
+
 /** Undo everything: the store's database as it was before the move (writes open again). Idempotent. */
 export async function removeCapture(client: pg.ClientBase): Promise<void> {
   await client.query(`DROP SCHEMA IF EXISTS ${CAPTURE_SCHEMA} CASCADE`);

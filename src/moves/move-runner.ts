@@ -25,6 +25,7 @@ import { fleetTargetVersion } from '../migrations/migration-runs.service';
 import { QueueName } from '../queue/queues';
 import {
   freezeWrites,
+  unfreezeWrites,
   pendingChanges,
   removeCapture,
   replayChanges,
@@ -369,7 +370,7 @@ async function finalSwitch(
         logger.warn({ storeId, err: (err as Error).message }, 'a store move switched although its commit failed');
         return { ms: Math.round(performance.now() - held), steps };
       }
-      await unfreeze(src, tables).catch((e: Error) =>
+      await unfreezeWrites(src, tables).catch((e: Error) =>
         logger.error({ storeId, err: e.message }, 'could not open the writes of a store whose move failed'),
       );
       throw err;
@@ -395,10 +396,6 @@ async function isOnTarget(
     [move.store_id],
   );
   return db?.server === move.target_server && db.database_name === move.target_database;
-}
-
-async function unfreeze(src: pg.ClientBase, tables: KeyedTable[]): Promise<void> {
-  for (const t of tables) await src.query(`DROP TRIGGER IF EXISTS tenantry_move_frozen ON public.${ident(t.name)}`);
 }
 
 /** Every table holds as many rows on the target as on the (frozen) source. */

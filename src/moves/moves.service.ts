@@ -1,7 +1,7 @@
 import { QueryTypes, type Transaction } from 'sequelize';
 import type { AppContext } from '../app-context';
 import { audit } from '../db/audit';
-import { serverKeyOfUrl, tenantServers } from '../db/tenant-servers';
+import { serverKeyOfUrl, tenantServers, type TenantServer } from '../db/tenant-servers';
 import { ErrorCode, fail, noSuchStore } from '../lib/errors';
 import { QueueName } from '../queue/queues';
 
@@ -125,14 +125,22 @@ async function insertMove(
   return row.id;
 }
 
-/** `host:port` of a server named as such or by a postgres:// URL (unparsable: as given, matching no server). */
-function serverKeyOf(server: string): string {
-  if (!/^postgres(?:ql)?:\/\//.test(server)) return server;
-  try {
-    return serverKeyOfUrl(server);
-  } catch {
-    return server;
-  }
+/**
+ * The tenant server named `host:port` or by its postgres:// URL (only host and port are read), or the 400 that
+ * lists the configured ones. Only a configured server is ever chosen: nothing sent is connected to.
+ */
+function configuredServer(deps: MoveDeps, server: string): TenantServer {
+  let key = server;
+  if (/^postgres(?:ql)?:\/\//.test(server))
+    try {
+      key = serverKeyOfUrl(server);
+    } catch {
+      // Unparsable: matches no server.
+    }
+  const servers = tenantServers(deps);
+  const found = servers.find((s) => s.key === key);
+  if (!found) throw badServer(`"${server}" is not one of the tenant servers (${servers.map((s) => s.key).join(', ')})`);
+  return found;
 }
 
 /**
@@ -146,16 +154,10 @@ export async function requestMove(
   storeId: string,
   server: string,
 ): Promise<{ jobId: string; moveId: string }> {
-  const key = serverKeyOf(server);
-  const target = tenantServers(deps).find((s) => s.key === key);
   const moveId = await deps.master.sequelize.transaction(async (t) => {
+    // The store first: an unknown store is 404 whatever the server.
     const current = await movableStore(deps, storeId, t);
-    if (!target)
-      throw badServer(
-        `"${server}" is not one of the tenant servers (${tenantServers(deps)
-          .map((s) => s.key)
-          .join(', ')})`,
-      );
+    const target = configuredServer(deps, server);
     if (current.server === target.key) throw badServer('The store is already on that server');
     return insertMove(deps, t, actor, {
       storeId,
@@ -234,13 +236,11 @@ export interface DrainStatus {
 export async function startDrain(
   deps: MoveDeps,
   actor: Actor,
-  server: string,
+  named: string,
   perServer: number,
 ): Promise<{ drainId: string; created: boolean }> {
-  const servers = tenantServers(deps);
-  if (!servers.some((s) => s.key === server))
-    throw badServer(`"${server}" is not one of the tenant servers (${servers.map((s) => s.key).join(', ')})`);
-  const others = servers.filter((s) => s.key !== server);
+  const server = configuredServer(deps, named).key;
+  const others = tenantServers(deps).filter((s) => s.key !== server);
   if (!others.length) throw fail(ErrorCode.CONFLICT, 'There is no other tenant server to move the stores to');
   const result = await deps.master.sequelize.transaction(async (t) => {
     // Drains start one at a time: the lock orders two commands given at once.
